@@ -1,0 +1,314 @@
+//! The confidence filter shared by `metafilter` and `mqttpublish`, and its DLSPS
+//! configuration form (`{"type": "detection", "label_score": {"box": 0.4}}`).
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use gst::glib;
+use serde_json::Value;
+
+use crate::meta::{self, Classification, Object};
+
+/// What a filter removes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, glib::Enum)]
+#[repr(u32)]
+#[enum_type(name = "GstMetaFilterType")]
+pub enum FilterType {
+    /// Whole objects whose detection confidence is below their label's threshold.
+    #[default]
+    #[enum_value(
+        name = "Detection: remove objects whose confidence is below their label's threshold",
+        nick = "detection"
+    )]
+    Detection,
+    /// Classification results below their label's threshold; the objects stay.
+    #[enum_value(
+        name = "Classification: remove classification results below their label's threshold",
+        nick = "classification"
+    )]
+    Classification,
+}
+
+impl FilterType {
+    pub fn from_nick(nick: &str) -> Option<Self> {
+        match nick {
+            "detection" => Some(FilterType::Detection),
+            "classification" => Some(FilterType::Classification),
+            _ => None,
+        }
+    }
+}
+
+/// Per-label confidence thresholds.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Filter {
+    pub kind: FilterType,
+    /// Threshold per label. Labels may contain spaces.
+    pub label_score: HashMap<String, f64>,
+    /// Threshold for labels not in `label_score`.
+    pub threshold: f64,
+    /// Remove results that carry no confidence when a threshold applies to their label.
+    pub drop_unscored: bool,
+}
+
+/// What applying a filter to one frame did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct FilterOutcome {
+    /// Objects (detection filter) or classification results (classification filter) removed.
+    pub removed: u32,
+    /// Confidences that were NaN, infinite or outside 0..1 and were treated as absent.
+    pub invalid_confidences: u32,
+}
+
+impl Filter {
+    /// The threshold that applies to `label`, `None` when nothing is configured for it.
+    fn threshold_for(&self, label: &str) -> Option<f64> {
+        self.label_score
+            .get(label)
+            .copied()
+            .or((self.threshold > 0.0).then_some(self.threshold))
+    }
+
+    /// Whether a result with this label and confidence passes the filter.
+    pub fn keeps(&self, label: &str, confidence: Option<f64>) -> bool {
+        match (self.threshold_for(label), confidence) {
+            (None, _) => true,
+            (Some(threshold), Some(confidence)) => confidence >= threshold,
+            (Some(_), None) => !self.drop_unscored,
+        }
+    }
+
+    fn keeps_object(&self, object: &Object) -> bool {
+        self.keeps(&object.label, object.confidence())
+    }
+
+    fn keeps_classification(&self, c: &Classification) -> bool {
+        self.keeps(&c.label, c.confidence)
+    }
+
+    /// Removes what falls below the thresholds from the metadata on `buffer`.
+    pub fn apply_to_buffer(&self, buffer: &mut gst::BufferRef) -> FilterOutcome {
+        let (removed, invalid_confidences) = match self.kind {
+            FilterType::Detection => meta::retain_objects(buffer, |o| self.keeps_object(o)),
+            FilterType::Classification => {
+                meta::retain_classifications(buffer, |_, c| self.keeps_classification(c))
+            }
+        };
+        FilterOutcome {
+            removed,
+            invalid_confidences,
+        }
+    }
+
+    /// Removes what falls below the thresholds from objects already read off a buffer.
+    /// Returns how many objects or classification results were removed.
+    pub fn apply_to_objects(&self, objects: &mut Vec<Object>) -> u32 {
+        let before: usize;
+        let after: usize;
+        match self.kind {
+            FilterType::Detection => {
+                before = objects.len();
+                objects.retain(|o| self.keeps_object(o));
+                after = objects.len();
+            }
+            FilterType::Classification => {
+                before = objects.iter().map(|o| o.classifications.len()).sum();
+                for o in objects.iter_mut() {
+                    o.classifications.retain(|c| self.keeps_classification(c));
+                }
+                after = objects.iter().map(|o| o.classifications.len()).sum();
+            }
+        }
+        (before - after) as u32
+    }
+}
+
+/// A filter as written in a DLSPS configuration: every part optional, so that it can be
+/// laid over the current settings.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct FilterConfig {
+    pub kind: Option<FilterType>,
+    pub label_score: Option<HashMap<String, f64>>,
+}
+
+impl FilterConfig {
+    /// Overwrites the parts of `filter` that this configuration sets.
+    pub fn apply(&self, filter: &mut Filter) {
+        if let Some(kind) = self.kind {
+            filter.kind = kind;
+        }
+        if let Some(label_score) = &self.label_score {
+            filter.label_score = label_score.clone();
+        }
+    }
+}
+
+/// Checks a threshold: a number within 0..1.
+pub fn check_threshold(what: &str, value: f64) -> Result<f64, String> {
+    if value.is_finite() && (0.0..=1.0).contains(&value) {
+        Ok(value)
+    } else {
+        Err(format!("{what}: threshold {value} is outside 0..1"))
+    }
+}
+
+/// Parses a `label_score` JSON object text such as `{"box":0.4,"shipping label":0.4}`.
+pub fn parse_label_score(text: &str) -> Result<HashMap<String, f64>, String> {
+    let value: Value =
+        serde_json::from_str(text).map_err(|e| format!("invalid JSON ({e}) in {text:?}"))?;
+    label_score_from_value(&value)
+}
+
+fn label_score_from_value(value: &Value) -> Result<HashMap<String, f64>, String> {
+    let map = value.as_object().ok_or_else(|| {
+        format!("expected a JSON object mapping labels to thresholds, got {value}")
+    })?;
+    map.iter()
+        .map(|(label, v)| {
+            let threshold = v
+                .as_f64()
+                .ok_or_else(|| format!("label {label:?}: threshold must be a number, got {v}"))?;
+            Ok((
+                label.clone(),
+                check_threshold(&format!("label {label:?}"), threshold)?,
+            ))
+        })
+        .collect()
+}
+
+/// Parses a DLSPS filter object: `{"type": "detection"|"classification", "label_score": {..}}`.
+pub fn filter_config_from_value(value: &Value) -> Result<FilterConfig, String> {
+    let map = value
+        .as_object()
+        .ok_or_else(|| format!("filter: expected a JSON object, got {value}"))?;
+    let mut config = FilterConfig::default();
+    for (key, v) in map {
+        match key.as_str() {
+            "type" => {
+                let nick = v
+                    .as_str()
+                    .ok_or_else(|| format!("filter.type: expected a string, got {v}"))?;
+                config.kind = Some(FilterType::from_nick(nick).ok_or_else(|| {
+                    format!("filter.type: unknown type {nick:?} (use \"detection\" or \"classification\")")
+                })?);
+            }
+            "label_score" => {
+                config.label_score = Some(
+                    label_score_from_value(v).map_err(|e| format!("filter.label_score: {e}"))?,
+                );
+            }
+            other => return Err(format!("filter: unknown key {other:?}")),
+        }
+    }
+    Ok(config)
+}
+
+/// Loads a filter from a JSON file holding it bare, under `filter`, or under
+/// `mqtt_publisher.filter` (a DLSPS pipeline configuration section).
+pub fn load_filter_file(path: &Path) -> Result<FilterConfig, String> {
+    let value = crate::config::read_json_file(path)?;
+    let inner = value
+        .get("mqtt_publisher")
+        .and_then(|m| m.get("filter"))
+        .or_else(|| value.get("filter"))
+        .unwrap_or(&value);
+    filter_config_from_value(inner).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn filter(label_score: &[(&str, f64)], threshold: f64, drop_unscored: bool) -> Filter {
+        Filter {
+            kind: FilterType::Detection,
+            label_score: label_score
+                .iter()
+                .map(|(l, t)| (l.to_string(), *t))
+                .collect(),
+            threshold,
+            drop_unscored,
+        }
+    }
+
+    #[test]
+    fn named_labels_use_their_threshold() {
+        let f = filter(&[("box", 0.4), ("shipping label", 0.6)], 0.0, false);
+        assert!(f.keeps("box", Some(0.4)));
+        assert!(!f.keeps("box", Some(0.39)));
+        assert!(!f.keeps("shipping label", Some(0.5)));
+        assert!(f.keeps("shipping label", Some(0.6)));
+        // Not named and no default threshold: passes.
+        assert!(f.keeps("person", Some(0.01)));
+    }
+
+    #[test]
+    fn default_threshold_applies_to_unnamed_labels() {
+        let f = filter(&[("box", 0.2)], 0.5, false);
+        assert!(!f.keeps("person", Some(0.49)));
+        assert!(f.keeps("person", Some(0.5)));
+        assert!(f.keeps("box", Some(0.3)));
+    }
+
+    #[test]
+    fn unscored_results_are_dropped_only_when_asked_and_a_threshold_applies() {
+        let keep = filter(&[("box", 0.4)], 0.0, false);
+        assert!(keep.keeps("box", None));
+        let drop = filter(&[("box", 0.4)], 0.0, true);
+        assert!(!drop.keeps("box", None));
+        assert!(drop.keeps("person", None), "no threshold for person");
+        let drop_all = filter(&[], 0.3, true);
+        assert!(!drop_all.keeps("person", None));
+    }
+
+    #[test]
+    fn label_score_parsing_names_the_problem() {
+        let ok = parse_label_score(r#"{"box":0.4,"shipping label":1}"#).unwrap();
+        assert_eq!(ok["shipping label"], 1.0);
+        assert_eq!(ok["box"], 0.4);
+        let err = parse_label_score(r#"{"box":"high"}"#).unwrap_err();
+        assert!(err.contains("\"box\"") && err.contains("number"), "{err}");
+        let err = parse_label_score(r#"{"box":1.5}"#).unwrap_err();
+        assert!(err.contains("1.5") && err.contains("0..1"), "{err}");
+        let err = parse_label_score("{box: 0.4}").unwrap_err();
+        assert!(err.contains("invalid JSON"), "{err}");
+        let err = parse_label_score("[0.4]").unwrap_err();
+        assert!(err.contains("JSON object"), "{err}");
+    }
+
+    #[test]
+    fn dlsps_filter_object() {
+        let v: Value =
+            serde_json::from_str(r#"{"type":"classification","label_score":{"red":0.7}}"#).unwrap();
+        let c = filter_config_from_value(&v).unwrap();
+        assert_eq!(c.kind, Some(FilterType::Classification));
+        assert_eq!(c.label_score.unwrap()["red"], 0.7);
+
+        let v: Value = serde_json::from_str(r#"{"type":"segmentation"}"#).unwrap();
+        let err = filter_config_from_value(&v).unwrap_err();
+        assert!(
+            err.contains("filter.type") && err.contains("segmentation"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn apply_to_objects_counts_removals() {
+        use crate::meta::Detection;
+        let object = |label: &str, confidence: f64| Object {
+            label: label.into(),
+            detection: Some(Detection {
+                confidence: Some(confidence),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let mut objects = vec![object("box", 0.9), object("box", 0.1), object("car", 0.2)];
+        let f = filter(&[("box", 0.5)], 0.0, false);
+        assert_eq!(f.apply_to_objects(&mut objects), 1);
+        assert_eq!(
+            objects.iter().map(|o| o.confidence()).collect::<Vec<_>>(),
+            [Some(0.9), Some(0.2)]
+        );
+    }
+}

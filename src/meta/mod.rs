@@ -1,0 +1,133 @@
+//! The metadata model shared by every element.
+//!
+//! Producers attach analytics results to video buffers in their own way; this module reads
+//! them into plain Rust types ([`Object`], [`Detection`], [`Classification`]) and writes
+//! them out as the JSON that DL Streamer's `gvametaconvert` produces.
+//!
+//! All access to buffer metadata goes through the functions re-exported here
+//! ([`read_objects`], [`retain_objects`], [`retain_classifications`], [`attach_objects`]).
+//! Today they are backed by `GstVideoRegionOfInterestMeta` (the [`roi`] module); a reader for
+//! GStreamer >= 1.24's analytics relation meta can be added behind the same functions
+//! without touching the elements.
+
+mod json;
+mod roi;
+
+pub use json::{parse_frame_line, write_frame_json, FrameContext, RecordedFrame};
+pub use roi::{attach_objects, object_count, read_objects, retain_classifications, retain_objects};
+
+/// A rectangle in pixels, as carried by a region-of-interest meta.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Rect {
+    pub x: u32,
+    pub y: u32,
+    pub w: u32,
+    pub h: u32,
+}
+
+/// A box in coordinates normalized to the frame size (0..1).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct BoundingBox {
+    pub x_min: f64,
+    pub y_min: f64,
+    pub x_max: f64,
+    pub y_max: f64,
+}
+
+impl BoundingBox {
+    /// The normalized box of a pixel rectangle in a frame of `width` x `height`, clipped to
+    /// the frame. `None` when the frame size is unknown.
+    pub fn from_rect(rect: Rect, width: u32, height: u32) -> Option<Self> {
+        if width == 0 || height == 0 {
+            return None;
+        }
+        let (fw, fh) = (f64::from(width), f64::from(height));
+        let clip = |v: f64| v.clamp(0.0, 1.0);
+        Some(BoundingBox {
+            x_min: clip(f64::from(rect.x) / fw),
+            y_min: clip(f64::from(rect.y) / fh),
+            x_max: clip((f64::from(rect.x) + f64::from(rect.w)) / fw),
+            y_max: clip((f64::from(rect.y) + f64::from(rect.h)) / fh),
+        })
+    }
+
+    /// The pixel rectangle this box covers in a frame of `width` x `height`.
+    pub fn to_rect(self, width: u32, height: u32) -> Rect {
+        let (fw, fh) = (f64::from(width), f64::from(height));
+        let px = |v: f64, size: f64| (v.clamp(0.0, 1.0) * size).round() as u32;
+        let (x0, x1) = (px(self.x_min, fw), px(self.x_max, fw));
+        let (y0, y1) = (px(self.y_min, fh), px(self.y_max, fh));
+        Rect {
+            x: x0,
+            y: y0,
+            w: x1.saturating_sub(x0),
+            h: y1.saturating_sub(y0),
+        }
+    }
+}
+
+/// The result of an object detector for one object.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Detection {
+    /// The detector's confidence, always finite and within 0..1 (see [`valid_confidence`]).
+    pub confidence: Option<f64>,
+    pub label_id: Option<i32>,
+    /// The normalized box as the detector reported it.
+    pub bounding_box: Option<BoundingBox>,
+}
+
+/// One classification result attached to an object (e.g. `color: red`).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Classification {
+    /// The attribute name: the name of the param structure, and the JSON key.
+    pub name: String,
+    /// The class, e.g. `red`.
+    pub label: String,
+    /// Always finite and within 0..1 (see [`valid_confidence`]).
+    pub confidence: Option<f64>,
+    pub label_id: Option<i32>,
+    pub model_name: Option<String>,
+}
+
+/// One detected object on a frame.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Object {
+    /// The object's class, the region-of-interest type.
+    pub label: String,
+    pub rect: Rect,
+    /// The id of the region-of-interest meta.
+    pub region_id: i32,
+    /// The id of the region this one was found in, when there is one.
+    pub parent_id: Option<i32>,
+    /// The tracking id, when a tracker set one.
+    pub tracking_id: Option<i64>,
+    /// `None` for objects attached without detector output (a label and a box only).
+    pub detection: Option<Detection>,
+    pub classifications: Vec<Classification>,
+}
+
+impl Object {
+    /// The detection confidence, `None` for an unscored object.
+    pub fn confidence(&self) -> Option<f64> {
+        self.detection.as_ref().and_then(|d| d.confidence)
+    }
+}
+
+/// Objects read from one buffer.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Objects {
+    pub objects: Vec<Object>,
+    /// How many confidences were NaN, infinite or outside 0..1 and were therefore read as
+    /// "no confidence".
+    pub invalid_confidences: u32,
+}
+
+/// Checks a confidence read from a producer: `Ok` with the value when it is usable,
+/// `Err(())` when it is NaN, infinite or outside 0..1.
+pub fn valid_confidence(value: f64) -> Result<f64, ()> {
+    if value.is_finite() && (0.0..=1.0).contains(&value) {
+        Ok(value)
+    } else {
+        Err(())
+    }
+}

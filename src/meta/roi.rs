@@ -1,0 +1,252 @@
+//! Objects carried as `GstVideoRegionOfInterestMeta`, the way DL Streamer's `gvadetect`,
+//! `gvatrack` and `gvaclassify` (and other producers) attach them.
+//!
+//! One meta per object: the label is the ROI type, the pixel box is the ROI rectangle, and
+//! the detector output rides along as param structures:
+//! - `detection`: `confidence`, `label_id`, normalized `x_min`/`x_max`/`y_min`/`y_max`;
+//! - `object_id`: the tracking `id`;
+//! - any other structure with a string `label`: a classification result.
+
+use std::ops::ControlFlow;
+
+use gst::buffer::BufferMetaForeachAction;
+use gst::glib;
+use gst_video::VideoRegionOfInterestMeta;
+
+use super::{valid_confidence, BoundingBox, Classification, Detection, Object, Objects, Rect};
+
+const DETECTION: &str = "detection";
+const OBJECT_ID: &str = "object_id";
+
+/// Reads every object on `buffer`, in the order the producer attached them.
+pub fn read_objects(buffer: &gst::BufferRef) -> Objects {
+    let mut out = Objects::default();
+    for meta in buffer.iter_meta::<VideoRegionOfInterestMeta>() {
+        let object = read_object(&meta, &mut out.invalid_confidences);
+        out.objects.push(object);
+    }
+    out
+}
+
+/// Removes from `buffer` every object for which `keep` returns false. Returns how many were
+/// removed and how many invalid confidences were seen.
+pub fn retain_objects(
+    buffer: &mut gst::BufferRef,
+    mut keep: impl FnMut(&Object) -> bool,
+) -> (u32, u32) {
+    let mut removed = 0;
+    let mut invalid = 0;
+    buffer.foreach_meta_mut(|mut meta| {
+        let Some(roi) = meta.downcast_ref::<VideoRegionOfInterestMeta>() else {
+            return ControlFlow::Continue(BufferMetaForeachAction::Keep);
+        };
+        let object = read_object(roi, &mut invalid);
+        if keep(&object) {
+            ControlFlow::Continue(BufferMetaForeachAction::Keep)
+        } else {
+            removed += 1;
+            ControlFlow::Continue(BufferMetaForeachAction::Remove)
+        }
+    });
+    (removed, invalid)
+}
+
+/// Removes from the objects on `buffer` every classification result for which `keep`
+/// returns false; the objects themselves stay. Returns how many results were removed and
+/// how many invalid confidences were seen.
+pub fn retain_classifications(
+    buffer: &mut gst::BufferRef,
+    mut keep: impl FnMut(&Object, &Classification) -> bool,
+) -> (u32, u32) {
+    let mut removed = 0;
+    let mut invalid = 0;
+    for mut roi in buffer.iter_meta_mut::<VideoRegionOfInterestMeta>() {
+        let object = read_object(&roi, &mut invalid);
+        let doomed: Vec<&str> = object
+            .classifications
+            .iter()
+            .filter(|c| !keep(&object, c))
+            .map(|c| c.name.as_str())
+            .collect();
+        if doomed.is_empty() {
+            continue;
+        }
+        removed += retain_params(&mut roi, |s| !doomed.contains(&s.name().as_str()));
+    }
+    (removed, invalid)
+}
+
+/// Attaches `objects` to `buffer` as ROI metas laid out exactly as DL Streamer lays them out.
+/// `width`/`height` is the frame size, used to derive the normalized detection box from the
+/// pixel rectangle when the object has none.
+pub fn attach_objects(buffer: &mut gst::BufferRef, objects: &[Object], width: u32, height: u32) {
+    for object in objects {
+        let rect = object.rect;
+        let mut roi =
+            VideoRegionOfInterestMeta::add(buffer, &object.label, (rect.x, rect.y, rect.w, rect.h));
+        roi.set_id(object.region_id);
+        roi.set_parent_id(object.parent_id.unwrap_or(-1));
+
+        if let Some(detection) = &object.detection {
+            let bbox = detection
+                .bounding_box
+                .or_else(|| BoundingBox::from_rect(rect, width, height))
+                .unwrap_or_default();
+            let mut s = gst::Structure::builder(DETECTION)
+                .field("x_min", bbox.x_min)
+                .field("x_max", bbox.x_max)
+                .field("y_min", bbox.y_min)
+                .field("y_max", bbox.y_max);
+            if let Some(confidence) = detection.confidence {
+                s = s.field("confidence", confidence);
+            }
+            if let Some(label_id) = detection.label_id {
+                s = s.field("label_id", label_id);
+            }
+            roi.add_param(s.field("label", object.label.as_str()).build());
+        }
+        if let Some(id) = object.tracking_id {
+            // DL Streamer stores the tracking id as a plain int.
+            let id = i32::try_from(id).unwrap_or(i32::MAX);
+            roi.add_param(gst::Structure::builder(OBJECT_ID).field("id", id).build());
+        }
+        for c in &object.classifications {
+            let mut s = gst::Structure::builder(c.name.as_str())
+                .field("label", c.label.as_str())
+                .field("type", "classification_result");
+            if let Some(confidence) = c.confidence {
+                s = s.field("confidence", confidence);
+            }
+            if let Some(label_id) = c.label_id {
+                s = s.field("label_id", label_id);
+            }
+            if let Some(model_name) = &c.model_name {
+                s = s.field("model_name", model_name.as_str());
+            }
+            roi.add_param(s.build());
+        }
+    }
+}
+
+fn read_object(roi: &VideoRegionOfInterestMeta, invalid: &mut u32) -> Object {
+    let (x, y, w, h) = roi.rect();
+    let mut object = Object {
+        label: roi.roi_type().to_owned(),
+        rect: Rect { x, y, w, h },
+        region_id: roi.id(),
+        parent_id: Some(roi.parent_id()).filter(|id| *id >= 0),
+        ..Object::default()
+    };
+
+    for param in roi.params() {
+        let name = param.name().as_str();
+        if name == DETECTION {
+            let bounding_box = match (
+                number(param, "x_min"),
+                number(param, "y_min"),
+                number(param, "x_max"),
+                number(param, "y_max"),
+            ) {
+                (Some(x_min), Some(y_min), Some(x_max), Some(y_max)) => Some(BoundingBox {
+                    x_min,
+                    y_min,
+                    x_max,
+                    y_max,
+                }),
+                _ => None,
+            };
+            object.detection = Some(Detection {
+                confidence: confidence(param, invalid),
+                label_id: integer(param, "label_id").and_then(|v| i32::try_from(v).ok()),
+                bounding_box,
+            });
+        } else if name == OBJECT_ID {
+            object.tracking_id = integer(param, "id");
+        } else if let Ok(label) = param.get::<&str>("label") {
+            object.classifications.push(Classification {
+                name: name.to_owned(),
+                label: label.to_owned(),
+                confidence: confidence(param, invalid),
+                label_id: integer(param, "label_id").and_then(|v| i32::try_from(v).ok()),
+                model_name: param.get::<&str>("model_name").ok().map(str::to_owned),
+            });
+        }
+    }
+    object
+}
+
+fn confidence(s: &gst::StructureRef, invalid: &mut u32) -> Option<f64> {
+    let value = number(s, "confidence")?;
+    match valid_confidence(value) {
+        Ok(v) => Some(v),
+        Err(()) => {
+            *invalid += 1;
+            None
+        }
+    }
+}
+
+/// A numeric field as `f64`, whatever numeric type the producer used.
+fn number(s: &gst::StructureRef, field: &str) -> Option<f64> {
+    let value = s.value(field).ok()?;
+    if let Ok(v) = value.get::<f64>() {
+        Some(v)
+    } else if let Ok(v) = value.get::<f32>() {
+        Some(f64::from(v))
+    } else {
+        integer_value(value).map(|v| v as f64)
+    }
+}
+
+/// An integer field as `i64`, whatever integer type the producer used.
+fn integer(s: &gst::StructureRef, field: &str) -> Option<i64> {
+    integer_value(s.value(field).ok()?)
+}
+
+fn integer_value(value: &glib::SendValue) -> Option<i64> {
+    if let Ok(v) = value.get::<i32>() {
+        Some(i64::from(v))
+    } else if let Ok(v) = value.get::<i64>() {
+        Some(v)
+    } else if let Ok(v) = value.get::<u32>() {
+        Some(i64::from(v))
+    } else if let Ok(v) = value.get::<u64>() {
+        i64::try_from(v).ok()
+    } else {
+        None
+    }
+}
+
+/// Removes the param structures of `roi` for which `keep` returns false and returns how
+/// many were removed.
+fn retain_params(
+    roi: &mut VideoRegionOfInterestMeta,
+    mut keep: impl FnMut(&gst::StructureRef) -> bool,
+) -> u32 {
+    let mut removed = 0;
+    // SAFETY: `VideoRegionOfInterestMeta` is a transparent wrapper of the C struct, borrowed
+    // mutably here. Its `params` list owns its structures (the meta frees them with
+    // `gst_structure_free`), so unlinking a node and freeing its structure is exactly what
+    // the meta's own free function would do with it.
+    unsafe {
+        let meta = roi as *mut VideoRegionOfInterestMeta
+            as *mut gst_video::ffi::GstVideoRegionOfInterestMeta;
+        let mut node = (*meta).params;
+        while !node.is_null() {
+            let next = (*node).next;
+            let s = (*node).data as *mut gst::ffi::GstStructure;
+            if !keep(gst::StructureRef::from_glib_borrow(s)) {
+                (*meta).params = glib::ffi::g_list_delete_link((*meta).params, node);
+                gst::ffi::gst_structure_free(s);
+                removed += 1;
+            }
+            node = next;
+        }
+    }
+    removed
+}
+
+/// How many objects `buffer` carries.
+pub fn object_count(buffer: &gst::BufferRef) -> usize {
+    buffer.iter_meta::<VideoRegionOfInterestMeta>().count()
+}
