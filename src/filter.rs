@@ -145,11 +145,8 @@ impl FilterConfig {
 
 /// Checks a threshold: a number within 0..1.
 pub fn check_threshold(what: &str, value: f64) -> Result<f64, String> {
-    if value.is_finite() && (0.0..=1.0).contains(&value) {
-        Ok(value)
-    } else {
-        Err(format!("{what}: threshold {value} is outside 0..1"))
-    }
+    meta::valid_confidence(value)
+        .ok_or_else(|| format!("{what}: threshold {value} is outside 0..1"))
 }
 
 /// Parses a `label_score` JSON object text such as `{"box":0.4,"shipping label":0.4}`.

@@ -11,11 +11,11 @@ pub mod config;
 pub mod filter;
 pub mod meta;
 mod metafilter;
-// mod metareplay;
+mod metareplay;
 
 fn plugin_init(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
     metafilter::register(plugin)?;
-    // metareplay::register(plugin)?;
+    metareplay::register(plugin)?;
     Ok(())
 }
 

@@ -78,46 +78,67 @@ pub fn write_frame_json(out: &mut Vec<u8>, objects: &[Object], ctx: &FrameContex
     out.push(b'}');
 }
 
+/// One key of an object's JSON, so that the keys can be sorted before writing.
 enum ObjectField<'a> {
-    Classification(&'a Classification),
-    Fixed(&'static str),
+    Classification(&'a str, &'a Classification),
+    Detection,
+    H,
+    Id(i64),
+    ParentId(i32),
+    RegionId,
+    RoiType,
+    W,
+    X,
+    Y,
+}
+
+impl ObjectField<'_> {
+    fn key(&self) -> &str {
+        match self {
+            ObjectField::Classification(name, _) => name,
+            ObjectField::Detection => "detection",
+            ObjectField::H => "h",
+            ObjectField::Id(_) => "id",
+            ObjectField::ParentId(_) => "parent_id",
+            ObjectField::RegionId => "region_id",
+            ObjectField::RoiType => "roi_type",
+            ObjectField::W => "w",
+            ObjectField::X => "x",
+            ObjectField::Y => "y",
+        }
+    }
 }
 
 fn write_object(out: &mut Vec<u8>, object: &Object, ctx: &FrameContext) {
-    let mut fields: Vec<(&str, ObjectField)> = Vec::with_capacity(10);
-    fields.push(("detection", ObjectField::Fixed("detection")));
-    fields
-        .extend(["h", "region_id", "roi_type", "w", "x", "y"].map(|k| (k, ObjectField::Fixed(k))));
-    if object.tracking_id.is_some() {
-        fields.push(("id", ObjectField::Fixed("id")));
-    }
-    if object.parent_id.is_some() {
-        fields.push(("parent_id", ObjectField::Fixed("parent_id")));
-    }
+    use ObjectField::*;
+    let mut fields: Vec<ObjectField> = Vec::with_capacity(10 + object.classifications.len());
+    fields.extend([Detection, H, RegionId, RoiType, W, X, Y]);
+    fields.extend(object.tracking_id.map(Id));
+    fields.extend(object.parent_id.map(ParentId));
     fields.extend(
         object
             .classifications
             .iter()
             .filter(|c| !OBJECT_KEYS.contains(&c.name.as_str()))
-            .map(|c| (c.name.as_str(), ObjectField::Classification(c))),
+            .map(|c| Classification(&c.name, c)),
     );
-    fields.sort_by(|a, b| a.0.cmp(b.0));
+    fields.sort_by(|a, b| a.key().cmp(b.key()));
 
     out.push(b'{');
     let mut first = true;
-    for (name, field) in fields {
-        key(out, &mut first, name);
+    for field in fields {
+        key(out, &mut first, field.key());
         match field {
-            ObjectField::Classification(c) => write_classification(out, c),
-            ObjectField::Fixed("detection") => write_detection(out, object, ctx),
-            ObjectField::Fixed("h") => write_int(out, object.rect.h),
-            ObjectField::Fixed("id") => write_int(out, object.tracking_id.unwrap_or_default()),
-            ObjectField::Fixed("parent_id") => write_int(out, object.parent_id.unwrap_or(-1)),
-            ObjectField::Fixed("region_id") => write_int(out, object.region_id),
-            ObjectField::Fixed("roi_type") => write_str(out, &object.label),
-            ObjectField::Fixed("w") => write_int(out, object.rect.w),
-            ObjectField::Fixed("x") => write_int(out, object.rect.x),
-            ObjectField::Fixed(_) => write_int(out, object.rect.y),
+            Classification(_, c) => write_classification(out, c),
+            Detection => write_detection(out, object, ctx),
+            H => write_int(out, object.rect.h),
+            Id(id) => write_int(out, id),
+            ParentId(id) => write_int(out, id),
+            RegionId => write_int(out, object.region_id),
+            RoiType => write_str(out, &object.label),
+            W => write_int(out, object.rect.w),
+            X => write_int(out, object.rect.x),
+            Y => write_int(out, object.rect.y),
         }
     }
     out.push(b'}');
@@ -441,11 +462,175 @@ fn optional_i32(o: &Map<String, Value>, name: &str, parent: &str) -> Result<Opti
 fn optional_confidence(o: &Map<String, Value>, parent: &str) -> Result<Option<f64>, String> {
     o.get("confidence")
         .map(|v| {
-            v.as_f64()
-                .and_then(|c| valid_confidence(c).ok())
-                .ok_or_else(|| {
-                    format!("{parent}.confidence: expected a number between 0 and 1, got {v}")
-                })
+            v.as_f64().and_then(valid_confidence).ok_or_else(|| {
+                format!("{parent}.confidence: expected a number between 0 and 1, got {v}")
+            })
         })
         .transpose()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn car() -> Object {
+        Object {
+            label: "car".into(),
+            rect: Rect {
+                x: 333,
+                y: 127,
+                w: 255,
+                h: 198,
+            },
+            region_id: 12,
+            parent_id: None,
+            tracking_id: Some(7),
+            detection: Some(Detection {
+                confidence: Some(0.92),
+                label_id: Some(0),
+                bounding_box: Some(BoundingBox {
+                    x_min: 0.26,
+                    y_min: 0.17,
+                    x_max: 0.46,
+                    y_max: 0.45,
+                }),
+            }),
+            classifications: vec![Classification {
+                name: "color".into(),
+                label: "red".into(),
+                confidence: Some(0.81),
+                label_id: Some(3),
+                model_name: Some("color_net".into()),
+            }],
+        }
+    }
+
+    fn json(objects: &[Object], ctx: &FrameContext) -> String {
+        let mut out = Vec::new();
+        write_frame_json(&mut out, objects, ctx);
+        String::from_utf8(out).unwrap()
+    }
+
+    const CTX: FrameContext = FrameContext {
+        width: 1280,
+        height: 720,
+        timestamp: Some(1_400_000_000),
+        frame_id: Some(5),
+        source: Some("rtsp://camera-7/stream"),
+        tags: Some(r#"{"site":"dock-3"}"#),
+    };
+
+    #[test]
+    fn schema_is_pinned_field_by_field() {
+        assert_eq!(
+            json(&[car()], &CTX),
+            concat!(
+                r#"{"frame_id":5,"objects":[{"color":{"confidence":0.81,"label":"red","label_id":3,"#,
+                r#""model":{"name":"color_net"}},"detection":{"bounding_box":{"x_max":0.46,"#,
+                r#""x_min":0.26,"y_max":0.45,"y_min":0.17},"confidence":0.92,"label":"car","#,
+                r#""label_id":0},"h":198,"id":7,"region_id":12,"roi_type":"car","w":255,"#,
+                r#""x":333,"y":127}],"resolution":{"height":720,"width":1280},"#,
+                r#""source":"rtsp://camera-7/stream","tags":{"site":"dock-3"},"#,
+                r#""timestamp":1400000000}"#
+            )
+        );
+    }
+
+    #[test]
+    fn optional_frame_fields_are_left_out() {
+        let ctx = FrameContext::default();
+        assert_eq!(json(&[], &ctx), r#"{"objects":[]}"#);
+    }
+
+    #[test]
+    fn object_without_params_gets_a_box_from_its_rect_and_no_confidence() {
+        let object = Object {
+            label: "thing".into(),
+            rect: Rect {
+                x: 320,
+                y: 180,
+                w: 640,
+                h: 360,
+            },
+            region_id: 1,
+            parent_id: Some(0),
+            ..Object::default()
+        };
+        let text = json(&[object], &CTX);
+        let v: Value = serde_json::from_str(&text).unwrap();
+        let o = &v["objects"][0];
+        assert_eq!(
+            o["detection"],
+            serde_json::json!({
+                "bounding_box": {"x_max": 0.75, "x_min": 0.25, "y_max": 0.75, "y_min": 0.25},
+                "label": "thing"
+            })
+        );
+        assert_eq!(o["parent_id"], 0);
+        assert!(o.get("id").is_none(), "no tracking id: no id key");
+    }
+
+    #[test]
+    fn hostile_labels_stay_valid_json() {
+        let mut object = car();
+        object.label = "a \"quoted\"\nlabel\u{0}".into();
+        object.classifications[0].label = "\u{1F600}\t".into();
+        let text = json(&[object.clone()], &CTX);
+        let v: Value = serde_json::from_str(&text).expect("valid JSON");
+        assert_eq!(v["objects"][0]["roi_type"], object.label.as_str());
+        assert_eq!(v["objects"][0]["color"]["label"], "\u{1F600}\t");
+    }
+
+    #[test]
+    fn classifications_named_like_object_keys_are_left_out() {
+        let mut object = car();
+        object.classifications[0].name = "x".into();
+        let v: Value = serde_json::from_str(&json(&[object], &CTX)).unwrap();
+        assert_eq!(v["objects"][0]["x"], 333);
+    }
+
+    #[test]
+    fn written_frames_parse_back_to_the_same_objects() {
+        let text = json(&[car()], &CTX);
+        let frame = parse_frame_line(&text).unwrap();
+        assert_eq!(frame.objects, [car()]);
+        assert_eq!(frame.resolution, Some((1280, 720)));
+        assert_eq!(frame.timestamp, Some(1_400_000_000));
+    }
+
+    #[test]
+    fn parse_errors_name_the_field() {
+        let cases = [
+            ("[]", "expected a JSON object"),
+            (r#"{"objects":{}}"#, "objects: expected an array"),
+            (
+                r#"{"objects":[{"x":1,"y":1,"w":1,"h":1}]}"#,
+                "objects[0]: has neither roi_type",
+            ),
+            (
+                r#"{"objects":[{"roi_type":"a","x":-1,"y":1,"w":1,"h":1}]}"#,
+                "objects[0].x",
+            ),
+            (
+                r#"{"objects":[{"roi_type":"a","detection":{"bounding_box":{"x_min":0}}}]}"#,
+                "bounding_box.y_min",
+            ),
+            (
+                r#"{"resolution":{"width":"wide","height":1}}"#,
+                "resolution.width",
+            ),
+            (r#"{"timestamp":-5}"#, "timestamp"),
+            (
+                r#"{"objects":[{"roi_type":"a","x":1,"y":1,"w":1,"h":1,"color":{"label":3}}]}"#,
+                "objects[0].color.label",
+            ),
+        ];
+        for (line, expected) in cases {
+            let err = parse_frame_line(line).unwrap_err();
+            assert!(
+                err.contains(expected),
+                "{line}: {err:?} should contain {expected:?}"
+            );
+        }
+    }
 }

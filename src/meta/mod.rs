@@ -122,12 +122,8 @@ pub struct Objects {
     pub invalid_confidences: u32,
 }
 
-/// Checks a confidence read from a producer: `Ok` with the value when it is usable,
-/// `Err(())` when it is NaN, infinite or outside 0..1.
-pub fn valid_confidence(value: f64) -> Result<f64, ()> {
-    if value.is_finite() && (0.0..=1.0).contains(&value) {
-        Ok(value)
-    } else {
-        Err(())
-    }
+/// Checks a confidence read from a producer: the value when it is usable, `None` when it
+/// is NaN, infinite or outside 0..1.
+pub fn valid_confidence(value: f64) -> Option<f64> {
+    (value.is_finite() && (0.0..=1.0).contains(&value)).then_some(value)
 }

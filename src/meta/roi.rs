@@ -177,13 +177,11 @@ fn read_object(roi: &VideoRegionOfInterestMeta, invalid: &mut u32) -> Object {
 
 fn confidence(s: &gst::StructureRef, invalid: &mut u32) -> Option<f64> {
     let value = number(s, "confidence")?;
-    match valid_confidence(value) {
-        Ok(v) => Some(v),
-        Err(()) => {
-            *invalid += 1;
-            None
-        }
+    let valid = valid_confidence(value);
+    if valid.is_none() {
+        *invalid += 1;
     }
+    valid
 }
 
 /// A numeric field as `f64`, whatever numeric type the producer used.

@@ -303,7 +303,7 @@ impl BaseTransformImpl for MetaFilter {
             let reasons: Vec<&str> = settings.rejected.values().map(String::as_str).collect();
             return Err(gst::error_msg!(
                 gst::LibraryError::Settings,
-                ["{}", reasons.join("; ")]
+                ("{}", reasons.join("; "))
             ));
         }
         gst::debug!(CAT, imp = self, "Starting with {:?}", settings.filter);

@@ -1,0 +1,356 @@
+// SPDX-License-Identifier: MPL-2.0
+
+//! `metafilter` behaviour on buffers carrying metadata built the way DL Streamer's
+//! gvadetect, gvatrack and gvaclassify build it.
+
+use std::io::Write;
+
+use gst::glib;
+use gst::prelude::*;
+use gst_video::VideoRegionOfInterestMeta;
+
+fn init() {
+    use std::sync::Once;
+    static INIT: Once = Once::new();
+    INIT.call_once(|| {
+        gst::init().unwrap();
+        gstanalyticsmqtt::plugin_register_static().expect("plugin registers");
+    });
+}
+
+/// One object as gvadetect attaches it: an ROI meta with a `detection` param.
+struct Det<'a> {
+    label: &'a str,
+    confidence: Option<f64>,
+    classes: &'a [(&'a str, &'a str, f64)],
+}
+
+fn det(label: &str, confidence: f64) -> Det<'_> {
+    Det {
+        label,
+        confidence: Some(confidence),
+        classes: &[],
+    }
+}
+
+fn buffer_with(objects: &[Det]) -> gst::Buffer {
+    let mut buffer = gst::Buffer::with_size(16).unwrap();
+    {
+        let buffer = buffer.get_mut().unwrap();
+        for (i, o) in objects.iter().enumerate() {
+            let mut roi = VideoRegionOfInterestMeta::add(buffer, o.label, (10, 20, 30, 40));
+            roi.set_id(i as i32);
+            if let Some(confidence) = o.confidence {
+                roi.add_param(
+                    gst::Structure::builder("detection")
+                        .field("label_id", 1i32)
+                        .field("confidence", confidence)
+                        .field("x_min", 0.1f64)
+                        .field("x_max", 0.3f64)
+                        .field("y_min", 0.2f64)
+                        .field("y_max", 0.5f64)
+                        .field("layer_name", "DetectionOutput")
+                        .field("model_name", "detector")
+                        .build(),
+                );
+            }
+            roi.add_param(
+                gst::Structure::builder("object_id")
+                    .field("id", 100 + i as i32)
+                    .build(),
+            );
+            for (attribute, label, confidence) in o.classes {
+                roi.add_param(
+                    gst::Structure::builder(*attribute)
+                        .field("label", *label)
+                        .field("label_id", 2i32)
+                        .field("confidence", *confidence)
+                        .field("type", "classification_result")
+                        .field("layer_name", "color")
+                        .field("model_name", "attributes")
+                        .field("data_buffer", glib::Bytes::from_static(&[0u8; 8]))
+                        .build(),
+                );
+            }
+        }
+    }
+    buffer
+}
+
+/// Labels and confidences of the objects on `buffer`, in order.
+fn objects(buffer: &gst::BufferRef) -> Vec<(String, Option<f64>)> {
+    buffer
+        .iter_meta::<VideoRegionOfInterestMeta>()
+        .map(|roi| {
+            let confidence = roi
+                .param("detection")
+                .and_then(|d| d.get::<f64>("confidence").ok());
+            (roi.roi_type().to_string(), confidence)
+        })
+        .collect()
+}
+
+fn harness(props: &[(&str, &dyn ToValue)]) -> gst_check::Harness {
+    init();
+    let mut h = gst_check::Harness::new("metafilter");
+    let filter = h.element().unwrap();
+    for (name, value) in props {
+        filter.set_property_from_value(name, &value.to_value());
+    }
+    h.set_src_caps_str("video/x-raw,format=RGB,width=640,height=480,framerate=30/1");
+    h
+}
+
+fn stat(h: &gst_check::Harness, name: &str) -> u64 {
+    let stats = h.element().unwrap().property::<gst::Structure>("stats");
+    stats.get::<u64>(name).unwrap()
+}
+
+#[test]
+fn removes_exactly_the_objects_below_their_label_threshold() {
+    let mut h = harness(&[("label-score", &r#"{"box":0.4,"shipping label":0.6}"#)]);
+    let out = h
+        .push_and_pull(buffer_with(&[
+            det("box", 0.39),
+            det("box", 0.4),
+            det("shipping label", 0.59),
+            det("shipping label", 0.95),
+            det("person", 0.01),
+        ]))
+        .unwrap();
+    assert_eq!(
+        objects(&out),
+        [
+            ("box".to_string(), Some(0.4)),
+            ("shipping label".to_string(), Some(0.95)),
+            ("person".to_string(), Some(0.01)),
+        ]
+    );
+    assert_eq!(stat(&h, "objects-removed"), 2);
+}
+
+#[test]
+fn threshold_applies_to_unlisted_labels() {
+    let mut h = harness(&[("label-score", &r#"{"box":0.1}"#), ("threshold", &0.5f64)]);
+    let out = h
+        .push_and_pull(buffer_with(&[
+            det("box", 0.2),
+            det("person", 0.49),
+            det("car", 0.5),
+        ]))
+        .unwrap();
+    assert_eq!(
+        objects(&out),
+        [
+            ("box".to_string(), Some(0.2)),
+            ("car".to_string(), Some(0.5))
+        ]
+    );
+}
+
+#[test]
+fn unscored_objects_are_kept_unless_drop_unscored() {
+    let unscored = |label| Det {
+        label,
+        confidence: None,
+        classes: &[],
+    };
+    let input = || buffer_with(&[unscored("box"), unscored("person"), det("box", 0.9)]);
+
+    let mut h = harness(&[("label-score", &r#"{"box":0.4}"#)]);
+    assert_eq!(objects(&h.push_and_pull(input()).unwrap()).len(), 3);
+
+    let mut h = harness(&[("label-score", &r#"{"box":0.4}"#), ("drop-unscored", &true)]);
+    let out = h.push_and_pull(input()).unwrap();
+    assert_eq!(
+        objects(&out),
+        [("person".to_string(), None), ("box".to_string(), Some(0.9))],
+        "only the unscored object whose label has a threshold goes"
+    );
+}
+
+#[test]
+fn classification_results_below_threshold_leave_their_object() {
+    let mut h = harness(&[("label-score", &r#"{"red":0.5}"#)]);
+    h.element()
+        .unwrap()
+        .set_property_from_str("type", "classification");
+    let classes = [("color", "red", 0.3), ("type", "sedan", 0.2)];
+    let out = h
+        .push_and_pull(buffer_with(&[Det {
+            label: "car",
+            confidence: Some(0.1),
+            classes: &classes,
+        }]))
+        .unwrap();
+    let rois: Vec<_> = out.iter_meta::<VideoRegionOfInterestMeta>().collect();
+    assert_eq!(rois.len(), 1, "the object stays whatever its confidence");
+    let names: Vec<String> = rois[0].params().map(|p| p.name().to_string()).collect();
+    assert_eq!(names, ["detection", "object_id", "type"]);
+    assert_eq!(stat(&h, "classifications-removed"), 1);
+    assert_eq!(stat(&h, "objects-removed"), 0);
+}
+
+#[test]
+fn drop_empty_drops_only_buffers_that_lost_all_objects() {
+    let mut h = harness(&[("threshold", &0.5f64), ("drop-empty", &true)]);
+    h.push(buffer_with(&[det("box", 0.1), det("car", 0.2)]))
+        .unwrap();
+    h.push(buffer_with(&[])).unwrap();
+    h.push(buffer_with(&[det("box", 0.1), det("car", 0.7)]))
+        .unwrap();
+    assert_eq!(h.buffers_in_queue(), 2);
+    assert!(
+        objects(&h.pull().unwrap()).is_empty(),
+        "had no objects: passes"
+    );
+    assert_eq!(objects(&h.pull().unwrap()).len(), 1);
+    assert_eq!(stat(&h, "buffers-dropped"), 1);
+}
+
+#[test]
+fn invalid_confidences_are_unscored_and_counted() {
+    let mut h = harness(&[("threshold", &0.5f64), ("drop-unscored", &true)]);
+    let out = h
+        .push_and_pull(buffer_with(&[
+            det("box", f64::NAN),
+            det("box", f64::INFINITY),
+            det("box", -0.5),
+            det("box", 1.5),
+            det("box", 0.7),
+        ]))
+        .unwrap();
+    assert_eq!(objects(&out), [("box".to_string(), Some(0.7))]);
+    assert_eq!(stat(&h, "invalid-confidences"), 4);
+}
+
+fn config_file(text: &str) -> tempfile::NamedTempFile {
+    let mut f = tempfile::NamedTempFile::new().unwrap();
+    f.write_all(text.as_bytes()).unwrap();
+    f
+}
+
+#[test]
+fn config_file_in_every_dlsps_shape() {
+    for text in [
+        r#"{"type":"detection","label_score":{"box":0.5}}"#,
+        r#"{"filter":{"type":"detection","label_score":{"box":0.5}}}"#,
+        r#"{"mqtt_publisher":{"topic":"t","qos":1,"filter":{"type":"detection","label_score":{"box":0.5}}}}"#,
+    ] {
+        let file = config_file(text);
+        let mut h = harness(&[("config", &file.path().to_str().unwrap())]);
+        let out = h
+            .push_and_pull(buffer_with(&[det("box", 0.45), det("box", 0.55)]))
+            .unwrap();
+        assert_eq!(objects(&out), [("box".to_string(), Some(0.55))], "{text}");
+    }
+}
+
+#[test]
+fn properties_set_after_config_override_it() {
+    let file = config_file(r#"{"label_score":{"box":0.9}}"#);
+    let mut h = harness(&[
+        ("config", &file.path().to_str().unwrap()),
+        ("label-score", &r#"{"box":0.3}"#),
+    ]);
+    let out = h
+        .push_and_pull(buffer_with(&[det("box", 0.2), det("box", 0.5)]))
+        .unwrap();
+    assert_eq!(objects(&out), [("box".to_string(), Some(0.5))]);
+}
+
+/// Sets `property` to a bad value after a good one and checks the good one stays and the
+/// element refuses to start with an error naming the property.
+fn assert_rejected(property: &str, good: &dyn ToValue, bad: &dyn ToValue, expected: &[&str]) {
+    init();
+    let filter = gst::ElementFactory::make("metafilter").build().unwrap();
+    filter.set_property_from_value(property, &good.to_value());
+    let before = filter.property_value(property);
+    filter.set_property_from_value(property, &bad.to_value());
+    let after = filter.property_value(property);
+    assert_eq!(
+        before.serialize().unwrap(),
+        after.serialize().unwrap(),
+        "{property} keeps its old value"
+    );
+
+    let pipeline = gst::Pipeline::new();
+    let src = gst::ElementFactory::make("fakesrc").build().unwrap();
+    let sink = gst::ElementFactory::make("fakesink").build().unwrap();
+    pipeline.add_many([&src, &filter, &sink]).unwrap();
+    gst::Element::link_many([&src, &filter, &sink]).unwrap();
+    assert!(pipeline.set_state(gst::State::Paused).is_err());
+    let bus = pipeline.bus().unwrap();
+    let msg = bus
+        .timed_pop_filtered(gst::ClockTime::from_seconds(5), &[gst::MessageType::Error])
+        .expect("an error message on the bus");
+    let gst::MessageView::Error(err) = msg.view() else {
+        unreachable!()
+    };
+    let text = err.error().to_string();
+    for part in expected {
+        assert!(text.contains(part), "{text:?} should mention {part:?}");
+    }
+    pipeline.set_state(gst::State::Null).unwrap();
+}
+
+#[test]
+fn invalid_label_score_is_rejected_and_named() {
+    assert_rejected(
+        "label-score",
+        &r#"{"box":0.4}"#,
+        &"{box:0.4",
+        &["label-score", "invalid JSON"],
+    );
+    assert_rejected(
+        "label-score",
+        &"{}",
+        &r#"{"box":"high"}"#,
+        &["label-score", "box", "number"],
+    );
+    assert_rejected(
+        "label-score",
+        &"{}",
+        &r#"{"box":2}"#,
+        &["label-score", "box", "0..1"],
+    );
+}
+
+#[test]
+fn invalid_threshold_is_rejected_and_named() {
+    assert_rejected("threshold", &0.2f64, &1.5f64, &["threshold", "1.5"]);
+    assert_rejected("threshold", &0.2f64, &-0.1f64, &["threshold", "-0.1"]);
+}
+
+#[test]
+fn invalid_config_files_are_rejected_and_named() {
+    let good = config_file(r#"{"type":"detection"}"#);
+    let good = good.path().to_str().unwrap();
+    let unknown_type = config_file(r#"{"filter":{"type":"segmentation"}}"#);
+    assert_rejected(
+        "config",
+        &good,
+        &unknown_type.path().to_str().unwrap(),
+        &["config", "filter.type", "segmentation"],
+    );
+    let bad_json = config_file("{\n  \"type\": detection\n}");
+    assert_rejected(
+        "config",
+        &good,
+        &bad_json.path().to_str().unwrap(),
+        &["config", "invalid JSON", "line 2"],
+    );
+    assert_rejected(
+        "config",
+        &good,
+        &"/nonexistent/filter.json",
+        &["config", "/nonexistent/filter.json"],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    assert_rejected(
+        "config",
+        &good,
+        &dir.path().to_str().unwrap(),
+        &["config", "directory"],
+    );
+}

@@ -1,0 +1,330 @@
+// SPDX-License-Identifier: MPL-2.0
+
+//! `metareplay` attaches recordings exactly as DL Streamer attaches live results, and
+//! `metafilter` downstream of it removes exactly what is below threshold.
+
+use std::io::Write;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use gst::prelude::*;
+use gst_video::VideoRegionOfInterestMeta;
+
+fn init() {
+    use std::sync::Once;
+    static INIT: Once = Once::new();
+    INIT.call_once(|| {
+        gst::init().unwrap();
+        gstanalyticsmqtt::plugin_register_static().expect("plugin registers");
+    });
+}
+
+/// Label, pixel x and confidence of each object on a frame.
+type FrameObjects = Vec<(String, u32, f64)>;
+
+fn sample_path() -> &'static Path {
+    Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/pipelines/sample.jsonl"
+    ))
+}
+
+fn recording(lines: &[&str]) -> tempfile::NamedTempFile {
+    let mut f = tempfile::NamedTempFile::new().unwrap();
+    for line in lines {
+        writeln!(f, "{line}").unwrap();
+    }
+    f
+}
+
+const LINE: &str = r#"{"objects":[{"color":{"confidence":0.8,"label":"red","label_id":3,"model":{"name":"attributes"}},"detection":{"bounding_box":{"x_max":0.5,"x_min":0.25,"y_max":0.75,"y_min":0.5},"confidence":0.9,"label":"car","label_id":2},"h":120,"id":42,"region_id":7,"roi_type":"car","w":160,"x":160,"y":240}],"resolution":{"height":480,"width":640},"timestamp":0}"#;
+
+/// A harness around a `metareplay` reading `location`, with `props` set as from gst-launch.
+fn harness_with(location: &Path, caps: &str, props: &[(&str, &str)]) -> gst_check::Harness {
+    init();
+    // Properties go on before the harness starts the element, which reads the recording.
+    let element = gst::ElementFactory::make("metareplay")
+        .property("location", location.to_str().unwrap())
+        .build()
+        .unwrap();
+    for (name, value) in props {
+        element.set_property_from_str(name, value);
+    }
+    let mut h = gst_check::Harness::with_element(&element, Some("sink"), Some("src"));
+    h.play();
+    h.set_src_caps_str(caps);
+    h
+}
+
+fn harness(location: &Path, caps: &str) -> gst_check::Harness {
+    harness_with(location, caps, &[])
+}
+
+const VGA: &str = "video/x-raw,format=RGB,width=640,height=480,framerate=30/1";
+
+#[test]
+fn attaches_metas_laid_out_like_dl_streamer() {
+    let file = recording(&[LINE]);
+    let mut h = harness(file.path(), VGA);
+    let out = h
+        .push_and_pull(gst::Buffer::with_size(16).unwrap())
+        .unwrap();
+    let rois: Vec<_> = out.iter_meta::<VideoRegionOfInterestMeta>().collect();
+    assert_eq!(rois.len(), 1);
+    let roi = &rois[0];
+    assert_eq!(roi.roi_type(), "car");
+    assert_eq!(roi.rect(), (160, 240, 160, 120));
+    assert_eq!(roi.id(), 7);
+    assert_eq!(roi.parent_id(), -1);
+
+    let detection = roi.param("detection").expect("detection param");
+    assert_eq!(detection.get::<f64>("confidence").unwrap(), 0.9);
+    assert_eq!(detection.get::<i32>("label_id").unwrap(), 2);
+    assert_eq!(detection.get::<f64>("x_min").unwrap(), 0.25);
+    assert_eq!(detection.get::<f64>("x_max").unwrap(), 0.5);
+    assert_eq!(detection.get::<f64>("y_min").unwrap(), 0.5);
+    assert_eq!(detection.get::<f64>("y_max").unwrap(), 0.75);
+
+    let tracking = roi.param("object_id").expect("object_id param");
+    assert_eq!(tracking.get::<i32>("id").unwrap(), 42);
+
+    let color = roi.param("color").expect("classification param");
+    assert_eq!(color.get::<&str>("label").unwrap(), "red");
+    assert_eq!(color.get::<f64>("confidence").unwrap(), 0.8);
+    assert_eq!(color.get::<i32>("label_id").unwrap(), 3);
+    assert_eq!(color.get::<&str>("model_name").unwrap(), "attributes");
+    assert_eq!(color.get::<&str>("type").unwrap(), "classification_result");
+}
+
+#[test]
+fn rescales_boxes_recorded_at_another_size() {
+    let file = recording(&[LINE]);
+    let mut h = harness(
+        file.path(),
+        "video/x-raw,format=RGB,width=1280,height=960,framerate=30/1",
+    );
+    let out = h
+        .push_and_pull(gst::Buffer::with_size(16).unwrap())
+        .unwrap();
+    let roi = out.meta::<VideoRegionOfInterestMeta>().unwrap();
+    assert_eq!(roi.rect(), (320, 480, 320, 240));
+}
+
+#[test]
+fn lines_go_to_buffers_in_order_and_loop_starts_again() {
+    let lines: Vec<String> = ["a", "b", "c"]
+        .iter()
+        .map(|l| format!(r#"{{"objects":[{{"roi_type":"{l}","x":1,"y":2,"w":3,"h":4}}]}}"#))
+        .collect();
+    let file = recording(&lines.iter().map(String::as_str).collect::<Vec<_>>());
+    let labels = |h: &mut gst_check::Harness| -> Vec<String> {
+        let out = h
+            .push_and_pull(gst::Buffer::with_size(16).unwrap())
+            .unwrap();
+        out.iter_meta::<VideoRegionOfInterestMeta>()
+            .map(|r| r.roi_type().to_string())
+            .collect()
+    };
+
+    let mut h = harness(file.path(), VGA);
+    let seen: Vec<_> = (0..5).map(|_| labels(&mut h)).collect();
+    assert_eq!(seen, [vec!["a"], vec!["b"], vec!["c"], vec![], vec![]]);
+    let stats = h.element().unwrap().property::<gst::Structure>("stats");
+    assert_eq!(stats.get::<u64>("buffers-unmatched").unwrap(), 2);
+
+    let mut h = harness_with(file.path(), VGA, &[("loop", "true")]);
+    let seen: Vec<_> = (0..5).map(|_| labels(&mut h)).collect();
+    assert_eq!(
+        seen,
+        [vec!["a"], vec!["b"], vec!["c"], vec!["a"], vec!["b"]]
+    );
+}
+
+#[test]
+fn match_by_timestamp_uses_stream_time() {
+    let ms = 1_000_000u64;
+    let lines: Vec<String> = [("early", 0), ("late", 100 * ms)]
+        .iter()
+        .map(|(l, t)| {
+            format!(
+                r#"{{"objects":[{{"roi_type":"{l}","x":1,"y":2,"w":3,"h":4}}],"timestamp":{t}}}"#
+            )
+        })
+        .collect();
+    let file = recording(&lines.iter().map(String::as_str).collect::<Vec<_>>());
+    let mut h = harness_with(file.path(), VGA, &[("match", "timestamp")]);
+
+    let mut labels_at = |pts_ms: u64| -> Vec<String> {
+        let mut buffer = gst::Buffer::with_size(16).unwrap();
+        {
+            let b = buffer.get_mut().unwrap();
+            b.set_pts(gst::ClockTime::from_mseconds(pts_ms));
+            b.set_duration(gst::ClockTime::from_mseconds(33));
+        }
+        let out = h.push_and_pull(buffer).unwrap();
+        out.iter_meta::<VideoRegionOfInterestMeta>()
+            .map(|r| r.roi_type().to_string())
+            .collect()
+    };
+    assert_eq!(labels_at(0), ["early"]);
+    assert_eq!(
+        labels_at(50),
+        Vec::<String>::new(),
+        "no line within half a frame"
+    );
+    assert_eq!(labels_at(110), ["late"], "10 ms off, within half a frame");
+}
+
+fn start_error(location: &str) -> String {
+    init();
+    let pipeline = gst::parse::launch(&format!(
+        "fakesrc num-buffers=1 ! metareplay location=\"{location}\" ! fakesink"
+    ))
+    .unwrap();
+    assert!(pipeline.set_state(gst::State::Paused).is_err());
+    let msg = pipeline
+        .bus()
+        .unwrap()
+        .timed_pop_filtered(gst::ClockTime::from_seconds(5), &[gst::MessageType::Error])
+        .expect("an error on the bus");
+    pipeline.set_state(gst::State::Null).unwrap();
+    match msg.view() {
+        gst::MessageView::Error(err) => err.error().to_string(),
+        _ => unreachable!(),
+    }
+}
+
+#[test]
+fn malformed_lines_are_errors_with_file_and_line() {
+    let file = recording(&[LINE, "", r#"{"objects":[{"roi_type":"box","x":1}]}"#]);
+    let path = file.path().to_str().unwrap();
+    let err = start_error(path);
+    assert!(err.contains(&format!("{path}:3")), "{err}");
+    assert!(err.contains("objects[0]"), "{err}");
+
+    let file = recording(&[LINE, "{\"objects\": [}"]);
+    let path = file.path().to_str().unwrap();
+    let err = start_error(path);
+    assert!(
+        err.contains(&format!("{path}:2")) && err.contains("invalid JSON"),
+        "{err}"
+    );
+
+    let file = recording(&[
+        r#"{"objects":[{"roi_type":"box","x":1,"y":1,"w":1,"h":1,"detection":{"confidence":7}}]}"#,
+    ]);
+    let err = start_error(file.path().to_str().unwrap());
+    assert!(err.contains("objects[0].detection.confidence"), "{err}");
+
+    let err = start_error("/nonexistent/recording.jsonl");
+    assert!(err.contains("/nonexistent/recording.jsonl"), "{err}");
+}
+
+/// The gst-launch pipeline from the README: every object the filter removed was below its
+/// label's threshold, and every object below it was removed.
+#[test]
+fn replayed_sample_through_metafilter_removes_exactly_the_objects_below_threshold() {
+    init();
+    let thresholds = [("box", 0.4), ("shipping label", 0.4), ("car", 0.3)];
+    let label_score = serde_json::to_string(
+        &thresholds
+            .iter()
+            .map(|(l, t)| (l.to_string(), *t))
+            .collect::<std::collections::BTreeMap<_, _>>(),
+    )
+    .unwrap();
+    let pipeline = gst::parse::launch(&format!(
+        "videotestsrc num-buffers=300 ! video/x-raw,width=640,height=480 \
+         ! metareplay location={} ! metafilter name=filter ! fakesink name=sink",
+        sample_path().display()
+    ))
+    .unwrap()
+    .downcast::<gst::Pipeline>()
+    .unwrap();
+
+    pipeline
+        .by_name("filter")
+        .unwrap()
+        .set_property("label-score", &label_score);
+
+    let seen: Arc<Mutex<Vec<FrameObjects>>> = Arc::default();
+    let sink_pad = pipeline
+        .by_name("sink")
+        .unwrap()
+        .static_pad("sink")
+        .unwrap();
+    let seen_probe = seen.clone();
+    sink_pad.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
+        let buffer = info.buffer().unwrap();
+        let objects = buffer
+            .iter_meta::<VideoRegionOfInterestMeta>()
+            .map(|roi| {
+                let confidence = roi
+                    .param("detection")
+                    .unwrap()
+                    .get::<f64>("confidence")
+                    .unwrap();
+                (roi.roi_type().to_string(), roi.rect().0, confidence)
+            })
+            .collect();
+        seen_probe.lock().unwrap().push(objects);
+        gst::PadProbeReturn::Ok
+    });
+
+    pipeline.set_state(gst::State::Playing).unwrap();
+    let msg = pipeline
+        .bus()
+        .unwrap()
+        .timed_pop_filtered(
+            gst::ClockTime::from_seconds(60),
+            &[gst::MessageType::Eos, gst::MessageType::Error],
+        )
+        .expect("pipeline finishes");
+    assert!(matches!(msg.view(), gst::MessageView::Eos(_)), "{msg:?}");
+    let stats = pipeline
+        .by_name("filter")
+        .unwrap()
+        .property::<gst::Structure>("stats");
+    pipeline.set_state(gst::State::Null).unwrap();
+
+    // What the recording says should survive.
+    let text = std::fs::read_to_string(sample_path()).unwrap();
+    let mut expected_removed = 0u64;
+    let expected: Vec<FrameObjects> = text
+        .lines()
+        .map(|line| {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            v["objects"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(|o| {
+                    let label = o["roi_type"].as_str().unwrap().to_string();
+                    let confidence = o["detection"]["confidence"].as_f64().unwrap();
+                    let threshold = thresholds
+                        .iter()
+                        .find(|(l, _)| *l == label)
+                        .map_or(0.0, |(_, t)| *t);
+                    if confidence < threshold {
+                        expected_removed += 1;
+                        None
+                    } else {
+                        Some((label, o["x"].as_u64().unwrap() as u32, confidence))
+                    }
+                })
+                .collect()
+        })
+        .collect();
+
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 300);
+    assert_eq!(*seen, expected);
+    assert!(
+        expected_removed > 100,
+        "the sample straddles the thresholds"
+    );
+    assert_eq!(
+        stats.get::<u64>("objects-removed").unwrap(),
+        expected_removed
+    );
+}
