@@ -12,6 +12,7 @@ pub mod filter;
 pub mod meta;
 mod metafilter;
 mod metareplay;
+pub mod mqtt;
 
 fn plugin_init(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
     metafilter::register(plugin)?;

@@ -1,0 +1,194 @@
+// SPDX-License-Identifier: MPL-2.0
+
+//! The MQTT connection: a bounded queue fed by the streaming thread and a worker thread
+//! that owns rumqttc's event loop, reconnects with backoff and accounts for every message.
+
+mod queue;
+mod session;
+mod worker;
+
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rumqttc::tokio_rustls::rustls;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+pub use queue::{Leaky, Limits, Message, Pushed, Queue};
+pub use worker::{Notice, Stats, Worker};
+
+/// The MQTT protocol version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Protocol {
+    /// MQTT 3.1.1 (protocol level 4).
+    #[default]
+    V311,
+    /// MQTT 5.
+    V5,
+}
+
+impl Protocol {
+    /// The protocol from its level as DLSPS configurations write it.
+    pub fn from_level(level: i64) -> Result<Self, String> {
+        match level {
+            4 => Ok(Protocol::V311),
+            5 => Ok(Protocol::V5),
+            3 => Err(
+                "MQTT 3.1 (protocol 3) is not supported: use 4 (MQTT 3.1.1) or 5 (MQTT 5)".into(),
+            ),
+            other => Err(format!(
+                "unknown protocol {other}: use 4 (MQTT 3.1.1) or 5 (MQTT 5)"
+            )),
+        }
+    }
+
+    pub fn level(self) -> u32 {
+        match self {
+            Protocol::V311 => 4,
+            Protocol::V5 => 5,
+        }
+    }
+}
+
+/// Quality of service of the publishes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum QoS {
+    #[default]
+    AtMostOnce,
+    AtLeastOnce,
+    ExactlyOnce,
+}
+
+impl QoS {
+    pub fn from_level(level: i64) -> Result<Self, String> {
+        match level {
+            0 => Ok(QoS::AtMostOnce),
+            1 => Ok(QoS::AtLeastOnce),
+            2 => Ok(QoS::ExactlyOnce),
+            other => Err(format!("QoS {other} does not exist: use 0, 1 or 2")),
+        }
+    }
+
+    pub fn level(self) -> u32 {
+        self as u32
+    }
+
+    fn v4(self) -> rumqttc::QoS {
+        match self {
+            QoS::AtMostOnce => rumqttc::QoS::AtMostOnce,
+            QoS::AtLeastOnce => rumqttc::QoS::AtLeastOnce,
+            QoS::ExactlyOnce => rumqttc::QoS::ExactlyOnce,
+        }
+    }
+
+    fn v5(self) -> rumqttc::v5::mqttbytes::QoS {
+        use rumqttc::v5::mqttbytes::QoS as Q;
+        match self {
+            QoS::AtMostOnce => Q::AtMostOnce,
+            QoS::AtLeastOnce => Q::AtLeastOnce,
+            QoS::ExactlyOnce => Q::ExactlyOnce,
+        }
+    }
+}
+
+/// A secret that never shows in `Debug` output or logs.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: String) -> Self {
+        Secret(value)
+    }
+
+    /// The secret itself, for the one place that must send it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// Everything the worker needs to connect and publish.
+#[derive(Debug, Clone)]
+pub struct ConnectionConfig {
+    pub host: String,
+    pub port: u16,
+    pub client_id: String,
+    pub clean_session: bool,
+    pub keep_alive: Duration,
+    pub credentials: Option<(String, Secret)>,
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+    pub protocol: Protocol,
+    pub topic: String,
+    pub qos: QoS,
+    pub retain: bool,
+    /// Largest payload the worker will ever be handed.
+    pub max_message_size: usize,
+}
+
+/// Paths of the TLS files: the CA that signs the broker's certificate, and optionally a
+/// client certificate and key for mutual authentication.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub ca: String,
+    pub cert: Option<String>,
+    pub key: Option<String>,
+}
+
+fn read_file(setting: &str, path: &str) -> Result<Vec<u8>, String> {
+    if Path::new(path).is_dir() {
+        return Err(format!("{setting}: {path} is a directory, not a PEM file"));
+    }
+    std::fs::read(path).map_err(|e| format!("{setting}: cannot read {path}: {e}"))
+}
+
+fn read_certificates(setting: &str, path: &str) -> Result<Vec<CertificateDer<'static>>, String> {
+    let pem = read_file(setting, path)?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{setting}: {path} is not a valid PEM certificate file: {e}"))?;
+    if certs.is_empty() {
+        return Err(format!("{setting}: {path} holds no PEM certificate"));
+    }
+    Ok(certs)
+}
+
+impl TlsFiles {
+    /// Reads and checks the files and builds the TLS client configuration. Certificate
+    /// verification, host name included, is always on. Errors name the setting and file
+    /// but never show key material.
+    pub fn load(&self) -> Result<Arc<rustls::ClientConfig>, String> {
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in read_certificates("tls-ca-file", &self.ca)? {
+            roots.add(cert).map_err(|e| {
+                format!(
+                    "tls-ca-file: {} holds an unusable CA certificate: {e}",
+                    self.ca
+                )
+            })?;
+        }
+        let builder = rustls::ClientConfig::builder().with_root_certificates(roots);
+        let config = match (&self.cert, &self.key) {
+            (None, None) => builder.with_no_client_auth(),
+            (Some(cert), Some(key)) => {
+                let chain = read_certificates("tls-cert-file", cert)?;
+                let key_pem = read_file("tls-key-file", key)?;
+                let key_der = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|_| {
+                    format!("tls-key-file: {key} holds no PEM private key (PKCS#1, PKCS#8 or SEC1)")
+                })?;
+                builder.with_client_auth_cert(chain, key_der).map_err(|e| {
+                    format!("tls-cert-file/tls-key-file: {cert} and {key} do not form a usable client identity: {e}")
+                })?
+            }
+            (Some(_), None) => return Err("tls-cert-file is set but tls-key-file is not".into()),
+            (None, Some(_)) => return Err("tls-key-file is set but tls-cert-file is not".into()),
+        };
+        Ok(Arc::new(config))
+    }
+}

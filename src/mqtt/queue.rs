@@ -1,0 +1,249 @@
+// SPDX-License-Identifier: MPL-2.0
+
+//! The bounded queue between the streaming thread and the connection worker.
+//!
+//! The streaming thread pushes, the worker pops. Bounds are in messages and in bytes; what
+//! happens when a push finds the queue full is the [`Leaky`] policy. With
+//! [`Leaky::No`], the push waits for room but gives up when the queue is set flushing
+//! (the sink's `unlock()`), so state changes and seeks never hang.
+
+use std::collections::VecDeque;
+use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use gst::glib;
+
+/// What to do with a new message when the queue is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, glib::Enum)]
+#[repr(u32)]
+#[enum_type(name = "GstMqttPublishLeaky")]
+pub enum Leaky {
+    /// Wait for room, blocking the streaming thread (lossless, for file processing).
+    #[enum_value(
+        name = "None: wait for room, blocking the pipeline (lossless)",
+        nick = "none"
+    )]
+    No,
+    /// Drop the new message.
+    #[enum_value(name = "Upstream: drop the new message", nick = "upstream")]
+    Upstream,
+    /// Drop the oldest queued message to make room.
+    #[default]
+    #[enum_value(
+        name = "Downstream: drop the oldest queued message",
+        nick = "downstream"
+    )]
+    Downstream,
+}
+
+/// One message ready to publish.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    pub payload: Vec<u8>,
+    /// When the message was queued, for latency accounting.
+    pub queued_at: Instant,
+}
+
+/// What a push did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pushed {
+    /// Queued; `dropped_oldest` older messages were dropped to make room.
+    Queued { dropped_oldest: u32 },
+    /// Dropped: the queue was full and the policy drops new messages.
+    DroppedNew,
+    /// Not queued: the queue is flushing (the sink is unlocking or stopping).
+    Flushing,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub max_messages: usize,
+    pub max_bytes: usize,
+    pub leaky: Leaky,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    messages: VecDeque<Message>,
+    bytes: usize,
+    flushing: bool,
+}
+
+#[derive(Debug)]
+pub struct Queue {
+    limits: Limits,
+    inner: Mutex<Inner>,
+    /// Signalled when a pop makes room or flushing changes.
+    room: Condvar,
+}
+
+impl Queue {
+    pub fn new(limits: Limits) -> Self {
+        Queue {
+            limits,
+            inner: Mutex::default(),
+            room: Condvar::new(),
+        }
+    }
+
+    fn is_full(&self, inner: &Inner, incoming: usize) -> bool {
+        !inner.messages.is_empty()
+            && (inner.messages.len() >= self.limits.max_messages
+                || inner.bytes + incoming > self.limits.max_bytes)
+    }
+
+    /// Queues `message` following the leaky policy.
+    pub fn push(&self, message: Message) -> Pushed {
+        let size = message.payload.len();
+        let mut inner = self.inner.lock().unwrap();
+        let mut dropped_oldest = 0;
+        loop {
+            if inner.flushing {
+                return Pushed::Flushing;
+            }
+            if !self.is_full(&inner, size) {
+                break;
+            }
+            match self.limits.leaky {
+                Leaky::Upstream => return Pushed::DroppedNew,
+                Leaky::Downstream => {
+                    let old = inner.messages.pop_front().expect("full queue is not empty");
+                    inner.bytes -= old.payload.len();
+                    dropped_oldest += 1;
+                }
+                Leaky::No => inner = self.room.wait(inner).unwrap(),
+            }
+        }
+        inner.bytes += size;
+        inner.messages.push_back(message);
+        Pushed::Queued { dropped_oldest }
+    }
+
+    /// Takes the oldest message.
+    pub fn pop(&self) -> Option<Message> {
+        let mut inner = self.inner.lock().unwrap();
+        let message = inner.messages.pop_front()?;
+        inner.bytes -= message.payload.len();
+        drop(inner);
+        self.room.notify_all();
+        Some(message)
+    }
+
+    /// Puts back a message taken by `pop` that could not be handed on, at the front.
+    pub fn unpop(&self, message: Message) {
+        let mut inner = self.inner.lock().unwrap();
+        inner.bytes += message.payload.len();
+        inner.messages.push_front(message);
+    }
+
+    /// Number of queued messages and their bytes.
+    pub fn depth(&self) -> (usize, usize) {
+        let inner = self.inner.lock().unwrap();
+        (inner.messages.len(), inner.bytes)
+    }
+
+    /// Makes waiting and future pushes return [`Pushed::Flushing`] until `set_flushing(false)`.
+    pub fn set_flushing(&self, flushing: bool) {
+        self.inner.lock().unwrap().flushing = flushing;
+        self.room.notify_all();
+    }
+
+    /// Empties the queue, returning how many messages were in it.
+    pub fn clear(&self) -> usize {
+        let mut inner = self.inner.lock().unwrap();
+        let n = inner.messages.len();
+        inner.messages.clear();
+        inner.bytes = 0;
+        drop(inner);
+        self.room.notify_all();
+        n
+    }
+
+    /// Waits until the queue is empty or `deadline` passes; `false` on timeout or flushing.
+    pub fn wait_empty(&self, deadline: Instant) -> bool {
+        let mut inner = self.inner.lock().unwrap();
+        loop {
+            if inner.messages.is_empty() {
+                return true;
+            }
+            let now = Instant::now();
+            if inner.flushing || now >= deadline {
+                return false;
+            }
+            let wait = (deadline - now).min(Duration::from_millis(100));
+            inner = self.room.wait_timeout(inner, wait).unwrap().0;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn msg(size: usize, tag: u8) -> Message {
+        Message {
+            payload: vec![tag; size],
+            queued_at: Instant::now(),
+        }
+    }
+
+    fn queue(max_messages: usize, max_bytes: usize, leaky: Leaky) -> Queue {
+        Queue::new(Limits {
+            max_messages,
+            max_bytes,
+            leaky,
+        })
+    }
+
+    #[test]
+    fn downstream_drops_the_oldest() {
+        let q = queue(2, 1000, Leaky::Downstream);
+        q.push(msg(1, 1));
+        q.push(msg(1, 2));
+        assert_eq!(q.push(msg(1, 3)), Pushed::Queued { dropped_oldest: 1 });
+        assert_eq!(q.pop().unwrap().payload, [2]);
+        assert_eq!(q.pop().unwrap().payload, [3]);
+        assert!(q.pop().is_none());
+    }
+
+    #[test]
+    fn upstream_drops_the_new_one() {
+        let q = queue(2, 1000, Leaky::Upstream);
+        q.push(msg(1, 1));
+        q.push(msg(1, 2));
+        assert_eq!(q.push(msg(1, 3)), Pushed::DroppedNew);
+        assert_eq!(q.pop().unwrap().payload, [1]);
+    }
+
+    #[test]
+    fn byte_limit_counts_and_a_lone_big_message_still_fits() {
+        let q = queue(100, 10, Leaky::Downstream);
+        assert_eq!(q.push(msg(6, 1)), Pushed::Queued { dropped_oldest: 0 });
+        assert_eq!(q.push(msg(6, 2)), Pushed::Queued { dropped_oldest: 1 });
+        assert_eq!(q.depth(), (1, 6));
+        // Bigger than the byte limit on its own: queued alone rather than never.
+        assert_eq!(q.push(msg(20, 3)), Pushed::Queued { dropped_oldest: 1 });
+        assert_eq!(q.depth(), (1, 20));
+    }
+
+    #[test]
+    fn blocking_push_waits_for_room_and_gives_up_when_flushing() {
+        let q = Arc::new(queue(1, 1000, Leaky::No));
+        q.push(msg(1, 1));
+        let pusher = {
+            let q = q.clone();
+            std::thread::spawn(move || q.push(msg(1, 2)))
+        };
+        assert_eq!(q.pop().unwrap().payload, [1]);
+        assert_eq!(pusher.join().unwrap(), Pushed::Queued { dropped_oldest: 0 });
+
+        let pusher = {
+            let q = q.clone();
+            std::thread::spawn(move || q.push(msg(1, 3)))
+        };
+        // The queue stays full; only flushing can release the pusher.
+        q.set_flushing(true);
+        assert_eq!(pusher.join().unwrap(), Pushed::Flushing);
+    }
+}

@@ -1,0 +1,410 @@
+// SPDX-License-Identifier: MPL-2.0
+
+//! The connection worker: one thread per sink running rumqttc's event loop on a
+//! current-thread tokio runtime, with two tasks:
+//! - the *poller* drives the event loop, tracks connection state and acknowledgements, and
+//!   sleeps with exponential backoff after a connection loss;
+//! - the *mover* takes messages from the [`Queue`] and hands them to rumqttc, only while
+//!   connected and never more than rumqttc's request channel holds, so a hand-over never
+//!   waits and everything not yet handed over stays under the queue's bounds and policy.
+//!
+//! Every message is accounted for: `queued = published + dropped + still queued + in flight`.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
+
+use super::session::{Event, Publisher, Session, REQUEST_CHANNEL};
+use super::{ConnectionConfig, Limits, Message, Pushed, QoS, Queue};
+
+/// First reconnection delay; it doubles after each failed attempt up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// A connection that lasted this long resets the backoff.
+const CONNECTION_HELD: Duration = Duration::from_secs(10);
+/// This many short-lived connections in a row suggest another client uses our client id.
+const SHORT_CONNECTIONS_WARNING: u32 = 3;
+/// How long a stop waits for DISCONNECT to go out.
+const DISCONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Connection events for the element to post on the bus.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notice {
+    Connected {
+        /// The broker still had our session (and redelivers what was in flight).
+        session_present: bool,
+    },
+    Disconnected {
+        reason: String,
+        /// Failed attempts in a row, 1 for the first failure after a connection.
+        attempt: u32,
+        retry_in: Duration,
+    },
+    /// The broker keeps dropping the connection soon after accepting it, or said another
+    /// client took the session over.
+    ClientIdConflict { reason: String },
+    /// The broker did not keep the session: rumqttc discarded messages in flight.
+    Discarded { count: u64 },
+}
+
+/// Message counters; see the sink's `stats` property for their meaning.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Stats {
+    pub queued: u64,
+    pub published: u64,
+    pub acknowledged: u64,
+    pub dropped_queue_full: u64,
+    pub dropped_oversize: u64,
+    pub dropped_disconnected: u64,
+    pub dropped_stopped: u64,
+    pub reconnects: u64,
+    pub bytes_sent: u64,
+    pub connected: bool,
+    /// Handed to rumqttc and not yet written (QoS 0) or acknowledged (QoS 1/2).
+    pub in_flight: u64,
+    pub queue_depth: u64,
+    pub queue_bytes: u64,
+}
+
+/// Per-message bookkeeping between the mover and the poller.
+#[derive(Debug, Default)]
+struct Tracker {
+    stats: Stats,
+    /// Sizes of messages handed over and not yet written, in hand-over order.
+    unwritten: VecDeque<usize>,
+    /// Packet ids written and not yet acknowledged (QoS 1/2).
+    unacked: HashSet<u16>,
+}
+
+impl Tracker {
+    fn handed(&mut self, size: usize) {
+        self.unwritten.push_back(size);
+        self.stats.in_flight += 1;
+    }
+
+    fn written(&mut self, pkid: u16) {
+        // A retransmission of a packet id already written is not a new message.
+        if pkid != 0 && !self.unacked.insert(pkid) {
+            return;
+        }
+        let size = self.unwritten.pop_front().unwrap_or(0);
+        self.stats.published += 1;
+        self.stats.bytes_sent += size as u64;
+        if pkid == 0 {
+            self.stats.in_flight = self.stats.in_flight.saturating_sub(1);
+        }
+    }
+
+    fn completed(&mut self, pkid: u16) {
+        if self.unacked.remove(&pkid) {
+            self.stats.acknowledged += 1;
+            self.stats.in_flight = self.stats.in_flight.saturating_sub(1);
+        }
+    }
+
+    /// The broker started a new session: rumqttc dropped everything in flight.
+    fn discard_in_flight(&mut self) -> u64 {
+        let lost = self.stats.in_flight;
+        self.stats.dropped_disconnected += lost;
+        self.stats.in_flight = 0;
+        self.unwritten.clear();
+        self.unacked.clear();
+        lost
+    }
+}
+
+struct Shared {
+    queue: Queue,
+    tracker: Mutex<Tracker>,
+    /// Signalled whenever messages complete or the connection state changes.
+    progress: Condvar,
+    /// Wakes the mover: a message was queued, room was made, or the connection came up.
+    wake: Notify,
+    /// Wakes the poller to stop.
+    stop: Notify,
+    stopping: AtomicBool,
+}
+
+impl Shared {
+    fn update<R>(&self, f: impl FnOnce(&mut Tracker) -> R) -> R {
+        let r = f(&mut self.tracker.lock().unwrap());
+        self.progress.notify_all();
+        r
+    }
+}
+
+/// The worker thread and the handle the streaming thread uses.
+pub struct Worker {
+    shared: Arc<Shared>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Worker {
+    /// Starts the worker thread; it connects in the background.
+    pub fn start(
+        config: ConnectionConfig,
+        limits: Limits,
+        notify: impl Fn(Notice) + Send + 'static,
+    ) -> std::io::Result<Worker> {
+        let shared = Arc::new(Shared {
+            queue: Queue::new(limits),
+            tracker: Mutex::default(),
+            progress: Condvar::new(),
+            wake: Notify::new(),
+            stop: Notify::new(),
+            stopping: AtomicBool::new(false),
+        });
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let thread_shared = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("mqttpublish".into())
+            .spawn(move || runtime.block_on(run(thread_shared, config, notify)))?;
+        Ok(Worker {
+            shared,
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    /// Queues a payload for publishing, following the queue's leaky policy.
+    pub fn push(&self, payload: Vec<u8>) -> Pushed {
+        let pushed = self.shared.queue.push(Message {
+            payload,
+            queued_at: Instant::now(),
+        });
+        let mut tracker = self.shared.tracker.lock().unwrap();
+        match pushed {
+            Pushed::Queued { dropped_oldest } => {
+                tracker.stats.queued += 1;
+                tracker.stats.dropped_queue_full += u64::from(dropped_oldest);
+                drop(tracker);
+                self.shared.wake.notify_one();
+            }
+            Pushed::DroppedNew => {
+                tracker.stats.queued += 1;
+                tracker.stats.dropped_queue_full += 1;
+            }
+            Pushed::Flushing => {}
+        }
+        pushed
+    }
+
+    /// Counts a message that was too big to publish.
+    pub fn count_oversize(&self) {
+        let mut tracker = self.shared.tracker.lock().unwrap();
+        tracker.stats.queued += 1;
+        tracker.stats.dropped_oversize += 1;
+    }
+
+    pub fn stats(&self) -> Stats {
+        let (depth, bytes) = self.shared.queue.depth();
+        let mut stats = self.shared.tracker.lock().unwrap().stats;
+        stats.queue_depth = depth as u64;
+        stats.queue_bytes = bytes as u64;
+        stats
+    }
+
+    /// Unblocks (`true`) or re-enables (`false`) a streaming thread waiting for room.
+    pub fn set_flushing(&self, flushing: bool) {
+        self.shared.queue.set_flushing(flushing);
+    }
+
+    /// Waits until everything queued has been published and, for QoS 1/2, acknowledged.
+    /// Gives up at `timeout`, or when nothing has completed for `stall` (when set).
+    /// Returns whether everything was delivered.
+    pub fn flush(&self, timeout: Duration, stall: Option<Duration>) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut last_progress = Instant::now();
+        let mut tracker = self.shared.tracker.lock().unwrap();
+        let mut done = tracker.stats.published + tracker.stats.acknowledged;
+        loop {
+            let (depth, _) = self.shared.queue.depth();
+            if depth == 0 && tracker.stats.in_flight == 0 {
+                return true;
+            }
+            let now = Instant::now();
+            let now_done = tracker.stats.published + tracker.stats.acknowledged;
+            if now_done != done {
+                done = now_done;
+                last_progress = now;
+            }
+            if now >= deadline || stall.is_some_and(|s| now - last_progress >= s) {
+                return false;
+            }
+            let wait = (deadline - now).min(Duration::from_millis(50));
+            tracker = self.shared.progress.wait_timeout(tracker, wait).unwrap().0;
+        }
+    }
+
+    /// Disconnects, stops the thread and counts what was still queued as dropped.
+    pub fn stop(&self) -> Stats {
+        self.shutdown();
+        self.stats()
+    }
+
+    fn shutdown(&self) {
+        let Some(thread) = self.thread.lock().unwrap().take() else {
+            return;
+        };
+        self.shared.stopping.store(true, Ordering::SeqCst);
+        self.shared.queue.set_flushing(true);
+        self.shared.stop.notify_one();
+        self.shared.wake.notify_one();
+        let _ = thread.join();
+        let left = self.shared.queue.clear() as u64;
+        self.shared.update(|t| {
+            t.stats.dropped_stopped += left + t.stats.in_flight;
+            t.stats.in_flight = 0;
+            t.stats.connected = false;
+        });
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+async fn run(shared: Arc<Shared>, config: ConnectionConfig, notify: impl Fn(Notice)) {
+    let session = Session::new(&config);
+    let publisher = session.publisher();
+    tokio::join!(
+        poll_connection(&shared, session, &config, &notify),
+        move_messages(&shared, publisher, &config.topic, config.qos, config.retain),
+    );
+}
+
+/// Hands queued messages to rumqttc while connected and its request channel has room.
+async fn move_messages(shared: &Shared, publisher: Publisher, topic: &str, qos: QoS, retain: bool) {
+    while !shared.stopping.load(Ordering::SeqCst) {
+        loop {
+            let room = {
+                let tracker = shared.tracker.lock().unwrap();
+                tracker.stats.connected && tracker.unwritten.len() < REQUEST_CHANNEL
+            };
+            if !room {
+                break;
+            }
+            let Some(message) = shared.queue.pop() else {
+                break;
+            };
+            let size = message.payload.len();
+            // The channel has room, so this completes without waiting.
+            match publisher.publish(topic, qos, retain, message.payload).await {
+                Ok(()) => shared.update(|t| t.handed(size)),
+                Err(_) => shared.update(|t| t.stats.dropped_stopped += 1),
+            }
+        }
+        shared.wake.notified().await;
+    }
+}
+
+/// Drives the event loop: connection state, acknowledgements, backoff, clean disconnect.
+async fn poll_connection(
+    shared: &Shared,
+    mut session: Session,
+    config: &ConnectionConfig,
+    notify: &impl Fn(Notice),
+) {
+    let mut backoff = FIRST_BACKOFF;
+    let mut failures = 0u32;
+    let mut short_connections = 0u32;
+    let mut connected_since: Option<Instant> = None;
+    let mut ever_connected = false;
+    let mut broker_reason: Option<String> = None;
+
+    loop {
+        let event = tokio::select! {
+            event = session.poll() => event,
+            _ = shared.stop.notified() => break,
+        };
+        match event {
+            Ok(Event::Connected { session_present }) => {
+                failures = 0;
+                connected_since = Some(Instant::now());
+                let discarded = shared.update(|t| {
+                    t.stats.connected = true;
+                    if ever_connected {
+                        t.stats.reconnects += 1;
+                    }
+                    if session_present {
+                        0
+                    } else {
+                        t.discard_in_flight()
+                    }
+                });
+                ever_connected = true;
+                notify(Notice::Connected { session_present });
+                if discarded > 0 {
+                    notify(Notice::Discarded { count: discarded });
+                }
+                shared.wake.notify_one();
+            }
+            Ok(Event::Written { pkid }) => {
+                shared.update(|t| t.written(pkid));
+                shared.wake.notify_one();
+            }
+            Ok(Event::Completed { pkid }) => shared.update(|t| t.completed(pkid)),
+            Ok(Event::BrokerDisconnect { reason }) => broker_reason = Some(reason),
+            Ok(Event::DisconnectSent | Event::Other) => {}
+            Err(error) => {
+                shared.update(|t| t.stats.connected = false);
+                if let Some(since) = connected_since.take() {
+                    if since.elapsed() >= CONNECTION_HELD {
+                        backoff = FIRST_BACKOFF;
+                        short_connections = 0;
+                    } else {
+                        short_connections += 1;
+                    }
+                }
+                let reason = match broker_reason.take() {
+                    Some(broker) => format!("{error} (broker said {broker})"),
+                    None => error,
+                };
+                if reason.contains("SessionTakenOver")
+                    || short_connections >= SHORT_CONNECTIONS_WARNING
+                {
+                    short_connections = 0;
+                    notify(Notice::ClientIdConflict {
+                        reason: format!(
+                            "the broker keeps closing the connection soon after accepting it \
+                             ({reason}); another client may be using client-id {:?}",
+                            config.client_id
+                        ),
+                    });
+                }
+                failures += 1;
+                let retry_in = backoff;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                notify(Notice::Disconnected {
+                    reason,
+                    attempt: failures,
+                    retry_in,
+                });
+                tokio::select! {
+                    _ = tokio::time::sleep(retry_in) => {}
+                    _ = shared.stop.notified() => return,
+                }
+            }
+        }
+    }
+
+    // Stopping: say goodbye if connected, so the broker does not publish a will or keep
+    // a half-open connection.
+    if connected_since.is_some() && session.request_disconnect() {
+        let _ = tokio::time::timeout(DISCONNECT_TIMEOUT, async {
+            while let Ok(event) = session.poll().await {
+                if event == Event::DisconnectSent {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
+}
