@@ -1,0 +1,645 @@
+// SPDX-License-Identifier: MPL-2.0
+
+//! A real mosquitto broker per test.
+
+use std::fmt::Write as _;
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant, SystemTime};
+
+use tempfile::TempDir;
+
+use super::{free_port, wait_until, TlsFiles, LOCALHOST_V4, LOCALHOST_V6};
+
+/// The broker binary.
+const MOSQUITTO: &str = "/usr/sbin/mosquitto";
+/// How long a start may take before the test fails (generous: loaded CI).
+const START_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long `stop()` waits after SIGTERM before it falls back to SIGKILL.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Interval of the readiness and exit polls.
+const POLL: Duration = Duration::from_millis(10);
+/// How many times a first start picks new ports after a bind failure.
+const PORT_ATTEMPTS: usize = 5;
+
+/// Options of [`Broker`]; create with [`Broker::builder`], finish with
+/// [`BrokerBuilder::start`].
+#[derive(Debug, Clone, Default)]
+pub struct BrokerBuilder {
+    ipv6: bool,
+    persistence: bool,
+    tls: Option<TlsListener>,
+    users: Vec<(String, String)>,
+    max_inflight: Option<u32>,
+    max_queued: Option<u32>,
+    extra: Vec<String>,
+}
+
+/// The TLS listener's files (copied into the broker's directory) and policy.
+#[derive(Debug, Clone)]
+struct TlsListener {
+    ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+    require_certificate: bool,
+}
+
+impl BrokerBuilder {
+    /// Also listen on `::1` (same port numbers as on 127.0.0.1).
+    pub fn ipv6(mut self, enabled: bool) -> Self {
+        self.ipv6 = enabled;
+        self
+    }
+
+    /// Turns persistence on or off (default off). The database lives in the
+    /// broker's temporary directory, so it survives [`Broker::stop`] /
+    /// [`Broker::start`] but not the [`Broker`] value. Mosquitto writes it on
+    /// a clean shutdown ([`Broker::stop`]), not on [`Broker::kill`].
+    pub fn persistence(mut self, enabled: bool) -> Self {
+        self.persistence = enabled;
+        self
+    }
+
+    /// Adds a TLS listener (see [`Broker::tls_port`]) with the CA, server
+    /// certificate and key of `files`. With `require_certificate` clients
+    /// must present a certificate signed by that CA.
+    pub fn tls(self, files: &TlsFiles, require_certificate: bool) -> Self {
+        self.tls_with(
+            &files.ca,
+            &files.server_cert,
+            &files.server_key,
+            require_certificate,
+        )
+    }
+
+    /// Like [`BrokerBuilder::tls`] with explicit files, e.g. the expired or
+    /// wrong-host server certificate of [`TlsFiles`]. The files are copied
+    /// into the broker's directory when it is built.
+    pub fn tls_with(
+        mut self,
+        ca: &Path,
+        cert: &Path,
+        key: &Path,
+        require_certificate: bool,
+    ) -> Self {
+        self.tls = Some(TlsListener {
+            ca: ca.to_path_buf(),
+            cert: cert.to_path_buf(),
+            key: key.to_path_buf(),
+            require_certificate,
+        });
+        self
+    }
+
+    /// Adds a user to the password file (generated with `mosquitto_passwd`)
+    /// and turns anonymous access off. May be called several times.
+    pub fn user(mut self, name: &str, password: &str) -> Self {
+        self.users.push((name.to_owned(), password.to_owned()));
+        self
+    }
+
+    /// `max_inflight_messages`: QoS 1/2 messages the broker has in flight to
+    /// one client at a time.
+    pub fn max_inflight(mut self, messages: u32) -> Self {
+        self.max_inflight = Some(messages);
+        self
+    }
+
+    /// `max_queued_messages`: QoS 1/2 messages queued for one client beyond
+    /// those in flight (including while a persistent client is offline).
+    pub fn max_queued(mut self, messages: u32) -> Self {
+        self.max_queued = Some(messages);
+        self
+    }
+
+    /// Appends a raw line to the configuration file. Lines come after all
+    /// listeners, so listener-specific options apply to the last listener
+    /// (the TLS one when there is one).
+    pub fn extra(mut self, line: &str) -> Self {
+        self.extra.push(line.to_owned());
+        self
+    }
+
+    /// Writes the configuration, starts mosquitto and waits until every
+    /// listener accepts connections. Panics (with the broker's output) if
+    /// it does not come up within a generous timeout.
+    #[track_caller]
+    pub fn start(self) -> Broker {
+        let dir = tempfile::Builder::new()
+            .prefix("harness-broker-")
+            .tempdir()
+            .expect("create broker temp dir");
+        let root = dir.path().to_path_buf();
+        let tls = self.tls.as_ref().map(|tls| {
+            let copy = |from: &Path, name: &str| {
+                let to = root.join(name);
+                fs::copy(from, &to)
+                    .unwrap_or_else(|e| panic!("copy {} to broker dir: {e}", from.display()));
+                to
+            };
+            TlsListener {
+                ca: copy(&tls.ca, "ca.pem"),
+                cert: copy(&tls.cert, "server.pem"),
+                key: copy(&tls.key, "server.key"),
+                require_certificate: tls.require_certificate,
+            }
+        });
+        let password_file = (!self.users.is_empty()).then(|| {
+            let file = root.join("passwords");
+            write_password_file(&file, &self.users);
+            file
+        });
+        if self.persistence {
+            fs::create_dir(root.join("persistence")).expect("create persistence dir");
+        }
+        let mut broker = Broker {
+            config_path: root.join("mosquitto.conf"),
+            log_path: root.join("mosquitto.log"),
+            port: 0,
+            tls_port: None,
+            options: self,
+            tls,
+            password_file,
+            child: None,
+            stderr_reader: None,
+            lines: Arc::new(Mutex::new(Vec::new())),
+            probe_addrs: Vec::new(),
+            dir,
+        };
+
+        let mut last_failure = String::new();
+        for _ in 0..PORT_ATTEMPTS {
+            broker.port = free_port(broker.options.ipv6);
+            broker.tls_port = broker.tls.as_ref().map(|_| free_port(broker.options.ipv6));
+            broker.write_config();
+            match broker.launch() {
+                Ok(()) => return broker,
+                Err(failure) if failure.contains("Address already in use") => {
+                    last_failure = failure;
+                }
+                Err(failure) => panic!("{failure}"),
+            }
+        }
+        panic!("no free port after {PORT_ATTEMPTS} attempts: {last_failure}");
+    }
+}
+
+/// One line mosquitto logged (captured from its standard error).
+#[derive(Debug, Clone)]
+pub struct LogLine {
+    /// When the harness read the line: millisecond-precise, unlike the
+    /// broker's own timestamp.
+    pub at: Instant,
+    /// Wall clock time matching [`LogLine::at`].
+    pub wall: SystemTime,
+    /// The broker's timestamp (UNIX seconds), if the line has one.
+    pub broker_time: Option<u64>,
+    /// The message without the timestamp prefix.
+    pub text: String,
+}
+
+/// A real mosquitto process serving on free loopback ports, configured and
+/// run in its own temporary directory. Dropping it kills the process.
+///
+/// The configuration always has `user root` (mosquitto started as root
+/// otherwise drops to the `mosquitto` user, which cannot read the temporary
+/// directory), logs everything (`log_type all`, `connection_messages true`,
+/// UNIX-seconds timestamps) to a file and to standard error, and allows
+/// anonymous clients unless users were added.
+pub struct Broker {
+    options: BrokerBuilder,
+    tls: Option<TlsListener>,
+    password_file: Option<PathBuf>,
+    port: u16,
+    tls_port: Option<u16>,
+    config_path: PathBuf,
+    log_path: PathBuf,
+    child: Option<Child>,
+    stderr_reader: Option<JoinHandle<()>>,
+    lines: Arc<Mutex<Vec<LogLine>>>,
+    /// Local addresses of the readiness probes, to tell them from clients.
+    probe_addrs: Vec<SocketAddr>,
+    // Last field: removed after everything else is dropped.
+    dir: TempDir,
+}
+
+impl Broker {
+    /// A broker with one plain listener on 127.0.0.1 and default options.
+    pub fn new() -> Broker {
+        Broker::builder().start()
+    }
+
+    /// Options for a broker; see [`BrokerBuilder`].
+    pub fn builder() -> BrokerBuilder {
+        BrokerBuilder::default()
+    }
+
+    /// The host clients connect to: `127.0.0.1`.
+    pub fn host(&self) -> &'static str {
+        LOCALHOST_V4
+    }
+
+    /// Port of the plain (non-TLS) listener.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Whether the broker has a TLS listener.
+    pub fn has_tls(&self) -> bool {
+        self.tls_port.is_some()
+    }
+
+    /// Port of the TLS listener; panics if the broker has none.
+    #[track_caller]
+    pub fn tls_port(&self) -> u16 {
+        self.tls_port
+            .expect("this broker has no TLS listener (use BrokerBuilder::tls)")
+    }
+
+    /// The broker's temporary directory (configuration, log, persistence).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Path of the generated `mosquitto.conf`.
+    pub fn config_path(&self) -> &Path {
+        &self.config_path
+    }
+
+    /// Process id of the running broker, if it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Pid of the process if it has not exited. An exited child is reaped
+    /// by `try_wait`, after which its pid must not be signalled any more.
+    fn live_pid(&mut self) -> Option<u32> {
+        if self.is_running() {
+            self.pid()
+        } else {
+            None
+        }
+    }
+
+    /// Whether the broker process is alive (a paused broker is alive).
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(child) => child.try_wait().expect("poll mosquitto").is_none(),
+            None => false,
+        }
+    }
+
+    /// Starts the broker again after [`Broker::stop`] or [`Broker::kill`],
+    /// on the same ports with the same configuration (and, with persistence,
+    /// the same database). Waits until it accepts connections.
+    ///
+    /// Panics if it is already running or does not come up.
+    #[track_caller]
+    pub fn start(&mut self) {
+        assert!(!self.is_running(), "broker is already running");
+        self.reap();
+        // The old process is gone; its ports can only be busy briefly.
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            match self.launch() {
+                Ok(()) => return,
+                Err(failure)
+                    if failure.contains("Address already in use") && Instant::now() < deadline =>
+                {
+                    thread::sleep(Duration::from_millis(200));
+                }
+                Err(failure) => panic!("{failure}"),
+            }
+        }
+    }
+
+    /// Sends SIGTERM and waits for the process to exit (mosquitto saves its
+    /// persistence database on the way). Falls back to SIGKILL after a
+    /// timeout. A paused broker is resumed so it can handle the signal.
+    pub fn stop(&mut self) {
+        let Some(pid) = self.live_pid() else {
+            self.reap();
+            return;
+        };
+        signal(pid, libc::SIGTERM);
+        signal(pid, libc::SIGCONT);
+        let exited = wait_until(STOP_TIMEOUT, POLL, || !self.is_running());
+        if !exited {
+            eprintln!("mosquitto ignored SIGTERM for {STOP_TIMEOUT:?}; killing it");
+            signal(pid, libc::SIGKILL);
+        }
+        self.reap();
+    }
+
+    /// Sends SIGKILL and waits for the process to be gone: an abrupt crash,
+    /// no clean disconnects, nothing saved.
+    pub fn kill(&mut self) {
+        if let Some(pid) = self.live_pid() {
+            signal(pid, libc::SIGKILL);
+        }
+        self.reap();
+    }
+
+    /// Freezes the broker with SIGSTOP: its sockets stay open but nothing
+    /// is answered (a hung broker).
+    #[track_caller]
+    pub fn pause(&mut self) {
+        let pid = self.live_pid().expect("broker is not running");
+        signal(pid, libc::SIGSTOP);
+    }
+
+    /// Lets a paused broker continue (SIGCONT).
+    #[track_caller]
+    pub fn resume(&mut self) {
+        let pid = self.live_pid().expect("broker is not running");
+        signal(pid, libc::SIGCONT);
+    }
+
+    /// The broker log file (all runs of this broker), one line per event,
+    /// each `SECONDS: message` with SECONDS a UNIX time. The readiness
+    /// probes of each start show up as connections that send nothing;
+    /// [`Broker::connection_attempts`] leaves them out.
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// All lines logged so far (all runs), captured from the broker's
+    /// standard error with a millisecond-precise arrival time.
+    pub fn log_lines(&self) -> Vec<LogLine> {
+        self.lines.lock().unwrap().clone()
+    }
+
+    /// Lines `New connection from ADDRESS on port PORT.`: every TCP (and
+    /// TLS) connection a client opened, whether it got further or not,
+    /// except the harness's own readiness probes.
+    pub fn connection_attempts(&self) -> Vec<LogLine> {
+        let probes: Vec<String> = self
+            .probe_addrs
+            .iter()
+            .map(|addr| format!("New connection from {}:{} ", addr.ip(), addr.port()))
+            .collect();
+        self.log_lines()
+            .into_iter()
+            .filter(|line| line.text.starts_with("New connection from "))
+            .filter(|line| !probes.iter().any(|probe| line.text.starts_with(probe)))
+            .collect()
+    }
+
+    /// Waits until a log line containing `needle` appears and returns the
+    /// first such line; panics with the log after `timeout`.
+    #[track_caller]
+    pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> LogLine {
+        let mut found = None;
+        wait_until(timeout, POLL, || {
+            found = self
+                .lines
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|line| line.text.contains(needle))
+                .cloned();
+            found.is_some()
+        });
+        match found {
+            Some(line) => line,
+            None => panic!(
+                "broker did not log {needle:?} within {timeout:?}; log:\n{}",
+                self.log_text()
+            ),
+        }
+    }
+
+    /// Captured log as text, for failure messages.
+    fn log_text(&self) -> String {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .fold(String::new(), |mut text, line| {
+                let _ = writeln!(text, "{}", line.text);
+                text
+            })
+    }
+
+    /// Writes `mosquitto.conf` for the current ports.
+    fn write_config(&self) {
+        let root = self.dir.path();
+        let options = &self.options;
+        let mut conf = String::new();
+        let mut line = |text: String| {
+            conf.push_str(&text);
+            conf.push('\n');
+        };
+        line("# Written by the integration test harness (tests/common).".into());
+        line("# Started as root, mosquitto would drop to the mosquitto user".into());
+        line("# and could not read this root-only directory.".into());
+        line("user root".into());
+        line(format!("log_dest file {}", self.log_path.display()));
+        line("log_dest stderr".into());
+        line("log_type all".into());
+        line("log_timestamp true".into());
+        line("log_timestamp_format %s".into());
+        line("connection_messages true".into());
+        match &self.password_file {
+            Some(file) => {
+                line("allow_anonymous false".into());
+                line(format!("password_file {}", file.display()));
+            }
+            None => line("allow_anonymous true".into()),
+        }
+        if options.persistence {
+            line("persistence true".into());
+            // Mosquitto appends the file name: the trailing slash matters.
+            line(format!(
+                "persistence_location {}/",
+                root.join("persistence").display()
+            ));
+        } else {
+            line("persistence false".into());
+        }
+        if let Some(messages) = options.max_inflight {
+            line(format!("max_inflight_messages {messages}"));
+        }
+        if let Some(messages) = options.max_queued {
+            line(format!("max_queued_messages {messages}"));
+        }
+        for address in self.addresses() {
+            line(format!("listener {} {}", self.port, address));
+        }
+        if let (Some(tls), Some(port)) = (&self.tls, self.tls_port) {
+            for address in self.addresses() {
+                line(format!("listener {port} {address}"));
+                line(format!("cafile {}", tls.ca.display()));
+                line(format!("certfile {}", tls.cert.display()));
+                line(format!("keyfile {}", tls.key.display()));
+                line(format!("require_certificate {}", tls.require_certificate));
+            }
+        }
+        for extra in &options.extra {
+            line(extra.clone());
+        }
+        fs::write(&self.config_path, conf).expect("write mosquitto.conf");
+    }
+
+    /// Loopback addresses the listeners bind to.
+    fn addresses(&self) -> Vec<&'static str> {
+        if self.options.ipv6 {
+            vec![LOCALHOST_V4, LOCALHOST_V6]
+        } else {
+            vec![LOCALHOST_V4]
+        }
+    }
+
+    /// Socket addresses of all listeners.
+    fn listener_addrs(&self) -> Vec<SocketAddr> {
+        let ports = std::iter::once(self.port).chain(self.tls_port);
+        ports
+            .flat_map(|port| {
+                self.addresses()
+                    .into_iter()
+                    .map(move |ip| SocketAddr::new(ip.parse().unwrap(), port))
+            })
+            .collect()
+    }
+
+    /// Spawns mosquitto and waits until every listener accepts a
+    /// connection. On failure the process is gone and the error text
+    /// contains its output.
+    fn launch(&mut self) -> Result<(), String> {
+        let mut child = Command::new(MOSQUITTO)
+            .arg("-c")
+            .arg(&self.config_path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {MOSQUITTO} (is mosquitto installed?): {e}"));
+        let stderr = child.stderr.take().expect("piped stderr");
+        let lines = Arc::clone(&self.lines);
+        let first_line = lines.lock().unwrap().len();
+        self.stderr_reader = Some(thread::spawn(move || {
+            for text in BufReader::new(stderr).lines() {
+                let Ok(text) = text else { break };
+                lines.lock().unwrap().push(parse_log_line(&text));
+            }
+        }));
+        self.child = Some(child);
+
+        let mut pending = self.listener_addrs();
+        let deadline = Instant::now() + START_TIMEOUT;
+        while !pending.is_empty() {
+            if !self.is_running() {
+                self.reap();
+                return Err(self.start_failure("exited during start-up", first_line));
+            }
+            if Instant::now() >= deadline {
+                self.kill();
+                return Err(self.start_failure("did not accept connections in time", first_line));
+            }
+            pending.retain(
+                |addr| match TcpStream::connect_timeout(addr, Duration::from_secs(1)) {
+                    Ok(probe) => {
+                        if let Ok(local) = probe.local_addr() {
+                            self.probe_addrs.push(local);
+                        }
+                        false
+                    }
+                    Err(_) => true,
+                },
+            );
+            if !pending.is_empty() {
+                thread::sleep(POLL);
+            }
+        }
+        Ok(())
+    }
+
+    fn start_failure(&self, what: &str, first_line: usize) -> String {
+        let lines = self.lines.lock().unwrap();
+        let output: Vec<&str> = lines[first_line..]
+            .iter()
+            .map(|l| l.text.as_str())
+            .collect();
+        format!(
+            "mosquitto {what}\nconfig {}:\n{}\noutput:\n{}",
+            self.config_path.display(),
+            fs::read_to_string(&self.config_path).unwrap_or_default(),
+            output.join("\n")
+        )
+    }
+
+    /// Waits for the exited (or killed) process and its log reader.
+    fn reap(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.wait();
+        }
+        if let Some(reader) = self.stderr_reader.take() {
+            let _ = reader.join();
+        }
+    }
+}
+
+impl Default for Broker {
+    fn default() -> Self {
+        Broker::new()
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Sends `sig` to the process `pid` (one we started).
+fn signal(pid: u32, sig: libc::c_int) {
+    let pid = libc::pid_t::try_from(pid).expect("pid fits pid_t");
+    // SAFETY: kill(2) has no memory-safety preconditions; the pid is our
+    // own child, which we have not reaped yet.
+    unsafe {
+        libc::kill(pid, sig);
+    }
+}
+
+/// Splits `SECONDS: message`.
+fn parse_log_line(text: &str) -> LogLine {
+    let (broker_time, message) = match text.split_once(": ") {
+        Some((stamp, rest)) if stamp.bytes().all(|b| b.is_ascii_digit()) => {
+            (stamp.parse().ok(), rest)
+        }
+        _ => (None, text),
+    };
+    LogLine {
+        at: Instant::now(),
+        wall: SystemTime::now(),
+        broker_time,
+        text: message.to_owned(),
+    }
+}
+
+/// Generates a mosquitto password file with `mosquitto_passwd -b`.
+fn write_password_file(file: &Path, users: &[(String, String)]) {
+    for (index, (name, password)) in users.iter().enumerate() {
+        let mut command = Command::new("mosquitto_passwd");
+        if index == 0 {
+            command.arg("-c");
+        }
+        let output = command
+            .arg("-b")
+            .arg(file)
+            .arg(name)
+            .arg(password)
+            .output()
+            .expect("run mosquitto_passwd (is mosquitto installed?)");
+        assert!(
+            output.status.success(),
+            "mosquitto_passwd failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
