@@ -15,7 +15,7 @@ use std::process::{Command, Output};
 const PLUGIN_NAME: &str = "analyticsmqtt";
 const PLUGIN_FILE: &str = "libgstanalyticsmqtt.so";
 /// Elements the installed plugin must register.
-const ELEMENTS: &[&str] = &["metafilter"];
+const ELEMENTS: &[&str] = &["metafilter", "metareplay"];
 
 fn repo_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -48,13 +48,44 @@ fn require_tool(tool: &str) {
     );
 }
 
+/// A command without the variables `cargo test` sets for test processes
+/// (`CARGO_MANIFEST_DIR`, `CARGO_PKG_*`, ...). Some build scripts watch them
+/// (ring reruns when `CARGO_MANIFEST_DIR` changes), so leaving them in would
+/// make the cargo build run by meson differ from a plain `cargo build
+/// --release` and rebuild half the dependency tree every time.
+fn command(program: &str) -> Command {
+    let mut cmd = Command::new(program);
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy();
+        let set_by_cargo_test = key == "CARGO"
+            || key == "OUT_DIR"
+            || key.starts_with("CARGO_PKG_")
+            || matches!(
+                &*key,
+                "CARGO_MANIFEST_DIR"
+                    | "CARGO_MANIFEST_PATH"
+                    | "CARGO_CRATE_NAME"
+                    | "CARGO_BIN_NAME"
+                    | "CARGO_PRIMARY_PACKAGE"
+                    | "CARGO_TARGET_TMPDIR"
+            );
+        if set_by_cargo_test {
+            cmd.env_remove(&*key);
+        }
+    }
+    cmd
+}
+
 fn describe(cmd: &Command) -> String {
     let mut s = String::new();
+    // Only the variables set for this command, not the ones removed.
     for (key, value) in cmd.get_envs() {
-        let key = key.to_string_lossy();
-        match value {
-            Some(v) => s.push_str(&format!("{key}={} ", v.to_string_lossy())),
-            None => s.push_str(&format!("-u {key} ")),
+        if let Some(value) = value {
+            s.push_str(&format!(
+                "{}={} ",
+                key.to_string_lossy(),
+                value.to_string_lossy()
+            ));
         }
     }
     s.push_str(&cmd.get_program().to_string_lossy());
@@ -98,7 +129,7 @@ fn meson_install(work: &Path, prefix: &str, destdir: &Path) -> PathBuf {
     require_tool("ninja");
     let build = work.join("build");
 
-    let mut setup = Command::new("meson");
+    let mut setup = command("meson");
     setup
         .arg("setup")
         .arg(&build)
@@ -109,15 +140,15 @@ fn meson_install(work: &Path, prefix: &str, destdir: &Path) -> PathBuf {
             cargo_target_dir().display()
         ));
     run(&mut setup);
-    run(Command::new("meson").arg("compile").arg("-C").arg(&build));
-    run(Command::new("meson")
+    run(command("meson").arg("compile").arg("-C").arg(&build));
+    run(command("meson")
         .arg("install")
         .arg("-C")
         .arg(&build)
         .env("DESTDIR", destdir));
 
     // Where meson says it installed the plugin.
-    let out = run(Command::new("meson")
+    let out = run(command("meson")
         .arg("introspect")
         .arg(&build)
         .arg("--installed"));
@@ -158,7 +189,7 @@ fn meson_install(work: &Path, prefix: &str, destdir: &Path) -> PathBuf {
 /// gst-inspect-1.0 with a throwaway registry, no system plugins and
 /// `plugin_path` (if any) as the only plugin directory.
 fn gst_inspect(registry: &Path, plugin_path: Option<&Path>) -> Command {
-    let mut cmd = Command::new("gst-inspect-1.0");
+    let mut cmd = command("gst-inspect-1.0");
     cmd.env("GST_REGISTRY_1_0", registry)
         .env("GST_REGISTRY", registry)
         .env("GST_PLUGIN_SYSTEM_PATH_1_0", "")
@@ -245,7 +276,7 @@ fn usr_prefix_installs_into_gstreamer_plugin_dir() {
     let destdir = work.join("destdir");
     let installed = meson_install(&work, "/usr", &destdir);
 
-    let out = run(Command::new("pkg-config")
+    let out = run(command("pkg-config")
         .arg("--variable=pluginsdir")
         .arg("gstreamer-1.0"));
     let pluginsdir = PathBuf::from(stdout(&out).trim());
