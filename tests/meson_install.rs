@@ -73,6 +73,16 @@ fn command(program: &str) -> Command {
             cmd.env_remove(&*key);
         }
     }
+    // cargo test also puts target/<profile> on the library path, where a
+    // libgstanalyticsmqtt.so lies: gst-inspect-1.0 must not find that one
+    // when it is given a bare file name.
+    if let Some(paths) = std::env::var_os("LD_LIBRARY_PATH") {
+        let target = cargo_target_dir();
+        let kept: Vec<PathBuf> = std::env::split_paths(&paths)
+            .filter(|p| !p.starts_with(&target))
+            .collect();
+        cmd.env("LD_LIBRARY_PATH", std::env::join_paths(kept).unwrap());
+    }
     cmd
 }
 
@@ -80,6 +90,9 @@ fn describe(cmd: &Command) -> String {
     let mut s = String::new();
     // Only the variables set for this command, not the ones removed.
     for (key, value) in cmd.get_envs() {
+        if key == "LD_LIBRARY_PATH" {
+            continue;
+        }
         if let Some(value) = value {
             s.push_str(&format!(
                 "{}={} ",
@@ -141,6 +154,12 @@ fn meson_install(work: &Path, prefix: &str, destdir: &Path) -> PathBuf {
         ));
     run(&mut setup);
     run(command("meson").arg("compile").arg("-C").arg(&build));
+    // meson.build's own check: gst-inspect-1.0 loads the built file.
+    run(command("meson")
+        .arg("test")
+        .arg("-C")
+        .arg(&build)
+        .arg("--print-errorlogs"));
     run(command("meson")
         .arg("install")
         .arg("-C")
