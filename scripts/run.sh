@@ -51,6 +51,8 @@ cleanup() {
     rm -rf "$work"
 }
 trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
 port_open() {
     (exec 3<>"/dev/tcp/$MQTT_HOST/$MQTT_PORT") 2>/dev/null
