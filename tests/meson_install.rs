@@ -15,7 +15,7 @@ use std::process::{Command, Output};
 const PLUGIN_NAME: &str = "analyticsmqtt";
 const PLUGIN_FILE: &str = "libgstanalyticsmqtt.so";
 /// Elements the installed plugin must register.
-const ELEMENTS: &[&str] = &["metafilter", "metareplay"];
+const ELEMENTS: &[&str] = &["metafilter", "metareplay", "mqttpublish"];
 
 fn repo_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
