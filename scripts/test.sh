@@ -8,8 +8,6 @@
 #   fmt           cargo fmt --check
 #   clippy        cargo clippy --all-targets -- -D warnings
 #   build         cargo build
-#   build-release cargo build --release (the plugin file that meson installs and
-#                 scripts/run.sh loads; built here so the meson install test reuses it)
 #   fuzz-build    only if fuzz/ exists: cargo fmt --check on the fuzz crate and
 #                 a build of its targets with the stable toolchain
 #                 (cargo build --manifest-path fuzz/Cargo.toml, sharing target/
@@ -57,7 +55,6 @@ fuzz_build() {
 step fmt cargo fmt --check
 step clippy cargo clippy --all-targets -- -D warnings
 step build cargo build
-step build-release cargo build --release
 if [[ -d fuzz ]]; then
     # Stable on purpose: cargo-fuzz needs nightly, which a fresh machine does
     # not have; a plain build still compiles and links every fuzz target.

@@ -5,8 +5,8 @@
 //!
 //! Needs meson, ninja, pkg-config and gst-inspect-1.0 (`scripts/deps.sh`
 //! installs them). The cargo build that meson runs shares this crate's target
-//! directory, so after a `cargo build --release` it only relinks or does
-//! nothing.
+//! directory and the dev profile, so after `cargo test`'s own build it only
+//! relinks or does nothing.
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
@@ -21,7 +21,7 @@ fn repo_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// Cargo's target directory of this crate, where `cargo build --release`
+/// Cargo's target directory of this crate, where `cargo test`
 /// leaves its cache.
 fn cargo_target_dir() -> PathBuf {
     match std::env::var_os("CARGO_TARGET_DIR") {
@@ -51,8 +51,8 @@ fn require_tool(tool: &str) {
 /// A command without the variables `cargo test` sets for test processes
 /// (`CARGO_MANIFEST_DIR`, `CARGO_PKG_*`, ...). Some build scripts watch them
 /// (ring reruns when `CARGO_MANIFEST_DIR` changes), so leaving them in would
-/// make the cargo build run by meson differ from a plain `cargo build
-/// --release` and rebuild half the dependency tree every time.
+/// make the cargo build run by meson differ from a plain `cargo build` and
+/// rebuild half the dependency tree every time.
 fn command(program: &str) -> Command {
     let mut cmd = Command::new(program);
     for (key, _) in std::env::vars_os() {
@@ -148,6 +148,8 @@ fn meson_install(work: &Path, prefix: &str, destdir: &Path) -> PathBuf {
         .arg(&build)
         .arg(repo_dir())
         .arg(format!("--prefix={prefix}"))
+        // The debug build `cargo test` just made: meson only relinks or does nothing.
+        .arg("-Dcargo_profile=dev")
         .arg(format!(
             "-Dcargo_target_dir={}",
             cargo_target_dir().display()
