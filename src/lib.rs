@@ -9,6 +9,7 @@ use gst::glib;
 
 pub mod config;
 pub mod filter;
+pub mod jpeg;
 pub mod meta;
 mod metafilter;
 mod metareplay;
