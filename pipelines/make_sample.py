@@ -18,7 +18,6 @@ import random
 
 LABELS = [("box", 0), ("shipping label", 1), ("person", 2), ("car", 3)]
 COLORS = [("red", 0), ("white", 1), ("black", 2), ("blue", 3)]
-FRAME_NS = 1_000_000_000 // 30
 
 
 def make_track(rng, track_id, width, height):
@@ -79,7 +78,7 @@ def frame_line(rng, tracks, index, width, height):
     return {
         "objects": objects,
         "resolution": {"height": height, "width": width},
-        "timestamp": index * FRAME_NS,
+        "timestamp": index * 1_000_000_000 // 30,
     }
 
 

@@ -14,10 +14,12 @@ pub mod meta;
 mod metafilter;
 mod metareplay;
 pub mod mqtt;
+mod mqttpublish;
 
 fn plugin_init(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
     metafilter::register(plugin)?;
     metareplay::register(plugin)?;
+    mqttpublish::register(plugin)?;
     Ok(())
 }
 

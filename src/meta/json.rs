@@ -19,6 +19,9 @@ pub struct FrameContext<'a> {
     /// Buffer stream time in nanoseconds.
     pub timestamp: Option<u64>,
     pub frame_id: Option<u64>,
+    /// Wall-clock time (ns since the UNIX epoch) at which the sink received the buffer,
+    /// for latency measurements.
+    pub sink_time: Option<u64>,
     pub source: Option<&'a str>,
     /// A JSON object, already serialized (validated when the user set it).
     pub tags: Option<&'a str>,
@@ -62,6 +65,10 @@ pub fn write_frame_json(out: &mut Vec<u8>, objects: &[Object], ctx: &FrameContex
         out.extend_from_slice(b",\"width\":");
         write_int(out, ctx.width);
         out.push(b'}');
+    }
+    if let Some(sink_time) = ctx.sink_time {
+        key(out, &mut first, "sink_time");
+        write_int(out, sink_time);
     }
     if let Some(source) = ctx.source {
         key(out, &mut first, "source");
@@ -516,6 +523,7 @@ mod tests {
         height: 720,
         timestamp: Some(1_400_000_000),
         frame_id: Some(5),
+        sink_time: Some(1_700_000_000_123_456_789),
         source: Some("rtsp://camera-7/stream"),
         tags: Some(r#"{"site":"dock-3"}"#),
     };
@@ -530,6 +538,7 @@ mod tests {
                 r#""x_min":0.26,"y_max":0.45,"y_min":0.17},"confidence":0.92,"label":"car","#,
                 r#""label_id":0},"h":198,"id":7,"region_id":12,"roi_type":"car","w":255,"#,
                 r#""x":333,"y":127}],"resolution":{"height":720,"width":1280},"#,
+                r#""sink_time":1700000000123456789,"#,
                 r#""source":"rtsp://camera-7/stream","tags":{"site":"dock-3"},"#,
                 r#""timestamp":1400000000}"#
             )

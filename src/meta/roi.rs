@@ -7,10 +7,12 @@
 //! - `object_id`: the tracking `id`;
 //! - any other structure with a string `label`: a classification result.
 
+use std::ffi::CStr;
 use std::ops::ControlFlow;
 
 use gst::buffer::BufferMetaForeachAction;
 use gst::glib;
+use gst::glib::translate::ToGlibPtr;
 use gst_video::VideoRegionOfInterestMeta;
 
 use super::{valid_confidence, BoundingBox, Classification, Detection, Object, Objects, Rect};
@@ -131,7 +133,7 @@ pub fn attach_objects(buffer: &mut gst::BufferRef, objects: &[Object], width: u3
 fn read_object(roi: &VideoRegionOfInterestMeta, invalid: &mut u32) -> Object {
     let (x, y, w, h) = roi.rect();
     let mut object = Object {
-        label: roi.roi_type().to_owned(),
+        label: roi_type(roi),
         rect: Rect { x, y, w, h },
         region_id: roi.id(),
         parent_id: Some(roi.parent_id()).filter(|id| *id >= 0),
@@ -162,17 +164,46 @@ fn read_object(roi: &VideoRegionOfInterestMeta, invalid: &mut u32) -> Object {
             });
         } else if name == OBJECT_ID {
             object.tracking_id = integer(param, "id");
-        } else if let Ok(label) = param.get::<&str>("label") {
+        } else if let Some(label) = string(param, "label") {
             object.classifications.push(Classification {
                 name: name.to_owned(),
-                label: label.to_owned(),
+                label,
                 confidence: confidence(param, invalid),
                 label_id: integer(param, "label_id").and_then(|v| i32::try_from(v).ok()),
-                model_name: param.get::<&str>("model_name").ok().map(str::to_owned),
+                model_name: string(param, "model_name"),
             });
         }
     }
     object
+}
+
+/// The label of an ROI. Producers write it as a C string quark, which nothing forces to be
+/// UTF-8: invalid bytes become U+FFFD rather than reaching the JSON.
+fn roi_type(roi: &VideoRegionOfInterestMeta) -> String {
+    // SAFETY: `VideoRegionOfInterestMeta` is a transparent wrapper of the C struct, and
+    // `g_quark_to_string` returns a NUL-terminated string that lives as long as the process.
+    unsafe {
+        let meta = roi as *const VideoRegionOfInterestMeta
+            as *const gst_video::ffi::GstVideoRegionOfInterestMeta;
+        let text = glib::ffi::g_quark_to_string((*meta).roi_type);
+        if text.is_null() {
+            return String::new();
+        }
+        CStr::from_ptr(text).to_string_lossy().into_owned()
+    }
+}
+
+/// A string field, with invalid UTF-8 replaced (a C producer may set any bytes).
+fn string(s: &gst::StructureRef, field: &str) -> Option<String> {
+    let value = s.value(field).ok()?;
+    if value.type_() != glib::Type::STRING {
+        return None;
+    }
+    // SAFETY: the value holds a string (checked above); the pointer is borrowed for the copy.
+    unsafe {
+        let text = glib::gobject_ffi::g_value_get_string(value.to_glib_none().0);
+        (!text.is_null()).then(|| CStr::from_ptr(text).to_string_lossy().into_owned())
+    }
 }
 
 fn confidence(s: &gst::StructureRef, invalid: &mut u32) -> Option<f64> {

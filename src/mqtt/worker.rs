@@ -29,7 +29,7 @@ const CONNECTION_HELD: Duration = Duration::from_secs(10);
 /// This many short-lived connections in a row suggest another client uses our client id.
 const SHORT_CONNECTIONS_WARNING: u32 = 3;
 /// How long a stop waits for DISCONNECT to go out.
-const DISCONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+const DISCONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// Connection events for the element to post on the bus.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# The project's test command: formatting, lints, builds and all tests.
+#
+#   scripts/test.sh
+#
+# Steps (all run even when one fails; the summary at the end lists them):
+#   deps          scripts/deps.sh (installs missing Debian packages; a failure here stops)
+#   fmt           cargo fmt --check
+#   clippy        cargo clippy --all-targets -- -D warnings
+#   build         cargo build
+#   build-release cargo build --release (the plugin file that meson installs and
+#                 scripts/run.sh loads; built here so the meson install test reuses it)
+#   fuzz-build    only if fuzz/ exists: cargo fmt --check on the fuzz crate and
+#                 a build of its targets with the stable toolchain
+#                 (cargo build --manifest-path fuzz/Cargo.toml, sharing target/
+#                 so the dependencies are not built twice). That checks they
+#                 compile and link; fuzzing itself needs nightly + cargo-fuzz:
+#                 cargo +nightly fuzz run <target>
+#   test          cargo test (unit, integration incl. tests/meson_install.rs, doc tests)
+#
+# Exits non-zero when any step failed.
+set -euo pipefail
+
+REPO_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$REPO_DIR"
+
+# shellcheck source=scripts/deps.sh
+. scripts/deps.sh
+if ! deps_main; then
+    echo "test.sh: dependencies could not be installed; nothing was tested" >&2
+    exit 1
+fi
+
+summary=()
+failed=0
+
+step() {
+    local name=$1 start=$SECONDS rc=0
+    shift
+    printf '\n==> %s: %s\n' "$name" "$*"
+    "$@" || rc=$?
+    local took=$((SECONDS - start))
+    if ((rc == 0)); then
+        summary+=("PASS  $name (${took}s)")
+    else
+        summary+=("FAIL  $name (exit $rc, ${took}s)")
+        failed=$((failed + 1))
+    fi
+}
+
+fuzz_build() {
+    cargo fmt --check --manifest-path fuzz/Cargo.toml &&
+        cargo build --manifest-path fuzz/Cargo.toml --bins \
+            --target-dir "${CARGO_TARGET_DIR:-$REPO_DIR/target}"
+}
+
+step fmt cargo fmt --check
+step clippy cargo clippy --all-targets -- -D warnings
+step build cargo build
+step build-release cargo build --release
+if [[ -d fuzz ]]; then
+    # Stable on purpose: cargo-fuzz needs nightly, which a fresh machine does
+    # not have; a plain build still compiles and links every fuzz target.
+    step fuzz-build fuzz_build
+else
+    summary+=("SKIP  fuzz-build (no fuzz/ directory)")
+fi
+step test cargo test
+
+printf '\n==> summary\n'
+printf '%s\n' "${summary[@]}"
+if ((failed > 0)); then
+    echo "test.sh: $failed step(s) failed"
+    exit 1
+fi
+echo "test.sh: all steps passed"

@@ -1,0 +1,811 @@
+// SPDX-License-Identifier: MPL-2.0
+
+//! `mqttpublish` against a real mosquitto per test, checked by a real subscriber.
+
+mod common;
+
+use std::io::Write;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::{Broker, Message, QoS, Subscriber, TlsFiles};
+use gst::glib;
+use gst::prelude::*;
+use serde_json::Value;
+
+const TOPIC: &str = "dlstreamer_pipeline_results";
+const LONG: Duration = Duration::from_secs(30);
+
+fn init() {
+    use std::sync::Once;
+    static INIT: Once = Once::new();
+    INIT.call_once(|| {
+        gst::init().unwrap();
+        gstanalyticsmqtt::plugin_register_static().expect("plugin registers");
+    });
+}
+
+fn sample() -> String {
+    concat!(env!("CARGO_MANIFEST_DIR"), "/pipelines/sample.jsonl").to_string()
+}
+
+/// A pipeline ending in an `mqttpublish` named `sink`, and what its bus said.
+struct Run {
+    pipeline: gst::Pipeline,
+    messages: Vec<gst::Message>,
+}
+
+impl Run {
+    /// `source` is the part before the sink, `props` the sink's properties.
+    fn start(source: &str, props: &str) -> Run {
+        init();
+        let pipeline = gst::parse::launch(&format!("{source} ! mqttpublish name=sink {props}"))
+            .unwrap()
+            .downcast::<gst::Pipeline>()
+            .unwrap();
+        pipeline.set_state(gst::State::Playing).unwrap();
+        Run {
+            pipeline,
+            messages: Vec::new(),
+        }
+    }
+
+    fn sink(&self) -> gst::Element {
+        self.pipeline.by_name("sink").unwrap()
+    }
+
+    /// Collects bus messages until `done` says stop or `timeout` passes.
+    fn watch(&mut self, timeout: Duration, mut done: impl FnMut(&gst::Message) -> bool) -> bool {
+        let bus = self.pipeline.bus().unwrap();
+        let deadline = Instant::now() + timeout;
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            let Some(msg) = bus.timed_pop(gst::ClockTime::from_nseconds(left.as_nanos() as u64))
+            else {
+                break;
+            };
+            let stop = done(&msg);
+            self.messages.push(msg);
+            if stop {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Waits for EOS; panics on an error.
+    fn wait_eos(&mut self, timeout: Duration) {
+        let mut error = None;
+        let finished = self.watch(timeout, |msg| match msg.view() {
+            gst::MessageView::Eos(_) => true,
+            gst::MessageView::Error(e) => {
+                error = Some(format!("{} ({:?})", e.error(), e.debug()));
+                true
+            }
+            _ => false,
+        });
+        assert!(error.is_none(), "pipeline error: {error:?}");
+        assert!(finished, "no EOS within {timeout:?}");
+    }
+
+    fn stats(&self) -> gst::Structure {
+        self.sink().property::<gst::Structure>("stats")
+    }
+
+    fn warnings(&self) -> Vec<String> {
+        self.messages
+            .iter()
+            .filter_map(|m| match m.view() {
+                gst::MessageView::Warning(w) => Some(w.error().to_string()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn stop(self) -> gst::Structure {
+        self.pipeline.set_state(gst::State::Null).unwrap();
+        self.stats()
+    }
+}
+
+fn stat(stats: &gst::Structure, name: &str) -> u64 {
+    stats
+        .get::<u64>(name)
+        .unwrap_or_else(|_| panic!("stats has {name}: {stats}"))
+}
+
+fn to(broker: &Broker) -> String {
+    format!("host={} port={}", broker.host(), broker.port())
+}
+
+fn replay(buffers: u32) -> String {
+    format!(
+        "videotestsrc num-buffers={buffers} ! video/x-raw,width=640,height=480,framerate=30/1 \
+         ! metareplay location={}",
+        sample()
+    )
+}
+
+fn json(message: &Message) -> Value {
+    serde_json::from_slice(&message.payload).expect("payload is JSON")
+}
+
+fn frame_ids(messages: &[Message]) -> Vec<u64> {
+    messages
+        .iter()
+        .map(|m| {
+            let v = json(m);
+            let meta = if v.is_array() { &v[0] } else { &v };
+            meta["frame_id"].as_u64().unwrap()
+        })
+        .collect()
+}
+
+/// Every message accounted for: queued = published + dropped + in flight + still queued.
+fn assert_accounted(stats: &gst::Structure) {
+    assert_eq!(
+        stat(stats, "messages-queued"),
+        stat(stats, "messages-published")
+            + stat(stats, "messages-dropped")
+            + stat(stats, "in-flight")
+            + stat(stats, "queue-depth"),
+        "{stats}"
+    );
+}
+
+#[test]
+fn metadata_messages_carry_the_recorded_objects() {
+    let broker = Broker::new();
+    let sub = Subscriber::new(&broker, TOPIC);
+    let mut run = Run::start(&replay(30), &to(&broker));
+    run.wait_eos(LONG);
+    let stats = run.stop();
+
+    let messages = sub.wait_for(30, LONG);
+    assert_eq!(messages.len(), 30);
+    assert_eq!(frame_ids(&messages), (0..30).collect::<Vec<_>>());
+
+    let recorded: Vec<Value> = std::fs::read_to_string(sample())
+        .unwrap()
+        .lines()
+        .take(30)
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    for (message, recorded) in messages.iter().zip(&recorded) {
+        let v = json(message);
+        assert!(
+            v.is_object(),
+            "metadata-only messages are the object itself"
+        );
+        assert_eq!(v["objects"], recorded["objects"], "objects as recorded");
+        assert_eq!(
+            v["resolution"],
+            serde_json::json!({"height": 480, "width": 640})
+        );
+        assert_eq!(v["timestamp"], recorded["timestamp"], "stream time in ns");
+    }
+    assert_eq!(stat(&stats, "messages-published"), 30);
+    assert_eq!(stat(&stats, "messages-dropped"), 0);
+    assert_accounted(&stats);
+}
+
+fn decode_jpeg(bytes: &[u8]) -> (u16, u16, Vec<u8>) {
+    let mut decoder = jpeg_decoder::Decoder::new(bytes);
+    let pixels = decoder.decode().expect("a valid JPEG");
+    let info = decoder.info().unwrap();
+    assert_eq!(info.pixel_format, jpeg_decoder::PixelFormat::RGB24);
+    (info.width, info.height, pixels)
+}
+
+fn mean_rgb(pixels: &[u8]) -> [f64; 3] {
+    let n = (pixels.len() / 3) as f64;
+    let mut sum = [0f64; 3];
+    for px in pixels.chunks_exact(3) {
+        for c in 0..3 {
+            sum[c] += f64::from(px[c]);
+        }
+    }
+    sum.map(|s| s / n)
+}
+
+fn base64_decode(text: &str) -> Vec<u8> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .expect("valid base64")
+}
+
+#[test]
+fn frames_arrive_as_jpeg_of_the_right_size_and_colour_in_both_formats() {
+    for (format, caps) in [
+        ("array", "I420"),
+        ("object", "BGRx"),
+        ("array", "NV12"),
+        ("object", "RGB"),
+    ] {
+        let broker = Broker::new();
+        let sub = Subscriber::new(&broker, TOPIC);
+        // A solid red frame: the decoded image must be red, whatever the raw layout.
+        let source = format!(
+            "videotestsrc num-buffers=5 pattern=red ! video/x-raw,format={caps},width=322,height=242 \
+             ! metareplay location={}",
+            sample()
+        );
+        let mut run = Run::start(
+            &source,
+            &format!("{} publish-frame=true message-format={format}", to(&broker)),
+        );
+        run.wait_eos(LONG);
+        run.stop();
+
+        for message in sub.wait_for(5, LONG) {
+            let v = json(&message);
+            let (meta, blob) = match format {
+                "array" => (&v[0], v[1].as_str().expect("[metadata, base64]")),
+                _ => (
+                    &v["metadata"],
+                    v["blob"].as_str().expect("{metadata, blob}"),
+                ),
+            };
+            assert!(meta["objects"].is_array(), "{format}: metadata first");
+            let (width, height, pixels) = decode_jpeg(&base64_decode(blob));
+            assert_eq!((width, height), (322, 242), "{caps}");
+            let [r, g, b] = mean_rgb(&pixels);
+            assert!(
+                r > 230.0 && g < 25.0 && b < 25.0,
+                "{caps}: red, got {r:.0},{g:.0},{b:.0}"
+            );
+        }
+    }
+}
+
+#[test]
+fn jpeg_input_is_sent_as_it_is() {
+    let broker = Broker::new();
+    let sub = Subscriber::new(&broker, TOPIC);
+    let source = format!(
+        "videotestsrc num-buffers=3 ! video/x-raw,width=320,height=240 ! jpegenc quality=50 \
+         ! metareplay location={} ! tee name=t t. ! queue ! multifilesink location={}/%d.jpg t. ! queue",
+        sample(),
+        broker.dir().display()
+    );
+    let mut run = Run::start(&source, &format!("{} publish-frame=true", to(&broker)));
+    run.wait_eos(LONG);
+    run.stop();
+    for (i, message) in sub.wait_for(3, LONG).iter().enumerate() {
+        let v = json(message);
+        let sent = base64_decode(v[1].as_str().unwrap());
+        let original = std::fs::read(broker.dir().join(format!("{i}.jpg"))).unwrap();
+        assert_eq!(sent, original, "frame {i} byte for byte");
+        assert_eq!(v[0]["resolution"]["width"], 320);
+    }
+}
+
+#[test]
+fn every_qos_on_both_protocols() {
+    for protocol in [4, 5] {
+        for qos in [0u32, 1, 2] {
+            let broker = Broker::new();
+            let sub = Subscriber::builder(&broker, TOPIC)
+                .qos(QoS::ExactlyOnce)
+                .connect();
+            let mut run = Run::start(
+                &replay(20),
+                &format!("{} qos={qos} protocol={protocol}", to(&broker)),
+            );
+            run.wait_eos(LONG);
+            let stats = run.stop();
+            let messages = sub.wait_for(20, LONG);
+            assert_eq!(
+                frame_ids(&messages),
+                (0..20).collect::<Vec<_>>(),
+                "qos {qos} v{protocol}"
+            );
+            let expected_qos = [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce][qos as usize];
+            assert!(
+                messages.iter().all(|m| m.qos == expected_qos),
+                "qos {qos} v{protocol}"
+            );
+            let acknowledged = if qos == 0 { 0 } else { 20 };
+            assert_eq!(
+                stat(&stats, "messages-acknowledged"),
+                acknowledged,
+                "{stats}"
+            );
+            assert_eq!(stat(&stats, "messages-published"), 20, "{stats}");
+            assert_accounted(&stats);
+        }
+    }
+}
+
+#[test]
+fn mutual_tls_with_required_client_certificate() {
+    let tls = TlsFiles::generate();
+    let broker = Broker::builder().tls(&tls, true).start();
+    let sub = Subscriber::new(&broker, TOPIC);
+    let props = format!(
+        "host=localhost port={} tls-ca-file={} tls-cert-file={} tls-key-file={}",
+        broker.tls_port(),
+        tls.ca.display(),
+        tls.client_cert.display(),
+        tls.client_key.display()
+    );
+    let mut run = Run::start(&replay(10), &props);
+    run.wait_eos(LONG);
+    let stats = run.stop();
+    assert_eq!(sub.wait_for(10, LONG).len(), 10);
+    assert_eq!(stat(&stats, "messages-published"), 10);
+    assert!(run_log_has_tls_client(&broker));
+}
+
+/// The broker saw a connection on its TLS listener from our client.
+fn run_log_has_tls_client(broker: &Broker) -> bool {
+    broker
+        .log()
+        .contains(&format!("on port {}", broker.tls_port()))
+}
+
+#[test]
+fn tls_without_a_client_certificate_never_falls_back_to_plaintext() {
+    let tls = TlsFiles::generate();
+    let broker = Broker::builder().tls(&tls, true).start();
+    let sub = Subscriber::new(&broker, TOPIC);
+    let props = format!(
+        "host=localhost port={} tls-ca-file={} flush-timeout=500",
+        broker.tls_port(),
+        tls.ca.display()
+    );
+    let mut run = Run::start(&replay(5), &props);
+    run.wait_eos(LONG);
+    let warnings = run.warnings();
+    let stats = run.stop();
+    assert!(
+        warnings.iter().any(|w| w.contains("Not connected")),
+        "a warning says why: {warnings:?}"
+    );
+    assert_eq!(stat(&stats, "messages-published"), 0);
+    sub.assert_count_after(0, Duration::from_millis(300));
+}
+
+fn start_error(props: &str) -> String {
+    init();
+    let pipeline = gst::parse::launch(&format!("fakesrc ! mqttpublish {props}")).unwrap();
+    assert!(
+        pipeline.set_state(gst::State::Paused).is_err(),
+        "{props} must not start"
+    );
+    let msg = pipeline
+        .bus()
+        .unwrap()
+        .timed_pop_filtered(gst::ClockTime::from_seconds(5), &[gst::MessageType::Error])
+        .expect("an error on the bus");
+    pipeline.set_state(gst::State::Null).unwrap();
+    match msg.view() {
+        gst::MessageView::Error(e) => e.error().to_string(),
+        _ => unreachable!(),
+    }
+}
+
+#[test]
+fn bad_settings_are_refused_at_start_with_the_setting_named() {
+    let cases = [
+        ("topic=\"a/+/b\"", "wildcard"),
+        ("topic=\"a/#\"", "wildcard"),
+        ("topic=\"\"", "topic: the topic is empty"),
+        ("protocol=3", "use 4 (MQTT 3.1.1) or 5"),
+        (
+            "tls-ca-file=/nonexistent/ca.pem",
+            "tls-ca-file: cannot read /nonexistent/ca.pem",
+        ),
+        ("tls-ca-file=/", "tls-ca-file: / is a directory"),
+        ("tags=\"{oops\"", "tags: invalid JSON"),
+        ("tags=\"[1]\"", "tags: expected a JSON object"),
+        (
+            "config=/nonexistent.json",
+            "config: cannot read /nonexistent.json",
+        ),
+        (
+            "password=hunter2-secret",
+            "password: is set but username is not",
+        ),
+    ];
+    for (props, expected) in cases {
+        let err = start_error(props);
+        assert!(
+            err.contains(expected),
+            "{props}: {err:?} should contain {expected:?}"
+        );
+        assert!(
+            !err.contains("hunter2-secret"),
+            "the password never shows: {err}"
+        );
+    }
+
+    let tls = TlsFiles::generate();
+    // A key where a certificate belongs, and a certificate where the key belongs.
+    let err = start_error(&format!(
+        "tls-ca-file={} tls-cert-file={} tls-key-file={}",
+        tls.ca.display(),
+        tls.client_key.display(),
+        tls.client_cert.display()
+    ));
+    assert!(err.contains("tls-cert-file"), "{err}");
+}
+
+fn config_file(dir: &Path, text: &str) -> String {
+    let path = dir.join("pipeline.json");
+    std::fs::File::create(&path)
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    path.display().to_string()
+}
+
+#[test]
+fn dlsps_configuration_file() {
+    let tls = TlsFiles::generate();
+    let broker = Broker::builder().tls(&tls, true).start();
+    let sub = Subscriber::new(&broker, "site/results");
+    // The DLSPS example, with our host/port keys and TLS paths that exist here.
+    let config = config_file(
+        broker.dir(),
+        &format!(
+            r#"{{"mqtt_publisher": {{
+                "publish_frame": true,
+                "topic": "site/results",
+                "qos": 1,
+                "protocol": 4,
+                "host": "localhost",
+                "port": {},
+                "filter": {{"type": "detection", "label_score": {{"shipping label": 0.4, "box": 0.4}}}},
+                "tls": {{"ca_cert": "{}", "client_key": "{}", "client_cert": "{}"}}
+            }}}}"#,
+            broker.tls_port(),
+            tls.ca.display(),
+            tls.client_key.display(),
+            tls.client_cert.display()
+        ),
+    );
+    let mut run = Run::start(&replay(30), &format!("config={config}"));
+    run.wait_eos(LONG);
+    let stats = run.stop();
+
+    let messages = sub.wait_for(30, LONG);
+    assert!(messages.iter().all(|m| m.qos == QoS::AtLeastOnce));
+    for message in &messages {
+        let v = json(message);
+        assert!(v[1].is_string(), "publish_frame adds the frame");
+        for object in v[0]["objects"].as_array().unwrap() {
+            let label = object["roi_type"].as_str().unwrap();
+            let confidence = object["detection"]["confidence"].as_f64().unwrap();
+            if label == "box" || label == "shipping label" {
+                assert!(confidence >= 0.4, "filtered: {label} {confidence}");
+            }
+        }
+    }
+    assert_eq!(stat(&stats, "messages-acknowledged"), 30);
+}
+
+#[test]
+fn precedence_property_over_file_over_environment() {
+    let broker = Broker::new();
+    let sub = Subscriber::new(&broker, "from/property");
+    let file_topic_sub = Subscriber::new(&broker, "from/file");
+    // The environment names a port where nothing listens; the file names the real one.
+    std::env::set_var("MQTT_HOST", "127.0.0.1");
+    std::env::set_var("MQTT_PORT", "1");
+    let config = config_file(
+        broker.dir(),
+        &format!(
+            r#"{{"topic": "from/file", "port": {}, "qos": 1}}"#,
+            broker.port()
+        ),
+    );
+    // topic: property beats file; port: file beats environment; qos: file beats default.
+    let mut run = Run::start(&replay(3), &format!("config={config} topic=from/property"));
+    run.wait_eos(LONG);
+    run.stop();
+    let messages = sub.wait_for(3, LONG);
+    assert!(messages.iter().all(|m| m.qos == QoS::AtLeastOnce));
+    file_topic_sub.assert_count_after(0, Duration::from_millis(200));
+
+    // Without host/port anywhere else, the environment is used.
+    std::env::set_var("MQTT_PORT", broker.port().to_string());
+    let env_sub = Subscriber::new(&broker, "from/env");
+    let mut run = Run::start(&replay(2), "topic=from/env");
+    run.wait_eos(LONG);
+    run.stop();
+    std::env::remove_var("MQTT_HOST");
+    std::env::remove_var("MQTT_PORT");
+    assert_eq!(env_sub.wait_for(2, LONG).len(), 2);
+}
+
+#[test]
+fn unknown_config_keys_are_named_in_a_warning() {
+    let broker = Broker::new();
+    let config = config_file(broker.dir(), r#"{"topic": "t", "qso": 1}"#);
+    let mut run = Run::start(&replay(1), &format!("{} config={config}", to(&broker)));
+    run.wait_eos(LONG);
+    let warnings = run.warnings();
+    run.stop();
+    assert!(warnings.iter().any(|w| w.contains("qso")), "{warnings:?}");
+}
+
+#[test]
+fn broker_absent_at_start_then_started() {
+    let mut broker = Broker::new();
+    broker.stop();
+    let mut run = Run::start(
+        &format!(
+            "videotestsrc is-live=true num-buffers=120 ! video/x-raw,width=64,height=48,framerate=30/1 \
+             ! metareplay location={}",
+            sample()
+        ),
+        &format!("{} qos=1", to(&broker)),
+    );
+    // PLAYING at once, with a disconnected message on the bus.
+    let (change, state, _) = run.pipeline.state(gst::ClockTime::from_seconds(2));
+    assert_eq!(
+        (change, state),
+        (Ok(gst::StateChangeSuccess::Success), gst::State::Playing)
+    );
+    assert!(run.watch(Duration::from_secs(5), |m| matches!(m.view(),
+        gst::MessageView::Element(e) if e.structure().is_some_and(|s| s.name() == "mqttpublish-disconnected"))));
+
+    broker.start();
+    let sub = Subscriber::new(&broker, TOPIC);
+    assert!(run.watch(Duration::from_secs(10), |m| matches!(m.view(),
+        gst::MessageView::Element(e) if e.structure().is_some_and(|s| s.name() == "mqttpublish-connected"))));
+    run.wait_eos(LONG);
+    let stats = run.stop();
+    // Queued while down (the queue holds 256), delivered once up.
+    assert_eq!(sub.wait_for(120, LONG).len(), 120);
+    assert_eq!(stat(&stats, "messages-acknowledged"), 120);
+}
+
+#[test]
+fn broker_restart_mid_stream_loses_nothing_with_a_persistent_session() {
+    let mut broker = Broker::builder().persistence(true).start();
+    let sub = Subscriber::builder(&broker, TOPIC)
+        .persistent_session("restart-subscriber")
+        .connect();
+    let mut run = Run::start(
+        &format!(
+            "videotestsrc is-live=true num-buffers=150 ! video/x-raw,width=64,height=48,framerate=30/1 \
+             ! metareplay location={}",
+            sample()
+        ),
+        &format!(
+            "{} qos=1 clean-session=false client-id=restart-publisher",
+            to(&broker)
+        ),
+    );
+    assert!(sub.wait_for(20, LONG).len() >= 20);
+    broker.stop();
+    std::thread::sleep(Duration::from_secs(1));
+    broker.start();
+    run.wait_eos(LONG);
+    let stats = run.stop();
+
+    let messages = sub.wait_for(150, LONG);
+    let mut ids = frame_ids(&messages);
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(
+        ids,
+        (0..150).collect::<Vec<_>>(),
+        "every frame_id at least once"
+    );
+    assert_eq!(stat(&stats, "reconnects"), 1, "{stats}");
+    assert_eq!(stat(&stats, "messages-dropped"), 0, "{stats}");
+}
+
+#[test]
+fn eos_waits_until_every_qos1_message_is_acknowledged() {
+    let broker = Broker::new();
+    let sub = Subscriber::new(&broker, TOPIC);
+    let mut run = Run::start(&replay(300), &format!("{} qos=1", to(&broker)));
+    run.wait_eos(LONG);
+    // At EOS, before stopping: everything acknowledged already.
+    let stats = run.stats();
+    assert_eq!(stat(&stats, "messages-acknowledged"), 300, "{stats}");
+    assert_eq!(stat(&stats, "in-flight"), 0);
+    assert_eq!(stat(&stats, "queue-depth"), 0);
+    run.stop();
+    assert_eq!(sub.wait_for(300, LONG).len(), 300);
+}
+
+#[test]
+fn full_queue_drops_by_policy_and_counts() {
+    for (leaky, survivors) in [("downstream", 15..20), ("upstream", 0..5)] {
+        let mut broker = Broker::new();
+        broker.stop();
+        let mut run = Run::start(
+            &replay(20),
+            &format!(
+                "{} max-queued-messages=5 leaky={leaky} flush-timeout=100",
+                to(&broker)
+            ),
+        );
+        run.wait_eos(LONG);
+        let stats = run.stats();
+        assert_eq!(stat(&stats, "dropped-queue-full"), 15, "{leaky}: {stats}");
+        assert_eq!(stat(&stats, "queue-depth"), 5, "{leaky}: {stats}");
+        assert_accounted(&stats);
+
+        // The broker comes back: the five kept are the ones the policy says.
+        broker.start();
+        let sub = Subscriber::new(&broker, TOPIC);
+        let messages = sub.wait_for(5, LONG);
+        assert_eq!(
+            frame_ids(&messages),
+            survivors.collect::<Vec<_>>(),
+            "{leaky}"
+        );
+        run.stop();
+    }
+}
+
+#[test]
+fn blocking_queue_still_lets_the_pipeline_stop() {
+    let mut broker = Broker::new();
+    broker.stop();
+    let run = Run::start(
+        &replay(100),
+        &format!("{} max-queued-messages=2 leaky=none", to(&broker)),
+    );
+    // The streaming thread is blocked on the full queue; NULL must still come quickly.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(stat(&run.stats(), "queue-depth"), 2);
+    let started = Instant::now();
+    let stats = run.stop();
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        stat(&stats, "dropped-queue-full"),
+        0,
+        "lossless mode never drops"
+    );
+    assert_accounted(&stats);
+}
+
+#[test]
+fn oversize_messages_are_dropped_counted_and_warned_once() {
+    let broker = Broker::new();
+    let sub = Subscriber::new(&broker, TOPIC);
+    let mut run = Run::start(
+        &format!(
+            "videotestsrc num-buffers=4 pattern=snow ! video/x-raw,width=640,height=480 ! metareplay location={}",
+            sample()
+        ),
+        &format!("{} publish-frame=true jpeg-quality=100 max-message-size=1024", to(&broker)),
+    );
+    run.wait_eos(LONG);
+    let warnings = run.warnings();
+    let stats = run.stop();
+    assert_eq!(stat(&stats, "dropped-oversize"), 4, "{stats}");
+    assert_eq!(
+        warnings
+            .iter()
+            .filter(|w| w.contains("max-message-size"))
+            .count(),
+        1,
+        "{warnings:?}"
+    );
+    assert_accounted(&stats);
+    sub.assert_count_after(0, Duration::from_millis(200));
+}
+
+fn now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+}
+
+#[test]
+fn source_tags_sink_time_skip_empty_and_frame_interval() {
+    let broker = Broker::new();
+    let sub = Subscriber::new(&broker, TOPIC);
+    // Frames 0..3 have objects; the recording ends there, so frames 3..6 have none.
+    let dir = tempfile::tempdir().unwrap();
+    let recording = dir.path().join("three.jsonl");
+    let text = std::fs::read_to_string(sample()).unwrap();
+    let lines: Vec<&str> = text.lines().take(3).collect();
+    std::fs::write(&recording, lines.join("\n")).unwrap();
+    let before = now_ns();
+    let mut run = Run::start(
+        &format!(
+            "videotestsrc num-buffers=6 ! video/x-raw,width=64,height=48 ! metareplay location={}",
+            recording.display()
+        ),
+        &format!(
+            "{} source=rtsp://camera-7/stream tags=\"{{\\\"site\\\":\\\"dock-3\\\"}}\" skip-empty=true publish-frame=true frame-interval=2 add-sink-time=true",
+            to(&broker)
+        ),
+    );
+    run.wait_eos(LONG);
+    let after = now_ns();
+    let stats = run.stop();
+    let messages = sub.wait_for(3, LONG);
+    sub.assert_count_after(3, Duration::from_millis(200));
+    assert_eq!(stat(&stats, "frames-skipped"), 3);
+    let values: Vec<Value> = messages.iter().map(json).collect();
+    assert!(
+        values[0].is_array() && values[1].is_object() && values[2].is_array(),
+        "every 2nd message has the frame"
+    );
+    let meta = &values[1];
+    assert_eq!(meta["source"], "rtsp://camera-7/stream");
+    assert_eq!(meta["tags"], serde_json::json!({"site": "dock-3"}));
+    let sink_time = meta["sink_time"].as_u64().expect("sink_time");
+    assert!(
+        (before..=after).contains(&sink_time),
+        "{before} <= {sink_time} <= {after}"
+    );
+}
+
+#[test]
+fn username_and_password() {
+    let broker = Broker::builder().user("camera", "s3cret-pw").start();
+    let sub = Subscriber::builder(&broker, TOPIC)
+        .credentials("camera", "s3cret-pw")
+        .connect();
+    let mut run = Run::start(
+        &replay(3),
+        &format!("{} username=camera password=s3cret-pw", to(&broker)),
+    );
+    run.wait_eos(LONG);
+    run.stop();
+    assert_eq!(sub.wait_for(3, LONG).len(), 3);
+
+    let mut run = Run::start(
+        &replay(3),
+        &format!(
+            "{} username=camera password=wrong-pw flush-timeout=300",
+            to(&broker)
+        ),
+    );
+    run.wait_eos(LONG);
+    let warnings = run.warnings();
+    let stats = run.stop();
+    assert_eq!(stat(&stats, "messages-published"), 0);
+    assert!(
+        warnings.iter().any(|w| w.contains("Not connected")),
+        "{warnings:?}"
+    );
+    assert!(
+        warnings.iter().all(|w| !w.contains("wrong-pw")),
+        "{warnings:?}"
+    );
+    // Write-only: reading it back is refused by GObject, so nothing can leak that way.
+    let pspec = run_pspec("password");
+    assert!(!pspec.flags().contains(glib::ParamFlags::READABLE));
+}
+
+fn run_pspec(name: &str) -> glib::ParamSpec {
+    init();
+    let sink = gst::ElementFactory::make("mqttpublish").build().unwrap();
+    sink.find_property(name).unwrap()
+}
+
+#[test]
+fn stats_stay_readable_after_stop_and_count_each_run() {
+    let broker = Broker::new();
+    for _ in 0..3 {
+        let mut run = Run::start(&replay(5), &to(&broker));
+        run.wait_eos(LONG);
+        let stats = run.stop();
+        assert_eq!(
+            stat(&stats, "messages-published"),
+            5,
+            "each run starts from zero"
+        );
+        assert!(
+            !stats.get::<bool>("connected").unwrap(),
+            "stopped: not connected"
+        );
+    }
+}

@@ -1,0 +1,833 @@
+// SPDX-License-Identifier: MPL-2.0
+
+//! Faults, hostile input and security: `mqttpublish` against a real mosquitto that is
+//! stopped, killed, frozen and misconfigured, with the numbers a user relies on asserted.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{Broker, QoS, Subscriber, TlsFiles};
+use gst::prelude::*;
+use gst_video::VideoRegionOfInterestMeta;
+use serde_json::Value;
+
+const TOPIC: &str = "dlstreamer_pipeline_results";
+const LONG: Duration = Duration::from_secs(30);
+
+fn init() {
+    use std::sync::Once;
+    static INIT: Once = Once::new();
+    INIT.call_once(|| {
+        gst::init().unwrap();
+        gstanalyticsmqtt::plugin_register_static().expect("plugin registers");
+    });
+}
+
+fn sample() -> String {
+    concat!(env!("CARGO_MANIFEST_DIR"), "/pipelines/sample.jsonl").to_string()
+}
+
+fn live_source(buffers: u32) -> String {
+    format!(
+        "videotestsrc is-live=true num-buffers={buffers} \
+         ! video/x-raw,width=64,height=48,framerate=30/1 \
+         ! metareplay location={} loop=true",
+        sample()
+    )
+}
+
+/// Arrival times of buffers at the sink, recorded by a pad probe.
+#[derive(Clone, Default)]
+struct Flow(Arc<Mutex<Vec<Instant>>>);
+
+impl Flow {
+    fn watch(&self, pad: &gst::Pad) {
+        let times = self.0.clone();
+        pad.add_probe(gst::PadProbeType::BUFFER, move |_, _| {
+            times.lock().unwrap().push(Instant::now());
+            gst::PadProbeReturn::Ok
+        });
+    }
+
+    fn count(&self) -> usize {
+        self.0.lock().unwrap().len()
+    }
+
+    /// The longest gap between two buffers.
+    fn longest_gap(&self) -> Duration {
+        let times = self.0.lock().unwrap();
+        times
+            .windows(2)
+            .map(|w| w[1] - w[0])
+            .max()
+            .unwrap_or_default()
+    }
+}
+
+struct Run {
+    pipeline: gst::Pipeline,
+    flow: Flow,
+    bus_log: Vec<gst::Message>,
+}
+
+impl Run {
+    fn start(description: &str) -> Run {
+        init();
+        let pipeline = gst::parse::launch(description)
+            .unwrap()
+            .downcast::<gst::Pipeline>()
+            .unwrap();
+        let flow = Flow::default();
+        if let Some(sink) = pipeline.by_name("sink") {
+            flow.watch(&sink.static_pad("sink").unwrap());
+        }
+        pipeline.set_state(gst::State::Playing).unwrap();
+        Run {
+            pipeline,
+            flow,
+            bus_log: Vec::new(),
+        }
+    }
+
+    fn element(&self, name: &str) -> gst::Element {
+        self.pipeline.by_name(name).unwrap()
+    }
+
+    fn stats(&self, name: &str) -> gst::Structure {
+        self.element(name).property::<gst::Structure>("stats")
+    }
+
+    /// Drains the bus into the log, for `wait` at most, stopping early at EOS or error.
+    fn pump(&mut self, wait: Duration) -> Option<gst::Message> {
+        let bus = self.pipeline.bus().unwrap();
+        let deadline = Instant::now() + wait;
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            let Some(msg) = bus.timed_pop(gst::ClockTime::from_nseconds(left.as_nanos() as u64))
+            else {
+                break;
+            };
+            self.bus_log.push(msg.clone());
+            if matches!(
+                msg.view(),
+                gst::MessageView::Eos(_) | gst::MessageView::Error(_)
+            ) {
+                return Some(msg);
+            }
+        }
+        None
+    }
+
+    fn wait_eos(&mut self, timeout: Duration) {
+        let msg = self.pump(timeout).expect("EOS in time");
+        assert!(matches!(msg.view(), gst::MessageView::Eos(_)), "{msg:?}");
+    }
+
+    fn element_messages(&self, name: &str) -> Vec<(gst::Structure, Instant)> {
+        self.bus_log
+            .iter()
+            .filter_map(|m| match m.view() {
+                gst::MessageView::Element(e) => e
+                    .structure()
+                    .filter(|s| s.name() == name)
+                    .map(|s| (s.to_owned(), Instant::now())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn warnings(&self) -> Vec<String> {
+        self.bus_log
+            .iter()
+            .filter_map(|m| match m.view() {
+                gst::MessageView::Warning(w) => Some(w.error().to_string()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn stop(self) {
+        self.pipeline.set_state(gst::State::Null).unwrap();
+    }
+}
+
+/// An object to attach: label, pixel rectangle, param structure.
+type Roi<'a> = (&'a str, (u32, u32, u32, u32), gst::Structure);
+
+fn stat(stats: &gst::Structure, name: &str) -> u64 {
+    stats
+        .get::<u64>(name)
+        .unwrap_or_else(|_| panic!("stats has {name}: {stats}"))
+}
+
+fn frame_id(payload: &[u8]) -> u64 {
+    let v: Value = serde_json::from_slice(payload).unwrap();
+    let meta = if v.is_array() { &v[0] } else { &v };
+    meta["frame_id"].as_u64().unwrap()
+}
+
+fn assert_accounted(stats: &gst::Structure) {
+    assert_eq!(
+        stat(stats, "messages-queued"),
+        stat(stats, "messages-published")
+            + stat(stats, "messages-dropped")
+            + stat(stats, "in-flight")
+            + stat(stats, "queue-depth"),
+        "{stats}"
+    );
+}
+
+/// 1. SIGTERM, 5 s down, restart: every frame arrives, video never stalls, one reconnect.
+#[test]
+fn broker_restart_is_lossless_with_a_persistent_session() {
+    let mut broker = Broker::builder().persistence(true).start();
+    let sub = Subscriber::builder(&broker, TOPIC)
+        .persistent_session("reliability-subscriber")
+        .qos(QoS::AtLeastOnce)
+        .connect();
+    let frames = 330; // 11 s at 30 fps
+    let mut run = Run::start(&format!(
+        "{} ! mqttpublish name=sink host={} port={} qos=1 clean-session=false client-id=reliability-1",
+        live_source(frames),
+        broker.host(),
+        broker.port()
+    ));
+    sub.wait_for(30, LONG);
+    broker.stop();
+    let down = Instant::now();
+    run.pump(Duration::from_secs(5));
+    let flowed_while_down = run.flow.count();
+    broker.start();
+    let outage = down.elapsed();
+    run.wait_eos(LONG);
+    let stats = run.stats("sink");
+    let gap = run.flow.longest_gap();
+    run.stop();
+
+    assert!(outage >= Duration::from_secs(5));
+    let mut ids: Vec<u64> = sub
+        .wait_for(frames as usize, LONG)
+        .iter()
+        .map(|m| frame_id(&m.payload))
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(
+        ids,
+        (0..u64::from(frames)).collect::<Vec<_>>(),
+        "every frame_id"
+    );
+    assert!(
+        gap < Duration::from_millis(500),
+        "video stalled for {gap:?}"
+    );
+    assert!(
+        flowed_while_down > 30 + 100,
+        "buffers kept flowing while the broker was down"
+    );
+    assert_eq!(stat(&stats, "reconnects"), 1, "{stats}");
+    assert_eq!(stat(&stats, "messages-dropped"), 0, "{stats}");
+}
+
+/// 2. SIGKILL with QoS 0 and clean sessions: no stall, publishing resumes within the
+///    backoff bound, every message accounted for.
+#[test]
+fn broker_kill_with_qos0_accounts_for_everything() {
+    let mut broker = Broker::new();
+    let sub = Subscriber::builder(&broker, TOPIC)
+        .qos(QoS::AtMostOnce)
+        .connect();
+    let mut run = Run::start(&format!(
+        "{} ! mqttpublish name=sink host={} port={}",
+        live_source(240),
+        broker.host(),
+        broker.port()
+    ));
+    sub.wait_for(20, LONG);
+    broker.kill();
+    run.pump(Duration::from_secs(2));
+    let before_restart = sub.count();
+    broker.start();
+    let restarted = Instant::now();
+    let sub_after = Subscriber::builder(&broker, TOPIC)
+        .qos(QoS::AtMostOnce)
+        .connect();
+    // The first retries come 1 s then 2 s after the loss: publishing resumes within 4 s.
+    sub_after.wait_for(1, Duration::from_secs(4));
+    let resumed = restarted.elapsed();
+    run.wait_eos(LONG);
+    let stats = run.stats("sink");
+    let gap = run.flow.longest_gap();
+    run.stop();
+
+    assert!(
+        resumed < Duration::from_secs(4),
+        "resumed after {resumed:?}"
+    );
+    assert!(
+        gap < Duration::from_millis(500),
+        "video stalled for {gap:?}"
+    );
+    assert_eq!(stat(&stats, "messages-queued"), 240);
+    assert_accounted(&stats);
+    assert!(before_restart >= 20);
+}
+
+/// 3. Broker absent at start: PLAYING at once, and retries 1 s, 2 s, 4 s apart.
+#[test]
+fn broker_absent_at_start_retries_with_backoff() {
+    let mut broker = Broker::new();
+    broker.stop();
+    init();
+    let pipeline = gst::parse::launch(&format!(
+        "{} ! mqttpublish name=sink host={} port={} qos=1",
+        live_source(100_000),
+        broker.host(),
+        broker.port()
+    ))
+    .unwrap()
+    .downcast::<gst::Pipeline>()
+    .unwrap();
+    // Timestamp each report as it is posted, from the posting thread.
+    let attempts: Arc<Mutex<Vec<(u32, u64, Instant)>>> = Arc::default();
+    let recorder = attempts.clone();
+    pipeline.bus().unwrap().set_sync_handler(move |_, msg| {
+        if let gst::MessageView::Element(e) = msg.view() {
+            let s = e.structure().unwrap();
+            if s.name() == "mqttpublish-disconnected" {
+                recorder.lock().unwrap().push((
+                    s.get("attempt").unwrap(),
+                    s.get("retry-in-ms").unwrap(),
+                    Instant::now(),
+                ));
+            }
+        }
+        gst::BusSyncReply::Drop
+    });
+    let started = Instant::now();
+    pipeline.set_state(gst::State::Playing).unwrap();
+    let run = Run {
+        pipeline,
+        flow: Flow::default(),
+        bus_log: Vec::new(),
+    };
+    let (result, state, _) = run.pipeline.state(gst::ClockTime::from_seconds(1));
+    assert_eq!(result, Ok(gst::StateChangeSuccess::Success));
+    assert_eq!(state, gst::State::Playing);
+    assert!(started.elapsed() < Duration::from_secs(2));
+
+    // Let the broker stay away ~10 s, then read when each failed attempt was reported.
+    std::thread::sleep(Duration::from_secs(10).saturating_sub(started.elapsed()));
+    let attempts: Vec<(u32, u64, Instant)> = attempts.lock().unwrap().clone();
+    let retry_in: Vec<u64> = attempts.iter().map(|a| a.1).collect();
+    assert_eq!(&retry_in[..4], [1000, 2000, 4000, 8000], "{attempts:?}");
+    for pair in attempts.windows(2) {
+        let gap = pair[1].2 - pair[0].2;
+        let expected = Duration::from_millis(pair[0].1);
+        assert!(
+            gap >= expected - Duration::from_millis(100)
+                && gap < expected + Duration::from_millis(1500),
+            "attempt {} came {gap:?} after the previous one, expected {expected:?}",
+            pair[1].0
+        );
+    }
+
+    broker.start();
+    let sub = Subscriber::new(&broker, TOPIC);
+    sub.wait_for(1, Duration::from_secs(20));
+    run.stop();
+}
+
+/// 5. A frozen broker (SIGSTOP): leaky queues never block the streaming thread; a
+///    blocking queue does, but a flushing seek and a state change to NULL still finish.
+#[test]
+fn frozen_broker_never_blocks_leaky_queues() {
+    for leaky in ["downstream", "upstream"] {
+        let mut broker = Broker::new();
+        // Up to rumqttc's in-flight window (100) plus its request channel (64) can go out
+        // before the queue (20) fills: 2,000 buffers as fast as they come overflow it.
+        let mut run = Run::start(&format!(
+            "videotestsrc num-buffers=2000 ! video/x-raw,width=64,height=48 \
+             ! metareplay location={} loop=true \
+             ! mqttpublish name=sink host={} port={} qos=1 leaky={leaky} max-queued-messages=20 \
+               flush-timeout=100",
+            sample(),
+            broker.host(),
+            broker.port()
+        ));
+        broker.pause();
+        run.wait_eos(LONG);
+        let gap = run.flow.longest_gap();
+        let stats = run.stats("sink");
+        let stopping = Instant::now();
+        run.stop();
+        let stop_took = stopping.elapsed();
+        broker.resume();
+        assert!(
+            gap < Duration::from_millis(500),
+            "{leaky}: stalled for {gap:?}"
+        );
+        assert!(stat(&stats, "dropped-queue-full") > 0, "{leaky}: {stats}");
+        assert!(
+            stop_took < Duration::from_secs(3),
+            "{leaky}: stop took {stop_took:?}"
+        );
+    }
+}
+
+#[test]
+fn frozen_broker_blocking_queue_unblocks_on_seek_and_null() {
+    let mut broker = Broker::new();
+    let run = Run::start(&format!(
+        "videotestsrc num-buffers=100000 ! video/x-raw,width=64,height=48 ! metareplay location={} loop=true \
+         ! mqttpublish name=sink host={} port={} qos=1 leaky=none max-queued-messages=10",
+        sample(),
+        broker.host(),
+        broker.port()
+    ));
+    std::thread::sleep(Duration::from_millis(300));
+    broker.pause();
+    // Let the queue fill and the streaming thread block.
+    std::thread::sleep(Duration::from_secs(1));
+    let flowing = run.flow.count();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        run.flow.count(),
+        flowing,
+        "blocked: lossless mode waits for room"
+    );
+
+    let seeking = Instant::now();
+    assert!(run
+        .pipeline
+        .seek_simple(gst::SeekFlags::FLUSH, gst::ClockTime::ZERO)
+        .is_ok());
+    let _ = run.pipeline.state(gst::ClockTime::from_seconds(1));
+    assert!(
+        seeking.elapsed() < Duration::from_secs(1),
+        "seek took {:?}",
+        seeking.elapsed()
+    );
+
+    let stopping = Instant::now();
+    run.stop();
+    assert!(
+        stopping.elapsed() < Duration::from_secs(1),
+        "NULL took {:?}",
+        stopping.elapsed()
+    );
+    broker.resume();
+}
+
+/// 7. Two sinks with the same explicit client id: the bus says so.
+#[test]
+fn duplicate_client_ids_are_reported() {
+    let broker = Broker::new();
+    let mut run = Run::start(&format!(
+        "{} ! tee name=t t. ! queue ! mqttpublish name=sink host={h} port={p} client-id=same-id \
+         t. ! queue ! mqttpublish name=twin host={h} port={p} client-id=same-id",
+        live_source(100_000),
+        h = broker.host(),
+        p = broker.port()
+    ));
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let mut conflict = None;
+    while conflict.is_none() && Instant::now() < deadline {
+        run.pump(Duration::from_millis(500));
+        conflict = run
+            .element_messages("mqttpublish-client-id-conflict")
+            .into_iter()
+            .next();
+    }
+    let warnings = run.warnings();
+    run.stop();
+    let (conflict, _) = conflict.expect("a client-id conflict message");
+    let reason: String = conflict.get("reason").unwrap();
+    assert!(reason.contains("same-id"), "{reason}");
+    assert!(
+        warnings.iter().any(|w| w.contains("same-id")),
+        "{warnings:?}"
+    );
+}
+
+/// 8. TLS failures: no connection, a warning naming the cause, no plaintext fallback.
+#[test]
+fn tls_failures_name_the_cause_and_never_fall_back() {
+    let tls = TlsFiles::generate();
+    let cases = [
+        (
+            "wrong CA",
+            tls.server_cert.clone(),
+            tls.server_key.clone(),
+            tls.other_ca.clone(),
+            true,
+            "UnknownIssuer",
+        ),
+        (
+            "expired",
+            tls.expired_server_cert.clone(),
+            tls.expired_server_key.clone(),
+            tls.ca.clone(),
+            true,
+            "certificate expired",
+        ),
+        (
+            "other host",
+            tls.wrong_host_server_cert.clone(),
+            tls.wrong_host_server_key.clone(),
+            tls.ca.clone(),
+            true,
+            "not valid for name",
+        ),
+        (
+            "no client cert",
+            tls.server_cert.clone(),
+            tls.server_key.clone(),
+            tls.ca.clone(),
+            false,
+            "CertificateRequired",
+        ),
+    ];
+    for (case, server_cert, server_key, ca, with_client_cert, cause) in cases {
+        let broker = Broker::builder()
+            .tls_with(&tls.ca, &server_cert, &server_key, true)
+            .start();
+        let sub = Subscriber::new(&broker, TOPIC);
+        let client = if with_client_cert {
+            format!(
+                "tls-cert-file={} tls-key-file={}",
+                tls.client_cert.display(),
+                tls.client_key.display()
+            )
+        } else {
+            String::new()
+        };
+        let mut run = Run::start(&format!(
+            "{} ! mqttpublish name=sink host=localhost port={} tls-ca-file={} {client} flush-timeout=200",
+            live_source(15),
+            broker.tls_port(),
+            ca.display()
+        ));
+        run.wait_eos(LONG);
+        let warnings = run.warnings();
+        let stats = run.stats("sink");
+        run.stop();
+        assert_eq!(stat(&stats, "messages-published"), 0, "{case}");
+        assert!(
+            warnings.iter().any(|w| w.contains(cause)),
+            "{case}: a warning names {cause:?}: {warnings:?}"
+        );
+        sub.assert_count_after(0, Duration::from_millis(100));
+    }
+}
+
+/// 9. The password never shows: not in a full debug log, errors or gst-inspect.
+///
+/// It goes in through the configuration file: GStreamer's own pipeline parser logs the
+/// whole gst-launch description at debug level, so a password typed there is the
+/// parser's to leak, not ours (the README says so).
+#[test]
+fn password_never_appears_in_debug_output() {
+    let broker = Broker::builder().user("camera", "pa55-w0rd-xyzzy").start();
+    let plugin_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/debug");
+    let sub = Subscriber::builder(&broker, TOPIC)
+        .credentials("camera", "pa55-w0rd-xyzzy")
+        .connect();
+    for (password, delivered) in [("pa55-w0rd-xyzzy", 5), ("wrong-pa55-xyzzy", 0)] {
+        let config = broker.dir().join("secret.json");
+        std::fs::write(
+            &config,
+            format!(r#"{{"mqtt_publisher": {{"username": "camera", "password": "{password}"}}}}"#),
+        )
+        .unwrap();
+        let out = std::process::Command::new("gst-launch-1.0")
+            .args([
+                "videotestsrc",
+                "num-buffers=5",
+                "!",
+                "metareplay",
+                &format!("location={}", sample()),
+                "!",
+                "mqttpublish",
+                "host=127.0.0.1",
+                &format!("port={}", broker.port()),
+                &format!("config={}", config.display()),
+                "flush-timeout=1000",
+            ])
+            .env("GST_PLUGIN_PATH", &plugin_dir)
+            .env("GST_DEBUG", "*:9")
+            .env("GST_DEBUG_NO_COLOR", "1")
+            .output()
+            .expect("gst-launch-1.0 runs");
+        let output = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(output.contains("mqttpublish"), "debug output captured");
+        assert!(!output.contains("xyzzy"), "{password} leaked");
+        if delivered == 0 {
+            assert!(
+                output.contains("Not connected"),
+                "the refusal is reported: {}",
+                &output[output.len().saturating_sub(3000)..]
+            );
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(sub.count() % 5, 0);
+    }
+    assert_eq!(sub.count(), 5, "only the right password published");
+
+    let inspect = std::process::Command::new("gst-inspect-1.0")
+        .arg("mqttpublish")
+        .env("GST_PLUGIN_PATH", &plugin_dir)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&inspect.stdout);
+    assert!(
+        text.contains("password") && text.contains("Write only"),
+        "{text}"
+    );
+}
+
+/// 10. Hostile label and tag text: always valid JSON.
+#[test]
+fn hostile_labels_produce_valid_json() {
+    let broker = Broker::new();
+    let sub = Subscriber::new(&broker, TOPIC);
+    init();
+    let pipeline = gst::Pipeline::new();
+    let src = gst::ElementFactory::make("appsrc")
+        .property(
+            "caps",
+            gst::Caps::builder("video/x-raw")
+                .field("format", "RGB")
+                .field("width", 64i32)
+                .field("height", 48i32)
+                .field("framerate", gst::Fraction::new(30, 1))
+                .build(),
+        )
+        .property("format", gst::Format::Time)
+        .build()
+        .unwrap();
+    let sink = gst::ElementFactory::make("mqttpublish")
+        .name("sink")
+        .property("host", broker.host())
+        .property("port", u32::from(broker.port()))
+        .property("max-message-size", 8u32 * 1024 * 1024)
+        .build()
+        .unwrap();
+    pipeline.add_many([&src, &sink]).unwrap();
+    src.link(&sink).unwrap();
+    pipeline.set_state(gst::State::Playing).unwrap();
+    let appsrc = src.downcast::<gst_app::AppSrc>().unwrap();
+
+    let labels = [
+        "say \"hi\"".to_string(),
+        "line\nbreak\ttab\u{1}control".to_string(),
+        "\u{1F4A9} \\ backslash </script>".to_string(),
+        "x".repeat(1024 * 1024),
+    ];
+    for (i, label) in labels.iter().enumerate() {
+        let mut buffer = gst::Buffer::with_size(64 * 48 * 3).unwrap();
+        {
+            let b = buffer.get_mut().unwrap();
+            b.set_pts(gst::ClockTime::from_mseconds(i as u64 * 33));
+            let mut roi = VideoRegionOfInterestMeta::add(b, label, (1, 2, 3, 4));
+            roi.add_param(
+                gst::Structure::builder("detection")
+                    .field("confidence", 0.5f64)
+                    .field("label_id", 1i32)
+                    .build(),
+            );
+            roi.add_param(
+                gst::Structure::builder("color")
+                    .field("label", label.as_str())
+                    .field("confidence", 0.5f64)
+                    .build(),
+            );
+        }
+        appsrc.push_buffer(buffer).unwrap();
+    }
+    // A C producer can attach a label that is not UTF-8 at all.
+    let mut buffer = gst::Buffer::with_size(64 * 48 * 3).unwrap();
+    {
+        let b = buffer.get_mut().unwrap();
+        b.set_pts(gst::ClockTime::from_mseconds(200));
+        let mut roi = VideoRegionOfInterestMeta::add(b, "placeholder", (1, 2, 3, 4));
+        // SAFETY: the meta is a transparent wrapper of the C struct; quarks live forever.
+        unsafe {
+            let raw = &mut *roi as *mut VideoRegionOfInterestMeta
+                as *mut gst_video::ffi::GstVideoRegionOfInterestMeta;
+            (*raw).roi_type = gst::glib::ffi::g_quark_from_string(c"caf\xe9 \xff".as_ptr());
+        }
+    }
+    appsrc.push_buffer(buffer).unwrap();
+    appsrc.end_of_stream().unwrap();
+    let msg = pipeline
+        .bus()
+        .unwrap()
+        .timed_pop_filtered(
+            gst::ClockTime::from_seconds(30),
+            &[gst::MessageType::Eos, gst::MessageType::Error],
+        )
+        .unwrap();
+    assert!(matches!(msg.view(), gst::MessageView::Eos(_)), "{msg:?}");
+    pipeline.set_state(gst::State::Null).unwrap();
+
+    let messages = sub.wait_for(labels.len() + 1, LONG);
+    for (message, label) in messages.iter().zip(&labels) {
+        let v: Value = serde_json::from_slice(&message.payload).expect("valid JSON");
+        assert_eq!(v["objects"][0]["roi_type"], label.as_str());
+        assert_eq!(v["objects"][0]["color"]["label"], label.as_str());
+    }
+    let v: Value = serde_json::from_slice(&messages[labels.len()].payload).expect("valid JSON");
+    assert_eq!(
+        v["objects"][0]["roi_type"], "caf\u{FFFD} \u{FFFD}",
+        "invalid bytes replaced"
+    );
+}
+
+/// 12. Misbehaving producers: 10,000 ROIs, odd values, caps changing mid-stream.
+#[test]
+fn misbehaving_producers_never_crash_the_sink() {
+    let broker = Broker::new();
+    let sub = Subscriber::new(&broker, TOPIC);
+    init();
+    let pipeline = gst::Pipeline::new();
+    let src = gst::ElementFactory::make("appsrc")
+        .property("format", gst::Format::Time)
+        .build()
+        .unwrap();
+    let filter = gst::ElementFactory::make("metafilter")
+        .name("filter")
+        .property("threshold", 0.5f64)
+        .build()
+        .unwrap();
+    let sink = gst::ElementFactory::make("mqttpublish")
+        .name("sink")
+        .property("host", broker.host())
+        .property("port", u32::from(broker.port()))
+        .property("max-message-size", 16u32 * 1024 * 1024)
+        .build()
+        .unwrap();
+    pipeline.add_many([&src, &filter, &sink]).unwrap();
+    gst::Element::link_many([&src, &filter, &sink]).unwrap();
+    pipeline.set_state(gst::State::Playing).unwrap();
+    let appsrc = src.downcast::<gst_app::AppSrc>().unwrap();
+
+    let caps = |w: i32, h: i32| {
+        gst::Caps::builder("video/x-raw")
+            .field("format", "GRAY8")
+            .field("width", w)
+            .field("height", h)
+            .field("framerate", gst::Fraction::new(30, 1))
+            .build()
+    };
+    let frame = |pts: u64, w: usize, h: usize, rois: &[Roi]| {
+        let mut buffer = gst::Buffer::with_size(w * h).unwrap();
+        {
+            let b = buffer.get_mut().unwrap();
+            b.set_pts(gst::ClockTime::from_mseconds(pts));
+            for (label, rect, param) in rois {
+                let mut roi = VideoRegionOfInterestMeta::add(b, label, *rect);
+                roi.add_param(param.clone());
+            }
+        }
+        buffer
+    };
+    let det = |confidence: f64| {
+        gst::Structure::builder("detection")
+            .field("confidence", confidence)
+            .build()
+    };
+
+    appsrc.set_caps(Some(&caps(64, 48)));
+    // Odd values: NaN/inf/negative confidence, a box outside the frame, a zero-size box,
+    // a confidence of the wrong type.
+    appsrc
+        .push_buffer(frame(
+            0,
+            64,
+            48,
+            &[
+                ("nan", (1, 1, 5, 5), det(f64::NAN)),
+                ("inf", (1, 1, 5, 5), det(f64::INFINITY)),
+                ("negative", (1, 1, 5, 5), det(-1.0)),
+                ("outside", (6000, 7000, 500, 500), det(0.9)),
+                ("empty", (10, 10, 0, 0), det(0.9)),
+                (
+                    "stringly",
+                    (1, 1, 5, 5),
+                    gst::Structure::builder("detection")
+                        .field("confidence", "high")
+                        .build(),
+                ),
+            ],
+        ))
+        .unwrap();
+    // 10,000 objects on one buffer.
+    let many: Vec<_> = (0..10_000)
+        .map(|i| ("crowd", (i % 64, i / 200, 1, 1), det(0.9)))
+        .collect();
+    appsrc.push_buffer(frame(33, 64, 48, &many)).unwrap();
+    // Caps change mid-stream.
+    appsrc.set_caps(Some(&caps(128, 96)));
+    appsrc
+        .push_buffer(frame(66, 128, 96, &[("later", (64, 48, 32, 24), det(0.9))]))
+        .unwrap();
+    appsrc.end_of_stream().unwrap();
+
+    let msg = pipeline
+        .bus()
+        .unwrap()
+        .timed_pop_filtered(
+            gst::ClockTime::from_seconds(30),
+            &[gst::MessageType::Eos, gst::MessageType::Error],
+        )
+        .unwrap();
+    assert!(matches!(msg.view(), gst::MessageView::Eos(_)), "{msg:?}");
+    let filter_stats = pipeline
+        .by_name("filter")
+        .unwrap()
+        .property::<gst::Structure>("stats");
+    pipeline.set_state(gst::State::Null).unwrap();
+
+    assert_eq!(
+        stat(&filter_stats, "invalid-confidences"),
+        3,
+        "{filter_stats}"
+    );
+    let messages = sub.wait_for(3, LONG);
+    let values: Vec<Value> = messages
+        .iter()
+        .map(|m| serde_json::from_slice(&m.payload).unwrap())
+        .collect();
+    let labels: Vec<&str> = values[0]["objects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["roi_type"].as_str().unwrap())
+        .collect();
+    // Unscored objects stay (drop-unscored is off); the odd boxes stay, clipped.
+    assert_eq!(
+        labels,
+        ["nan", "inf", "negative", "outside", "empty", "stringly"]
+    );
+    for o in values[0]["objects"].as_array().unwrap() {
+        for k in ["x_min", "x_max", "y_min", "y_max"] {
+            let v = o["detection"]["bounding_box"][k].as_f64().unwrap();
+            assert!((0.0..=1.0).contains(&v), "{o}");
+        }
+        if ["nan", "inf", "negative", "stringly"].contains(&o["roi_type"].as_str().unwrap()) {
+            assert!(o["detection"].get("confidence").is_none(), "{o}");
+        }
+    }
+    assert_eq!(values[1]["objects"].as_array().unwrap().len(), 10_000);
+    assert_eq!(
+        values[2]["resolution"],
+        serde_json::json!({"height": 96, "width": 128})
+    );
+    assert_eq!(
+        values[2]["objects"][0]["detection"]["bounding_box"]["x_min"],
+        0.5
+    );
+}
