@@ -796,3 +796,60 @@ impl Drop for Compressor {
         }
     }
 }
+
+#[cfg(all(test, target_arch = "x86_64"))]
+mod tests {
+    use super::*;
+
+    /// The integration tests run whichever conversion loops the CPU picks; the
+    /// portable ones must give the same samples as the AVX2 ones.
+    #[test]
+    fn portable_and_avx2_conversions_agree() {
+        gst::init().unwrap();
+        if !std::arch::is_x86_feature_detected!("avx2") {
+            return;
+        }
+        let cases = [
+            (VideoFormat::I420, "bt709"),
+            (VideoFormat::Nv12, "bt601"),
+            (VideoFormat::Yuy2, "bt2020"),
+            (VideoFormat::Y444, "1:3:5:1"),
+            (VideoFormat::Gray8, "2:4:0:0"),
+        ];
+        for (format, colorimetry) in cases {
+            let info = gst_video::VideoInfo::builder(format, 67, 41)
+                .colorimetry(&colorimetry.parse().unwrap())
+                .build()
+                .unwrap();
+            let mut buffer = gst::Buffer::with_size(info.size()).unwrap();
+            buffer
+                .get_mut()
+                .unwrap()
+                .map_writable()
+                .unwrap()
+                .iter_mut()
+                .enumerate()
+                .for_each(|(i, b)| *b = (i * 7919 % 251) as u8);
+            let frame = gst_video::VideoFrameRef::from_buffer_ref_readable(&buffer, &info).unwrap();
+            let conversion = Conversion::new(&info).expect("a conversion");
+            let n = info.format_info().n_components();
+            let sources: Vec<_> = (0..n).map(|c| Component::new(&frame, c).unwrap()).collect();
+            let finfo = info.format_info();
+            let sub = if n == 1 {
+                (0, 0)
+            } else {
+                (finfo.w_sub()[1], finfo.h_sub()[1])
+            };
+            let (cw, ch) = (67usize.div_ceil(1 << sub.0), 41usize.div_ceil(1 << sub.1));
+            let dims = [(cw << sub.0, ch << sub.1), (cw, ch), (cw, ch)];
+
+            let mut portable = Scratch::default();
+            conversion.convert_rows(&sources, dims, sub.0, &mut portable);
+            let mut avx2 = Scratch::default();
+            // SAFETY: the CPU has AVX2, checked above.
+            unsafe { conversion.convert_avx2(&sources, dims, sub.0, &mut avx2) };
+            assert_eq!(portable.planes, avx2.planes, "{format:?} {colorimetry}");
+            assert!(!portable.planes[0].is_empty());
+        }
+    }
+}
