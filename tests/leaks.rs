@@ -8,23 +8,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::Broker;
+use common::{init_plugin, sample_recording, stat, Broker};
 use gst::prelude::*;
-
-fn init() {
-    gst::init().unwrap();
-    gstanalyticsmqtt::plugin_register_static().expect("plugin registers");
-}
-
-fn sample() -> String {
-    concat!(env!("CARGO_MANIFEST_DIR"), "/pipelines/sample.jsonl").to_string()
-}
-
-fn stat(stats: &gst::Structure, name: &str) -> u64 {
-    stats
-        .get::<u64>(name)
-        .unwrap_or_else(|_| panic!("stats has {name}: {stats}"))
-}
 
 fn thread_count() -> usize {
     std::fs::read_dir("/proc/self/task").unwrap().count()
@@ -47,7 +32,7 @@ fn rss_kib() -> u64 {
 #[test]
 fn repeated_cycles_and_many_sinks_leak_nothing() {
     let broker = Broker::new();
-    init();
+    init_plugin();
     let branches: String = (0..16)
         .map(|i| {
             format!(
@@ -60,7 +45,7 @@ fn repeated_cycles_and_many_sinks_leak_nothing() {
     let description = format!(
         "videotestsrc is-live=true ! video/x-raw,width=64,height=48,framerate=30/1 \
          ! metareplay location={} loop=true ! tee name=t{branches}",
-        sample()
+        sample_recording()
     );
     let pipeline = gst::parse::launch(&description)
         .unwrap()

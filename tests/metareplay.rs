@@ -3,31 +3,18 @@
 //! `metareplay` attaches recordings exactly as DL Streamer attaches live results, and
 //! `metafilter` downstream of it removes exactly what is below threshold.
 
+mod common;
+
 use std::io::Write;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
+use common::{init_plugin, sample_recording, start_error};
 use gst::prelude::*;
 use gst_video::VideoRegionOfInterestMeta;
 
-fn init() {
-    use std::sync::Once;
-    static INIT: Once = Once::new();
-    INIT.call_once(|| {
-        gst::init().unwrap();
-        gstanalyticsmqtt::plugin_register_static().expect("plugin registers");
-    });
-}
-
 /// Label, pixel x and confidence of each object on a frame.
 type FrameObjects = Vec<(String, u32, f64)>;
-
-fn sample_path() -> &'static Path {
-    Path::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/pipelines/sample.jsonl"
-    ))
-}
 
 fn recording(lines: &[&str]) -> tempfile::NamedTempFile {
     let mut f = tempfile::NamedTempFile::new().unwrap();
@@ -41,7 +28,7 @@ const LINE: &str = r#"{"objects":[{"color":{"confidence":0.8,"label":"red","labe
 
 /// A harness around a `metareplay` reading `location`, with `props` set as from gst-launch.
 fn harness_with(location: &Path, caps: &str, props: &[(&str, &str)]) -> gst_check::Harness {
-    init();
+    init_plugin();
     // Properties go on before the harness starts the element, which reads the recording.
     let element = gst::ElementFactory::make("metareplay")
         .property("location", location.to_str().unwrap())
@@ -175,36 +162,23 @@ fn match_by_timestamp_uses_stream_time() {
     assert_eq!(labels_at(110), ["late"], "10 ms off, within half a frame");
 }
 
-fn start_error(location: &str) -> String {
-    init();
-    let pipeline = gst::parse::launch(&format!(
+fn replay_error(location: &str) -> String {
+    start_error(&format!(
         "fakesrc num-buffers=1 ! metareplay location=\"{location}\" ! fakesink"
     ))
-    .unwrap();
-    assert!(pipeline.set_state(gst::State::Paused).is_err());
-    let msg = pipeline
-        .bus()
-        .unwrap()
-        .timed_pop_filtered(gst::ClockTime::from_seconds(5), &[gst::MessageType::Error])
-        .expect("an error on the bus");
-    pipeline.set_state(gst::State::Null).unwrap();
-    match msg.view() {
-        gst::MessageView::Error(err) => err.error().to_string(),
-        _ => unreachable!(),
-    }
 }
 
 #[test]
 fn malformed_lines_are_errors_with_file_and_line() {
     let file = recording(&[LINE, "", r#"{"objects":[{"roi_type":"box","x":1}]}"#]);
     let path = file.path().to_str().unwrap();
-    let err = start_error(path);
+    let err = replay_error(path);
     assert!(err.contains(&format!("{path}:3")), "{err}");
     assert!(err.contains("objects[0]"), "{err}");
 
     let file = recording(&[LINE, "{\"objects\": [}"]);
     let path = file.path().to_str().unwrap();
-    let err = start_error(path);
+    let err = replay_error(path);
     assert!(
         err.contains(&format!("{path}:2")) && err.contains("invalid JSON"),
         "{err}"
@@ -213,10 +187,10 @@ fn malformed_lines_are_errors_with_file_and_line() {
     let file = recording(&[
         r#"{"objects":[{"roi_type":"box","x":1,"y":1,"w":1,"h":1,"detection":{"confidence":7}}]}"#,
     ]);
-    let err = start_error(file.path().to_str().unwrap());
+    let err = replay_error(file.path().to_str().unwrap());
     assert!(err.contains("objects[0].detection.confidence"), "{err}");
 
-    let err = start_error("/nonexistent/recording.jsonl");
+    let err = replay_error("/nonexistent/recording.jsonl");
     assert!(err.contains("/nonexistent/recording.jsonl"), "{err}");
 }
 
@@ -224,7 +198,7 @@ fn malformed_lines_are_errors_with_file_and_line() {
 /// label's threshold, and every object below it was removed.
 #[test]
 fn replayed_sample_through_metafilter_removes_exactly_the_objects_below_threshold() {
-    init();
+    init_plugin();
     let thresholds = [("box", 0.4), ("shipping label", 0.4), ("car", 0.3)];
     let label_score = serde_json::to_string(
         &thresholds
@@ -236,7 +210,7 @@ fn replayed_sample_through_metafilter_removes_exactly_the_objects_below_threshol
     let pipeline = gst::parse::launch(&format!(
         "videotestsrc num-buffers=300 ! video/x-raw,width=640,height=480 \
          ! metareplay location={} ! metafilter name=filter ! fakesink name=sink",
-        sample_path().display()
+        sample_recording()
     ))
     .unwrap()
     .downcast::<gst::Pipeline>()
@@ -288,7 +262,7 @@ fn replayed_sample_through_metafilter_removes_exactly_the_objects_below_threshol
     pipeline.set_state(gst::State::Null).unwrap();
 
     // What the recording says should survive.
-    let text = std::fs::read_to_string(sample_path()).unwrap();
+    let text = std::fs::read_to_string(sample_recording()).unwrap();
     let mut expected_removed = 0u64;
     let expected: Vec<FrameObjects> = text
         .lines()

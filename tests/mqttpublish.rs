@@ -8,26 +8,15 @@ use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{Broker, Message, QoS, Subscriber, TlsFiles};
+use common::{
+    init_plugin, sample_recording, start_error, stat, Broker, Message, QoS, Subscriber, TlsFiles,
+};
 use gst::glib;
 use gst::prelude::*;
 use serde_json::Value;
 
 const TOPIC: &str = "dlstreamer_pipeline_results";
 const LONG: Duration = Duration::from_secs(30);
-
-fn init() {
-    use std::sync::Once;
-    static INIT: Once = Once::new();
-    INIT.call_once(|| {
-        gst::init().unwrap();
-        gstanalyticsmqtt::plugin_register_static().expect("plugin registers");
-    });
-}
-
-fn sample() -> String {
-    concat!(env!("CARGO_MANIFEST_DIR"), "/pipelines/sample.jsonl").to_string()
-}
 
 /// A pipeline ending in an `mqttpublish` named `sink`, and what its bus said.
 struct Run {
@@ -38,7 +27,7 @@ struct Run {
 impl Run {
     /// `source` is the part before the sink, `props` the sink's properties.
     fn start(source: &str, props: &str) -> Run {
-        init();
+        init_plugin();
         let pipeline = gst::parse::launch(&format!("{source} ! mqttpublish name=sink {props}"))
             .unwrap()
             .downcast::<gst::Pipeline>()
@@ -107,12 +96,6 @@ impl Run {
     }
 }
 
-fn stat(stats: &gst::Structure, name: &str) -> u64 {
-    stats
-        .get::<u64>(name)
-        .unwrap_or_else(|_| panic!("stats has {name}: {stats}"))
-}
-
 fn to(broker: &Broker) -> String {
     format!("host={} port={}", broker.host(), broker.port())
 }
@@ -121,7 +104,7 @@ fn replay(buffers: u32) -> String {
     format!(
         "videotestsrc num-buffers={buffers} ! video/x-raw,width=640,height=480,framerate=30/1 \
          ! metareplay location={}",
-        sample()
+        sample_recording()
     )
 }
 
@@ -164,7 +147,7 @@ fn metadata_messages_carry_the_recorded_objects() {
     assert_eq!(messages.len(), 30);
     assert_eq!(frame_ids(&messages), (0..30).collect::<Vec<_>>());
 
-    let recorded: Vec<Value> = std::fs::read_to_string(sample())
+    let recorded: Vec<Value> = std::fs::read_to_string(sample_recording())
         .unwrap()
         .lines()
         .take(30)
@@ -228,7 +211,7 @@ fn frames_arrive_as_jpeg_of_the_right_size_and_colour_in_both_formats() {
         let source = format!(
             "videotestsrc num-buffers=5 pattern=red ! video/x-raw,format={caps},width=322,height=242 \
              ! metareplay location={}",
-            sample()
+            sample_recording()
         );
         let mut run = Run::start(
             &source,
@@ -265,7 +248,7 @@ fn jpeg_input_is_sent_as_it_is() {
     let source = format!(
         "videotestsrc num-buffers=3 ! video/x-raw,width=320,height=240 ! jpegenc quality=50 \
          ! metareplay location={} ! tee name=t t. ! queue ! multifilesink location={}/%d.jpg t. ! queue",
-        sample(),
+        sample_recording(),
         broker.dir().display()
     );
     let mut run = Run::start(&source, &format!("{} publish-frame=true", to(&broker)));
@@ -366,25 +349,6 @@ fn tls_without_a_client_certificate_never_falls_back_to_plaintext() {
     sub.assert_count_after(0, Duration::from_millis(300));
 }
 
-fn start_error(props: &str) -> String {
-    init();
-    let pipeline = gst::parse::launch(&format!("fakesrc ! mqttpublish {props}")).unwrap();
-    assert!(
-        pipeline.set_state(gst::State::Paused).is_err(),
-        "{props} must not start"
-    );
-    let msg = pipeline
-        .bus()
-        .unwrap()
-        .timed_pop_filtered(gst::ClockTime::from_seconds(5), &[gst::MessageType::Error])
-        .expect("an error on the bus");
-    pipeline.set_state(gst::State::Null).unwrap();
-    match msg.view() {
-        gst::MessageView::Error(e) => e.error().to_string(),
-        _ => unreachable!(),
-    }
-}
-
 #[test]
 fn bad_settings_are_refused_at_start_with_the_setting_named() {
     let cases = [
@@ -409,7 +373,7 @@ fn bad_settings_are_refused_at_start_with_the_setting_named() {
         ),
     ];
     for (props, expected) in cases {
-        let err = start_error(props);
+        let err = start_error(&format!("fakesrc ! mqttpublish {props}"));
         assert!(
             err.contains(expected),
             "{props}: {err:?} should contain {expected:?}"
@@ -423,7 +387,7 @@ fn bad_settings_are_refused_at_start_with_the_setting_named() {
     let tls = TlsFiles::generate();
     // A key where a certificate belongs, and a certificate where the key belongs.
     let err = start_error(&format!(
-        "tls-ca-file={} tls-cert-file={} tls-key-file={}",
+        "fakesrc ! mqttpublish tls-ca-file={} tls-cert-file={} tls-key-file={}",
         tls.ca.display(),
         tls.client_key.display(),
         tls.client_cert.display()
@@ -538,7 +502,7 @@ fn broker_absent_at_start_then_started() {
         &format!(
             "videotestsrc is-live=true num-buffers=120 ! video/x-raw,width=64,height=48,framerate=30/1 \
              ! metareplay location={}",
-            sample()
+            sample_recording()
         ),
         &format!("{} qos=1", to(&broker)),
     );
@@ -572,7 +536,7 @@ fn broker_restart_mid_stream_loses_nothing_with_a_persistent_session() {
         &format!(
             "videotestsrc is-live=true num-buffers=150 ! video/x-raw,width=64,height=48,framerate=30/1 \
              ! metareplay location={}",
-            sample()
+            sample_recording()
         ),
         &format!(
             "{} qos=1 clean-session=false client-id=restart-publisher",
@@ -678,7 +642,7 @@ fn oversize_messages_are_dropped_counted_and_warned_once() {
     let mut run = Run::start(
         &format!(
             "videotestsrc num-buffers=4 pattern=snow ! video/x-raw,width=640,height=480 ! metareplay location={}",
-            sample()
+            sample_recording()
         ),
         &format!("{} publish-frame=true jpeg-quality=100 max-message-size=1024", to(&broker)),
     );
@@ -712,7 +676,7 @@ fn source_tags_sink_time_skip_empty_and_frame_interval() {
     // Frames 0..3 have objects; the recording ends there, so frames 3..6 have none.
     let dir = tempfile::tempdir().unwrap();
     let recording = dir.path().join("three.jsonl");
-    let text = std::fs::read_to_string(sample()).unwrap();
+    let text = std::fs::read_to_string(sample_recording()).unwrap();
     let lines: Vec<&str> = text.lines().take(3).collect();
     std::fs::write(&recording, lines.join("\n")).unwrap();
     let before = now_ns();
@@ -786,7 +750,7 @@ fn username_and_password() {
 }
 
 fn run_pspec(name: &str) -> glib::ParamSpec {
-    init();
+    init_plugin();
     let sink = gst::ElementFactory::make("mqttpublish").build().unwrap();
     sink.find_property(name).unwrap()
 }

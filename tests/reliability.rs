@@ -8,7 +8,7 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Broker, QoS, Subscriber, TlsFiles};
+use common::{init_plugin, sample_recording, stat, Broker, QoS, Subscriber, TlsFiles};
 use gst::prelude::*;
 use gst_video::VideoRegionOfInterestMeta;
 use serde_json::Value;
@@ -16,25 +16,12 @@ use serde_json::Value;
 const TOPIC: &str = "dlstreamer_pipeline_results";
 const LONG: Duration = Duration::from_secs(30);
 
-fn init() {
-    use std::sync::Once;
-    static INIT: Once = Once::new();
-    INIT.call_once(|| {
-        gst::init().unwrap();
-        gstanalyticsmqtt::plugin_register_static().expect("plugin registers");
-    });
-}
-
-fn sample() -> String {
-    concat!(env!("CARGO_MANIFEST_DIR"), "/pipelines/sample.jsonl").to_string()
-}
-
 fn live_source(buffers: u32) -> String {
     format!(
         "videotestsrc is-live=true num-buffers={buffers} \
          ! video/x-raw,width=64,height=48,framerate=30/1 \
          ! metareplay location={} loop=true",
-        sample()
+        sample_recording()
     )
 }
 
@@ -74,7 +61,7 @@ struct Run {
 
 impl Run {
     fn start(description: &str) -> Run {
-        init();
+        init_plugin();
         let pipeline = gst::parse::launch(description)
             .unwrap()
             .downcast::<gst::Pipeline>()
@@ -154,12 +141,6 @@ impl Run {
 
 /// An object to attach: label, pixel rectangle, param structure.
 type Roi<'a> = (&'a str, (u32, u32, u32, u32), gst::Structure);
-
-fn stat(stats: &gst::Structure, name: &str) -> u64 {
-    stats
-        .get::<u64>(name)
-        .unwrap_or_else(|_| panic!("stats has {name}: {stats}"))
-}
 
 fn frame_id(payload: &[u8]) -> u64 {
     let v: Value = serde_json::from_slice(payload).unwrap();
@@ -279,7 +260,7 @@ fn broker_kill_with_qos0_accounts_for_everything() {
 fn broker_absent_at_start_retries_with_backoff() {
     let mut broker = Broker::new();
     broker.stop();
-    init();
+    init_plugin();
     let pipeline = gst::parse::launch(&format!(
         "{} ! mqttpublish name=sink host={} port={} qos=1",
         live_source(100_000),
@@ -352,7 +333,7 @@ fn frozen_broker_never_blocks_leaky_queues() {
              ! metareplay location={} loop=true \
              ! mqttpublish name=sink host={} port={} qos=1 leaky={leaky} max-queued-messages=20 \
                flush-timeout=100",
-            sample(),
+            sample_recording(),
             broker.host(),
             broker.port()
         ));
@@ -382,7 +363,7 @@ fn frozen_broker_blocking_queue_unblocks_on_seek_and_null() {
     let run = Run::start(&format!(
         "videotestsrc num-buffers=100000 ! video/x-raw,width=64,height=48 ! metareplay location={} loop=true \
          ! mqttpublish name=sink host={} port={} qos=1 leaky=none max-queued-messages=10",
-        sample(),
+        sample_recording(),
         broker.host(),
         broker.port()
     ));
@@ -547,7 +528,7 @@ fn password_never_appears_in_debug_output() {
                 "num-buffers=5",
                 "!",
                 "metareplay",
-                &format!("location={}", sample()),
+                &format!("location={}", sample_recording()),
                 "!",
                 "mqttpublish",
                 "host=127.0.0.1",
@@ -593,7 +574,7 @@ fn password_never_appears_in_debug_output() {
 fn hostile_labels_produce_valid_json() {
     let broker = Broker::new();
     let sub = Subscriber::new(&broker, TOPIC);
-    init();
+    init_plugin();
     let pipeline = gst::Pipeline::new();
     let src = gst::ElementFactory::make("appsrc")
         .property(
@@ -691,7 +672,7 @@ fn hostile_labels_produce_valid_json() {
 fn misbehaving_producers_never_crash_the_sink() {
     let broker = Broker::new();
     let sub = Subscriber::new(&broker, TOPIC);
-    init();
+    init_plugin();
     let pipeline = gst::Pipeline::new();
     let src = gst::ElementFactory::make("appsrc")
         .property("format", gst::Format::Time)

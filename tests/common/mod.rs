@@ -101,3 +101,47 @@ pub fn free_port(ipv6: bool) -> u16 {
     }
     panic!("could not find a free loopback port");
 }
+
+/// Initializes GStreamer and registers this crate's plugin, once per test binary.
+pub fn init_plugin() {
+    use std::sync::Once;
+    static INIT: Once = Once::new();
+    INIT.call_once(|| {
+        gst::init().unwrap();
+        gstanalyticsmqtt::plugin_register_static().expect("plugin registers");
+    });
+}
+
+/// The sample recording in `pipelines/`: 300 frames of five objects, 640x480.
+pub fn sample_recording() -> String {
+    concat!(env!("CARGO_MANIFEST_DIR"), "/pipelines/sample.jsonl").to_string()
+}
+
+/// A counter of an element's `stats` structure.
+pub fn stat(stats: &gst::Structure, name: &str) -> u64 {
+    stats
+        .get::<u64>(name)
+        .unwrap_or_else(|_| panic!("stats has no {name}: {stats}"))
+}
+
+/// Brings the gst-launch `description` to PAUSED, which must fail, and returns the text
+/// of the error it posted.
+pub fn start_error(description: &str) -> String {
+    use gst::prelude::*;
+    init_plugin();
+    let pipeline = gst::parse::launch(description).unwrap();
+    assert!(
+        pipeline.set_state(gst::State::Paused).is_err(),
+        "{description} must not start"
+    );
+    let msg = pipeline
+        .bus()
+        .unwrap()
+        .timed_pop_filtered(gst::ClockTime::from_seconds(5), &[gst::MessageType::Error])
+        .expect("an error on the bus");
+    pipeline.set_state(gst::State::Null).unwrap();
+    match msg.view() {
+        gst::MessageView::Error(err) => err.error().to_string(),
+        _ => unreachable!(),
+    }
+}
