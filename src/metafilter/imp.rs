@@ -88,7 +88,8 @@ impl ObjectImpl for MetaFilter {
                     .blurb(
                         "A JSON object mapping labels to their minimum confidence (0 to 1), \
                          e.g. '{\"box\":0.4,\"shipping label\":0.4}'. Results of a listed label \
-                         below its threshold are removed.",
+                         below its threshold are removed. Invalid JSON or thresholds are ignored \
+                         with a warning and the element then refuses to start.",
                     )
                     .default_value(Some("{}"))
                     .mutable_playing()
@@ -96,8 +97,9 @@ impl ObjectImpl for MetaFilter {
                 glib::ParamSpecDouble::builder("threshold")
                     .nick("Default threshold")
                     .blurb(
-                        "The minimum confidence (0 to 1) for labels not listed in label-score; \
-                         0 lets every unlisted label pass.",
+                        "The minimum confidence, from 0 to 1, for labels not listed in \
+                         label-score; 0 lets every unlisted label pass. A value outside 0..1 is \
+                         ignored with a warning and the element then refuses to start.",
                     )
                     .minimum(f64::MIN)
                     .maximum(f64::MAX)

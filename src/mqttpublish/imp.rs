@@ -667,6 +667,8 @@ impl ObjectImpl for MqttPublish {
         self.parent_constructed();
         // Publishing is not rendering: never wait for the clock unless asked to.
         self.obj().set_sync(false);
+        // Holding on to the last frame serves nothing here.
+        self.obj().set_enable_last_sample(false);
     }
 
     fn properties() -> &'static [glib::ParamSpec] {
@@ -929,8 +931,10 @@ impl ObjectImpl for MqttPublish {
                         "Counters of the current or last run: messages-queued, \
                          messages-published, messages-acknowledged, messages-dropped (= \
                          dropped-queue-full + dropped-oversize + dropped-disconnected + \
-                         dropped-stopped), frames-skipped, reconnects, bytes-sent, in-flight, \
-                         queue-depth, queue-bytes and connected. messages-queued = published + \
+                         dropped-stopped), frames-skipped (skip-empty or emptied by the config's \
+                         filter), frames-unencoded (sent without an image because encoding \
+                         failed), reconnects, bytes-sent, in-flight, queue-depth, queue-bytes and \
+                         connected. messages-queued = published + \
                          dropped + in-flight + queue-depth.",
                     )
                     .read_only()
