@@ -51,7 +51,7 @@ impl PublisherConfig {
     pub fn from_value(value: &Value) -> Result<Self, String> {
         let map = value
             .as_object()
-            .ok_or_else(|| format!("expected a JSON object, got {value}"))?;
+            .ok_or_else(|| format!("expected a JSON object, got {}", shown(value)))?;
         let mut config = PublisherConfig::default();
         for (key, v) in map {
             match key.as_str() {
@@ -69,10 +69,9 @@ impl PublisherConfig {
                     )
                 }
                 "publish_frame" => {
-                    config.publish_frame = Some(
-                        v.as_bool()
-                            .ok_or_else(|| format!("{key}: expected true or false, got {v}"))?,
-                    )
+                    config.publish_frame = Some(v.as_bool().ok_or_else(|| {
+                        format!("{key}: expected true or false, got {}", shown(v))
+                    })?)
                 }
                 "host" => config.host = Some(string(key, v)?),
                 "port" => {
@@ -94,7 +93,7 @@ impl PublisherConfig {
                 "tls" => {
                     let tls = v
                         .as_object()
-                        .ok_or_else(|| format!("tls: expected an object, got {v}"))?;
+                        .ok_or_else(|| format!("tls: expected an object, got {}", shown(v)))?;
                     for (tls_key, path) in tls {
                         let full = format!("tls.{tls_key}");
                         let path = Some(string(&full, path)?);
@@ -114,15 +113,27 @@ impl PublisherConfig {
     }
 }
 
+/// A value as an error message shows it: a string, number, boolean or null as written, an
+/// object or an array only by its kind. A container can hold a secret at any depth, e.g.
+/// `"tls": {"client_key": {"path": "..", "password": ".."}}`, and a password must never
+/// reach an error message (found by the `config_file` fuzz target).
+pub(crate) fn shown(v: &Value) -> String {
+    match v {
+        Value::Object(_) => "an object".to_owned(),
+        Value::Array(_) => "an array".to_owned(),
+        scalar => scalar.to_string(),
+    }
+}
+
 fn string(key: &str, v: &Value) -> Result<String, String> {
     v.as_str()
         .map(str::to_owned)
-        .ok_or_else(|| format!("{key}: expected a string, got {v}"))
+        .ok_or_else(|| format!("{key}: expected a string, got {}", shown(v)))
 }
 
 fn integer(key: &str, v: &Value) -> Result<i64, String> {
     v.as_i64()
-        .ok_or_else(|| format!("{key}: expected an integer, got {v}"))
+        .ok_or_else(|| format!("{key}: expected an integer, got {}", shown(v)))
 }
 
 #[cfg(test)]
@@ -187,6 +198,63 @@ mod tests {
             err.contains("password") && !err.contains("123456789"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn errors_never_show_a_password_nested_in_a_wrong_value() {
+        let secret = "s3cr3t-Pa55";
+        let cases = [
+            (
+                r#"{"tls": {"client_key": {"path": "/k", "password": "s3cr3t-Pa55"}}}"#,
+                "tls.client_key: expected a string, got an object",
+            ),
+            (
+                r#"{"publish_frame": {"password": "s3cr3t-Pa55"}}"#,
+                "publish_frame: expected true or false, got an object",
+            ),
+            (
+                r#"{"username": {"name": "u", "password": "s3cr3t-Pa55"}}"#,
+                "username: expected a string, got an object",
+            ),
+            (
+                r#"{"qos": [{"password": "s3cr3t-Pa55"}]}"#,
+                "qos: expected an integer, got an array",
+            ),
+            (
+                r#"{"tls": [{"password": "s3cr3t-Pa55"}]}"#,
+                "tls: expected an object, got an array",
+            ),
+            (
+                r#"[{"password": "s3cr3t-Pa55"}]"#,
+                "expected a JSON object, got an array",
+            ),
+            (
+                r#"{"filter": [{"password": "s3cr3t-Pa55"}]}"#,
+                "filter: expected a JSON object, got an array",
+            ),
+            (
+                r#"{"filter": {"type": {"password": "s3cr3t-Pa55"}}}"#,
+                "filter.type: expected a string, got an object",
+            ),
+            (
+                r#"{"filter": {"label_score": {"box": {"password": "s3cr3t-Pa55"}}}}"#,
+                "threshold must be a number, got an object",
+            ),
+            (
+                r#"{"filter": {"label_score": [{"password": "s3cr3t-Pa55"}]}}"#,
+                "thresholds, got an array",
+            ),
+        ];
+        for (text, expected) in cases {
+            let v: Value = serde_json::from_str(text).unwrap();
+            let err = PublisherConfig::from_value(&v).unwrap_err();
+            assert!(!err.contains(secret), "{text}: {err}");
+            assert!(err.contains(expected), "{text}: {err:?} lacks {expected:?}");
+        }
+        // Scalars are still shown: they are the value of the key the message names.
+        let v: Value = serde_json::from_str(r#"{"qos": "high"}"#).unwrap();
+        let err = PublisherConfig::from_value(&v).unwrap_err();
+        assert_eq!(err, r#"qos: expected an integer, got "high""#);
     }
 
     #[test]

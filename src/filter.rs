@@ -7,6 +7,7 @@ use std::path::Path;
 use gst::glib;
 use serde_json::Value;
 
+use crate::config::shown;
 use crate::meta::{self, Classification, Object};
 
 /// What a filter removes.
@@ -158,13 +159,19 @@ pub fn parse_label_score(text: &str) -> Result<HashMap<String, f64>, String> {
 
 fn label_score_from_value(value: &Value) -> Result<HashMap<String, f64>, String> {
     let map = value.as_object().ok_or_else(|| {
-        format!("expected a JSON object mapping labels to thresholds, got {value}")
+        format!(
+            "expected a JSON object mapping labels to thresholds, got {}",
+            shown(value)
+        )
     })?;
     map.iter()
         .map(|(label, v)| {
-            let threshold = v
-                .as_f64()
-                .ok_or_else(|| format!("label {label:?}: threshold must be a number, got {v}"))?;
+            let threshold = v.as_f64().ok_or_else(|| {
+                format!(
+                    "label {label:?}: threshold must be a number, got {}",
+                    shown(v)
+                )
+            })?;
             Ok((
                 label.clone(),
                 check_threshold(&format!("label {label:?}"), threshold)?,
@@ -177,14 +184,14 @@ fn label_score_from_value(value: &Value) -> Result<HashMap<String, f64>, String>
 pub fn filter_config_from_value(value: &Value) -> Result<FilterConfig, String> {
     let map = value
         .as_object()
-        .ok_or_else(|| format!("filter: expected a JSON object, got {value}"))?;
+        .ok_or_else(|| format!("filter: expected a JSON object, got {}", shown(value)))?;
     let mut config = FilterConfig::default();
     for (key, v) in map {
         match key.as_str() {
             "type" => {
                 let nick = v
                     .as_str()
-                    .ok_or_else(|| format!("filter.type: expected a string, got {v}"))?;
+                    .ok_or_else(|| format!("filter.type: expected a string, got {}", shown(v)))?;
                 config.kind = Some(FilterType::from_nick(nick).ok_or_else(|| {
                     format!("filter.type: unknown type {nick:?} (use \"detection\" or \"classification\")")
                 })?);
@@ -285,6 +292,25 @@ mod tests {
         let err = filter_config_from_value(&v).unwrap_err();
         assert!(
             err.contains("filter.type") && err.contains("segmentation"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn errors_show_objects_and_arrays_only_by_kind() {
+        // They may hold a password (see `config::shown`).
+        let v: Value = serde_json::from_str(
+            r#"{"type":"detection","label_score":{"box":{"password":"s3cr3t"}}}"#,
+        )
+        .unwrap();
+        let err = filter_config_from_value(&v).unwrap_err();
+        assert!(
+            err.ends_with("got an object") && !err.contains("s3cr3t"),
+            "{err}"
+        );
+        let err = parse_label_score(r#"[{"password":"s3cr3t"}]"#).unwrap_err();
+        assert!(
+            err.ends_with("got an array") && !err.contains("s3cr3t"),
             "{err}"
         );
     }
