@@ -8,12 +8,12 @@
 #   fmt           cargo fmt --check
 #   clippy        cargo clippy --all-targets -- -D warnings
 #   build         cargo build
-#   fuzz-build    only if fuzz/ exists: cargo fmt --check on the fuzz crate and
-#                 a build of its targets with the stable toolchain
+#   fuzz-build    only if fuzz/ exists: cargo fmt --check on the fuzz crate,
+#                 a build of its targets with the stable toolchain, and a run of
+#                 each target over its committed seeds (fuzz/seeds/)
 #                 (cargo build --manifest-path fuzz/Cargo.toml, sharing target/
 #                 so the dependencies are not built twice). That checks they
-#                 compile and link; fuzzing itself needs nightly + cargo-fuzz:
-#                 cargo +nightly fuzz run <target>
+#                 compile and link; fuzzing itself: see fuzz/README.md
 #   test          cargo test (unit, integration incl. tests/meson_install.rs, doc tests)
 #
 # Exits non-zero when any step failed.
@@ -47,9 +47,17 @@ step() {
 }
 
 fuzz_build() {
+    local target_dir=${CARGO_TARGET_DIR:-$REPO_DIR/target} t
     cargo fmt --check --manifest-path fuzz/Cargo.toml &&
-        cargo build --manifest-path fuzz/Cargo.toml --bins \
-            --target-dir "${CARGO_TARGET_DIR:-$REPO_DIR/target}"
+        cargo build --locked --manifest-path fuzz/Cargo.toml --bins --target-dir "$target_dir" ||
+        return 1
+    # The committed seeds, through the targets' own checks (regressions included).
+    for t in config_file label_score replay_line; do
+        "$target_dir/debug/$t" fuzz/seeds/$t/* >/dev/null 2>&1 || {
+            echo "fuzz target $t fails on its seeds: run $target_dir/debug/$t fuzz/seeds/$t/*" >&2
+            return 1
+        }
+    done
 }
 
 step fmt cargo fmt --check

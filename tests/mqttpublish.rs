@@ -357,6 +357,10 @@ fn bad_settings_are_refused_at_start_with_the_setting_named() {
         ("topic=\"\"", "topic: the topic is empty"),
         ("protocol=3", "use 4 (MQTT 3.1.1) or 5"),
         (
+            "protocol=5 keep-alive=2",
+            "keep-alive: 2 s is not supported with protocol 5",
+        ),
+        (
             "tls-ca-file=/nonexistent/ca.pem",
             "tls-ca-file: cannot read /nonexistent/ca.pem",
         ),
@@ -772,4 +776,35 @@ fn stats_stay_readable_after_stop_and_count_each_run() {
             "stopped: not connected"
         );
     }
+}
+
+#[test]
+fn mqtt5_broker_packet_limit_drops_only_the_oversize_messages() {
+    let broker = Broker::builder().extra("max_packet_size 20000").start();
+    let sub = Subscriber::builder(&broker, TOPIC).v5().connect();
+    // Every other message carries a 640x480 frame of ~26 KB: over the broker's limit.
+    let mut run = Run::start(
+        &replay(10),
+        &format!(
+            "{} protocol=5 qos=1 publish-frame=true frame-interval=2 clean-session=false \
+             client-id=limit-test",
+            to(&broker)
+        ),
+    );
+    run.wait_eos(LONG);
+    let stats = run.stop();
+    let messages = sub.wait_for(5, LONG);
+    sub.assert_count_after(5, Duration::from_millis(200));
+    assert_eq!(
+        frame_ids(&messages),
+        [1, 3, 5, 7, 9],
+        "the metadata-only ones"
+    );
+    assert_eq!(stat(&stats, "dropped-oversize"), 5, "{stats}");
+    assert_eq!(
+        stat(&stats, "reconnects"),
+        0,
+        "the connection survived: {stats}"
+    );
+    assert_accounted(&stats);
 }

@@ -350,6 +350,7 @@ fn frozen_broker_never_blocks_leaky_queues() {
             "{leaky}: stalled for {gap:?}"
         );
         assert!(stat(&stats, "dropped-queue-full") > 0, "{leaky}: {stats}");
+        assert_accounted(&stats);
         assert!(
             stop_took < Duration::from_secs(3),
             "{leaky}: stop took {stop_took:?}"
@@ -810,5 +811,29 @@ fn misbehaving_producers_never_crash_the_sink() {
     assert_eq!(
         values[2]["objects"][0]["detection"]["bounding_box"]["x_min"],
         0.5
+    );
+}
+
+/// A state change to NULL does not wait for an end-of-stream flush that cannot finish.
+#[test]
+fn null_interrupts_an_end_of_stream_flush() {
+    let mut broker = Broker::new();
+    broker.stop();
+    let run = Run::start(&format!(
+        "videotestsrc num-buffers=5 ! video/x-raw,width=64,height=48 ! metareplay location={} \
+         ! mqttpublish name=sink host={} port={} flush-timeout=8000",
+        sample_recording(),
+        broker.host(),
+        broker.port()
+    ));
+    // The five buffers are queued and the sink sits in its EOS flush.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(stat(&run.stats("sink"), "queue-depth"), 5);
+    let stopping = Instant::now();
+    run.stop();
+    assert!(
+        stopping.elapsed() < Duration::from_secs(1),
+        "NULL took {:?}",
+        stopping.elapsed()
     );
 }

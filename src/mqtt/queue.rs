@@ -9,7 +9,7 @@
 
 use std::collections::VecDeque;
 use std::sync::{Condvar, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use gst::glib;
 
@@ -129,17 +129,14 @@ impl Queue {
         Some(message)
     }
 
-    /// Puts back a message taken by `pop` that could not be handed on, at the front.
-    pub fn unpop(&self, message: Message) {
-        let mut inner = self.inner.lock().unwrap();
-        inner.bytes += message.payload.len();
-        inner.messages.push_front(message);
-    }
-
     /// Number of queued messages and their bytes.
     pub fn depth(&self) -> (usize, usize) {
         let inner = self.inner.lock().unwrap();
         (inner.messages.len(), inner.bytes)
+    }
+
+    pub fn is_flushing(&self) -> bool {
+        self.inner.lock().unwrap().flushing
     }
 
     /// Makes waiting and future pushes return [`Pushed::Flushing`] until `set_flushing(false)`.
@@ -157,22 +154,6 @@ impl Queue {
         drop(inner);
         self.room.notify_all();
         n
-    }
-
-    /// Waits until the queue is empty or `deadline` passes; `false` on timeout or flushing.
-    pub fn wait_empty(&self, deadline: Instant) -> bool {
-        let mut inner = self.inner.lock().unwrap();
-        loop {
-            if inner.messages.is_empty() {
-                return true;
-            }
-            let now = Instant::now();
-            if inner.flushing || now >= deadline {
-                return false;
-            }
-            let wait = (deadline - now).min(Duration::from_millis(100));
-            inner = self.room.wait_timeout(inner, wait).unwrap().0;
-        }
     }
 }
 

@@ -14,6 +14,8 @@ pub enum Event {
     /// The broker accepted the connection.
     Connected {
         session_present: bool,
+        /// The largest packet the broker accepts, when it says (MQTT 5).
+        max_packet_size: Option<u32>,
     },
     /// A publish was written to the socket (`pkid` 0 for QoS 0).
     Written {
@@ -22,10 +24,6 @@ pub enum Event {
     /// A QoS 1/2 publish completed (PUBACK / PUBCOMP).
     Completed {
         pkid: u16,
-    },
-    /// The broker sent DISCONNECT (MQTT 5), with its reason.
-    BrokerDisconnect {
-        reason: String,
     },
     /// Our DISCONNECT went out.
     DisconnectSent,
@@ -46,6 +44,8 @@ pub enum Session {
 
 /// Size of rumqttc's request channel; the worker never has more than this in flight.
 pub const REQUEST_CHANNEL: usize = 64;
+/// QoS 1/2 publishes written and not yet acknowledged, at most.
+const QOS_INFLIGHT: u16 = 100;
 
 fn network_options() -> NetworkOptions {
     let mut options = NetworkOptions::new();
@@ -71,6 +71,7 @@ impl Session {
                     .set_keep_alive(config.keep_alive)
                     .set_clean_session(config.clean_session)
                     .set_max_packet_size(max_packet, max_packet)
+                    .set_inflight(QOS_INFLIGHT)
                     .set_transport(transport);
                 if let Some((user, password)) = &config.credentials {
                     options.set_credentials(user, password.expose());
@@ -94,6 +95,9 @@ impl Session {
                     // MQTT 5 ends a session at disconnect unless told to keep it.
                     options.set_session_expiry_interval(Some(u32::MAX));
                 }
+                // As MQTT 3.1.1's default: rumqttc would otherwise size its in-flight
+                // window for 65,535 publishes.
+                options.set_outgoing_inflight_upper_limit(QOS_INFLIGHT);
                 if let Some((user, password)) = &config.credentials {
                     options.set_credentials(user, password.expose());
                 }
@@ -115,6 +119,7 @@ impl Session {
                 Ok(match eventloop.poll().await.map_err(|e| e.to_string())? {
                     E::Incoming(Packet::ConnAck(ack)) => Event::Connected {
                         session_present: ack.session_present,
+                        max_packet_size: None,
                     },
                     E::Incoming(Packet::PubAck(ack)) => Event::Completed { pkid: ack.pkid },
                     E::Incoming(Packet::PubComp(comp)) => Event::Completed { pkid: comp.pkid },
@@ -129,15 +134,10 @@ impl Session {
                 Ok(match eventloop.poll().await.map_err(|e| e.to_string())? {
                     E::Incoming(Packet::ConnAck(ack)) => Event::Connected {
                         session_present: ack.session_present,
+                        max_packet_size: ack.properties.and_then(|p| p.max_packet_size),
                     },
                     E::Incoming(Packet::PubAck(ack)) => Event::Completed { pkid: ack.pkid },
                     E::Incoming(Packet::PubComp(comp)) => Event::Completed { pkid: comp.pkid },
-                    E::Incoming(Packet::Disconnect(d)) => Event::BrokerDisconnect {
-                        reason: match d.properties.and_then(|p| p.reason_string) {
-                            Some(text) => format!("{:?}: {text}", d.reason_code),
-                            None => format!("{:?}", d.reason_code),
-                        },
-                    },
                     E::Outgoing(rumqttc::Outgoing::Publish(pkid)) => Event::Written { pkid },
                     E::Outgoing(rumqttc::Outgoing::Disconnect) => Event::DisconnectSent,
                     _ => Event::Other,

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
 use super::session::{Event, Publisher, Session, REQUEST_CHANNEL};
-use super::{ConnectionConfig, Limits, Message, Pushed, QoS, Queue};
+use super::{ConnectionConfig, Limits, Message, Pushed, Queue};
 
 /// First reconnection delay; it doubles after each failed attempt up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
@@ -49,6 +49,8 @@ pub enum Notice {
     ClientIdConflict { reason: String },
     /// The broker did not keep the session: rumqttc discarded messages in flight.
     Discarded { count: u64 },
+    /// The connection thread stopped unexpectedly; nothing will be published.
+    Failed { reason: String },
 }
 
 /// Message counters; see the sink's `stats` property for their meaning.
@@ -66,11 +68,16 @@ pub struct Stats {
     pub connected: bool,
     /// Handed to rumqttc and not yet written (QoS 0) or acknowledged (QoS 1/2).
     pub in_flight: u64,
+    /// Largest packet the broker accepts (MQTT 5 CONNACK), when it said.
+    pub broker_max_packet: Option<u32>,
     pub queue_depth: u64,
     pub queue_bytes: u64,
 }
 
-/// Per-message bookkeeping between the mover and the poller.
+/// Per-message bookkeeping between the mover and the poller. Every message handed to
+/// rumqttc is `in_flight` until it is complete: written to the socket for QoS 0,
+/// acknowledged for QoS 1/2; then it counts as `published`, or as `dropped_disconnected`
+/// if the broker started a new session first. So each message is in exactly one bucket.
 #[derive(Debug, Default)]
 struct Tracker {
     stats: Stats,
@@ -88,20 +95,27 @@ impl Tracker {
 
     fn written(&mut self, pkid: u16) {
         // A retransmission of a packet id already written is not a new message.
-        if pkid != 0 && !self.unacked.insert(pkid) {
+        if pkid != 0 && self.unacked.contains(&pkid) {
             return;
         }
-        let size = self.unwritten.pop_front().unwrap_or(0);
-        self.stats.published += 1;
+        // rumqttc can report a write it then lost with the connection, after the new
+        // connection is up; what was discarded with the session is not written again.
+        let Some(size) = self.unwritten.pop_front() else {
+            return;
+        };
         self.stats.bytes_sent += size as u64;
         if pkid == 0 {
+            self.stats.published += 1;
             self.stats.in_flight = self.stats.in_flight.saturating_sub(1);
+        } else {
+            self.unacked.insert(pkid);
         }
     }
 
     fn completed(&mut self, pkid: u16) {
         if self.unacked.remove(&pkid) {
             self.stats.acknowledged += 1;
+            self.stats.published += 1;
             self.stats.in_flight = self.stats.in_flight.saturating_sub(1);
         }
     }
@@ -164,7 +178,21 @@ impl Worker {
         let thread_shared = shared.clone();
         let thread = std::thread::Builder::new()
             .name("mqttpublish".into())
-            .spawn(move || runtime.block_on(run(thread_shared, config, notify)))?;
+            .spawn(move || {
+                let notify = &notify;
+                let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    runtime.block_on(run(&thread_shared, config, notify))
+                }));
+                if let Err(panic) = outcome {
+                    let reason = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "unknown panic".into());
+                    thread_shared.update(|t| t.stats.connected = false);
+                    notify(Notice::Failed { reason });
+                }
+            })?;
         Ok(Worker {
             shared,
             thread: Mutex::new(Some(thread)),
@@ -209,26 +237,32 @@ impl Worker {
         stats
     }
 
-    /// Unblocks (`true`) or re-enables (`false`) a streaming thread waiting for room.
+    /// Unblocks (`true`) or re-enables (`false`) a streaming thread waiting for room or
+    /// for a flush.
     pub fn set_flushing(&self, flushing: bool) {
         self.shared.queue.set_flushing(flushing);
+        let _guard = self.shared.tracker.lock().unwrap();
+        self.shared.progress.notify_all();
     }
 
     /// Waits until everything queued has been published and, for QoS 1/2, acknowledged.
-    /// Gives up at `timeout`, or when nothing has completed for `stall` (when set).
-    /// Returns whether everything was delivered.
+    /// Gives up at `timeout`, when nothing has completed for `stall` (when set), or when
+    /// the queue is set flushing. Returns whether everything was delivered.
     pub fn flush(&self, timeout: Duration, stall: Option<Duration>) -> bool {
         let deadline = Instant::now() + timeout;
         let mut last_progress = Instant::now();
         let mut tracker = self.shared.tracker.lock().unwrap();
-        let mut done = tracker.stats.published + tracker.stats.acknowledged;
+        let mut done = tracker.stats.published;
         loop {
             let (depth, _) = self.shared.queue.depth();
             if depth == 0 && tracker.stats.in_flight == 0 {
                 return true;
             }
+            if self.shared.queue.is_flushing() {
+                return false;
+            }
             let now = Instant::now();
-            let now_done = tracker.stats.published + tracker.stats.acknowledged;
+            let now_done = tracker.stats.published;
             if now_done != done {
                 done = now_done;
                 last_progress = now;
@@ -271,22 +305,26 @@ impl Drop for Worker {
     }
 }
 
-async fn run(shared: Arc<Shared>, config: ConnectionConfig, notify: impl Fn(Notice)) {
+async fn run(shared: &Shared, config: ConnectionConfig, notify: &impl Fn(Notice)) {
     let session = Session::new(&config);
     let publisher = session.publisher();
     tokio::join!(
-        poll_connection(&shared, session, &config, &notify),
-        move_messages(&shared, publisher, &config.topic, config.qos, config.retain),
+        poll_connection(shared, session, &config, notify),
+        move_messages(shared, publisher, &config),
     );
 }
 
 /// Hands queued messages to rumqttc while connected and its request channel has room.
-async fn move_messages(shared: &Shared, publisher: Publisher, topic: &str, qos: QoS, retain: bool) {
+async fn move_messages(shared: &Shared, publisher: Publisher, config: &ConnectionConfig) {
+    let topic = config.topic.as_str();
     while !shared.stopping.load(Ordering::SeqCst) {
         loop {
-            let room = {
+            let (room, broker_max) = {
                 let tracker = shared.tracker.lock().unwrap();
-                tracker.stats.connected && tracker.unwritten.len() < REQUEST_CHANNEL
+                (
+                    tracker.stats.connected && tracker.unwritten.len() < REQUEST_CHANNEL,
+                    tracker.stats.broker_max_packet,
+                )
             };
             if !room {
                 break;
@@ -295,14 +333,29 @@ async fn move_messages(shared: &Shared, publisher: Publisher, topic: &str, qos: 
                 break;
             };
             let size = message.payload.len();
+            // A packet over the broker's limit would cost the connection (and, in a
+            // persistent session, be retried after every reconnect): drop it here.
+            if broker_max.is_some_and(|max| packet_size(topic, size) > max as usize) {
+                shared.update(|t| t.stats.dropped_oversize += 1);
+                continue;
+            }
             // The channel has room, so this completes without waiting.
-            match publisher.publish(topic, qos, retain, message.payload).await {
+            match publisher
+                .publish(topic, config.qos, config.retain, message.payload)
+                .await
+            {
                 Ok(()) => shared.update(|t| t.handed(size)),
                 Err(_) => shared.update(|t| t.stats.dropped_stopped += 1),
             }
         }
         shared.wake.notified().await;
     }
+}
+
+/// An upper bound of the size of the PUBLISH packet carrying `payload_size` bytes.
+fn packet_size(topic: &str, payload_size: usize) -> usize {
+    // Fixed header (5), topic length (2), packet id (2), MQTT 5 properties (a few).
+    payload_size + topic.len() + 16
 }
 
 /// Drives the event loop: connection state, acknowledgements, backoff, clean disconnect.
@@ -317,7 +370,6 @@ async fn poll_connection(
     let mut short_connections = 0u32;
     let mut connected_since: Option<Instant> = None;
     let mut ever_connected = false;
-    let mut broker_reason: Option<String> = None;
 
     loop {
         let event = tokio::select! {
@@ -325,11 +377,15 @@ async fn poll_connection(
             _ = shared.stop.notified() => break,
         };
         match event {
-            Ok(Event::Connected { session_present }) => {
+            Ok(Event::Connected {
+                session_present,
+                max_packet_size,
+            }) => {
                 failures = 0;
                 connected_since = Some(Instant::now());
                 let discarded = shared.update(|t| {
                     t.stats.connected = true;
+                    t.stats.broker_max_packet = max_packet_size;
                     if ever_connected {
                         t.stats.reconnects += 1;
                     }
@@ -351,9 +407,8 @@ async fn poll_connection(
                 shared.wake.notify_one();
             }
             Ok(Event::Completed { pkid }) => shared.update(|t| t.completed(pkid)),
-            Ok(Event::BrokerDisconnect { reason }) => broker_reason = Some(reason),
             Ok(Event::DisconnectSent | Event::Other) => {}
-            Err(error) => {
+            Err(reason) => {
                 shared.update(|t| t.stats.connected = false);
                 if let Some(since) = connected_since.take() {
                     if since.elapsed() >= CONNECTION_HELD {
@@ -363,10 +418,6 @@ async fn poll_connection(
                         short_connections += 1;
                     }
                 }
-                let reason = match broker_reason.take() {
-                    Some(broker) => format!("{error} (broker said {broker})"),
-                    None => error,
-                };
                 if reason.contains("SessionTakenOver")
                     || short_connections >= SHORT_CONNECTIONS_WARNING
                 {

@@ -314,6 +314,13 @@ impl MqttPublish {
                 .map_err(|e| format!("protocol: {e}"))?,
             file.protocol,
         );
+        // rumqttc's MQTT 5 client cannot keep alive more often than every 5 s, nor not at all.
+        if protocol == Protocol::V5 && settings.keep_alive < 5 {
+            return Err(format!(
+                "keep-alive: {} s is not supported with protocol 5; use 5 s or more",
+                settings.keep_alive
+            ));
+        }
         let publish_frame = layered(
             set("publish-frame"),
             settings.publish_frame,
@@ -484,6 +491,17 @@ impl MqttPublish {
                     .field("reason", reason.as_str())
                     .build()
             }
+            Notice::Failed { reason } => {
+                gst::element_imp_error!(
+                    self,
+                    gst::ResourceError::Failed,
+                    ("The MQTT connection thread stopped: {}", reason)
+                );
+                gst::Structure::builder("mqttpublish-failed")
+                    .field("broker", broker)
+                    .field("reason", reason.as_str())
+                    .build()
+            }
             Notice::Discarded { count } => {
                 gst::element_imp_warning!(
                     self,
@@ -544,8 +562,9 @@ impl MqttPublish {
 
         let mut objects = meta::read_objects(buffer).objects;
         if let Some(filter) = &publishing.filter {
+            let had_objects = !objects.is_empty();
             filter.apply_to_objects(&mut objects);
-            if objects.is_empty() {
+            if had_objects && objects.is_empty() {
                 started.frames.skipped += 1;
                 return Ok(None);
             }
@@ -754,7 +773,8 @@ impl ObjectImpl for MqttPublish {
                     .nick("Keep-alive")
                     .blurb(
                         "Seconds between keep-alive pings while idle; a dead connection is \
-                         noticed after 1.5 times this. 0 disables keep-alive.",
+                         noticed within about twice this. 0 disables keep-alive (MQTT 3.1.1 \
+                         only: protocol 5 needs 5 or more).",
                     )
                     .maximum(65535)
                     .default_value(DEFAULT_KEEP_ALIVE)
@@ -909,7 +929,9 @@ impl ObjectImpl for MqttPublish {
                     .nick("Largest message")
                     .blurb(
                         "Messages larger than this many bytes are dropped, counted in stats and \
-                         warned about once.",
+                         warned about once. With MQTT 5 the broker's own limit applies too; with \
+                         MQTT 3.1.1 keep this at or below the broker's limit, which it does not \
+                         announce.",
                     )
                     .minimum(1024)
                     .maximum(256 * 1024 * 1024)
@@ -922,6 +944,7 @@ impl ObjectImpl for MqttPublish {
                         "Milliseconds to wait at end of stream for queued messages to be sent \
                          and QoS 1/2 messages acknowledged before passing the end of stream on.",
                     )
+                    .maximum(600_000)
                     .default_value(DEFAULT_FLUSH_TIMEOUT_MS)
                     .mutable_ready()
                     .build(),
