@@ -49,7 +49,7 @@ step() {
 fuzz_build() {
     local target_dir=${CARGO_TARGET_DIR:-$REPO_DIR/target} t
     cargo fmt --check --manifest-path fuzz/Cargo.toml &&
-        cargo build --locked --manifest-path fuzz/Cargo.toml --bins --target-dir "$target_dir" ||
+        cargo build --manifest-path fuzz/Cargo.toml --bins --target-dir "$target_dir" ||
         return 1
     # The committed seeds, through the targets' own checks (regressions included).
     for t in config_file label_score replay_line; do

@@ -95,6 +95,7 @@ fuzz_target!(|data: &[u8]| {
         height,
         timestamp: frame.timestamp,
         frame_id: Some(7),
+        sink_time: Some(1_700_000_000_000_000_000),
         source: Some("file:///recording.jsonl"),
         tags: Some(r#"{"fuzz":true}"#),
     };
