@@ -67,6 +67,9 @@ struct Inner {
     messages: VecDeque<Message>,
     bytes: usize,
     flushing: bool,
+    /// Threads waiting on `room` (a `leaky=none` push). Notifying a condition variable is
+    /// a system call even when nobody waits, so `pop` only notifies when one does.
+    waiters: usize,
 }
 
 #[derive(Debug)]
@@ -111,7 +114,11 @@ impl Queue {
                     inner.bytes -= old.payload.len();
                     dropped_oldest += 1;
                 }
-                Leaky::No => inner = self.room.wait(inner).unwrap(),
+                Leaky::No => {
+                    inner.waiters += 1;
+                    inner = self.room.wait(inner).unwrap();
+                    inner.waiters -= 1;
+                }
             }
         }
         inner.bytes += size;
@@ -124,8 +131,11 @@ impl Queue {
         let mut inner = self.inner.lock().unwrap();
         let message = inner.messages.pop_front()?;
         inner.bytes -= message.payload.len();
+        let waiting = inner.waiters > 0;
         drop(inner);
-        self.room.notify_all();
+        if waiting {
+            self.room.notify_all();
+        }
         Some(message)
     }
 

@@ -85,6 +85,9 @@ struct Tracker {
     unwritten: VecDeque<usize>,
     /// Packet ids written and not yet acknowledged (QoS 1/2).
     unacked: HashSet<u16>,
+    /// Threads waiting on `Shared::progress` (in `flush`). Notifying a condition variable
+    /// is a system call even when nobody waits, so updates only notify when one does.
+    waiters: usize,
 }
 
 impl Tracker {
@@ -145,8 +148,13 @@ struct Shared {
 
 impl Shared {
     fn update<R>(&self, f: impl FnOnce(&mut Tracker) -> R) -> R {
-        let r = f(&mut self.tracker.lock().unwrap());
-        self.progress.notify_all();
+        let mut tracker = self.tracker.lock().unwrap();
+        let r = f(&mut tracker);
+        let waiting = tracker.waiters > 0;
+        drop(tracker);
+        if waiting {
+            self.progress.notify_all();
+        }
         r
     }
 }
@@ -271,7 +279,9 @@ impl Worker {
                 return false;
             }
             let wait = (deadline - now).min(Duration::from_millis(50));
+            tracker.waiters += 1;
             tracker = self.shared.progress.wait_timeout(tracker, wait).unwrap().0;
+            tracker.waiters -= 1;
         }
     }
 

@@ -1,0 +1,435 @@
+#!/usr/bin/env python3
+"""Records and reports the runs of scripts/bench.sh (standard library only).
+
+    report.py meta PARAMS-JSON COMMIT           one line: machine and parameters
+    report.py record KEY-JSON PUB TIME SUB      one line: a run (publisher, GNU time, subscriber)
+    report.py brief < LINE                      a one-line summary of a run, for the log
+    report.py report results.jsonl              the Markdown tables and the targets
+
+CPU figures are the publisher's own getrusage (user + system, all threads) over the
+streaming phase; `process CPU` adds start-up and teardown (GNU time). Rows measured
+several times (REPEAT) report the median of each figure.
+"""
+
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+MIB = 1024 * 1024
+
+
+def load(path):
+    with open(path, encoding="utf-8") as f:
+        text = f.read().strip()
+    if not text:
+        return {}
+    # GNU time may put a "Command exited with non-zero status" line first.
+    return json.loads(text.splitlines()[-1])
+
+
+def cmd_meta(params, commit):
+    cpu = "unknown"
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    print(json.dumps({
+        "meta": {
+            "params": json.loads(params),
+            "commit": commit,
+            "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+            "cpu": cpu,
+            "cores": os.cpu_count(),
+            "kernel": platform.release(),
+            "load_at_start": os.getloadavg(),
+        }
+    }))
+
+
+def cmd_record(key, pub, tim, sub):
+    print(json.dumps({
+        "key": json.loads(key),
+        "pub": load(pub),
+        "time": load(tim),
+        "sub": load(sub),
+        "load": os.getloadavg()[0],
+    }))
+
+
+def cpu(rec):
+    return rec["pub"]["cpu_user"] + rec["pub"]["cpu_sys"]
+
+
+def cmd_brief():
+    rec = json.loads(sys.stdin.readline())
+    parts = [f"cpu {cpu(rec):.3f} s", f"wall {rec['pub']['wall']:.2f} s",
+             f"received {rec['sub'].get('total', 0)}",
+             f"peak RSS {rec['time'].get('max_rss_kib', 0) / 1024:.0f} MiB"]
+    lat = rec["sub"].get("latency_ms")
+    if lat:
+        parts.append(f"p50 {lat['p50']:.2f} ms p99 {lat['p99']:.2f} ms")
+    print(", ".join(parts))
+
+
+# --- the report -------------------------------------------------------------------------
+
+
+class Runs:
+    def __init__(self, records):
+        self.records = records
+
+    def select(self, **key):
+        return [r for r in self.records
+                if all(r["key"].get(k) == v for k, v in key.items())]
+
+    def median(self, fn, **key):
+        values = [fn(r) for r in self.select(**key)]
+        return statistics.median(values) if values else None
+
+
+def fmt(value, spec=".2f", missing="-"):
+    return missing if value is None else format(value, spec)
+
+
+def ratio_text(value, spec=".2f"):
+    return "-" if value is None else f"{value:{spec}}x"
+
+
+def table(header, rows):
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    out += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(out)
+
+
+def verdict(ok):
+    return "**met**" if ok else "**not met**"
+
+
+def sum_sinks(rec, field):
+    return sum(s.get(field, 0) for s in rec["pub"].get("sinks", {}).values())
+
+
+def report_w1(runs, params, targets):
+    n = params["W1_N"]
+    out = [f"## W1: metadata only ({n} buffers of 64x48 video, 5 objects each)", ""]
+    base = runs.median(cpu, w="w1", row="baseline")
+    base_rate = runs.median(lambda r: n / r["pub"]["wall"], w="w1", row="baseline")
+    out.append(f"Baseline (videotestsrc ! metareplay ! fakesink): {fmt(base, '.3f')} s CPU, "
+               f"{fmt(base_rate, ',.0f')} buffers/s: the most any sink can be fed.")
+    out.append("")
+    names = {
+        "mqttpublish": "mqttpublish leaky=none",
+        "mqttpublish-default": "mqttpublish (default leaky=downstream)",
+        "raw": "raw rumqttc (examples/raw_publisher.rs)",
+        "python": "Python: appsink + json.dumps + paho",
+    }
+    header = ["QoS", "publisher", "CPU s", "CPU µs/msg over baseline", "x raw", "wall s",
+              "delivered", "delivered msg/s", "peak RSS MiB", "process CPU s"]
+    rows = []
+    per_msg = {}
+    rate = {}
+    for qos in (0, 1):
+        for row in ("mqttpublish", "mqttpublish-default", "raw", "python"):
+            recs = runs.select(w="w1", row=row, qos=qos)
+            if not recs:
+                continue
+            c = runs.median(cpu, w="w1", row=row, qos=qos)
+            # The raw publisher has no pipeline: all of its CPU is publishing.
+            over = c if row == "raw" else (c - base if base is not None else None)
+            per_msg[qos, row] = over / n * 1e6 if over is not None else None
+            rate[qos, row] = runs.median(lambda r: r["sub"].get("total", 0) / r["pub"]["wall"],
+                                         w="w1", row=row, qos=qos)
+            rows.append([qos, names[row], fmt(c, ".3f"), fmt(per_msg[qos, row], ".1f"), None,
+                         fmt(runs.median(lambda r: r["pub"]["wall"], w="w1", row=row, qos=qos)),
+                         f"{min(r['sub'].get('total', 0) for r in recs)}-"
+                         f"{max(r['sub'].get('total', 0) for r in recs)} of {n}",
+                         fmt(rate[qos, row], ",.0f"),
+                         fmt(runs.median(lambda r: r["time"]["max_rss_kib"] / 1024, w="w1", row=row, qos=qos), ".0f"),
+                         fmt(runs.median(lambda r: r["time"]["user"] + r["time"]["sys"], w="w1", row=row, qos=qos))])
+    for r in rows:
+        key = (r[0], next(k for k, v in names.items() if v == r[1]))
+        raw = per_msg.get((key[0], "raw"))
+        r[4] = ratio_text(per_msg[key] / raw if raw else None)
+    out.append(table(header, rows))
+    out.append("")
+    out.append("`delivered` is the range over the repetitions; the others are medians. "
+               "`x raw` is CPU per message over the baseline divided by the raw publisher's CPU per message.")
+    out.append("")
+    for qos in (0, 1):
+        m, raw, py = per_msg.get((qos, "mqttpublish")), per_msg.get((qos, "raw")), per_msg.get((qos, "python"))
+        if m is not None and raw:
+            targets.append((f"W1 QoS {qos}: mqttpublish CPU/msg over baseline <= 2x raw rumqttc",
+                            f"{m / raw:.2f}x", m / raw <= 2))
+        if m and py is not None:
+            targets.append((f"W1 QoS {qos}: >= 10x less CPU/msg than Python",
+                            f"{py / m:.1f}x less", py / m >= 10))
+        # "Delivered rate" read two ways: throughput, and the share of messages that
+        # arrive. mqttpublish's throughput is capped by the pipeline feeding it.
+        mr, rr = rate.get((qos, "mqttpublish")), rate.get((qos, "raw"))
+        if mr is not None and rr:
+            targets.append((f"W1 QoS {qos}: delivered msg/s >= 80% of raw",
+                            f"{100 * mr / rr:.0f}% (the pipeline alone runs at "
+                            f"{100 * base_rate / rr:.0f}% of raw's rate)", mr / rr >= 0.8))
+        share = {}
+        for row in ("mqttpublish", "mqttpublish-default", "raw"):
+            recs = runs.select(w="w1", row=row, qos=qos)
+            if recs:
+                share[row] = min(r["sub"].get("total", 0) for r in recs) / n
+        if share.get("raw"):
+            for row, label in (("mqttpublish", "leaky=none"), ("mqttpublish-default", "default leaky")):
+                if row in share:
+                    targets.append((f"W1 QoS {qos}: share of messages delivered ({label}) >= 80% of raw's",
+                                    f"{100 * share[row] / share['raw']:.0f}%",
+                                    share[row] / share["raw"] >= 0.8))
+    return out
+
+
+def report_w2(runs, params, targets):
+    n = params["W2_N"]
+    out = [f"## W2: frames ({n} frames of 1280x720, publish-frame=true, JPEG quality 85)", ""]
+    names = {
+        "baseline": "baseline: videotestsrc ! metareplay ! fakesink",
+        "jpegenc": "jpegenc ! mqttpublish",
+        "internal": "mqttpublish encoding (libjpeg-turbo)",
+        "python": "Python: appsink + cv2.imencode + base64 + paho",
+    }
+    header = ["format", "pipeline", "CPU s", "CPU ms/frame", "ms/frame over baseline",
+              "x internal", "wall s", "delivered", "KiB/msg", "peak RSS MiB"]
+    rows = []
+    for fmt_name in ("I420", "BGRx"):
+        base = runs.median(cpu, w="w2", row="baseline", format=fmt_name)
+        over = {}
+        for row in ("baseline", "jpegenc", "internal", "python"):
+            recs = runs.select(w="w2", row=row, format=fmt_name)
+            if not recs:
+                continue
+            c = runs.median(cpu, w="w2", row=row, format=fmt_name)
+            over[row] = (c - base) / n * 1e3 if base is not None else None
+            delivered = [r["sub"].get("total", 0) for r in recs]
+            kib = runs.median(lambda r: r["sub"].get("bytes", 0) / max(r["sub"].get("total", 0), 1) / 1024,
+                              w="w2", row=row, format=fmt_name)
+            rows.append([fmt_name, names[row], fmt(c, ".3f"), fmt(c / n * 1e3),
+                         "-" if row == "baseline" else fmt(over[row]), row,
+                         fmt(runs.median(lambda r: r["pub"]["wall"], w="w2", row=row, format=fmt_name)),
+                         "-" if row == "baseline" else f"{min(delivered)}-{max(delivered)} of {n}",
+                         "-" if row == "baseline" else fmt(kib, ".0f"),
+                         fmt(runs.median(lambda r: r["time"]["max_rss_kib"] / 1024, w="w2", row=row, format=fmt_name), ".0f")])
+        internal = over.get("internal")
+        for r in rows:
+            if r[0] == fmt_name:
+                row = r[5]
+                r[5] = "-" if row == "baseline" or not internal else ratio_text(over[row] / internal)
+        if internal and over.get("jpegenc"):
+            targets.append((f"W2 {fmt_name}: internal encoding CPU/frame <= jpegenc path",
+                            f"{internal / over['jpegenc']:.2f}x jpegenc", internal <= over["jpegenc"]))
+        if internal and over.get("python") is not None:
+            targets.append((f"W2 {fmt_name}: >= 3x less CPU/frame than Python",
+                            f"{over['python'] / internal:.1f}x less", over["python"] / internal >= 3))
+    out.append(table(header, rows))
+    out.append("")
+    out.append("CPU per frame over the baseline is the cost of encoding and publishing; "
+               "`x internal` divides it by mqttpublish's own.")
+    out.append("")
+    return out
+
+
+def report_w3(runs, params, targets):
+    out = [f"## W3: latency (live 30 fps, {params['W3_SECONDS']} s, QoS {params['W3_QOS']}, "
+           "5 objects per frame)", ""]
+    out.append("Latency = subscriber receive time - `sink_time` (mqttpublish add-sink-time=true: when the "
+               "sink got the buffer; raw publisher: just before publish()), same wall clock.")
+    out.append("")
+    header = ["payload", "publisher", "received", "p50 ms", "p99 ms", "max ms", "mean ms",
+              "CPU % of a core"]
+    rows = []
+    p99 = {}
+    for payload in ("metadata", "720p frame"):
+        for row in ("mqttpublish", "raw"):
+            recs = runs.select(w="w3", row=row, payload=payload)
+            if not recs:
+                continue
+            r = recs[0]
+            lat = r["sub"].get("latency_ms", {})
+            p99[payload, row] = lat.get("p99")
+            rows.append([payload, row, r["sub"].get("total", 0), fmt(lat.get("p50")),
+                         fmt(lat.get("p99")), fmt(lat.get("max")), fmt(lat.get("mean")),
+                         fmt(100 * cpu(r) / r["pub"]["wall"], ".1f")])
+    out.append(table(header, rows))
+    out.append("")
+    m, raw = p99.get(("metadata", "mqttpublish")), p99.get(("metadata", "raw"))
+    if m is not None and raw is not None:
+        targets.append(("W3 metadata only: mqttpublish p99 within 1 ms of raw p99",
+                        f"{m - raw:+.2f} ms ({m / raw:.2f}x)", m - raw <= 1.0))
+    return out
+
+
+def report_w4(runs, params, targets):
+    out = [f"## W4: {params['W4_BRANCHES']} live 30 fps streams in one process "
+           f"({params['W4_SECONDS']} s, QoS 1)", ""]
+    base = runs.select(w="w4", row="baseline")
+    mq = runs.select(w="w4", row="mqttpublish")
+    if not base or not mq:
+        return out
+    b, m = base[0], mq[0]
+    share = 100 * (cpu(m) - cpu(b)) / m["pub"]["wall"]
+    queued = sum_sinks(m, "messages-queued")
+    acked = sum_sinks(m, "messages-acknowledged")
+    dropped = sum_sinks(m, "messages-dropped")
+    received = m["sub"].get("total", 0)
+    topics = m["sub"].get("topics", {})
+    mismatched = []
+    for name, stats in m["pub"].get("sinks", {}).items():
+        topic = f"bench/w4/{name[1:]}"
+        if topics.get(topic, 0) != stats.get("messages-queued"):
+            mismatched.append(f"{topic}: {topics.get(topic, 0)} of {stats.get('messages-queued')}")
+    header = ["pipeline", "CPU s", "wall s", "CPU % of a core", "peak RSS MiB"]
+    rows = [[name, fmt(cpu(r), ".2f"), fmt(r["pub"]["wall"], ".1f"),
+             fmt(100 * cpu(r) / r["pub"]["wall"], ".1f"), fmt(r["time"]["max_rss_kib"] / 1024, ".0f")]
+            for name, r in (("16 x fakesink" if params["W4_BRANCHES"] == 16 else "fakesinks", b),
+                            ("mqttpublish qos=1", m))]
+    out.append(table(header, rows))
+    out.append("")
+    out.append(f"Publishing uses **{share:.1f}%** of one core ({share / params['W4_BRANCHES']:.2f}% per stream). "
+               f"Messages: {queued} made, {acked} acknowledged by the broker, {dropped} dropped by the sinks, "
+               f"{received} received by the subscriber; per topic, received = made for "
+               f"{len(m['pub'].get('sinks', {})) - len(mismatched)} of {len(m['pub'].get('sinks', {}))} topics"
+               + (f" (differ: {', '.join(mismatched[:4])})" if mismatched else "") + ".")
+    out.append("")
+    targets.append((f"W4: publishing {params['W4_BRANCHES']} x 30 fps < 10% of one core",
+                    f"{share:.1f}%", share < 10))
+    lost = queued - received
+    targets.append(("W4: nothing lost at QoS 1", f"{lost} lost of {queued}, {dropped} dropped",
+                    lost == 0 and dropped == 0 and not mismatched))
+    return out
+
+
+def outage_summary(rec):
+    pub = rec["pub"]
+    timeline = pub.get("timeline", [])
+    start = pub.get("start_unix", 0)
+    down = rec["key"].get("down_at")
+    up = rec["key"].get("up_at")
+    s = {"max_queue_bytes": max((t["queue_bytes"] for t in timeline), default=0)}
+    if down is None or up is None:
+        return s
+    down_t, up_t = down - start, up - start
+    before = [t for t in timeline if t["t"] <= down_t]
+    s["rss_before_kib"] = max((t["rss_kib"] for t in before), default=0)
+    reconnected = next((t for t in timeline if t["t"] >= up_t and t["connected"]), None)
+    if reconnected:
+        s["reconnect_after"] = reconnected["t"] - up_t
+        drained = next((t for t in timeline if t["t"] >= reconnected["t"] and t["queue_depth"] == 0), None)
+        if drained:
+            s["drained_after"] = drained["t"] - reconnected["t"]
+    return s
+
+
+def report_mem(runs, params, targets):
+    out = [f"## Memory: broker down for {params['OUTAGE_SECONDS']} s, 720p frames at 30 fps "
+           f"(max-queued-bytes={params['MEM_QUEUE_BYTES'] // MIB} MiB, QoS 1)", ""]
+    up = runs.select(w="mem", row="broker-up")
+    down = runs.select(w="mem", row="outage")
+    if not up or not down:
+        return out
+    u, d = up[0], down[0]
+    su, sd = outage_summary(u), outage_summary(d)
+    header = ["run", "peak RSS MiB", "RSS before outage MiB", "max queue MiB", "made", "published",
+              "dropped (queue full / disconnected)", "received", "reconnected after broker returned",
+              "queue empty after reconnect", "queue at end"]
+    rows = []
+    for name, r, s in (("broker up", u, su), ("outage", d, sd)):
+        rows.append([name, fmt(r["pub"]["peak_rss_kib"] / 1024, ".0f"),
+                     fmt(s["rss_before_kib"] / 1024, ".0f") if "rss_before_kib" in s else "-",
+                     fmt(s["max_queue_bytes"] / MIB, ".1f"),
+                     sum_sinks(r, "messages-queued"), sum_sinks(r, "messages-published"),
+                     f"{sum_sinks(r, 'dropped-queue-full')} / {sum_sinks(r, 'dropped-disconnected')}",
+                     r["sub"].get("total", 0),
+                     fmt(s.get("reconnect_after"), ".1f") + " s" if "reconnect_after" in s else "-",
+                     fmt(s.get("drained_after"), ".1f") + " s" if "drained_after" in s else "-",
+                     sum_sinks(r, "queue-depth")])
+    out.append(table(header, rows))
+    out.append("")
+    growth = (d["pub"]["peak_rss_kib"] - u["pub"]["peak_rss_kib"]) * 1024
+    bound = params["MEM_QUEUE_BYTES"] + params["MEM_SLACK_MIB"] * MIB
+    out.append(f"Peak RSS grew by {growth / MIB:.1f} MiB over the broker-up run; the bound is "
+               f"max-queued-bytes + {params['MEM_SLACK_MIB']} MiB = {bound / MIB:.0f} MiB. "
+               "Reconnection waits for the next backoff attempt (1, 2, 4 ... 30 s).")
+    out.append("")
+    targets.append(("Memory: outage peak RSS growth <= max-queued-bytes + slack",
+                    f"{growth / MIB:.1f} MiB of {bound / MIB:.0f} MiB ({growth / bound:.2f}x)", growth <= bound))
+    drained = "drained_after" in sd and sum_sinks(d, "queue-depth") == 0
+    targets.append(("Memory: the queue drains after the broker returns",
+                    f"{fmt(sd.get('drained_after'), '.1f')} s after reconnecting" if drained else "not drained",
+                    drained))
+    return out
+
+
+def cmd_report(path):
+    meta = {}
+    records = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            line = line.strip()
+            if not line:
+                continue
+            rec = json.loads(line)
+            if "meta" in rec:
+                meta = rec["meta"]
+            else:
+                records.append(rec)
+    params = meta.get("params", {})
+    runs = Runs(records)
+    targets = []
+    loads = [r["load"] for r in records if "load" in r]
+    out = ["# Benchmark results", ""]
+    out.append(f"`scripts/bench.sh` on {meta.get('date', '?')}, commit {meta.get('commit', '?')}: "
+               f"{meta.get('cpu', '?')}, {meta.get('cores', '?')} cores, Linux {meta.get('kernel', '?')}. "
+               f"One mosquitto on loopback for every row. Load average during the runs "
+               f"{min(loads, default=0):.1f}-{max(loads, default=0):.1f} (the machine is shared with "
+               "other work, so absolute times are noisy: compare rows and ratios). "
+               f"Parameters: {', '.join(f'{k}={v}' for k, v in params.items())}.")
+    out.append("")
+    sections = []
+    if runs.select(w="w1"):
+        sections += report_w1(runs, params, targets)
+    if runs.select(w="w2"):
+        sections += report_w2(runs, params, targets)
+    if runs.select(w="w3"):
+        sections += report_w3(runs, params, targets)
+    if runs.select(w="w4"):
+        sections += report_w4(runs, params, targets)
+    if runs.select(w="mem"):
+        sections += report_mem(runs, params, targets)
+    out.append("## Targets")
+    out.append("")
+    out.append(table(["target", "measured", "verdict"], [[t, m, verdict(ok)] for t, m, ok in targets]))
+    out.append("")
+    out += sections
+    print("\n".join(out))
+
+
+def main():
+    if len(sys.argv) < 2:
+        sys.exit(__doc__)
+    command, args = sys.argv[1], sys.argv[2:]
+    if command == "meta" and len(args) == 2:
+        cmd_meta(*args)
+    elif command == "record" and len(args) == 4:
+        cmd_record(*args)
+    elif command == "brief":
+        cmd_brief()
+    elif command == "report" and len(args) == 1:
+        cmd_report(*args)
+    else:
+        sys.exit(__doc__)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,174 @@
+// SPDX-License-Identifier: MPL-2.0
+
+//! The benchmark's subscriber (`scripts/bench.sh`): counts the messages a publisher got
+//! through the broker, per topic, and optionally their latency.
+//!
+//! ```sh
+//! target/release/examples/bench_subscriber --port=1883 --topic='bench/#' \
+//!     --ready-file=ready --stop-file=stop [--latency] [--save-first=message.json]
+//! ```
+//!
+//! - Subscribes (again after every reconnection, so it survives a broker restart) with
+//!   QoS 1, so that the publisher's QoS is the one that applies; creates `--ready-file`
+//!   once the broker confirmed the subscription.
+//! - Ends once `--stop-file` exists and no message came for `--idle` seconds (default 1),
+//!   or after `--timeout` seconds, and prints one JSON object: the total count and
+//!   payload bytes, the count per topic and, with `--latency`, receive time minus the `"sink_time"` in each payload
+//!   (both wall clock, ns since the epoch) as p50/p99/max in milliseconds.
+//! - `--save-first` writes the first payload to a file (the raw publisher's payload).
+
+mod bench_util;
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use bench_util::{fail, wall_ns, Args};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use serde_json::json;
+
+#[derive(Default)]
+struct Counts {
+    total: u64,
+    bytes: u64,
+    topics: BTreeMap<String, u64>,
+    /// Receive time minus sink time, in nanoseconds.
+    latencies: Vec<i64>,
+    /// Messages whose payload had no parsable sink_time (with --latency).
+    unstamped: u64,
+    last: Option<Instant>,
+    first_saved: bool,
+}
+
+/// The number after `"sink_time":`, looked for in the metadata at the payload's start.
+fn sink_time(payload: &[u8]) -> Option<u64> {
+    const KEY: &[u8] = b"\"sink_time\":";
+    let head = &payload[..payload.len().min(64 * 1024)];
+    let at = head.windows(KEY.len()).position(|w| w == KEY)? + KEY.len();
+    let digits: &[u8] = &head[at..];
+    let end = digits.iter().take_while(|b| b.is_ascii_digit()).count();
+    std::str::from_utf8(&digits[..end]).ok()?.parse().ok()
+}
+
+/// The value at quantile `q` (0..1) of sorted values, nearest rank.
+fn quantile(sorted: &[i64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1] as f64
+}
+
+fn main() {
+    let args = Args::parse(&["latency"]);
+    let host = args.string("host", "127.0.0.1");
+    let port: u16 = args.number("port", 1883);
+    let filter = args.required("topic").to_owned();
+    let ready_file = args.get("ready-file").map(str::to_owned);
+    let stop_file = args.get("stop-file").map(str::to_owned);
+    let save_first = args.get("save-first").map(str::to_owned);
+    let idle = Duration::from_secs_f64(args.number("idle", 1.0));
+    let timeout = Duration::from_secs_f64(args.number("timeout", 3600.0));
+    let latency = args.flag("latency");
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let counts = RefCell::new(Counts::default());
+    runtime.block_on(async {
+        let mut options = MqttOptions::new(
+            format!("bench-subscriber-{}", std::process::id()),
+            host,
+            port,
+        );
+        options
+            .set_keep_alive(Duration::from_secs(60))
+            .set_clean_session(true)
+            .set_max_packet_size(64 << 20, 64 << 20);
+        let (client, mut eventloop) = AsyncClient::new(options, 16);
+
+        // Never cancelled: rumqttc's poll() is not safe to drop half-way through a write.
+        let receive = async {
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        if let Err(e) = client.try_subscribe(filter.as_str(), QoS::AtLeastOnce) {
+                            fail(&format!("subscribe: {e}"));
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::SubAck(_))) => {
+                        if let Some(path) = &ready_file {
+                            std::fs::write(path, "ready\n")
+                                .unwrap_or_else(|e| fail(&format!("{path}: {e}")));
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        let received = wall_ns();
+                        let mut c = counts.borrow_mut();
+                        c.total += 1;
+                        c.bytes += p.payload.len() as u64;
+                        *c.topics.entry(p.topic.clone()).or_default() += 1;
+                        c.last = Some(Instant::now());
+                        if latency {
+                            match sink_time(&p.payload) {
+                                Some(sent) => c.latencies.push(received as i64 - sent as i64),
+                                None => c.unstamped += 1,
+                            }
+                        }
+                        if let (Some(path), false) = (&save_first, c.first_saved) {
+                            std::fs::write(path, &p.payload)
+                                .unwrap_or_else(|e| fail(&format!("{path}: {e}")));
+                            c.first_saved = true;
+                        }
+                    }
+                    Ok(_) => {}
+                    // The broker is down (the outage test): try again shortly.
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            }
+        };
+        let watch = async {
+            let start = Instant::now();
+            let mut stop_seen: Option<Instant> = None;
+            loop {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                if start.elapsed() >= timeout {
+                    return;
+                }
+                if stop_seen.is_none()
+                    && stop_file.as_deref().is_some_and(|f| Path::new(f).exists())
+                {
+                    stop_seen = Some(Instant::now());
+                }
+                if let Some(seen) = stop_seen {
+                    let quiet = counts.borrow().last.is_none_or(|t| t.elapsed() >= idle);
+                    if seen.elapsed() >= idle && quiet {
+                        return;
+                    }
+                }
+            }
+        };
+        tokio::select! {
+            _ = receive => {}
+            _ = watch => {}
+        }
+    });
+
+    let mut c = counts.into_inner();
+    let mut out = json!({ "total": c.total, "bytes": c.bytes, "topics": c.topics });
+    if latency {
+        c.latencies.sort_unstable();
+        let ms = |ns: f64| ns / 1e6;
+        out["latency_ms"] = json!({
+            "count": c.latencies.len(),
+            "unstamped": c.unstamped,
+            "p50": ms(quantile(&c.latencies, 0.50)),
+            "p99": ms(quantile(&c.latencies, 0.99)),
+            "max": ms(c.latencies.last().copied().unwrap_or(0) as f64),
+            "mean": ms(c.latencies.iter().sum::<i64>() as f64 / c.latencies.len().max(1) as f64),
+        });
+    }
+    println!("{out}");
+}

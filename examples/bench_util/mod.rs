@@ -1,0 +1,132 @@
+// SPDX-License-Identifier: MPL-2.0
+
+//! Small helpers shared by the benchmark programs (`scripts/bench.sh`): command-line
+//! options, CPU time and memory of the current process, wall-clock time.
+
+#![allow(dead_code)] // each program uses a different subset
+
+use std::collections::HashMap;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Options as `--name=value` or `--name value`, a bare `--flag`, and positional words.
+pub struct Args {
+    options: HashMap<String, String>,
+    pub positional: Vec<String>,
+}
+
+impl Args {
+    /// Parses the process arguments; `flags` names the options that take no value.
+    pub fn parse(flags: &[&str]) -> Args {
+        let mut options = HashMap::new();
+        let mut positional = Vec::new();
+        let mut args = std::env::args().skip(1);
+        while let Some(arg) = args.next() {
+            let Some(name) = arg.strip_prefix("--") else {
+                positional.push(arg);
+                continue;
+            };
+            if let Some((name, value)) = name.split_once('=') {
+                options.insert(name.to_owned(), value.to_owned());
+            } else if flags.contains(&name) {
+                options.insert(name.to_owned(), "true".to_owned());
+            } else {
+                let value = args
+                    .next()
+                    .unwrap_or_else(|| fail(&format!("--{name} needs a value")));
+                options.insert(name.to_owned(), value);
+            }
+        }
+        Args {
+            options,
+            positional,
+        }
+    }
+
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.options.get(name).map(String::as_str)
+    }
+
+    pub fn flag(&self, name: &str) -> bool {
+        self.get(name).is_some_and(|v| v != "false" && v != "0")
+    }
+
+    pub fn string(&self, name: &str, default: &str) -> String {
+        self.get(name).unwrap_or(default).to_owned()
+    }
+
+    /// A number option, or `default`; exits with a message when it does not parse.
+    pub fn number<T: std::str::FromStr>(&self, name: &str, default: T) -> T {
+        match self.get(name) {
+            None => default,
+            Some(text) => text
+                .parse()
+                .unwrap_or_else(|_| fail(&format!("--{name}: {text:?} is not a number"))),
+        }
+    }
+
+    pub fn required(&self, name: &str) -> &str {
+        self.get(name)
+            .unwrap_or_else(|| fail(&format!("--{name} is required")))
+    }
+}
+
+/// Prints `message` and exits with status 2.
+pub fn fail(message: &str) -> ! {
+    eprintln!("{}: {message}", program());
+    std::process::exit(2)
+}
+
+fn program() -> String {
+    std::env::args()
+        .next()
+        .and_then(|p| p.rsplit('/').next().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+/// User and system CPU seconds used so far by the whole process (all threads).
+#[derive(Debug, Clone, Copy)]
+pub struct CpuTime {
+    pub user: f64,
+    pub sys: f64,
+}
+
+impl CpuTime {
+    pub fn now() -> CpuTime {
+        // SAFETY: getrusage only writes the struct it is given.
+        let usage = unsafe {
+            let mut usage: libc::rusage = std::mem::zeroed();
+            libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+            usage
+        };
+        let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+        CpuTime {
+            user: seconds(usage.ru_utime),
+            sys: seconds(usage.ru_stime),
+        }
+    }
+
+    /// CPU used between `earlier` and `self`.
+    pub fn since(self, earlier: CpuTime) -> CpuTime {
+        CpuTime {
+            user: self.user - earlier.user,
+            sys: self.sys - earlier.sys,
+        }
+    }
+}
+
+/// A field of /proc/self/status in KiB (`VmRSS`, `VmHWM`), 0 when unreadable.
+pub fn proc_status_kib(field: &str) -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Nanoseconds since the UNIX epoch, the clock `mqttpublish add-sink-time` uses.
+pub fn wall_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}

@@ -1,0 +1,389 @@
+#!/usr/bin/env bash
+# The performance benchmark: mqttpublish against a fakesink baseline, a plain rumqttc
+# publisher and a DLSPS-style Python publisher, all in one run against one local broker.
+#
+#   scripts/bench.sh                 # everything, about 12-15 minutes on 2 cores
+#   WORKLOADS="w1 w2" scripts/bench.sh
+#
+# Not part of scripts/test.sh. Works from a fresh clone: installs what it needs
+# (scripts/deps.sh, plus the Debian packages `time`, `python3-gi` and
+# `gir1.2-gst-plugins-base-1.0`, and a virtualenv target/bench-venv with paho-mqtt and
+# opencv-python-headless), builds the plugin and the benchmark programs in release mode
+# (examples/bench_pipeline.rs, raw_publisher.rs, bench_subscriber.rs), starts its own
+# mosquitto on a free loopback port (persistence off) and stops it at the end.
+#
+# Workloads (bench/README.md explains the measurements):
+#   w1   metadata only, W1_N buffers of 64x48 video with 5 objects, QoS 0 and 1:
+#        fakesink baseline, mqttpublish (leaky=none and default), raw rumqttc, Python
+#   w2   W2_N 1280x720 frames, I420 and BGRx, publish-frame: baseline, jpegenc !
+#        mqttpublish, mqttpublish encoding itself, Python with OpenCV
+#   w3   latency at 30 fps for W3_SECONDS: metadata only and with 720p frames,
+#        mqttpublish (add-sink-time) and the raw publisher (its own send time)
+#   w4   W4_BRANCHES live 30 fps sources into mqttpublish (QoS 1) for W4_SECONDS vs the
+#        same into fakesink: CPU share of one core, messages lost
+#   mem  720p frames with the broker down for OUTAGE_SECONDS: peak RSS against
+#        max-queued-bytes, and the queue draining after the broker returns
+#
+# Knobs (environment): W1_N=20000 W2_N=300 W3_SECONDS=60 W3_QOS=0 W4_SECONDS=60
+# W4_BRANCHES=16 OUTAGE_SECONDS=60 MEM_BEFORE=10 MEM_AFTER=30 MEM_QUEUE_BYTES=33554432
+# MEM_SLACK_MIB=16 REPEAT=5 (w1/w2 runs per row; the median is reported)
+# WORKLOADS="w1 w2 w3 w4 mem" BENCH_DIR=target/bench (results.jsonl, RESULTS.md, logs).
+#
+# Prints the result tables (also written to $BENCH_DIR/RESULTS.md) and whether each
+# target is met. Exits non-zero only when the benchmark itself could not run.
+set -euo pipefail
+
+REPO_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$REPO_DIR"
+
+W1_N=${W1_N:-20000}
+W2_N=${W2_N:-300}
+W3_SECONDS=${W3_SECONDS:-60}
+W3_QOS=${W3_QOS:-0}
+W4_SECONDS=${W4_SECONDS:-60}
+W4_BRANCHES=${W4_BRANCHES:-16}
+OUTAGE_SECONDS=${OUTAGE_SECONDS:-60}
+MEM_BEFORE=${MEM_BEFORE:-10}
+MEM_AFTER=${MEM_AFTER:-30}
+MEM_QUEUE_BYTES=${MEM_QUEUE_BYTES:-33554432}
+MEM_SLACK_MIB=${MEM_SLACK_MIB:-16}
+REPEAT=${REPEAT:-5}
+WORKLOADS=${WORKLOADS:-"w1 w2 w3 w4 mem"}
+BENCH_DIR=${BENCH_DIR:-target/bench}
+VENV=target/bench-venv
+
+log() { printf 'bench: %s\n' "$*" >&2; }
+
+# --- dependencies -------------------------------------------------------------------
+
+# shellcheck source=scripts/deps.sh
+. scripts/deps.sh
+deps_main
+# Only the benchmark needs these (GNU time, PyGObject for the Python reference); they are
+# installed here, not listed in deps.sh, because the test suite does not use them.
+APT_PACKAGES=(time python3-gi gir1.2-gst-plugins-base-1.0 python3-venv)
+deps_install_packages
+
+log "building the plugin and the benchmark programs (release)"
+cargo build --release --lib --examples
+EXAMPLES=$REPO_DIR/target/release/examples
+export GST_PLUGIN_PATH="$REPO_DIR/target/release${GST_PLUGIN_PATH:+:$GST_PLUGIN_PATH}"
+
+# The virtualenv sees Debian's PyGObject (python3-gi) through --system-site-packages,
+# so it is made with Debian's python3, whatever python3 is first on PATH.
+if ! "$VENV/bin/python" -c 'import gi' 2>/dev/null; then
+    log "creating the Python virtualenv $VENV"
+    rm -rf "$VENV"
+    /usr/bin/python3 -m venv --system-site-packages "$VENV"
+fi
+if ! "$VENV/bin/python" -c 'import paho.mqtt.client, cv2, numpy' 2>/dev/null; then
+    log "installing paho-mqtt and opencv-python-headless into $VENV"
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
+        'paho-mqtt>=2,<3' 'opencv-python-headless>=4.8,<5'
+fi
+PYTHON=$REPO_DIR/$VENV/bin/python
+
+# --- work area, broker, cleanup -----------------------------------------------------
+
+mkdir -p "$BENCH_DIR"
+BENCH_DIR=$(cd "$BENCH_DIR" && pwd)
+WORK=$(mktemp -d)
+RESULTS=$BENCH_DIR/results.jsonl
+: >"$RESULTS"
+LOGS=$BENCH_DIR/logs
+rm -rf "$LOGS"
+mkdir -p "$LOGS"
+
+broker_pid=
+sub_pid=
+pub_pid=
+cleanup() {
+    local pid
+    for pid in "$pub_pid" "$sub_pid" "$broker_pid"; do
+        if [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null; then
+            kill "$pid" 2>/dev/null || true
+            wait "$pid" 2>/dev/null || true
+        fi
+    done
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+PORT=$(/usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+cat >"$WORK/mosquitto.conf" <<EOF
+user root
+listener $PORT 127.0.0.1
+allow_anonymous true
+persistence false
+# No per-subscriber queue limit: a message the subscriber does not get is the
+# publisher's doing, not the broker's (mosquitto drops even QoS 0 beyond 1000).
+max_queued_messages 0
+log_dest stderr
+EOF
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; }
+
+start_broker() {
+    mosquitto -c "$WORK/mosquitto.conf" 2>>"$LOGS/mosquitto.log" &
+    broker_pid=$!
+    local _
+    for _ in $(seq 100); do
+        port_open && return 0
+        kill -0 "$broker_pid" 2>/dev/null || break
+        sleep 0.05
+    done
+    log "mosquitto did not start:"
+    cat "$LOGS/mosquitto.log" >&2
+    exit 1
+}
+
+stop_broker() {
+    kill "$broker_pid" 2>/dev/null || true
+    wait "$broker_pid" 2>/dev/null || true
+    broker_pid=
+}
+
+# start_subscriber TOPIC-FILTER [bench_subscriber options...]
+start_subscriber() {
+    local filter=$1
+    shift
+    rm -f "$WORK/sub.ready" "$WORK/sub.stop"
+    "$EXAMPLES/bench_subscriber" --port="$PORT" --topic="$filter" \
+        --ready-file="$WORK/sub.ready" --stop-file="$WORK/sub.stop" "$@" \
+        >"$WORK/sub.json" 2>>"$LOGS/subscriber.log" &
+    sub_pid=$!
+    local _
+    for _ in $(seq 200); do
+        [[ -e "$WORK/sub.ready" ]] && return 0
+        kill -0 "$sub_pid" 2>/dev/null || break
+        sleep 0.05
+    done
+    log "the subscriber did not subscribe"
+    exit 1
+}
+
+stop_subscriber() {
+    touch "$WORK/sub.stop"
+    wait "$sub_pid" || {
+        log "the subscriber failed"
+        exit 1
+    }
+    sub_pid=
+}
+
+# measure KEY-JSON TOPIC-FILTER [--sub-opts "OPTS"] -- COMMAND...
+# Runs COMMAND (a publisher printing one JSON object) under GNU time with a subscriber
+# on TOPIC-FILTER, and appends one record to results.jsonl.
+measure() {
+    local key=$1 filter=$2
+    shift 2
+    local sub_opts=()
+    if [[ "${1:-}" == --sub-opts ]]; then
+        read -r -a sub_opts <<<"$2"
+        shift 2
+    fi
+    [[ "$1" == -- ]] && shift
+    local name
+    name=$(/usr/bin/python3 -c 'import json,sys; k=json.loads(sys.argv[1]); print("-".join(str(v) for v in k.values()))' "$key")
+    start_subscriber "$filter" "${sub_opts[@]}"
+    local rc=0
+    /usr/bin/time -f '{"user":%U,"sys":%S,"wall":%e,"max_rss_kib":%M}' -o "$WORK/time.json" \
+        "$@" >"$WORK/pub.json" 2>"$LOGS/$name.log" || rc=$?
+    stop_subscriber
+    if ((rc != 0)); then
+        log "FAILED ($name, exit $rc); last lines of $LOGS/$name.log:"
+        tail -5 "$LOGS/$name.log" >&2
+        exit 1
+    fi
+    /usr/bin/python3 bench/report.py record "$key" "$WORK/pub.json" "$WORK/time.json" \
+        "$WORK/sub.json" >>"$RESULTS"
+    log "$name: $(tail -1 "$RESULTS" | /usr/bin/python3 bench/report.py brief)"
+}
+
+# capture FILE TOPIC PIPELINE...: the first message a pipeline publishes, saved to FILE.
+capture() {
+    local file=$1 topic=$2
+    shift 2
+    start_subscriber "$topic" --save-first="$file"
+    "$EXAMPLES/bench_pipeline" "$@" >/dev/null 2>>"$LOGS/capture.log"
+    stop_subscriber
+    [[ -s "$file" ]] || {
+        log "no message captured on $topic"
+        exit 1
+    }
+}
+
+SAMPLE=$REPO_DIR/pipelines/sample.jsonl
+MQTT="port=$PORT"
+
+start_broker
+log "mosquitto $(mosquitto -h 2>/dev/null | head -1 | awk '{print $3}') on 127.0.0.1:$PORT"
+/usr/bin/python3 bench/report.py meta \
+    "$(printf '{"W1_N":%s,"W2_N":%s,"W3_SECONDS":%s,"W3_QOS":%s,"W4_SECONDS":%s,"W4_BRANCHES":%s,"OUTAGE_SECONDS":%s,"MEM_QUEUE_BYTES":%s,"MEM_SLACK_MIB":%s,"REPEAT":%s}' \
+        "$W1_N" "$W2_N" "$W3_SECONDS" "$W3_QOS" "$W4_SECONDS" "$W4_BRANCHES" "$OUTAGE_SECONDS" "$MEM_QUEUE_BYTES" "$MEM_SLACK_MIB" "$REPEAT")" \
+    "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD -- src 2>/dev/null || echo '+dirty')" \
+    >>"$RESULTS"
+
+# A first run brings the GStreamer registry up to date, so no run pays for the scan.
+"$EXAMPLES/bench_pipeline" videotestsrc num-buffers=1 ! metareplay location="$SAMPLE" ! fakesink >/dev/null
+
+# --- W1: metadata only ----------------------------------------------------------------
+
+w1() {
+    local src="videotestsrc num-buffers=$W1_N ! video/x-raw,format=I420,width=64,height=48,framerate=30/1 ! metareplay location=$SAMPLE loop=true"
+    capture "$WORK/w1.json" bench/capture/w1 \
+        videotestsrc num-buffers=1 ! video/x-raw,format=I420,width=64,height=48 \
+        ! metareplay location="$SAMPLE" ! mqttpublish $MQTT topic=bench/capture/w1
+    local rep qos
+    for rep in $(seq "$REPEAT"); do
+        measure "{\"w\":\"w1\",\"row\":\"baseline\",\"qos\":\"-\",\"rep\":$rep}" bench/w1/none \
+            -- "$EXAMPLES/bench_pipeline" $src ! fakesink
+        for qos in 0 1; do
+            measure "{\"w\":\"w1\",\"row\":\"mqttpublish\",\"qos\":$qos,\"rep\":$rep}" "bench/w1/m$qos" \
+                -- "$EXAMPLES/bench_pipeline" $src ! mqttpublish $MQTT qos=$qos topic=bench/w1/m$qos leaky=none
+            measure "{\"w\":\"w1\",\"row\":\"mqttpublish-default\",\"qos\":$qos,\"rep\":$rep}" "bench/w1/d$qos" \
+                -- "$EXAMPLES/bench_pipeline" $src ! mqttpublish $MQTT qos=$qos topic=bench/w1/d$qos
+            measure "{\"w\":\"w1\",\"row\":\"raw\",\"qos\":$qos,\"rep\":$rep}" "bench/w1/r$qos" \
+                -- "$EXAMPLES/raw_publisher" --port="$PORT" --qos="$qos" --topic="bench/w1/r$qos" \
+                --count="$W1_N" --payload="$WORK/w1.json"
+            measure "{\"w\":\"w1\",\"row\":\"python\",\"qos\":$qos,\"rep\":$rep}" "bench/w1/p$qos" \
+                -- "$PYTHON" bench/reference_publisher.py --port "$PORT" --qos "$qos" --topic "bench/w1/p$qos" \
+                $src ! appsink name=sink
+        done
+    done
+}
+
+# --- W2: frames -----------------------------------------------------------------------
+
+w2() {
+    local rep fmt src
+    for rep in $(seq "$REPEAT"); do
+        for fmt in I420 BGRx; do
+            src="videotestsrc num-buffers=$W2_N ! video/x-raw,format=$fmt,width=1280,height=720,framerate=30/1 ! metareplay location=$SAMPLE loop=true"
+            measure "{\"w\":\"w2\",\"row\":\"baseline\",\"format\":\"$fmt\",\"rep\":$rep}" bench/w2/none \
+                -- "$EXAMPLES/bench_pipeline" $src ! fakesink
+            measure "{\"w\":\"w2\",\"row\":\"jpegenc\",\"format\":\"$fmt\",\"rep\":$rep}" bench/w2/j \
+                -- "$EXAMPLES/bench_pipeline" $src ! jpegenc quality=85 \
+                ! mqttpublish $MQTT publish-frame=true leaky=none topic=bench/w2/j
+            measure "{\"w\":\"w2\",\"row\":\"internal\",\"format\":\"$fmt\",\"rep\":$rep}" bench/w2/i \
+                -- "$EXAMPLES/bench_pipeline" $src \
+                ! mqttpublish $MQTT publish-frame=true jpeg-quality=85 leaky=none topic=bench/w2/i
+            measure "{\"w\":\"w2\",\"row\":\"python\",\"format\":\"$fmt\",\"rep\":$rep}" bench/w2/p \
+                -- "$PYTHON" bench/reference_publisher.py --port "$PORT" --topic bench/w2/p --publish-frame \
+                $src ! appsink name=sink
+        done
+    done
+}
+
+# --- W3: latency ----------------------------------------------------------------------
+
+w3() {
+    local meta="videotestsrc is-live=true ! video/x-raw,format=I420,width=640,height=480,framerate=30/1 ! metareplay location=$SAMPLE loop=true"
+    local frames="videotestsrc is-live=true ! video/x-raw,format=I420,width=1280,height=720,framerate=30/1 ! metareplay location=$SAMPLE loop=true"
+    local count=$((W3_SECONDS * 30))
+    capture "$WORK/w3-meta.json" bench/capture/w3m \
+        videotestsrc num-buffers=1 ! video/x-raw,format=I420,width=640,height=480 \
+        ! metareplay location="$SAMPLE" ! mqttpublish $MQTT add-sink-time=true topic=bench/capture/w3m
+    capture "$WORK/w3-frames.json" bench/capture/w3f \
+        videotestsrc num-buffers=1 ! video/x-raw,format=I420,width=1280,height=720 \
+        ! metareplay location="$SAMPLE" \
+        ! mqttpublish $MQTT add-sink-time=true publish-frame=true topic=bench/capture/w3f
+    measure "{\"w\":\"w3\",\"row\":\"mqttpublish\",\"payload\":\"metadata\"}" bench/w3/mm --sub-opts --latency \
+        -- "$EXAMPLES/bench_pipeline" --duration="$W3_SECONDS" $meta \
+        ! mqttpublish $MQTT qos="$W3_QOS" add-sink-time=true topic=bench/w3/mm
+    measure "{\"w\":\"w3\",\"row\":\"raw\",\"payload\":\"metadata\"}" bench/w3/rm --sub-opts --latency \
+        -- "$EXAMPLES/raw_publisher" --port="$PORT" --qos="$W3_QOS" --topic=bench/w3/rm \
+        --count="$count" --rate=30 --stamp --payload="$WORK/w3-meta.json"
+    measure "{\"w\":\"w3\",\"row\":\"mqttpublish\",\"payload\":\"720p frame\"}" bench/w3/mf --sub-opts --latency \
+        -- "$EXAMPLES/bench_pipeline" --duration="$W3_SECONDS" $frames \
+        ! mqttpublish $MQTT qos="$W3_QOS" add-sink-time=true publish-frame=true topic=bench/w3/mf
+    measure "{\"w\":\"w3\",\"row\":\"raw\",\"payload\":\"720p frame\"}" bench/w3/rf --sub-opts --latency \
+        -- "$EXAMPLES/raw_publisher" --port="$PORT" --qos="$W3_QOS" --topic=bench/w3/rf \
+        --count="$count" --rate=30 --stamp --payload="$WORK/w3-frames.json"
+}
+
+# --- W4: many streams -----------------------------------------------------------------
+
+w4() {
+    local sink row i desc
+    for row in baseline mqttpublish; do
+        desc=()
+        for i in $(seq 0 $((W4_BRANCHES - 1))); do
+            if [[ $row == baseline ]]; then
+                sink="fakesink"
+            else
+                sink="mqttpublish name=m$i $MQTT qos=1 topic=bench/w4/$i"
+            fi
+            desc+=(videotestsrc is-live=true ! video/x-raw,format=I420,width=64,height=48,framerate=30/1
+                ! metareplay location="$SAMPLE" loop=true ! $sink)
+        done
+        measure "{\"w\":\"w4\",\"row\":\"$row\",\"branches\":$W4_BRANCHES}" 'bench/w4/#' \
+            -- "$EXAMPLES/bench_pipeline" --duration="$W4_SECONDS" "${desc[@]}"
+    done
+}
+
+# --- memory: broker outage ------------------------------------------------------------
+
+mem() {
+    local total=$((MEM_BEFORE + OUTAGE_SECONDS + MEM_AFTER)) row
+    local desc=(videotestsrc is-live=true ! video/x-raw,format=I420,width=1280,height=720,framerate=30/1
+        ! metareplay location="$SAMPLE" loop=true
+        ! mqttpublish $MQTT qos=1 publish-frame=true max-queued-bytes="$MEM_QUEUE_BYTES"
+        max-queued-messages=1000000 topic=bench/mem)
+    for row in broker-up outage; do
+        start_subscriber bench/mem
+        rm -f "$WORK/pub.started"
+        /usr/bin/time -f '{"user":%U,"sys":%S,"wall":%e,"max_rss_kib":%M}' -o "$WORK/time.json" \
+            "$EXAMPLES/bench_pipeline" --duration="$total" --timeline --sample-interval=0.5 \
+            --started-file="$WORK/pub.started" "${desc[@]}" \
+            >"$WORK/pub.json" 2>"$LOGS/mem-$row.log" &
+        pub_pid=$!
+        local down_at=null up_at=null
+        if [[ $row == outage ]]; then
+            while [[ ! -e "$WORK/pub.started" ]]; do
+                kill -0 "$pub_pid" 2>/dev/null || break
+                sleep 0.05
+            done
+            sleep "$MEM_BEFORE"
+            log "stopping the broker for ${OUTAGE_SECONDS}s"
+            down_at=$(date +%s.%N)
+            stop_broker
+            sleep "$OUTAGE_SECONDS"
+            start_broker
+            up_at=$(date +%s.%N)
+            log "broker back"
+        fi
+        local rc=0
+        wait "$pub_pid" || rc=$?
+        pub_pid=
+        stop_subscriber
+        if ((rc != 0)); then
+            log "FAILED (mem-$row, exit $rc)"
+            tail -5 "$LOGS/mem-$row.log" >&2
+            exit 1
+        fi
+        /usr/bin/python3 bench/report.py record \
+            "{\"w\":\"mem\",\"row\":\"$row\",\"down_at\":$down_at,\"up_at\":$up_at}" \
+            "$WORK/pub.json" "$WORK/time.json" "$WORK/sub.json" >>"$RESULTS"
+        log "mem-$row: $(tail -1 "$RESULTS" | /usr/bin/python3 bench/report.py brief)"
+    done
+}
+
+for workload in $WORKLOADS; do
+    case $workload in
+    w1 | w2 | w3 | w4 | mem)
+        log "=== $workload"
+        "$workload"
+        ;;
+    *)
+        log "unknown workload $workload (use w1 w2 w3 w4 mem)"
+        exit 2
+        ;;
+    esac
+done
+
+stop_broker
+/usr/bin/python3 bench/report.py report "$RESULTS" | tee "$BENCH_DIR/RESULTS.md"
+log "results: $BENCH_DIR/RESULTS.md (raw data: $RESULTS, logs: $LOGS)"
