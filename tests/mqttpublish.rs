@@ -9,7 +9,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::{
-    init_plugin, sample_recording, start_error, stat, Broker, Message, QoS, Subscriber, TlsFiles,
+    assert_accounted, init_plugin, sample_recording, start_error, stat, Broker, Message, QoS,
+    Subscriber, TlsFiles,
 };
 use gst::glib;
 use gst::prelude::*;
@@ -121,18 +122,6 @@ fn frame_ids(messages: &[Message]) -> Vec<u64> {
             meta["frame_id"].as_u64().unwrap()
         })
         .collect()
-}
-
-/// Every message accounted for: queued = published + dropped + in flight + still queued.
-fn assert_accounted(stats: &gst::Structure) {
-    assert_eq!(
-        stat(stats, "messages-queued"),
-        stat(stats, "messages-published")
-            + stat(stats, "messages-dropped")
-            + stat(stats, "in-flight")
-            + stat(stats, "queue-depth"),
-        "{stats}"
-    );
 }
 
 #[test]

@@ -8,7 +8,9 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{init_plugin, sample_recording, stat, Broker, QoS, Subscriber, TlsFiles};
+use common::{
+    assert_accounted, init_plugin, sample_recording, stat, Broker, QoS, Subscriber, TlsFiles,
+};
 use gst::prelude::*;
 use gst_video::VideoRegionOfInterestMeta;
 use serde_json::Value;
@@ -146,17 +148,6 @@ fn frame_id(payload: &[u8]) -> u64 {
     let v: Value = serde_json::from_slice(payload).unwrap();
     let meta = if v.is_array() { &v[0] } else { &v };
     meta["frame_id"].as_u64().unwrap()
-}
-
-fn assert_accounted(stats: &gst::Structure) {
-    assert_eq!(
-        stat(stats, "messages-queued"),
-        stat(stats, "messages-published")
-            + stat(stats, "messages-dropped")
-            + stat(stats, "in-flight")
-            + stat(stats, "queue-depth"),
-        "{stats}"
-    );
 }
 
 /// 1. SIGTERM, 5 s down, restart: every frame arrives, video never stalls, one reconnect.

@@ -124,6 +124,19 @@ pub fn stat(stats: &gst::Structure, name: &str) -> u64 {
         .unwrap_or_else(|_| panic!("stats has no {name}: {stats}"))
 }
 
+/// Every message of an `mqttpublish` accounted for in its `stats`:
+/// queued = published + dropped + in flight + still queued.
+pub fn assert_accounted(stats: &gst::Structure) {
+    assert_eq!(
+        stat(stats, "messages-queued"),
+        stat(stats, "messages-published")
+            + stat(stats, "messages-dropped")
+            + stat(stats, "in-flight")
+            + stat(stats, "queue-depth"),
+        "{stats}"
+    );
+}
+
 /// Brings the gst-launch `description` to PAUSED, which must fail, and returns the text
 /// of the error it posted.
 pub fn start_error(description: &str) -> String {
