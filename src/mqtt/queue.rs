@@ -6,12 +6,19 @@
 //! happens when a push finds the queue full is the [`Leaky`] policy. With
 //! [`Leaky::No`], the push waits for room but gives up when the queue is set flushing
 //! (the sink's `unlock()`), so state changes and seeks never hang.
+//!
+//! A push tells the consumer to look only when the queue was empty or a *batch* has
+//! gathered (half the bounds, at most [`MAX_BATCH`] messages), so that a consumer that lets
+//! messages gather while they arrive back to back is woken once per batch, not per message.
 
 use std::collections::VecDeque;
 use std::sync::{Condvar, Mutex};
 use std::time::Instant;
 
 use gst::glib;
+
+/// The most messages that make a batch.
+pub const MAX_BATCH: usize = 32;
 
 /// What to do with a new message when the queue is full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, glib::Enum)]
@@ -47,8 +54,9 @@ pub struct Message {
 /// What a push did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pushed {
-    /// Queued; `dropped_oldest` older messages were dropped to make room.
-    Queued { dropped_oldest: u32 },
+    /// Queued; `dropped_oldest` older messages were dropped to make room. `wake`: the queue
+    /// was empty or now holds a batch, so the consumer should look.
+    Queued { dropped_oldest: u32, wake: bool },
     /// Dropped: the queue was full and the policy drops new messages.
     DroppedNew,
     /// Not queued: the queue is flushing (the sink is unlocking or stopping).
@@ -75,6 +83,9 @@ struct Inner {
 #[derive(Debug)]
 pub struct Queue {
     limits: Limits,
+    /// A batch: this many messages or this many bytes.
+    batch_messages: usize,
+    batch_bytes: usize,
     inner: Mutex<Inner>,
     /// Signalled when a pop makes room or flushing changes.
     room: Condvar,
@@ -84,9 +95,15 @@ impl Queue {
     pub fn new(limits: Limits) -> Self {
         Queue {
             limits,
+            batch_messages: (limits.max_messages / 2).clamp(1, MAX_BATCH),
+            batch_bytes: (limits.max_bytes / 2).max(1),
             inner: Mutex::default(),
             room: Condvar::new(),
         }
+    }
+
+    fn holds_batch(&self, inner: &Inner) -> bool {
+        inner.messages.len() >= self.batch_messages || inner.bytes >= self.batch_bytes
     }
 
     fn is_full(&self, inner: &Inner, incoming: usize) -> bool {
@@ -121,9 +138,14 @@ impl Queue {
                 }
             }
         }
+        let had_batch = self.holds_batch(&inner);
         inner.bytes += size;
         inner.messages.push_back(message);
-        Pushed::Queued { dropped_oldest }
+        let wake = inner.messages.len() == 1 || (!had_batch && self.holds_batch(&inner));
+        Pushed::Queued {
+            dropped_oldest,
+            wake,
+        }
     }
 
     /// Takes the oldest message.
@@ -137,6 +159,12 @@ impl Queue {
             self.room.notify_all();
         }
         Some(message)
+    }
+
+    /// Whether a batch has gathered (or the queue is flushing: nothing more will come).
+    pub fn has_batch(&self) -> bool {
+        let inner = self.inner.lock().unwrap();
+        inner.flushing || self.holds_batch(&inner)
     }
 
     /// Number of queued messages and their bytes.
@@ -187,12 +215,62 @@ mod tests {
         })
     }
 
+    fn dropped(pushed: Pushed) -> u32 {
+        match pushed {
+            Pushed::Queued { dropped_oldest, .. } => dropped_oldest,
+            other => panic!("not queued: {other:?}"),
+        }
+    }
+
+    fn wakes(pushed: Pushed) -> bool {
+        matches!(pushed, Pushed::Queued { wake: true, .. })
+    }
+
+    #[test]
+    fn the_consumer_is_woken_for_the_first_message_and_once_per_batch() {
+        let q = queue(256, 1 << 20, Leaky::Downstream);
+        assert!(
+            wakes(q.push(msg(10, 0))),
+            "first message into an empty queue"
+        );
+        for i in 2..MAX_BATCH {
+            assert!(!wakes(q.push(msg(10, 0))), "message {i} of a batch");
+            assert!(!q.has_batch());
+        }
+        assert!(wakes(q.push(msg(10, 0))), "the message completing a batch");
+        assert!(q.has_batch());
+        assert!(!wakes(q.push(msg(10, 0))), "a batch is already there");
+
+        // Bytes make a batch too: half of max-queued-bytes.
+        let q = queue(256, 100, Leaky::Downstream);
+        assert!(wakes(q.push(msg(30, 0))));
+        assert!(!wakes(q.push(msg(10, 0))), "40 bytes of 100");
+        assert!(wakes(q.push(msg(10, 0))), "50 bytes of 100");
+
+        // A small queue: half of max-queued-messages.
+        let q = queue(4, 1 << 20, Leaky::Downstream);
+        assert!(wakes(q.push(msg(1, 0))));
+        assert!(wakes(q.push(msg(1, 0))), "2 of 4 messages");
+
+        // A flushing queue ends any wait for a batch.
+        let q = queue(256, 1 << 20, Leaky::Downstream);
+        q.push(msg(1, 0));
+        q.set_flushing(true);
+        assert!(q.has_batch());
+    }
+
     #[test]
     fn downstream_drops_the_oldest() {
         let q = queue(2, 1000, Leaky::Downstream);
         q.push(msg(1, 1));
         q.push(msg(1, 2));
-        assert_eq!(q.push(msg(1, 3)), Pushed::Queued { dropped_oldest: 1 });
+        assert!(matches!(
+            q.push(msg(1, 3)),
+            Pushed::Queued {
+                dropped_oldest: 1,
+                ..
+            }
+        ));
         assert_eq!(q.pop().unwrap().payload, [2]);
         assert_eq!(q.pop().unwrap().payload, [3]);
         assert!(q.pop().is_none());
@@ -210,11 +288,11 @@ mod tests {
     #[test]
     fn byte_limit_counts_and_a_lone_big_message_still_fits() {
         let q = queue(100, 10, Leaky::Downstream);
-        assert_eq!(q.push(msg(6, 1)), Pushed::Queued { dropped_oldest: 0 });
-        assert_eq!(q.push(msg(6, 2)), Pushed::Queued { dropped_oldest: 1 });
+        assert_eq!(dropped(q.push(msg(6, 1))), 0);
+        assert_eq!(dropped(q.push(msg(6, 2))), 1);
         assert_eq!(q.depth(), (1, 6));
         // Bigger than the byte limit on its own: queued alone rather than never.
-        assert_eq!(q.push(msg(20, 3)), Pushed::Queued { dropped_oldest: 1 });
+        assert_eq!(dropped(q.push(msg(20, 3))), 1);
         assert_eq!(q.depth(), (1, 20));
     }
 
@@ -227,7 +305,7 @@ mod tests {
             std::thread::spawn(move || q.push(msg(1, 2)))
         };
         assert_eq!(q.pop().unwrap().payload, [1]);
-        assert_eq!(pusher.join().unwrap(), Pushed::Queued { dropped_oldest: 0 });
+        assert_eq!(dropped(pusher.join().unwrap()), 0);
 
         let pusher = {
             let q = q.clone();

@@ -8,6 +8,11 @@
 //!   connected and never more than rumqttc's request channel holds, so a hand-over never
 //!   waits and everything not yet handed over stays under the queue's bounds and policy.
 //!
+//! Messages that arrive one by one (a camera's frame rate) are handed over as soon as they
+//! are queued. Messages that arrive back to back are handed over in batches: the mover
+//! lets up to a batch gather (at most [`LINGER`]), so the thread wakes once per batch and
+//! the socket writes follow each other, which the kernel coalesces into few TCP segments.
+//!
 //! Every message is accounted for: `queued = published + dropped + still queued + in flight`.
 
 use std::collections::{HashSet, VecDeque};
@@ -20,6 +25,12 @@ use tokio::sync::Notify;
 
 use super::session::{Event, Publisher, Session, REQUEST_CHANNEL};
 use super::{ConnectionConfig, Limits, Message, Pushed, Queue};
+
+/// Messages queued within this time of the last hand-over count as arriving back to back.
+const BACK_TO_BACK: Duration = Duration::from_millis(1);
+/// How long the mover lets a batch gather when messages arrive back to back. tokio's timer
+/// ticks in milliseconds, so the wait is 1 to 2 ms; a full batch ends it sooner.
+const LINGER: Duration = Duration::from_millis(1);
 
 /// First reconnection delay; it doubles after each failed attempt up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
@@ -139,8 +150,11 @@ struct Shared {
     tracker: Mutex<Tracker>,
     /// Signalled whenever messages complete or the connection state changes.
     progress: Condvar,
-    /// Wakes the mover: a message was queued, room was made, or the connection came up.
-    wake: Notify,
+    /// Wakes the mover: a first message or a batch was queued, or the queue is flushing.
+    queued: Notify,
+    /// Wakes the mover: room was made in rumqttc's request channel, or the connection
+    /// came up.
+    room: Notify,
     /// Wakes the poller to stop.
     stop: Notify,
     stopping: AtomicBool,
@@ -176,7 +190,8 @@ impl Worker {
             queue: Queue::new(limits),
             tracker: Mutex::default(),
             progress: Condvar::new(),
-            wake: Notify::new(),
+            queued: Notify::new(),
+            room: Notify::new(),
             stop: Notify::new(),
             stopping: AtomicBool::new(false),
         });
@@ -215,11 +230,16 @@ impl Worker {
         });
         let mut tracker = self.shared.tracker.lock().unwrap();
         match pushed {
-            Pushed::Queued { dropped_oldest } => {
+            Pushed::Queued {
+                dropped_oldest,
+                wake,
+            } => {
                 tracker.stats.queued += 1;
                 tracker.stats.dropped_queue_full += u64::from(dropped_oldest);
                 drop(tracker);
-                self.shared.wake.notify_one();
+                if wake {
+                    self.shared.queued.notify_one();
+                }
             }
             Pushed::DroppedNew => {
                 tracker.stats.queued += 1;
@@ -249,6 +269,8 @@ impl Worker {
     /// for a flush.
     pub fn set_flushing(&self, flushing: bool) {
         self.shared.queue.set_flushing(flushing);
+        // A gathering batch is handed over now.
+        self.shared.queued.notify_one();
         let _guard = self.shared.tracker.lock().unwrap();
         self.shared.progress.notify_all();
     }
@@ -298,7 +320,8 @@ impl Worker {
         self.shared.stopping.store(true, Ordering::SeqCst);
         self.shared.queue.set_flushing(true);
         self.shared.stop.notify_one();
-        self.shared.wake.notify_one();
+        self.shared.queued.notify_one();
+        self.shared.room.notify_one();
         let _ = thread.join();
         let left = self.shared.queue.clear() as u64;
         self.shared.update(|t| {
@@ -324,41 +347,78 @@ async fn run(shared: &Shared, config: ConnectionConfig, notify: &impl Fn(Notice)
     );
 }
 
+/// Why [`hand_over`] stopped.
+enum Blocked {
+    /// The queue is empty.
+    Empty,
+    /// Not connected, or rumqttc's request channel is full.
+    NoRoom,
+}
+
 /// Hands queued messages to rumqttc while connected and its request channel has room.
 async fn move_messages(shared: &Shared, publisher: Publisher, config: &ConnectionConfig) {
-    let topic = config.topic.as_str();
+    let mut last_hand_over = None;
     while !shared.stopping.load(Ordering::SeqCst) {
-        loop {
-            let (room, broker_max) = {
-                let tracker = shared.tracker.lock().unwrap();
-                (
-                    tracker.stats.connected && tracker.unwritten.len() < REQUEST_CHANNEL,
-                    tracker.stats.broker_max_packet,
-                )
-            };
-            if !room {
-                break;
-            }
-            let Some(message) = shared.queue.pop() else {
-                break;
-            };
-            let size = message.payload.len();
-            // A packet over the broker's limit would cost the connection (and, in a
-            // persistent session, be retried after every reconnect): drop it here.
-            if broker_max.is_some_and(|max| packet_size(topic, size) > max as usize) {
-                shared.update(|t| t.stats.dropped_oversize += 1);
-                continue;
-            }
-            // The channel has room, so this completes without waiting.
-            match publisher
-                .publish(topic, config.qos, config.retain, message.payload)
-                .await
-            {
-                Ok(()) => shared.update(|t| t.handed(size)),
-                Err(_) => shared.update(|t| t.stats.dropped_stopped += 1),
+        match hand_over(shared, &publisher, config, &mut last_hand_over).await {
+            Blocked::NoRoom => shared.room.notified().await,
+            Blocked::Empty => {
+                shared.queued.notified().await;
+                if last_hand_over.is_some_and(|at: Instant| at.elapsed() < BACK_TO_BACK) {
+                    gather_batch(shared).await;
+                }
             }
         }
-        shared.wake.notified().await;
+    }
+}
+
+/// Waits until a batch has gathered in the queue, for at most [`LINGER`].
+async fn gather_batch(shared: &Shared) {
+    let deadline = tokio::time::Instant::now() + LINGER;
+    while !shared.queue.has_batch() {
+        tokio::select! {
+            _ = tokio::time::sleep_until(deadline) => return,
+            _ = shared.queued.notified() => {}
+        }
+    }
+}
+
+async fn hand_over(
+    shared: &Shared,
+    publisher: &Publisher,
+    config: &ConnectionConfig,
+    last_hand_over: &mut Option<Instant>,
+) -> Blocked {
+    let topic = config.topic.as_str();
+    loop {
+        let (room, broker_max) = {
+            let tracker = shared.tracker.lock().unwrap();
+            (
+                tracker.stats.connected && tracker.unwritten.len() < REQUEST_CHANNEL,
+                tracker.stats.broker_max_packet,
+            )
+        };
+        if !room {
+            return Blocked::NoRoom;
+        }
+        let Some(message) = shared.queue.pop() else {
+            return Blocked::Empty;
+        };
+        *last_hand_over = Some(Instant::now());
+        let size = message.payload.len();
+        // A packet over the broker's limit would cost the connection (and, in a
+        // persistent session, be retried after every reconnect): drop it here.
+        if broker_max.is_some_and(|max| packet_size(topic, size) > max as usize) {
+            shared.update(|t| t.stats.dropped_oversize += 1);
+            continue;
+        }
+        // The channel has room, so this completes without waiting.
+        match publisher
+            .publish(topic, config.qos, config.retain, message.payload)
+            .await
+        {
+            Ok(()) => shared.update(|t| t.handed(size)),
+            Err(_) => shared.update(|t| t.stats.dropped_stopped += 1),
+        }
     }
 }
 
@@ -410,11 +470,11 @@ async fn poll_connection(
                 if discarded > 0 {
                     notify(Notice::Discarded { count: discarded });
                 }
-                shared.wake.notify_one();
+                shared.room.notify_one();
             }
             Ok(Event::Written { pkid }) => {
                 shared.update(|t| t.written(pkid));
-                shared.wake.notify_one();
+                shared.room.notify_one();
             }
             Ok(Event::Completed { pkid }) => shared.update(|t| t.completed(pkid)),
             Ok(Event::DisconnectSent | Event::Other) => {}
