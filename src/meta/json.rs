@@ -4,8 +4,6 @@
 //! them, without building an intermediate `serde_json::Value` tree: it runs once per frame
 //! in the streaming thread.
 
-use std::io::Write;
-
 use serde_json::{Map, Value};
 
 use super::{valid_confidence, BoundingBox, Classification, Detection, Object, Rect};
@@ -85,13 +83,13 @@ pub fn write_frame_json(out: &mut Vec<u8>, objects: &[Object], ctx: &FrameContex
     out.push(b'}');
 }
 
-/// One key of an object's JSON, so that the keys can be sorted before writing.
-enum ObjectField<'a> {
-    Classification(&'a str, &'a Classification),
+/// The keys of an object's JSON other than classifications, in alphabetical order.
+#[derive(Clone, Copy)]
+enum Field {
     Detection,
     H,
-    Id(i64),
-    ParentId(i32),
+    Id,
+    ParentId,
     RegionId,
     RoiType,
     W,
@@ -99,54 +97,90 @@ enum ObjectField<'a> {
     Y,
 }
 
-impl ObjectField<'_> {
-    fn key(&self) -> &str {
-        match self {
-            ObjectField::Classification(name, _) => name,
-            ObjectField::Detection => "detection",
-            ObjectField::H => "h",
-            ObjectField::Id(_) => "id",
-            ObjectField::ParentId(_) => "parent_id",
-            ObjectField::RegionId => "region_id",
-            ObjectField::RoiType => "roi_type",
-            ObjectField::W => "w",
-            ObjectField::X => "x",
-            ObjectField::Y => "y",
-        }
+impl Field {
+    const ALL: [Field; 9] = [
+        Field::Detection,
+        Field::H,
+        Field::Id,
+        Field::ParentId,
+        Field::RegionId,
+        Field::RoiType,
+        Field::W,
+        Field::X,
+        Field::Y,
+    ];
+
+    fn key(self) -> &'static str {
+        OBJECT_KEYS[self as usize]
     }
 }
 
 fn write_object(out: &mut Vec<u8>, object: &Object, ctx: &FrameContext) {
-    use ObjectField::*;
-    let mut fields: Vec<ObjectField> = Vec::with_capacity(10 + object.classifications.len());
-    fields.extend([Detection, H, RegionId, RoiType, W, X, Y]);
-    fields.extend(object.tracking_id.map(Id));
-    fields.extend(object.parent_id.map(ParentId));
-    fields.extend(
-        object
-            .classifications
-            .iter()
-            .filter(|c| !OBJECT_KEYS.contains(&c.name.as_str()))
-            .map(|c| Classification(&c.name, c)),
-    );
-    fields.sort_by(|a, b| a.key().cmp(b.key()));
+    // Classifications are keyed by their name, so they go between the fixed keys in
+    // alphabetical order. An object has few, and they usually come sorted already.
+    let mut classifications: Vec<&Classification> = object
+        .classifications
+        .iter()
+        .filter(|c| !OBJECT_KEYS.contains(&c.name.as_str()))
+        .collect();
+    if !classifications.is_sorted_by_key(|c| &c.name) {
+        classifications.sort_by_key(|c| &c.name);
+    }
+    let mut classifications = classifications.into_iter().peekable();
 
     out.push(b'{');
     let mut first = true;
-    for field in fields {
-        key(out, &mut first, field.key());
-        match field {
-            Classification(_, c) => write_classification(out, c),
-            Detection => write_detection(out, object, ctx),
-            H => write_int(out, object.rect.h),
-            Id(id) => write_int(out, id),
-            ParentId(id) => write_int(out, id),
-            RegionId => write_int(out, object.region_id),
-            RoiType => write_str(out, &object.label),
-            W => write_int(out, object.rect.w),
-            X => write_int(out, object.rect.x),
-            Y => write_int(out, object.rect.y),
+    for field in Field::ALL {
+        while let Some(c) = classifications.next_if(|c| c.name.as_str() < field.key()) {
+            name_key(out, &mut first, &c.name);
+            write_classification(out, c);
         }
+        match field {
+            Field::Detection => {
+                key(out, &mut first, field.key());
+                write_detection(out, object, ctx);
+            }
+            Field::H => {
+                key(out, &mut first, field.key());
+                write_int(out, object.rect.h);
+            }
+            Field::Id => {
+                if let Some(id) = object.tracking_id {
+                    key(out, &mut first, field.key());
+                    write_int(out, id);
+                }
+            }
+            Field::ParentId => {
+                if let Some(id) = object.parent_id {
+                    key(out, &mut first, field.key());
+                    write_int(out, id);
+                }
+            }
+            Field::RegionId => {
+                key(out, &mut first, field.key());
+                write_int(out, object.region_id);
+            }
+            Field::RoiType => {
+                key(out, &mut first, field.key());
+                write_str(out, &object.label);
+            }
+            Field::W => {
+                key(out, &mut first, field.key());
+                write_int(out, object.rect.w);
+            }
+            Field::X => {
+                key(out, &mut first, field.key());
+                write_int(out, object.rect.x);
+            }
+            Field::Y => {
+                key(out, &mut first, field.key());
+                write_int(out, object.rect.y);
+            }
+        }
+    }
+    for c in classifications {
+        name_key(out, &mut first, &c.name);
+        write_classification(out, c);
     }
     out.push(b'}');
 }
@@ -205,7 +239,20 @@ fn write_classification(out: &mut Vec<u8>, c: &Classification) {
     out.push(b'}');
 }
 
-fn key(out: &mut Vec<u8>, first: &mut bool, name: &str) {
+/// Writes the key `name`, one of this module's own, which need no escaping.
+#[inline]
+fn key(out: &mut Vec<u8>, first: &mut bool, name: &'static str) {
+    debug_assert!(!name.bytes().any(needs_escape), "{name}");
+    if !std::mem::take(first) {
+        out.push(b',');
+    }
+    out.push(b'"');
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b"\":");
+}
+
+/// Writes a key that comes from the metadata (a classification's name).
+fn name_key(out: &mut Vec<u8>, first: &mut bool, name: &str) {
     if !std::mem::take(first) {
         out.push(b',');
     }
@@ -213,7 +260,19 @@ fn key(out: &mut Vec<u8>, first: &mut bool, name: &str) {
     out.push(b':');
 }
 
+fn needs_escape(byte: u8) -> bool {
+    byte == b'"' || byte == b'\\' || byte < 0x20
+}
+
 fn write_str(out: &mut Vec<u8>, s: &str) {
+    // Labels and names rarely need escaping: copy those as they are.
+    if !s.bytes().any(needs_escape) {
+        out.reserve(s.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+        return;
+    }
     // Writing into a Vec cannot fail, and a str always serializes.
     serde_json::to_writer(&mut *out, s).expect("string serializes");
 }
@@ -224,8 +283,8 @@ fn write_float(out: &mut Vec<u8>, v: f64) {
     serde_json::to_writer(&mut *out, &v).expect("float serializes");
 }
 
-fn write_int(out: &mut Vec<u8>, v: impl std::fmt::Display) {
-    write!(out, "{v}").expect("writing to a Vec cannot fail");
+fn write_int(out: &mut Vec<u8>, v: impl itoa::Integer) {
+    out.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
 }
 
 /// One line of a recorded gvametaconvert JSON-lines file.
@@ -543,6 +602,38 @@ mod tests {
                 r#""timestamp":1400000000}"#
             )
         );
+    }
+
+    #[test]
+    fn classifications_go_between_the_object_keys_in_alphabetical_order() {
+        let mut object = car();
+        object.classifications = ["zone", "age", "type", "gender"]
+            .into_iter()
+            .map(|name| Classification {
+                name: name.into(),
+                label: "x".into(),
+                ..Classification::default()
+            })
+            .collect();
+        let text = json(&[object], &FrameContext::default());
+        let keys = [
+            "age",
+            "detection",
+            "gender",
+            "h",
+            "id",
+            "roi_type",
+            "type",
+            "w",
+            "y",
+            "zone",
+        ];
+        let at: Vec<usize> = keys
+            .iter()
+            .map(|k| text.find(&format!("\"{k}\":")).expect(k))
+            .collect();
+        assert!(at.is_sorted(), "keys out of order in {text}");
+        serde_json::from_str::<Value>(&text).unwrap();
     }
 
     #[test]

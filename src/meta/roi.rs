@@ -14,6 +14,7 @@ use gst::buffer::BufferMetaForeachAction;
 use gst::glib;
 use gst::glib::translate::ToGlibPtr;
 use gst_video::VideoRegionOfInterestMeta;
+use once_cell::sync::Lazy;
 
 use super::{valid_confidence, BoundingBox, Classification, Detection, Object, Objects, Rect};
 
@@ -140,14 +141,15 @@ fn read_object(roi: &VideoRegionOfInterestMeta, invalid: &mut u32) -> Object {
         ..Object::default()
     };
 
+    let fields = &*FIELDS;
     for param in roi.params() {
         let name = param.name().as_str();
         if name == DETECTION {
             let bounding_box = match (
-                number(param, "x_min"),
-                number(param, "y_min"),
-                number(param, "x_max"),
-                number(param, "y_max"),
+                number(param, fields.x_min),
+                number(param, fields.y_min),
+                number(param, fields.x_max),
+                number(param, fields.y_max),
             ) {
                 (Some(x_min), Some(y_min), Some(x_max), Some(y_max)) => Some(BoundingBox {
                     x_min,
@@ -158,19 +160,19 @@ fn read_object(roi: &VideoRegionOfInterestMeta, invalid: &mut u32) -> Object {
                 _ => None,
             };
             object.detection = Some(Detection {
-                confidence: confidence(param, invalid),
-                label_id: integer(param, "label_id").and_then(|v| i32::try_from(v).ok()),
+                confidence: confidence(param, fields.confidence, invalid),
+                label_id: integer(param, fields.label_id).and_then(|v| i32::try_from(v).ok()),
                 bounding_box,
             });
         } else if name == OBJECT_ID {
-            object.tracking_id = integer(param, "id");
-        } else if let Some(label) = string(param, "label") {
+            object.tracking_id = integer(param, fields.id);
+        } else if let Some(label) = string(param, fields.label) {
             object.classifications.push(Classification {
                 name: name.to_owned(),
                 label,
-                confidence: confidence(param, invalid),
-                label_id: integer(param, "label_id").and_then(|v| i32::try_from(v).ok()),
-                model_name: string(param, "model_name"),
+                confidence: confidence(param, fields.confidence, invalid),
+                label_id: integer(param, fields.label_id).and_then(|v| i32::try_from(v).ok()),
+                model_name: string(param, fields.model_name),
             });
         }
     }
@@ -193,9 +195,42 @@ fn roi_type(roi: &VideoRegionOfInterestMeta) -> String {
     }
 }
 
+/// The field names read from every object, as quarks: looking a field up by its
+/// name first hashes the name under GLib's global quark lock.
+struct Fields {
+    x_min: glib::Quark,
+    y_min: glib::Quark,
+    x_max: glib::Quark,
+    y_max: glib::Quark,
+    confidence: glib::Quark,
+    label_id: glib::Quark,
+    label: glib::Quark,
+    id: glib::Quark,
+    model_name: glib::Quark,
+}
+
+static FIELDS: Lazy<Fields> = Lazy::new(|| Fields {
+    x_min: glib::Quark::from_str("x_min"),
+    y_min: glib::Quark::from_str("y_min"),
+    x_max: glib::Quark::from_str("x_max"),
+    y_max: glib::Quark::from_str("y_max"),
+    confidence: glib::Quark::from_str("confidence"),
+    label_id: glib::Quark::from_str("label_id"),
+    label: glib::Quark::from_str("label"),
+    id: glib::Quark::from_str("id"),
+    model_name: glib::Quark::from_str("model_name"),
+});
+
+fn field(s: &gst::StructureRef, name: glib::Quark) -> Option<&glib::SendValue> {
+    // Deprecated for the GStreamer 1.26 `IdStr` API; on 1.22 it is the lookup without the
+    // name hashing.
+    #[allow(deprecated)]
+    s.value_by_quark(name).ok()
+}
+
 /// A string field, with invalid UTF-8 replaced (a C producer may set any bytes).
-fn string(s: &gst::StructureRef, field: &str) -> Option<String> {
-    let value = s.value(field).ok()?;
+fn string(s: &gst::StructureRef, name: glib::Quark) -> Option<String> {
+    let value = field(s, name)?;
     if value.type_() != glib::Type::STRING {
         return None;
     }
@@ -206,8 +241,8 @@ fn string(s: &gst::StructureRef, field: &str) -> Option<String> {
     }
 }
 
-fn confidence(s: &gst::StructureRef, invalid: &mut u32) -> Option<f64> {
-    let value = number(s, "confidence")?;
+fn confidence(s: &gst::StructureRef, name: glib::Quark, invalid: &mut u32) -> Option<f64> {
+    let value = number(s, name)?;
     let valid = valid_confidence(value);
     if valid.is_none() {
         *invalid += 1;
@@ -216,33 +251,27 @@ fn confidence(s: &gst::StructureRef, invalid: &mut u32) -> Option<f64> {
 }
 
 /// A numeric field as `f64`, whatever numeric type the producer used.
-fn number(s: &gst::StructureRef, field: &str) -> Option<f64> {
-    let value = s.value(field).ok()?;
-    if let Ok(v) = value.get::<f64>() {
-        Some(v)
-    } else if let Ok(v) = value.get::<f32>() {
-        Some(f64::from(v))
-    } else {
-        integer_value(value).map(|v| v as f64)
+fn number(s: &gst::StructureRef, name: glib::Quark) -> Option<f64> {
+    let value = field(s, name)?;
+    match value.type_() {
+        glib::Type::F64 => value.get::<f64>().ok(),
+        glib::Type::F32 => value.get::<f32>().ok().map(f64::from),
+        _ => integer_value(value).map(|v| v as f64),
     }
 }
 
 /// An integer field as `i64`, whatever integer type the producer used.
-fn integer(s: &gst::StructureRef, field: &str) -> Option<i64> {
-    integer_value(s.value(field).ok()?)
+fn integer(s: &gst::StructureRef, name: glib::Quark) -> Option<i64> {
+    integer_value(field(s, name)?)
 }
 
 fn integer_value(value: &glib::SendValue) -> Option<i64> {
-    if let Ok(v) = value.get::<i32>() {
-        Some(i64::from(v))
-    } else if let Ok(v) = value.get::<i64>() {
-        Some(v)
-    } else if let Ok(v) = value.get::<u32>() {
-        Some(i64::from(v))
-    } else if let Ok(v) = value.get::<u64>() {
-        i64::try_from(v).ok()
-    } else {
-        None
+    match value.type_() {
+        glib::Type::I32 => value.get::<i32>().ok().map(i64::from),
+        glib::Type::I64 => value.get::<i64>().ok(),
+        glib::Type::U32 => value.get::<u32>().ok().map(i64::from),
+        glib::Type::U64 => value.get::<u64>().ok().and_then(|v| i64::try_from(v).ok()),
+        _ => None,
     }
 }
 
