@@ -83,13 +83,12 @@ pub fn write_frame_json(out: &mut Vec<u8>, objects: &[Object], ctx: &FrameContex
     out.push(b'}');
 }
 
-/// The keys of an object's JSON other than classifications, in alphabetical order.
-#[derive(Clone, Copy)]
+/// A key of an object's JSON other than a classification.
 enum Field {
     Detection,
     H,
-    Id,
-    ParentId,
+    Id(i64),
+    ParentId(i32),
     RegionId,
     RoiType,
     W,
@@ -98,24 +97,34 @@ enum Field {
 }
 
 impl Field {
-    const ALL: [Field; 9] = [
-        Field::Detection,
-        Field::H,
-        Field::Id,
-        Field::ParentId,
-        Field::RegionId,
-        Field::RoiType,
-        Field::W,
-        Field::X,
-        Field::Y,
-    ];
-
-    fn key(self) -> &'static str {
-        OBJECT_KEYS[self as usize]
+    fn key(&self) -> &'static str {
+        match self {
+            Field::Detection => "detection",
+            Field::H => "h",
+            Field::Id(_) => "id",
+            Field::ParentId(_) => "parent_id",
+            Field::RegionId => "region_id",
+            Field::RoiType => "roi_type",
+            Field::W => "w",
+            Field::X => "x",
+            Field::Y => "y",
+        }
     }
 }
 
 fn write_object(out: &mut Vec<u8>, object: &Object, ctx: &FrameContext) {
+    // In alphabetical order; the optional ones are left out when absent.
+    let fields = [
+        Some(Field::Detection),
+        Some(Field::H),
+        object.tracking_id.map(Field::Id),
+        object.parent_id.map(Field::ParentId),
+        Some(Field::RegionId),
+        Some(Field::RoiType),
+        Some(Field::W),
+        Some(Field::X),
+        Some(Field::Y),
+    ];
     // Classifications are keyed by their name, so they go between the fixed keys in
     // alphabetical order. An object has few, and they usually come sorted already.
     let mut classifications: Vec<&Classification> = object
@@ -130,52 +139,22 @@ fn write_object(out: &mut Vec<u8>, object: &Object, ctx: &FrameContext) {
 
     out.push(b'{');
     let mut first = true;
-    for field in Field::ALL {
+    for field in fields.into_iter().flatten() {
         while let Some(c) = classifications.next_if(|c| c.name.as_str() < field.key()) {
             name_key(out, &mut first, &c.name);
             write_classification(out, c);
         }
+        key(out, &mut first, field.key());
         match field {
-            Field::Detection => {
-                key(out, &mut first, field.key());
-                write_detection(out, object, ctx);
-            }
-            Field::H => {
-                key(out, &mut first, field.key());
-                write_int(out, object.rect.h);
-            }
-            Field::Id => {
-                if let Some(id) = object.tracking_id {
-                    key(out, &mut first, field.key());
-                    write_int(out, id);
-                }
-            }
-            Field::ParentId => {
-                if let Some(id) = object.parent_id {
-                    key(out, &mut first, field.key());
-                    write_int(out, id);
-                }
-            }
-            Field::RegionId => {
-                key(out, &mut first, field.key());
-                write_int(out, object.region_id);
-            }
-            Field::RoiType => {
-                key(out, &mut first, field.key());
-                write_str(out, &object.label);
-            }
-            Field::W => {
-                key(out, &mut first, field.key());
-                write_int(out, object.rect.w);
-            }
-            Field::X => {
-                key(out, &mut first, field.key());
-                write_int(out, object.rect.x);
-            }
-            Field::Y => {
-                key(out, &mut first, field.key());
-                write_int(out, object.rect.y);
-            }
+            Field::Detection => write_detection(out, object, ctx),
+            Field::H => write_int(out, object.rect.h),
+            Field::Id(id) => write_int(out, id),
+            Field::ParentId(id) => write_int(out, id),
+            Field::RegionId => write_int(out, object.region_id),
+            Field::RoiType => write_str(out, &object.label),
+            Field::W => write_int(out, object.rect.w),
+            Field::X => write_int(out, object.rect.x),
+            Field::Y => write_int(out, object.rect.y),
         }
     }
     for c in classifications {

@@ -26,7 +26,8 @@ use tokio::sync::Notify;
 use super::session::{Event, Publisher, Session, REQUEST_CHANNEL};
 use super::{ConnectionConfig, Limits, Message, Pushed, Queue};
 
-/// Messages queued within this time of the last hand-over count as arriving back to back.
+/// Messages queued within this time of the mover emptying the queue count as arriving
+/// back to back.
 const BACK_TO_BACK: Duration = Duration::from_millis(1);
 /// How long the mover lets a batch gather when messages arrive back to back. tokio's timer
 /// ticks in milliseconds, so the wait is 1 to 2 ms; a full batch ends it sooner.
@@ -269,8 +270,10 @@ impl Worker {
     /// for a flush.
     pub fn set_flushing(&self, flushing: bool) {
         self.shared.queue.set_flushing(flushing);
-        // A gathering batch is handed over now.
-        self.shared.queued.notify_one();
+        if flushing {
+            // A gathering batch is handed over now.
+            self.shared.queued.notify_one();
+        }
         let _guard = self.shared.tracker.lock().unwrap();
         self.shared.progress.notify_all();
     }
@@ -357,13 +360,13 @@ enum Blocked {
 
 /// Hands queued messages to rumqttc while connected and its request channel has room.
 async fn move_messages(shared: &Shared, publisher: Publisher, config: &ConnectionConfig) {
-    let mut last_hand_over = None;
     while !shared.stopping.load(Ordering::SeqCst) {
-        match hand_over(shared, &publisher, config, &mut last_hand_over).await {
+        match hand_over(shared, &publisher, config).await {
             Blocked::NoRoom => shared.room.notified().await,
             Blocked::Empty => {
+                let drained_at = Instant::now();
                 shared.queued.notified().await;
-                if last_hand_over.is_some_and(|at: Instant| at.elapsed() < BACK_TO_BACK) {
+                if drained_at.elapsed() < BACK_TO_BACK {
                     gather_batch(shared).await;
                 }
             }
@@ -382,12 +385,8 @@ async fn gather_batch(shared: &Shared) {
     }
 }
 
-async fn hand_over(
-    shared: &Shared,
-    publisher: &Publisher,
-    config: &ConnectionConfig,
-    last_hand_over: &mut Option<Instant>,
-) -> Blocked {
+/// Hands queued messages to rumqttc until the queue is empty or there is no room.
+async fn hand_over(shared: &Shared, publisher: &Publisher, config: &ConnectionConfig) -> Blocked {
     let topic = config.topic.as_str();
     loop {
         let (room, broker_max) = {
@@ -403,7 +402,6 @@ async fn hand_over(
         let Some(message) = shared.queue.pop() else {
             return Blocked::Empty;
         };
-        *last_hand_over = Some(Instant::now());
         let size = message.payload.len();
         // A packet over the broker's limit would cost the connection (and, in a
         // persistent session, be retried after every reconnect): drop it here.
