@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: MPL-2.0
 """The Python reference publisher of the benchmark (scripts/bench.sh).
 
 What a DL Streamer Pipeline Server-style Python publisher does: the pipeline ends in an

@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: MPL-2.0
 """Records and reports the runs of scripts/bench.sh (standard library only).
 
     report.py meta PARAMS-JSON COMMIT           one line: machine and parameters

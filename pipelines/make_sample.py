@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: MPL-2.0
 """Writes pipelines/sample.jsonl: a recorded detection run in gvametaconvert JSON lines.
 
 The recording stands in for gvadetect + gvatrack + gvaclassify output on machines without
