@@ -26,7 +26,17 @@ use std::os::raw::{c_int, c_uchar, c_ulong};
 
 use gst_video::prelude::*;
 use gst_video::{VideoColorMatrix, VideoColorRange, VideoFormat};
+use once_cell::sync::Lazy;
 use turbojpeg_sys as tj;
+
+/// Encoder set-up and failures: `GST_DEBUG=mqttpublish-jpeg:6`.
+static CAT: Lazy<gst::DebugCategory> = Lazy::new(|| {
+    gst::DebugCategory::new(
+        "mqttpublish-jpeg",
+        gst::DebugColorFlags::empty(),
+        Some("JPEG encoding of raw frames (libjpeg-turbo)"),
+    )
+});
 
 /// Raw video formats that [`JpegEncoder`] accepts, best first (for caps).
 pub const SUPPORTED_FORMATS: &[VideoFormat] = &[
@@ -194,6 +204,19 @@ impl JpegEncoder {
         if jpeg_size == c_ulong::MAX {
             return Err(JpegError::InvalidSize { width, height });
         }
+        gst::debug!(
+            CAT,
+            "Encoding {format:?} {width}x{height} at quality {quality}: {}",
+            match &kind {
+                Kind::Packed { .. } => "packed RGB, converted by libjpeg-turbo".to_owned(),
+                Kind::Planes {
+                    sub, conversion, ..
+                } => format!(
+                    "from planes, chroma subsampling {sub:?}, colour conversion {}",
+                    if conversion.is_some() { "on" } else { "off" }
+                ),
+            }
+        );
 
         Ok(Self {
             compressor: Compressor::new()?,

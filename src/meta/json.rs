@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: MPL-2.0
+
 //! The gvametaconvert JSON: written for publishing, parsed for replay.
 //!
 //! Writing goes straight into a byte buffer, keys in alphabetical order as DL Streamer emits

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: MPL-2.0
+
 //! The metadata model shared by every element.
 //!
 //! Producers attach analytics results to video buffers in their own way; this module reads
@@ -12,6 +14,17 @@
 
 mod json;
 mod roi;
+
+use once_cell::sync::Lazy;
+
+/// Metadata reading and writing, shared by every element: `GST_DEBUG=analyticsmeta:6`.
+static CAT: Lazy<gst::DebugCategory> = Lazy::new(|| {
+    gst::DebugCategory::new(
+        "analyticsmeta",
+        gst::DebugColorFlags::empty(),
+        Some("Analytics metadata model: reading, filtering and attaching detections"),
+    )
+});
 
 pub use json::{parse_frame_line, write_frame_json, FrameContext, RecordedFrame};
 pub use roi::{attach_objects, object_count, read_objects, retain_classifications, retain_objects};

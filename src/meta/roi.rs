@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: MPL-2.0
+
 //! Objects carried as `GstVideoRegionOfInterestMeta`, the way DL Streamer's `gvadetect`,
 //! `gvatrack` and `gvaclassify` (and other producers) attach them.
 //!
@@ -16,7 +18,7 @@ use gst::glib::translate::ToGlibPtr;
 use gst_video::VideoRegionOfInterestMeta;
 use once_cell::sync::Lazy;
 
-use super::{valid_confidence, BoundingBox, Classification, Detection, Object, Objects, Rect};
+use super::{valid_confidence, BoundingBox, Classification, Detection, Object, Objects, Rect, CAT};
 
 const DETECTION: &str = "detection";
 const OBJECT_ID: &str = "object_id";
@@ -28,6 +30,12 @@ pub fn read_objects(buffer: &gst::BufferRef) -> Objects {
         let object = read_object(&meta, &mut out.invalid_confidences);
         out.objects.push(object);
     }
+    gst::trace!(
+        CAT,
+        "Read {} objects from buffer {:?}",
+        out.objects.len(),
+        buffer.pts()
+    );
     out
 }
 
@@ -246,6 +254,12 @@ fn confidence(s: &gst::StructureRef, name: glib::Quark, invalid: &mut u32) -> Op
     let valid = valid_confidence(value);
     if valid.is_none() {
         *invalid += 1;
+        gst::debug!(
+            CAT,
+            "{}.{}: confidence {value} is not within 0..1, read as none",
+            s.name(),
+            name.as_str()
+        );
     }
     valid
 }
