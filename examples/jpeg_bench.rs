@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MPL-2.0
 
-//! CPU cost per frame of `gstanalyticsmqtt::jpeg::JpegEncoder` against GStreamer's
+//! CPU cost per frame of `gstanalyticsmqtt::internals::JpegEncoder` against GStreamer's
 //! `jpegenc` (libjpeg-turbo) and the pure Rust `jpeg-encoder` crate, on the same
 //! frame, in the same process.
 //!
@@ -23,7 +23,7 @@
 use std::time::Instant;
 
 use gst::prelude::*;
-use gstanalyticsmqtt::jpeg::{JpegEncoder, SUPPORTED_FORMATS};
+use gstanalyticsmqtt::internals::{JpegEncoder, SUPPORTED_FORMATS};
 
 struct Options {
     frames: u32,

@@ -1,20 +1,52 @@
-//! Reading the JSON configuration files users share with DL Streamer Pipeline Server.
+// SPDX-License-Identifier: MPL-2.0
 
+//! The JSON configuration files users share with DL Streamer Pipeline Server: the
+//! `mqtt_publisher` section `mqttpublish` reads, and its `filter`, which `metafilter`
+//! reads too. Errors name the key and show a value only when it cannot hold a secret.
+
+use std::collections::HashMap;
 use std::path::Path;
 
 use serde_json::Value;
 
+use crate::error::SettingError;
+use crate::filter::{Filter, FilterType};
+use crate::meta;
+use crate::mqtt::{Protocol, QoS, Secret};
+
 /// Reads and parses a JSON file. Errors name the file, and the line and column for bad JSON.
-pub fn read_json_file(path: &Path) -> Result<Value, String> {
+pub fn read_json_file(path: &Path) -> Result<Value, SettingError> {
+    let shown_path = path.display().to_string();
     if path.is_dir() {
-        return Err(format!(
-            "{}: is a directory, not a JSON file",
-            path.display()
-        ));
+        return Err(SettingError::Unreadable(format!(
+            "{shown_path}: is a directory, not a JSON file"
+        )));
     }
     let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    serde_json::from_str(&text).map_err(|e| format!("{}: invalid JSON: {e}", path.display()))
+        .map_err(|e| SettingError::io(format!("cannot read {shown_path}: {e}"), &e))?;
+    serde_json::from_str(&text)
+        .map_err(|e| SettingError::Invalid(format!("{shown_path}: invalid JSON: {e}")))
+}
+
+/// The part of a configuration document an element reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Section {
+    /// The `mqtt_publisher` section: under that key, or the document itself.
+    Publisher,
+    /// The filter: under `mqtt_publisher.filter`, under `filter`, or the document itself.
+    Filter,
+}
+
+/// Picks `section` out of a configuration document.
+pub fn section(document: &Value, section: Section) -> &Value {
+    let publisher = document.get("mqtt_publisher");
+    match section {
+        Section::Publisher => publisher.unwrap_or(document),
+        Section::Filter => publisher
+            .and_then(|p| p.get("filter"))
+            .or_else(|| document.get("filter"))
+            .unwrap_or(document),
+    }
 }
 
 /// The `mqtt_publisher` section of a DL Streamer Pipeline Server configuration, plus the
@@ -23,28 +55,28 @@ pub fn read_json_file(path: &Path) -> Result<Value, String> {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct PublisherConfig {
     pub topic: Option<String>,
-    pub qos: Option<crate::mqtt::QoS>,
-    pub protocol: Option<crate::mqtt::Protocol>,
+    pub qos: Option<QoS>,
+    pub protocol: Option<Protocol>,
     pub publish_frame: Option<bool>,
     pub host: Option<String>,
     pub port: Option<u16>,
     pub client_id: Option<String>,
     pub username: Option<String>,
-    pub password: Option<crate::mqtt::Secret>,
+    pub password: Option<Secret>,
     pub tls_ca_file: Option<String>,
     pub tls_cert_file: Option<String>,
     pub tls_key_file: Option<String>,
-    pub filter: Option<crate::filter::FilterConfig>,
+    pub filter: Option<FilterConfig>,
     /// Keys this plugin does not know, for a warning.
     pub unknown_keys: Vec<String>,
 }
 
 impl PublisherConfig {
     /// Reads a file holding the section bare or under `mqtt_publisher`.
-    pub fn load(path: &Path) -> Result<Self, String> {
-        let value = read_json_file(path)?;
-        let section = value.get("mqtt_publisher").unwrap_or(&value);
-        Self::from_value(section).map_err(|e| format!("{}: {e}", path.display()))
+    pub fn load(path: &Path) -> Result<Self, SettingError> {
+        let document = read_json_file(path)?;
+        Self::from_value(section(&document, Section::Publisher))
+            .map_err(|e| SettingError::Invalid(format!("{}: {e}", path.display())))
     }
 
     /// Parses the section. Errors name the key, e.g. `qos: expected 0, 1 or 2, got "high"`.
@@ -57,14 +89,12 @@ impl PublisherConfig {
             match key.as_str() {
                 "topic" => config.topic = Some(string(key, v)?),
                 "qos" => {
-                    config.qos = Some(
-                        crate::mqtt::QoS::from_level(integer(key, v)?)
-                            .map_err(|e| format!("{key}: {e}"))?,
-                    )
+                    config.qos =
+                        Some(QoS::from_level(integer(key, v)?).map_err(|e| format!("{key}: {e}"))?)
                 }
                 "protocol" => {
                     config.protocol = Some(
-                        crate::mqtt::Protocol::from_level(integer(key, v)?)
+                        Protocol::from_level(integer(key, v)?)
                             .map_err(|e| format!("{key}: {e}"))?,
                     )
                 }
@@ -88,7 +118,7 @@ impl PublisherConfig {
                     let password = v
                         .as_str()
                         .ok_or_else(|| format!("{key}: expected a string"))?;
-                    config.password = Some(crate::mqtt::Secret::new(password.to_owned()));
+                    config.password = Some(Secret::new(password.to_owned()));
                 }
                 "tls" => {
                     let tls = v
@@ -105,7 +135,7 @@ impl PublisherConfig {
                         }
                     }
                 }
-                "filter" => config.filter = Some(crate::filter::filter_config_from_value(v)?),
+                "filter" => config.filter = Some(filter_config_from_value(v)?),
                 _ => config.unknown_keys.push(key.clone()),
             }
         }
@@ -113,11 +143,102 @@ impl PublisherConfig {
     }
 }
 
+/// A filter as written in a DLSPS configuration: every part optional, so that it can be
+/// laid over the current settings.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct FilterConfig {
+    pub kind: Option<FilterType>,
+    pub label_score: Option<HashMap<String, f64>>,
+}
+
+impl FilterConfig {
+    /// Overwrites the parts of `filter` that this configuration sets.
+    pub fn apply(&self, filter: &mut Filter) {
+        if let Some(kind) = self.kind {
+            filter.kind = kind;
+        }
+        if let Some(label_score) = &self.label_score {
+            filter.label_score = label_score.clone();
+        }
+    }
+}
+
+/// Checks a threshold: a number within 0..1.
+pub fn check_threshold(what: &str, value: f64) -> Result<f64, String> {
+    meta::valid_confidence(value)
+        .ok_or_else(|| format!("{what}: threshold {value} is outside 0..1"))
+}
+
+/// Parses a `label_score` JSON object text such as `{"box":0.4,"shipping label":0.4}`.
+pub fn parse_label_score(text: &str) -> Result<HashMap<String, f64>, String> {
+    let value: Value =
+        serde_json::from_str(text).map_err(|e| format!("invalid JSON ({e}) in {text:?}"))?;
+    label_score_from_value(&value)
+}
+
+fn label_score_from_value(value: &Value) -> Result<HashMap<String, f64>, String> {
+    let map = value.as_object().ok_or_else(|| {
+        format!(
+            "expected a JSON object mapping labels to thresholds, got {}",
+            shown(value)
+        )
+    })?;
+    map.iter()
+        .map(|(label, v)| {
+            let threshold = v.as_f64().ok_or_else(|| {
+                format!(
+                    "label {label:?}: threshold must be a number, got {}",
+                    shown(v)
+                )
+            })?;
+            Ok((
+                label.clone(),
+                check_threshold(&format!("label {label:?}"), threshold)?,
+            ))
+        })
+        .collect()
+}
+
+/// Parses a DLSPS filter object: `{"type": "detection"|"classification", "label_score": {..}}`.
+pub fn filter_config_from_value(value: &Value) -> Result<FilterConfig, String> {
+    let map = value
+        .as_object()
+        .ok_or_else(|| format!("filter: expected a JSON object, got {}", shown(value)))?;
+    let mut config = FilterConfig::default();
+    for (key, v) in map {
+        match key.as_str() {
+            "type" => {
+                let nick = v
+                    .as_str()
+                    .ok_or_else(|| format!("filter.type: expected a string, got {}", shown(v)))?;
+                config.kind = Some(FilterType::from_nick(nick).ok_or_else(|| {
+                    format!("filter.type: unknown type {nick:?} (use \"detection\" or \"classification\")")
+                })?);
+            }
+            "label_score" => {
+                config.label_score = Some(
+                    label_score_from_value(v).map_err(|e| format!("filter.label_score: {e}"))?,
+                );
+            }
+            other => return Err(format!("filter: unknown key {other:?}")),
+        }
+    }
+    Ok(config)
+}
+
+/// Loads a filter from a JSON file holding it bare, under `filter`, or under
+/// `mqtt_publisher.filter` (a DLSPS pipeline configuration section).
+pub fn load_filter_file(path: &Path) -> Result<FilterConfig, SettingError> {
+    let document = read_json_file(path)?;
+    filter_config_from_value(section(&document, Section::Filter))
+        .map_err(|e| SettingError::Invalid(format!("{}: {e}", path.display())))
+}
+
 /// A value as an error message shows it: a string, number, boolean or null as written, an
 /// object or an array only by its kind. A container can hold a secret at any depth, e.g.
 /// `"tls": {"client_key": {"path": "..", "password": ".."}}`, and a password must never
 /// reach an error message (found by the `config_file` fuzz target).
-pub(crate) fn shown(v: &Value) -> String {
+fn shown(v: &Value) -> String {
     match v {
         Value::Object(_) => "an object".to_owned(),
         Value::Array(_) => "an array".to_owned(),
@@ -139,7 +260,6 @@ fn integer(key: &str, v: &Value) -> Result<i64, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mqtt::{Protocol, QoS};
 
     #[test]
     fn dlsps_example_section() {
@@ -263,5 +383,55 @@ mod tests {
             serde_json::from_str(r#"{"topic": "t", "qso": 1, "tls": {"ca": "x"}}"#).unwrap();
         let c = PublisherConfig::from_value(&v).unwrap();
         assert_eq!(c.unknown_keys, ["qso", "tls.ca"]);
+    }
+
+    #[test]
+    fn label_score_parsing_names_the_problem() {
+        let ok = parse_label_score(r#"{"box":0.4,"shipping label":1}"#).unwrap();
+        assert_eq!(ok["shipping label"], 1.0);
+        assert_eq!(ok["box"], 0.4);
+        let err = parse_label_score(r#"{"box":"high"}"#).unwrap_err();
+        assert!(err.contains("\"box\"") && err.contains("number"), "{err}");
+        let err = parse_label_score(r#"{"box":1.5}"#).unwrap_err();
+        assert!(err.contains("1.5") && err.contains("0..1"), "{err}");
+        let err = parse_label_score("{box: 0.4}").unwrap_err();
+        assert!(err.contains("invalid JSON"), "{err}");
+        let err = parse_label_score("[0.4]").unwrap_err();
+        assert!(err.contains("JSON object"), "{err}");
+    }
+
+    #[test]
+    fn dlsps_filter_object() {
+        let v: Value =
+            serde_json::from_str(r#"{"type":"classification","label_score":{"red":0.7}}"#).unwrap();
+        let c = filter_config_from_value(&v).unwrap();
+        assert_eq!(c.kind, Some(FilterType::Classification));
+        assert_eq!(c.label_score.unwrap()["red"], 0.7);
+
+        let v: Value = serde_json::from_str(r#"{"type":"segmentation"}"#).unwrap();
+        let err = filter_config_from_value(&v).unwrap_err();
+        assert!(
+            err.contains("filter.type") && err.contains("segmentation"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn errors_show_objects_and_arrays_only_by_kind() {
+        // They may hold a password (see `config::shown`).
+        let v: Value = serde_json::from_str(
+            r#"{"type":"detection","label_score":{"box":{"password":"s3cr3t"}}}"#,
+        )
+        .unwrap();
+        let err = filter_config_from_value(&v).unwrap_err();
+        assert!(
+            err.ends_with("got an object") && !err.contains("s3cr3t"),
+            "{err}"
+        );
+        let err = parse_label_score(r#"[{"password":"s3cr3t"}]"#).unwrap_err();
+        assert!(
+            err.ends_with("got an array") && !err.contains("s3cr3t"),
+            "{err}"
+        );
     }
 }

@@ -1,20 +1,46 @@
 // SPDX-License-Identifier: MPL-2.0
 
-//! GStreamer plugin for MQTT publishing of analytics metadata.
+//! GStreamer plugin that gets video-analytics results out of a pipeline and onto an MQTT
+//! broker.
 //!
 //! - `metafilter` removes detections and classifications below per-label thresholds.
 //! - `metareplay` attaches recorded detections (gvametaconvert JSON lines) to buffers.
+//! - `mqttpublish` publishes each buffer's metadata as gvametaconvert JSON, optionally with
+//!   the frame as base64 JPEG, to an MQTT broker.
+//!
+//! Code shared by the elements lives in modules named for what it is: `meta` (the metadata
+//! model), `filter` (confidence thresholds), `config` (DLSPS configuration files), `mqtt`
+//! (the connection), `jpeg` (frame encoding), `tls` (TLS files) and `error` (setting
+//! errors and their GStreamer error domains).
 
 use gst::glib;
 
-pub mod config;
-pub mod filter;
-pub mod jpeg;
-pub mod meta;
+mod config;
+mod error;
+mod filter;
+mod jpeg;
+mod meta;
 mod metafilter;
 mod metareplay;
-pub mod mqtt;
+mod mqtt;
 mod mqttpublish;
+mod tls;
+
+/// What the project's own fuzz targets, integration tests and benchmarks drive directly:
+/// the parsers of user input, the metadata model and the JPEG encoder. Not a stable API;
+/// applications use the elements.
+#[doc(hidden)]
+pub mod internals {
+    pub use crate::config::{
+        filter_config_from_value, parse_label_score, section as config_section, PublisherConfig,
+        Section as ConfigSection,
+    };
+    pub use crate::jpeg::{is_supported, JpegEncoder, JpegError, SUPPORTED_FORMATS};
+    pub use crate::meta::{
+        parse_frame_line, write_frame_json, BoundingBox, Classification, Detection, FrameContext,
+        Object, RecordedFrame,
+    };
+}
 
 fn plugin_init(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
     metafilter::register(plugin)?;

@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: MPL-2.0
 
-//! `gstanalyticsmqtt::jpeg`: every supported format is encoded from a frame of known
-//! colours and decoded by an independent decoder (`jpeg-decoder`), and the colours
-//! must come back.
+//! The plugin's JPEG encoder (`gstanalyticsmqtt::internals::JpegEncoder`): every supported
+//! format is encoded from a frame of known colours and decoded by an independent decoder
+//! (`jpeg-decoder`), and the colours must come back.
 //!
 //! The test frames are painted in RGB and converted to the format under test by
 //! GStreamer's own `VideoConverter`, into buffers with padded strides, gaps between
@@ -14,7 +14,7 @@ use std::sync::Once;
 
 use gst_video::prelude::*;
 use gst_video::{VideoColorimetry, VideoFormat, VideoInfo};
-use gstanalyticsmqtt::jpeg::{is_supported, JpegEncoder, JpegError, SUPPORTED_FORMATS};
+use gstanalyticsmqtt::internals::{is_supported, JpegEncoder, JpegError, SUPPORTED_FORMATS};
 
 /// Flat colour blocks, painted in a 4 x 2 grid. Saturated colours show swapped
 /// components and wrong matrices, black and white a wrong range.

@@ -1,6 +1,8 @@
+// SPDX-License-Identifier: MPL-2.0
+
 //! Fuzzes the configuration-file path: bytes -> `serde_json::from_slice` ->
 //! `PublisherConfig::from_value` (and `filter_config_from_value`), the way
-//! `PublisherConfig::load` and `filter::load_filter_file` see a file.
+//! `PublisherConfig::load` and `config::load_filter_file` see a file.
 //!
 //! Besides "no panic" it checks that errors are non-empty and that no error (nor the
 //! `Debug` form of a parsed configuration) ever shows the value of a `password` key: every
@@ -9,8 +11,9 @@
 
 #![no_main]
 
-use gstanalyticsmqtt::config::PublisherConfig;
-use gstanalyticsmqtt::filter::filter_config_from_value;
+use gstanalyticsmqtt::internals::{
+    config_section, filter_config_from_value, ConfigSection, PublisherConfig,
+};
 use libfuzzer_sys::fuzz_target;
 use serde_json::{Map, Value};
 
@@ -101,16 +104,12 @@ fn check_filter(what: &str, input: &Value, filter: &Value, secrets_planted: bool
 /// Runs every parser on `value` the way the file loaders pick their section.
 fn check_all(input: &Value, value: &Value, secrets_planted: bool) {
     // `PublisherConfig::load`: the section under `mqtt_publisher`, or the file bare.
-    let section = value.get("mqtt_publisher").unwrap_or(value);
+    let section = config_section(value, ConfigSection::Publisher);
     check_config("publisher section", input, section, secrets_planted);
     check_config("publisher whole", input, value, secrets_planted);
 
-    // `filter::load_filter_file`: under `mqtt_publisher.filter`, `filter`, or bare.
-    let filter = value
-        .get("mqtt_publisher")
-        .and_then(|m| m.get("filter"))
-        .or_else(|| value.get("filter"))
-        .unwrap_or(value);
+    // `config::load_filter_file`: under `mqtt_publisher.filter`, `filter`, or bare.
+    let filter = config_section(value, ConfigSection::Filter);
     check_filter("filter section", input, filter, secrets_planted);
     check_filter("filter whole", input, value, secrets_planted);
 }

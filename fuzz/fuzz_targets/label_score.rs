@@ -1,4 +1,6 @@
-//! Fuzzes the `label-score` property parser, `filter::parse_label_score`.
+// SPDX-License-Identifier: MPL-2.0
+
+//! Fuzzes the `label-score` property parser, `config::parse_label_score`.
 //!
 //! Checks besides "no panic": errors are non-empty; every accepted threshold is within
 //! 0..1; the property and the configuration file's `filter.label_score` agree on what
@@ -12,7 +14,7 @@
 
 #![no_main]
 
-use gstanalyticsmqtt::filter::{filter_config_from_value, parse_label_score};
+use gstanalyticsmqtt::internals::{filter_config_from_value, parse_label_score};
 use std::collections::HashMap;
 
 use libfuzzer_sys::fuzz_target;

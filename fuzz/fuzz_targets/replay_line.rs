@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: MPL-2.0
+
 //! Fuzzes the replay-file line parser, `meta::parse_frame_line`, and the round trip
 //! through the gvametaconvert JSON writer, `meta::write_frame_json`.
 //!
@@ -17,7 +19,7 @@
 
 #![no_main]
 
-use gstanalyticsmqtt::meta::{
+use gstanalyticsmqtt::internals::{
     parse_frame_line, write_frame_json, BoundingBox, Classification, Detection, FrameContext,
     Object, RecordedFrame,
 };

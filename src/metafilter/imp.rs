@@ -10,7 +10,9 @@ use gst::subclass::prelude::*;
 use gst_base::subclass::prelude::*;
 use once_cell::sync::Lazy;
 
-use crate::filter::{self, Filter, FilterType};
+use crate::config::{self, FilterConfig};
+use crate::error::SettingError;
+use crate::filter::{Filter, FilterType};
 use crate::meta;
 
 static CAT: Lazy<gst::DebugCategory> = Lazy::new(|| {
@@ -33,7 +35,7 @@ struct Settings {
     drop_empty: bool,
     /// Rejected property values by property name; the element refuses to start while any
     /// is left (a later valid value for the same property clears it).
-    rejected: BTreeMap<&'static str, String>,
+    rejected: BTreeMap<&'static str, SettingError>,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -57,7 +59,7 @@ impl MetaFilter {
         &self,
         settings: &mut Settings,
         property: &'static str,
-        change: Result<impl FnOnce(&mut Filter), String>,
+        change: Result<impl FnOnce(&mut Filter), SettingError>,
     ) {
         match change {
             Ok(change) => {
@@ -163,8 +165,8 @@ impl ObjectImpl for MetaFilter {
                 let text = value
                     .get::<Option<String>>()
                     .expect("type checked upstream");
-                let parsed = filter::parse_label_score(text.as_deref().unwrap_or("{}"))
-                    .map_err(|e| format!("invalid label-score: {e}"));
+                let parsed = config::parse_label_score(text.as_deref().unwrap_or("{}"))
+                    .map_err(|e| SettingError::Invalid(format!("invalid label-score: {e}")));
                 self.update_filter(
                     &mut settings,
                     "label-score",
@@ -173,8 +175,8 @@ impl ObjectImpl for MetaFilter {
             }
             "threshold" => {
                 let value = value.get::<f64>().expect("type checked upstream");
-                let checked =
-                    filter::check_threshold("threshold", value).map_err(|e| format!("invalid {e}"));
+                let checked = config::check_threshold("threshold", value)
+                    .map_err(|e| SettingError::Invalid(format!("invalid {e}")));
                 self.update_filter(
                     &mut settings,
                     "threshold",
@@ -198,9 +200,9 @@ impl ObjectImpl for MetaFilter {
                     .expect("type checked upstream")
                     .map(PathBuf::from);
                 let loaded = match &path {
-                    None => Ok(filter::FilterConfig::default()),
+                    None => Ok(FilterConfig::default()),
                     Some(path) => {
-                        filter::load_filter_file(path).map_err(|e| format!("invalid config: {e}"))
+                        config::load_filter_file(path).map_err(|e| e.context("invalid config"))
                     }
                 };
                 if loaded.is_ok() {
@@ -301,12 +303,8 @@ impl BaseTransformImpl for MetaFilter {
 
     fn start(&self) -> Result<(), gst::ErrorMessage> {
         let settings = self.settings.lock().unwrap();
-        if !settings.rejected.is_empty() {
-            let reasons: Vec<&str> = settings.rejected.values().map(String::as_str).collect();
-            return Err(gst::error_msg!(
-                gst::LibraryError::Settings,
-                ("{}", reasons.join("; "))
-            ));
+        if let Some(error) = SettingError::join(settings.rejected.values()) {
+            return Err(error.to_error_message());
         }
         gst::debug!(CAT, imp = self, "Starting with {:?}", settings.filter);
         *self.stats.lock().unwrap() = Stats::default();

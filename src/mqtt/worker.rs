@@ -21,10 +21,20 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use once_cell::sync::Lazy;
 use tokio::sync::Notify;
 
 use super::session::{Event, Publisher, Session, REQUEST_CHANNEL};
 use super::{ConnectionConfig, Limits, Message, Pushed, Queue};
+
+/// Connection, backoff and hand-over decisions: `GST_DEBUG=mqttpublish-connection:6`.
+static CAT: Lazy<gst::DebugCategory> = Lazy::new(|| {
+    gst::DebugCategory::new(
+        "mqttpublish-connection",
+        gst::DebugColorFlags::empty(),
+        Some("MQTT connection worker: connection state, backoff, queue hand-over"),
+    )
+});
 
 /// Messages queued within this time of the mover emptying the queue count as arriving
 /// back to back.
@@ -61,8 +71,19 @@ pub enum Notice {
     ClientIdConflict { reason: String },
     /// The broker did not keep the session: rumqttc discarded messages in flight.
     Discarded { count: u64 },
+    /// The first message dropped for its size; later ones are only counted.
+    Oversize { size: usize, limit: SizeLimit },
     /// The connection thread stopped unexpectedly; nothing will be published.
     Failed { reason: String },
+}
+
+/// The limit an oversize message broke.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SizeLimit {
+    /// [`ConnectionConfig::max_message_size`], a payload size.
+    Configured(usize),
+    /// The largest packet the broker accepts (MQTT 5 CONNACK).
+    Broker(u32),
 }
 
 /// Message counters; see the sink's `stats` property for their meaning.
@@ -86,6 +107,16 @@ pub struct Stats {
     pub queue_bytes: u64,
 }
 
+impl Stats {
+    /// Every message dropped, whatever the reason.
+    pub fn dropped(&self) -> u64 {
+        self.dropped_queue_full
+            + self.dropped_oversize
+            + self.dropped_disconnected
+            + self.dropped_stopped
+    }
+}
+
 /// Per-message bookkeeping between the mover and the poller. Every message handed to
 /// rumqttc is `in_flight` until it is complete: written to the socket for QoS 0,
 /// acknowledged for QoS 1/2; then it counts as `published`, or as `dropped_disconnected`
@@ -100,9 +131,24 @@ struct Tracker {
     /// Threads waiting on `Shared::progress` (in `flush`). Notifying a condition variable
     /// is a system call even when nobody waits, so updates only notify when one does.
     waiters: usize,
+    /// A message was dropped for its size before (only the first one is reported).
+    oversize_seen: bool,
 }
 
 impl Tracker {
+    /// A message that never reached the queue: counted as queued and dropped at once.
+    /// Returns whether it is the first one.
+    fn drop_oversize_new(&mut self) -> bool {
+        self.stats.queued += 1;
+        self.drop_oversize()
+    }
+
+    /// A queued message dropped for its size. Returns whether it is the first one.
+    fn drop_oversize(&mut self) -> bool {
+        self.stats.dropped_oversize += 1;
+        !std::mem::replace(&mut self.oversize_seen, true)
+    }
+
     fn handed(&mut self, size: usize) {
         self.unwritten.push_back(size);
         self.stats.in_flight += 1;
@@ -148,6 +194,10 @@ impl Tracker {
 
 struct Shared {
     queue: Queue,
+    /// Largest payload accepted by [`Worker::push`].
+    max_message_size: usize,
+    /// Posts connection events; called from the worker and the streaming thread.
+    notify: Box<dyn Fn(Notice) + Send + Sync>,
     tracker: Mutex<Tracker>,
     /// Signalled whenever messages complete or the connection state changes.
     progress: Condvar,
@@ -181,14 +231,17 @@ pub struct Worker {
 }
 
 impl Worker {
-    /// Starts the worker thread; it connects in the background.
+    /// Starts the worker thread; it connects in the background. `notify` is called from
+    /// the worker thread and from a thread calling [`Worker::push`].
     pub fn start(
         config: ConnectionConfig,
         limits: Limits,
-        notify: impl Fn(Notice) + Send + 'static,
+        notify: impl Fn(Notice) + Send + Sync + 'static,
     ) -> std::io::Result<Worker> {
         let shared = Arc::new(Shared {
             queue: Queue::new(limits),
+            max_message_size: config.max_message_size,
+            notify: Box::new(notify),
             tracker: Mutex::default(),
             progress: Condvar::new(),
             queued: Notify::new(),
@@ -203,9 +256,8 @@ impl Worker {
         let thread = std::thread::Builder::new()
             .name("mqttpublish".into())
             .spawn(move || {
-                let notify = &notify;
                 let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    runtime.block_on(run(&thread_shared, config, notify))
+                    runtime.block_on(run(&thread_shared, config))
                 }));
                 if let Err(panic) = outcome {
                     let reason = panic
@@ -214,7 +266,8 @@ impl Worker {
                         .or_else(|| panic.downcast_ref::<String>().cloned())
                         .unwrap_or_else(|| "unknown panic".into());
                     thread_shared.update(|t| t.stats.connected = false);
-                    notify(Notice::Failed { reason });
+                    gst::error!(CAT, "Connection thread panicked: {reason}");
+                    (thread_shared.notify)(Notice::Failed { reason });
                 }
             })?;
         Ok(Worker {
@@ -223,8 +276,25 @@ impl Worker {
         })
     }
 
-    /// Queues a payload for publishing, following the queue's leaky policy.
+    /// Queues a payload for publishing, following the queue's leaky policy. A payload
+    /// larger than [`ConnectionConfig::max_message_size`] is dropped and counted
+    /// (`Pushed::DroppedNew`); the first such drop is reported with [`Notice::Oversize`].
     pub fn push(&self, payload: Vec<u8>) -> Pushed {
+        let size = payload.len();
+        if size > self.shared.max_message_size {
+            let first = self.shared.tracker.lock().unwrap().drop_oversize_new();
+            gst::debug!(
+                CAT,
+                "Dropped a message of {size} bytes: over the size limit"
+            );
+            if first {
+                (self.shared.notify)(Notice::Oversize {
+                    size,
+                    limit: SizeLimit::Configured(self.shared.max_message_size),
+                });
+            }
+            return Pushed::DroppedNew;
+        }
         let pushed = self.shared.queue.push(Message {
             payload,
             queued_at: Instant::now(),
@@ -238,6 +308,9 @@ impl Worker {
                 tracker.stats.queued += 1;
                 tracker.stats.dropped_queue_full += u64::from(dropped_oldest);
                 drop(tracker);
+                if dropped_oldest > 0 {
+                    gst::trace!(CAT, "Queue full: dropped the {dropped_oldest} oldest");
+                }
                 if wake {
                     self.shared.queued.notify_one();
                 }
@@ -245,17 +318,11 @@ impl Worker {
             Pushed::DroppedNew => {
                 tracker.stats.queued += 1;
                 tracker.stats.dropped_queue_full += 1;
+                gst::trace!(CAT, "Queue full: dropped the new message");
             }
             Pushed::Flushing => {}
         }
         pushed
-    }
-
-    /// Counts a message that was too big to publish.
-    pub fn count_oversize(&self) {
-        let mut tracker = self.shared.tracker.lock().unwrap();
-        tracker.stats.queued += 1;
-        tracker.stats.dropped_oversize += 1;
     }
 
     pub fn stats(&self) -> Stats {
@@ -341,11 +408,11 @@ impl Drop for Worker {
     }
 }
 
-async fn run(shared: &Shared, config: ConnectionConfig, notify: &impl Fn(Notice)) {
+async fn run(shared: &Shared, config: ConnectionConfig) {
     let session = Session::new(&config);
     let publisher = session.publisher();
     tokio::join!(
-        poll_connection(shared, session, &config, notify),
+        poll_connection(shared, session, &config),
         move_messages(shared, publisher, &config),
     );
 }
@@ -367,6 +434,7 @@ async fn move_messages(shared: &Shared, publisher: Publisher, config: &Connectio
                 let drained_at = Instant::now();
                 shared.queued.notified().await;
                 if drained_at.elapsed() < BACK_TO_BACK {
+                    gst::trace!(CAT, "Messages arrive back to back: letting a batch gather");
                     gather_batch(shared).await;
                 }
             }
@@ -405,8 +473,17 @@ async fn hand_over(shared: &Shared, publisher: &Publisher, config: &ConnectionCo
         let size = message.payload.len();
         // A packet over the broker's limit would cost the connection (and, in a
         // persistent session, be retried after every reconnect): drop it here.
-        if broker_max.is_some_and(|max| packet_size(topic, size) > max as usize) {
-            shared.update(|t| t.stats.dropped_oversize += 1);
+        if let Some(max) = broker_max.filter(|max| packet_size(topic, size) > *max as usize) {
+            gst::debug!(
+                CAT,
+                "Dropped a message of {size} bytes: over the broker's limit"
+            );
+            if shared.update(Tracker::drop_oversize) {
+                (shared.notify)(Notice::Oversize {
+                    size,
+                    limit: SizeLimit::Broker(max),
+                });
+            }
             continue;
         }
         // The channel has room, so this completes without waiting.
@@ -427,12 +504,8 @@ fn packet_size(topic: &str, payload_size: usize) -> usize {
 }
 
 /// Drives the event loop: connection state, acknowledgements, backoff, clean disconnect.
-async fn poll_connection(
-    shared: &Shared,
-    mut session: Session,
-    config: &ConnectionConfig,
-    notify: &impl Fn(Notice),
-) {
+async fn poll_connection(shared: &Shared, mut session: Session, config: &ConnectionConfig) {
+    let notify = &shared.notify;
     let mut backoff = FIRST_BACKOFF;
     let mut failures = 0u32;
     let mut short_connections = 0u32;
@@ -464,6 +537,12 @@ async fn poll_connection(
                     }
                 });
                 ever_connected = true;
+                gst::debug!(
+                    CAT,
+                    "Connected to {}:{} (session present: {session_present}, broker packet limit: {max_packet_size:?}); {discarded} in flight discarded",
+                    config.host,
+                    config.port
+                );
                 notify(Notice::Connected { session_present });
                 if discarded > 0 {
                     notify(Notice::Discarded { count: discarded });
@@ -501,6 +580,12 @@ async fn poll_connection(
                 failures += 1;
                 let retry_in = backoff;
                 backoff = (backoff * 2).min(MAX_BACKOFF);
+                gst::debug!(
+                    CAT,
+                    "Connection to {}:{} failed ({reason}), attempt {failures}, retrying in {retry_in:?}",
+                    config.host,
+                    config.port
+                );
                 notify(Notice::Disconnected {
                     reason,
                     attempt: failures,
@@ -514,6 +599,7 @@ async fn poll_connection(
         }
     }
 
+    gst::debug!(CAT, "Stopping; connected: {}", connected_since.is_some());
     // Stopping: say goodbye if connected, so the broker does not publish a will or keep
     // a half-open connection.
     if connected_since.is_some() && session.request_disconnect() {
@@ -525,5 +611,131 @@ async fn poll_connection(
             }
         })
         .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every message in exactly one bucket: published, dropped, or in flight.
+    fn assert_accounted(t: &Tracker) {
+        let s = &t.stats;
+        assert_eq!(s.queued, s.published + s.dropped() + s.in_flight, "{s:?}");
+    }
+
+    fn queued(t: &mut Tracker, n: u64) {
+        for _ in 0..n {
+            t.stats.queued += 1;
+            t.handed(100);
+        }
+    }
+
+    #[test]
+    fn qos0_messages_are_published_when_written() {
+        let mut t = Tracker::default();
+        queued(&mut t, 3);
+        assert_eq!(t.stats.in_flight, 3);
+        t.written(0);
+        t.written(0);
+        assert_eq!((t.stats.published, t.stats.in_flight), (2, 1));
+        assert_eq!(t.stats.bytes_sent, 200);
+        assert_accounted(&t);
+    }
+
+    #[test]
+    fn qos1_messages_are_published_when_acknowledged_once() {
+        let mut t = Tracker::default();
+        queued(&mut t, 2);
+        t.written(7);
+        t.written(8);
+        // Written but not acknowledged: still in flight.
+        assert_eq!((t.stats.published, t.stats.in_flight), (0, 2));
+        // A retransmission of packet 7 is not a new message.
+        t.written(7);
+        assert_eq!(t.unwritten.len(), 0);
+        t.completed(7);
+        t.completed(7);
+        assert_eq!((t.stats.published, t.stats.acknowledged), (1, 1));
+        assert_eq!(t.stats.in_flight, 1);
+        assert_accounted(&t);
+    }
+
+    #[test]
+    fn a_new_session_discards_what_was_in_flight() {
+        let mut t = Tracker::default();
+        queued(&mut t, 3);
+        t.written(1);
+        assert_eq!(t.discard_in_flight(), 3);
+        assert_eq!((t.stats.dropped_disconnected, t.stats.in_flight), (3, 0));
+        // rumqttc reporting the lost write after the new connection changes nothing.
+        t.written(2);
+        t.completed(1);
+        assert_eq!(t.stats.published, 0);
+        assert_accounted(&t);
+    }
+
+    #[test]
+    fn only_the_first_oversize_drop_is_reported() {
+        let mut t = Tracker::default();
+        assert!(t.drop_oversize_new());
+        assert!(!t.drop_oversize_new());
+        queued(&mut t, 1);
+        // Handed-over messages the broker cannot take are counted the same way.
+        t.unwritten.pop_front();
+        t.stats.in_flight -= 1;
+        assert!(!t.drop_oversize());
+        assert_eq!((t.stats.queued, t.stats.dropped_oversize), (3, 3));
+        assert_eq!(t.stats.dropped(), 3);
+        assert_accounted(&t);
+    }
+
+    #[test]
+    fn push_drops_oversize_messages_before_the_queue() {
+        let notices = Arc::new(Mutex::new(Vec::new()));
+        let seen = notices.clone();
+        let config = ConnectionConfig {
+            // Nothing listens there: the worker keeps retrying in the background.
+            host: "127.0.0.1".into(),
+            port: 9,
+            client_id: "oversize-test".into(),
+            clean_session: true,
+            keep_alive: Duration::from_secs(60),
+            credentials: None,
+            tls: None,
+            protocol: super::super::Protocol::V311,
+            topic: "t".into(),
+            qos: super::super::QoS::AtMostOnce,
+            retain: false,
+            max_message_size: 10,
+        };
+        let limits = Limits {
+            max_messages: 8,
+            max_bytes: 1024,
+            leaky: super::super::Leaky::Downstream,
+        };
+        let worker = Worker::start(config, limits, move |notice| {
+            if let Notice::Oversize { .. } = notice {
+                seen.lock().unwrap().push(notice);
+            }
+        })
+        .unwrap();
+        assert_eq!(worker.push(vec![0; 11]), Pushed::DroppedNew);
+        assert_eq!(worker.push(vec![0; 12]), Pushed::DroppedNew);
+        assert!(matches!(worker.push(vec![0; 10]), Pushed::Queued { .. }));
+        let stats = worker.stats();
+        assert_eq!(
+            (stats.queued, stats.dropped_oversize, stats.queue_depth),
+            (3, 2, 1)
+        );
+        assert_eq!(
+            *notices.lock().unwrap(),
+            [Notice::Oversize {
+                size: 11,
+                limit: SizeLimit::Configured(10)
+            }]
+        );
+        let stats = worker.stop();
+        assert_eq!(stats.dropped_stopped, 1);
     }
 }

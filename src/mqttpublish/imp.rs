@@ -1,12 +1,12 @@
 // SPDX-License-Identifier: MPL-2.0
 
-use std::collections::{BTreeMap, HashSet};
-use std::path::Path;
-use std::sync::atomic::{AtomicU32, Ordering};
+//! The `mqttpublish` element: GStreamer glue. Settings are resolved in [`super::settings`],
+//! messages built in [`super::message`], and published by the connection worker of
+//! [`crate::mqtt`].
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use base64::Engine as _;
 use gst::glib;
 use gst::prelude::*;
 use gst::subclass::prelude::*;
@@ -14,13 +14,18 @@ use gst_base::prelude::*;
 use gst_base::subclass::prelude::*;
 use once_cell::sync::Lazy;
 
+use super::message::{Assembler, BuildError, FrameCounters};
+use super::settings::{
+    self, Settings, DEFAULT_ADD_SINK_TIME, DEFAULT_CLEAN_SESSION, DEFAULT_FLUSH_TIMEOUT_MS,
+    DEFAULT_FRAME_INTERVAL, DEFAULT_HOST, DEFAULT_JPEG_QUALITY, DEFAULT_KEEP_ALIVE,
+    DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_MAX_QUEUED_BYTES, DEFAULT_MAX_QUEUED_MESSAGES, DEFAULT_PORT,
+    DEFAULT_PROTOCOL, DEFAULT_PUBLISH_FRAME, DEFAULT_QOS, DEFAULT_RETAIN, DEFAULT_SKIP_EMPTY,
+    DEFAULT_TOPIC,
+};
 use super::MessageFormat;
-use crate::config::PublisherConfig;
-use crate::filter::Filter;
-use crate::jpeg::{self, JpegEncoder};
-use crate::meta::{self, FrameContext};
+use crate::jpeg;
 use crate::mqtt::{
-    ConnectionConfig, Leaky, Limits, Notice, Protocol, Pushed, QoS, Secret, Stats, TlsFiles, Worker,
+    ConnectionConfig, Leaky, Limits, Notice, Pushed, Secret, SizeLimit, Stats, Worker,
 };
 
 static CAT: Lazy<gst::DebugCategory> = Lazy::new(|| {
@@ -31,155 +36,15 @@ static CAT: Lazy<gst::DebugCategory> = Lazy::new(|| {
     )
 });
 
-const DEFAULT_HOST: &str = "localhost";
-const DEFAULT_PORT: u32 = 1883;
-const DEFAULT_TOPIC: &str = "dlstreamer_pipeline_results";
-const DEFAULT_QOS: u32 = 0;
-const DEFAULT_RETAIN: bool = false;
-const DEFAULT_PROTOCOL: u32 = 4;
-const DEFAULT_CLEAN_SESSION: bool = true;
-const DEFAULT_KEEP_ALIVE: u32 = 60;
-const DEFAULT_PUBLISH_FRAME: bool = false;
-const DEFAULT_JPEG_QUALITY: u32 = 85;
-const DEFAULT_FRAME_INTERVAL: u32 = 1;
-const DEFAULT_SKIP_EMPTY: bool = false;
-const DEFAULT_ADD_SINK_TIME: bool = false;
-const DEFAULT_MAX_QUEUED_MESSAGES: u32 = 256;
-const DEFAULT_MAX_QUEUED_BYTES: u64 = 64 * 1024 * 1024;
-const DEFAULT_MAX_MESSAGE_SIZE: u32 = 4 * 1024 * 1024;
-const DEFAULT_FLUSH_TIMEOUT_MS: u32 = 5000;
 /// A stop gives up flushing when nothing completed for this long.
 const STOP_FLUSH_STALL: Duration = Duration::from_millis(250);
-
-/// What the user set. Properties that a configuration file or the environment can also
-/// set are tracked in `explicit`, so that precedence is: property, file, environment.
-#[derive(Debug, Clone)]
-struct Settings {
-    host: String,
-    port: u32,
-    topic: String,
-    qos: u32,
-    retain: bool,
-    protocol: u32,
-    client_id: Option<String>,
-    clean_session: bool,
-    keep_alive: u32,
-    username: Option<String>,
-    password: Option<Secret>,
-    tls_ca_file: Option<String>,
-    tls_cert_file: Option<String>,
-    tls_key_file: Option<String>,
-    publish_frame: bool,
-    jpeg_quality: u32,
-    frame_interval: u32,
-    message_format: MessageFormat,
-    source: Option<String>,
-    tags: Option<String>,
-    skip_empty: bool,
-    add_sink_time: bool,
-    config: Option<String>,
-    max_queued_messages: u32,
-    max_queued_bytes: u64,
-    leaky: Leaky,
-    max_message_size: u32,
-    flush_timeout_ms: u32,
-    explicit: HashSet<&'static str>,
-    /// Rejected property values by property name; the element refuses to start while any
-    /// is left.
-    rejected: BTreeMap<&'static str, String>,
-}
-
-impl Default for Settings {
-    fn default() -> Self {
-        Settings {
-            host: DEFAULT_HOST.into(),
-            port: DEFAULT_PORT,
-            topic: DEFAULT_TOPIC.into(),
-            qos: DEFAULT_QOS,
-            retain: DEFAULT_RETAIN,
-            protocol: DEFAULT_PROTOCOL,
-            client_id: None,
-            clean_session: DEFAULT_CLEAN_SESSION,
-            keep_alive: DEFAULT_KEEP_ALIVE,
-            username: None,
-            password: None,
-            tls_ca_file: None,
-            tls_cert_file: None,
-            tls_key_file: None,
-            publish_frame: DEFAULT_PUBLISH_FRAME,
-            jpeg_quality: DEFAULT_JPEG_QUALITY,
-            frame_interval: DEFAULT_FRAME_INTERVAL,
-            message_format: MessageFormat::default(),
-            source: None,
-            tags: None,
-            skip_empty: DEFAULT_SKIP_EMPTY,
-            add_sink_time: DEFAULT_ADD_SINK_TIME,
-            config: None,
-            max_queued_messages: DEFAULT_MAX_QUEUED_MESSAGES,
-            max_queued_bytes: DEFAULT_MAX_QUEUED_BYTES,
-            leaky: Leaky::default(),
-            max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
-            flush_timeout_ms: DEFAULT_FLUSH_TIMEOUT_MS,
-            explicit: HashSet::new(),
-            rejected: BTreeMap::new(),
-        }
-    }
-}
-
-/// How messages are built, fixed at start.
-struct Options {
-    filter: Option<Filter>,
-    publish_frame: bool,
-    jpeg_quality: u8,
-    frame_interval: u64,
-    message_format: MessageFormat,
-    source: Option<String>,
-    tags: Option<String>,
-    skip_empty: bool,
-    add_sink_time: bool,
-    max_message_size: usize,
-    flush_timeout: Duration,
-}
-
-/// The negotiated input.
-enum Input {
-    None,
-    Raw {
-        info: Box<gst_video::VideoInfo>,
-        /// Made on the first frame that needs it.
-        encoder: Option<Box<JpegEncoder>>,
-    },
-    Jpeg {
-        width: u32,
-        height: u32,
-    },
-}
-
-/// Frames that produced no message or no image, counted in `stats`.
-#[derive(Debug, Default, Clone, Copy)]
-struct FrameCounters {
-    /// Skipped by `skip-empty` or emptied by the configuration's filter.
-    skipped: u64,
-    /// Published without an image because encoding failed.
-    unencoded: u64,
-}
 
 struct Started {
     /// Shared with a streaming thread that waits for room in the queue without holding
     /// the state lock.
     worker: Arc<Worker>,
-    options: Options,
-    input: Input,
-    /// `frame_id` of the next buffer.
-    next_frame_id: u64,
-    /// Messages built so far, for `frame-interval`.
-    messages: u64,
-    frames: FrameCounters,
-    /// Reused for every encoded frame.
-    jpeg: Vec<u8>,
-    oversize_warned: bool,
-    /// Size of the last metadata message, to allocate each payload once.
-    payload_hint: usize,
+    assembler: Assembler,
+    flush_timeout: Duration,
 }
 
 #[derive(Default)]
@@ -197,240 +62,7 @@ pub struct MqttPublish {
     last_stats: Mutex<(Stats, FrameCounters)>,
 }
 
-/// A client id unique to this process and element instance.
-fn unique_client_id() -> String {
-    static COUNTER: AtomicU32 = AtomicU32::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    format!(
-        "gstmqtt-{:x}-{}-{:08x}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed),
-        nanos
-    )
-}
-
-/// Checks a `tags` value: a JSON object, stored in compact form.
-fn parse_tags(text: &str) -> Result<String, String> {
-    let value: serde_json::Value =
-        serde_json::from_str(text).map_err(|e| format!("tags: invalid JSON ({e}) in {text:?}"))?;
-    if !value.is_object() {
-        return Err(format!("tags: expected a JSON object, got {value}"));
-    }
-    Ok(value.to_string())
-}
-
-/// The value in effect for a setting the configuration file can also set: the property
-/// when the user set it, else the file's value when it has one, else the property's
-/// default.
-fn layered<T>(explicitly_set: bool, property: T, file: Option<T>) -> T {
-    match file {
-        Some(value) if !explicitly_set => value,
-        _ => property,
-    }
-}
-
-/// Checks a topic to publish to.
-fn check_topic(topic: &str) -> Result<(), String> {
-    if topic.is_empty() {
-        Err("topic: the topic is empty".into())
-    } else if topic.contains(['+', '#']) {
-        Err(format!(
-            "topic: {topic:?} contains a wildcard (+ or #), which is only valid in subscriptions"
-        ))
-    } else if topic.contains('\0') {
-        Err("topic: contains a NUL character".into())
-    } else {
-        Ok(())
-    }
-}
-
 impl MqttPublish {
-    /// The connection and message settings in effect: properties over the configuration
-    /// file over the environment over the defaults.
-    fn resolve(&self, settings: &Settings) -> Result<(ConnectionConfig, Limits, Options), String> {
-        let file = match &settings.config {
-            Some(path) => {
-                let file =
-                    PublisherConfig::load(Path::new(path)).map_err(|e| format!("config: {e}"))?;
-                if !file.unknown_keys.is_empty() {
-                    gst::element_imp_warning!(
-                        self,
-                        gst::LibraryError::Settings,
-                        (
-                            "config: {} has keys this element does not know, ignored: {}",
-                            path,
-                            file.unknown_keys.join(", ")
-                        )
-                    );
-                }
-                file
-            }
-            None => PublisherConfig::default(),
-        };
-        let set = |name: &str| settings.explicit.contains(name);
-
-        let env_host = std::env::var("MQTT_HOST").ok().filter(|h| !h.is_empty());
-        let host = if set("host") {
-            settings.host.clone()
-        } else {
-            file.host
-                .clone()
-                .or(env_host)
-                .unwrap_or_else(|| settings.host.clone())
-        };
-        let env_port = match std::env::var("MQTT_PORT") {
-            Ok(text) if !text.is_empty() => Some(
-                text.parse::<u16>()
-                    .ok()
-                    .filter(|p| *p > 0)
-                    .ok_or_else(|| format!("MQTT_PORT: {text:?} is not a TCP port (1..65535)"))?,
-            ),
-            _ => None,
-        };
-        let port = if set("port") {
-            u16::try_from(settings.port)
-                .ok()
-                .filter(|p| *p > 0)
-                .ok_or_else(|| format!("port: {} is not a TCP port (1..65535)", settings.port))?
-        } else {
-            file.port.or(env_port).unwrap_or(DEFAULT_PORT as u16)
-        };
-        if host.is_empty() {
-            return Err("host: the broker host is empty".into());
-        }
-
-        let topic = layered(set("topic"), settings.topic.clone(), file.topic.clone());
-        check_topic(&topic)?;
-        let qos = layered(
-            set("qos"),
-            QoS::from_level(i64::from(settings.qos)).map_err(|e| format!("qos: {e}"))?,
-            file.qos,
-        );
-        let protocol = layered(
-            set("protocol"),
-            Protocol::from_level(i64::from(settings.protocol))
-                .map_err(|e| format!("protocol: {e}"))?,
-            file.protocol,
-        );
-        // rumqttc's MQTT 5 client cannot keep alive more often than every 5 s, nor not at all.
-        if protocol == Protocol::V5 && settings.keep_alive < 5 {
-            return Err(format!(
-                "keep-alive: {} s is not supported with protocol 5; use 5 s or more",
-                settings.keep_alive
-            ));
-        }
-        let publish_frame = layered(
-            set("publish-frame"),
-            settings.publish_frame,
-            file.publish_frame,
-        );
-        let client_id = layered(
-            set("client-id"),
-            settings.client_id.clone(),
-            file.client_id.clone().map(Some),
-        )
-        .filter(|id| !id.is_empty())
-        .unwrap_or_else(unique_client_id);
-        let username = layered(
-            set("username"),
-            settings.username.clone(),
-            file.username.clone().map(Some),
-        );
-        let password = layered(
-            set("password"),
-            settings.password.clone(),
-            file.password.clone().map(Some),
-        );
-        let credentials = match (username, password) {
-            (Some(user), password) => Some((user, password.unwrap_or_default())),
-            (None, Some(_)) => return Err("password: is set but username is not".into()),
-            (None, None) => None,
-        };
-
-        let tls_ca = layered(
-            set("tls-ca-file"),
-            settings.tls_ca_file.clone(),
-            file.tls_ca_file.clone().map(Some),
-        );
-        let tls_cert = layered(
-            set("tls-cert-file"),
-            settings.tls_cert_file.clone(),
-            file.tls_cert_file.clone().map(Some),
-        );
-        let tls_key = layered(
-            set("tls-key-file"),
-            settings.tls_key_file.clone(),
-            file.tls_key_file.clone().map(Some),
-        );
-        let tls = match tls_ca {
-            Some(ca) => Some(
-                TlsFiles {
-                    ca,
-                    cert: tls_cert,
-                    key: tls_key,
-                }
-                .load()?,
-            ),
-            None if tls_cert.is_some() || tls_key.is_some() => {
-                return Err(
-                    "tls-cert-file/tls-key-file: set, but TLS needs tls-ca-file (the CA that signs the broker's certificate)"
-                        .into(),
-                )
-            }
-            None => None,
-        };
-        if !settings.clean_session && !set("client-id") && file.client_id.is_none() {
-            gst::element_imp_warning!(
-                self,
-                gst::LibraryError::Settings,
-                ("clean-session=false without a fixed client-id: the broker cannot resume the session after a restart of the pipeline")
-            );
-        }
-
-        let filter = file.filter.as_ref().map(|config| {
-            let mut filter = Filter::default();
-            config.apply(&mut filter);
-            filter
-        });
-
-        let max_message_size = settings.max_message_size as usize;
-        let connection = ConnectionConfig {
-            host,
-            port,
-            client_id,
-            clean_session: settings.clean_session,
-            keep_alive: Duration::from_secs(u64::from(settings.keep_alive)),
-            credentials,
-            tls,
-            protocol,
-            topic,
-            qos,
-            retain: settings.retain,
-            max_message_size,
-        };
-        let limits = Limits {
-            max_messages: settings.max_queued_messages.max(1) as usize,
-            max_bytes: settings.max_queued_bytes as usize,
-            leaky: settings.leaky,
-        };
-        let options = Options {
-            filter,
-            publish_frame,
-            jpeg_quality: settings.jpeg_quality as u8,
-            frame_interval: u64::from(settings.frame_interval.max(1)),
-            message_format: settings.message_format,
-            source: settings.source.clone(),
-            tags: settings.tags.clone(),
-            skip_empty: settings.skip_empty,
-            add_sink_time: settings.add_sink_time,
-            max_message_size,
-            flush_timeout: Duration::from_millis(u64::from(settings.flush_timeout_ms)),
-        };
-        Ok((connection, limits, options))
-    }
-
     fn start_worker(&self, config: ConnectionConfig, limits: Limits) -> std::io::Result<Worker> {
         let element = self.obj().downgrade();
         let broker = format!("{}:{}", config.host, config.port);
@@ -517,6 +149,27 @@ impl MqttPublish {
                     .field("count", *count)
                     .build()
             }
+            Notice::Oversize { size, limit } => {
+                let (limit_name, limit) = match *limit {
+                    SizeLimit::Configured(max) => ("max-message-size", max as u64),
+                    SizeLimit::Broker(max) => ("the broker's maximum packet size", u64::from(max)),
+                };
+                gst::element_imp_warning!(
+                    self,
+                    gst::ResourceError::Write,
+                    (
+                        "A message of {} bytes is larger than {} ({} bytes) and was dropped; further drops are counted in stats",
+                        size,
+                        limit_name,
+                        limit
+                    )
+                );
+                gst::Structure::builder("mqttpublish-oversize")
+                    .field("broker", broker)
+                    .field("size", *size as u64)
+                    .field("limit", limit)
+                    .build()
+            }
         };
         let _ = self.obj().post_message(
             gst::message::Element::builder(structure)
@@ -526,15 +179,11 @@ impl MqttPublish {
     }
 
     fn stats_structure(stats: &Stats, frames: FrameCounters) -> gst::Structure {
-        let dropped = stats.dropped_queue_full
-            + stats.dropped_oversize
-            + stats.dropped_disconnected
-            + stats.dropped_stopped;
         gst::Structure::builder("mqttpublish-stats")
             .field("messages-queued", stats.queued)
             .field("messages-published", stats.published)
             .field("messages-acknowledged", stats.acknowledged)
-            .field("messages-dropped", dropped)
+            .field("messages-dropped", stats.dropped())
             .field("dropped-queue-full", stats.dropped_queue_full)
             .field("dropped-oversize", stats.dropped_oversize)
             .field("dropped-disconnected", stats.dropped_disconnected)
@@ -548,129 +197,6 @@ impl MqttPublish {
             .field("queue-bytes", stats.queue_bytes)
             .field("connected", stats.connected)
             .build()
-    }
-
-    /// Builds the message for one buffer; `None` when the frame is skipped.
-    fn build_message(
-        &self,
-        started: &mut Started,
-        buffer: &gst::BufferRef,
-    ) -> Result<Option<Vec<u8>>, gst::FlowError> {
-        let publishing = &started.options;
-        let frame_id = started.next_frame_id;
-        started.next_frame_id += 1;
-
-        let mut objects = meta::read_objects(buffer).objects;
-        if let Some(filter) = &publishing.filter {
-            let had_objects = !objects.is_empty();
-            filter.apply_to_objects(&mut objects);
-            if had_objects && objects.is_empty() {
-                started.frames.skipped += 1;
-                return Ok(None);
-            }
-        }
-        if publishing.skip_empty && objects.is_empty() {
-            started.frames.skipped += 1;
-            return Ok(None);
-        }
-
-        let (width, height) = match &started.input {
-            Input::Raw { info, .. } => (info.width(), info.height()),
-            Input::Jpeg { width, height } => (*width, *height),
-            Input::None => (0, 0),
-        };
-        let timestamp = self
-            .obj()
-            .segment()
-            .downcast_ref::<gst::ClockTime>()
-            .and_then(|segment| segment.to_stream_time(buffer.pts()))
-            .map(gst::ClockTime::nseconds);
-        let ctx = FrameContext {
-            width,
-            height,
-            timestamp,
-            frame_id: Some(frame_id),
-            sink_time: publishing.add_sink_time.then(|| {
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_nanos() as u64)
-            }),
-            source: publishing.source.as_deref(),
-            tags: publishing.tags.as_deref(),
-        };
-
-        let with_frame =
-            publishing.publish_frame && started.messages % publishing.frame_interval == 0;
-        started.messages += 1;
-        let mut payload = Vec::with_capacity(started.payload_hint);
-        if !with_frame {
-            meta::write_frame_json(&mut payload, &objects, &ctx);
-            started.payload_hint = payload.len() + 64;
-            return Ok(Some(payload));
-        }
-
-        let map;
-        let jpeg: &[u8] = match &mut started.input {
-            Input::Jpeg { .. } => {
-                map = buffer.map_readable().map_err(|_| {
-                    gst::element_imp_error!(
-                        self,
-                        gst::ResourceError::Read,
-                        ("Cannot map the JPEG buffer")
-                    );
-                    gst::FlowError::Error
-                })?;
-                map.as_slice()
-            }
-            Input::Raw { info, encoder } => {
-                let encoder = match encoder {
-                    Some(encoder) => encoder,
-                    None => encoder.insert(Box::new(
-                        JpegEncoder::new(info, publishing.jpeg_quality).map_err(|e| {
-                            gst::element_imp_error!(self, gst::StreamError::Format, ("{}", e));
-                            gst::FlowError::NotNegotiated
-                        })?,
-                    )),
-                };
-                let frame = gst_video::VideoFrameRef::from_buffer_ref_readable(buffer, info)
-                    .map_err(|_| {
-                        gst::element_imp_error!(
-                            self,
-                            gst::ResourceError::Read,
-                            ("Cannot map the video frame")
-                        );
-                        gst::FlowError::Error
-                    })?;
-                started.jpeg.clear();
-                match encoder.encode(&frame, &mut started.jpeg) {
-                    Ok(()) => &started.jpeg,
-                    Err(e) => {
-                        started.frames.unencoded += 1;
-                        gst::warning!(CAT, imp = self, "Cannot encode frame {frame_id}: {e}");
-                        &[]
-                    }
-                }
-            }
-            Input::None => &[],
-        };
-
-        let b64_len = jpeg.len().div_ceil(3) * 4;
-        payload.reserve(b64_len + 64);
-        let (open, middle, close): (&[u8], &[u8], &[u8]) = match publishing.message_format {
-            MessageFormat::Array => (b"[", b",\"", b"\"]"),
-            MessageFormat::Object => (b"{\"metadata\":", b",\"blob\":\"", b"\"}"),
-        };
-        payload.extend_from_slice(open);
-        meta::write_frame_json(&mut payload, &objects, &ctx);
-        payload.extend_from_slice(middle);
-        let start = payload.len();
-        payload.resize(start + b64_len, 0);
-        let written = base64::engine::general_purpose::STANDARD
-            .encode_slice(jpeg, &mut payload[start..])
-            .expect("buffer sized for the base64 text");
-        payload.truncate(start + written);
-        payload.extend_from_slice(close);
-        Ok(Some(payload))
     }
 }
 
@@ -969,77 +495,33 @@ impl ObjectImpl for MqttPublish {
 
     fn set_property(&self, _id: usize, value: &glib::Value, pspec: &glib::ParamSpec) {
         let mut settings = self.settings.lock().unwrap();
-        let name = pspec.name();
         let string = || {
             value
                 .get::<Option<String>>()
                 .expect("type checked upstream")
         };
-        match name {
-            "host" => {
-                settings.explicit.insert("host");
-                settings.host = string().unwrap_or_default();
-            }
-            "port" => {
-                settings.explicit.insert("port");
-                settings.port = value.get().expect("type checked upstream");
-            }
-            "topic" => {
-                settings.explicit.insert("topic");
-                settings.topic = string().unwrap_or_default();
-            }
-            "qos" => {
-                settings.explicit.insert("qos");
-                settings.qos = value.get().expect("type checked upstream");
-            }
-            "retain" => settings.retain = value.get().expect("type checked upstream"),
-            "protocol" => {
-                settings.explicit.insert("protocol");
-                settings.protocol = value.get().expect("type checked upstream");
-            }
-            "client-id" => {
-                settings.explicit.insert("client-id");
-                settings.client_id = string().filter(|s| !s.is_empty());
-            }
-            "clean-session" => settings.clean_session = value.get().expect("type checked upstream"),
-            "keep-alive" => settings.keep_alive = value.get().expect("type checked upstream"),
-            "username" => {
-                settings.explicit.insert("username");
-                settings.username = string().filter(|s| !s.is_empty());
-            }
-            "password" => {
-                settings.explicit.insert("password");
-                settings.password = string().map(Secret::new);
-            }
-            "tls-ca-file" => {
-                settings.explicit.insert("tls-ca-file");
-                settings.tls_ca_file = string().filter(|s| !s.is_empty());
-            }
-            "tls-cert-file" => {
-                settings.explicit.insert("tls-cert-file");
-                settings.tls_cert_file = string().filter(|s| !s.is_empty());
-            }
-            "tls-key-file" => {
-                settings.explicit.insert("tls-key-file");
-                settings.tls_key_file = string().filter(|s| !s.is_empty());
-            }
-            "publish-frame" => {
-                settings.explicit.insert("publish-frame");
-                settings.publish_frame = value.get().expect("type checked upstream");
-            }
-            "jpeg-quality" => settings.jpeg_quality = value.get().expect("type checked upstream"),
-            "frame-interval" => {
-                settings.frame_interval = value.get().expect("type checked upstream")
-            }
-            "message-format" => {
-                settings.message_format = value.get().expect("type checked upstream")
-            }
+        let non_empty = || string().filter(|s| !s.is_empty());
+        match pspec.name() {
+            "host" => settings.host = Some(string().unwrap_or_default()),
+            "port" => settings.port = Some(get(value)),
+            "topic" => settings.topic = Some(string().unwrap_or_default()),
+            "qos" => settings.qos = Some(get(value)),
+            "retain" => settings.retain = get(value),
+            "protocol" => settings.protocol = Some(get(value)),
+            "client-id" => settings.client_id = Some(non_empty()),
+            "clean-session" => settings.clean_session = get(value),
+            "keep-alive" => settings.keep_alive = get(value),
+            "username" => settings.username = Some(non_empty()),
+            "password" => settings.password = Some(string().map(Secret::new)),
+            "tls-ca-file" => settings.tls_ca_file = Some(non_empty()),
+            "tls-cert-file" => settings.tls_cert_file = Some(non_empty()),
+            "tls-key-file" => settings.tls_key_file = Some(non_empty()),
+            "publish-frame" => settings.publish_frame = Some(get(value)),
+            "jpeg-quality" => settings.jpeg_quality = get(value),
+            "frame-interval" => settings.frame_interval = get(value),
+            "message-format" => settings.message_format = get(value),
             "source" => settings.source = string(),
-            "tags" => match string()
-                .filter(|s| !s.is_empty())
-                .map(|t| parse_tags(&t))
-                .transpose()
-            {
+            "tags" => match non_empty().map(|t| settings::parse_tags(&t)).transpose() {
                 Ok(tags) => {
                     settings.tags = tags;
                     settings.rejected.remove("tags");
@@ -1049,22 +531,14 @@ impl ObjectImpl for MqttPublish {
                     settings.rejected.insert("tags", e);
                 }
             },
-            "skip-empty" => settings.skip_empty = value.get().expect("type checked upstream"),
-            "add-sink-time" => settings.add_sink_time = value.get().expect("type checked upstream"),
-            "config" => settings.config = string().filter(|s| !s.is_empty()),
-            "max-queued-messages" => {
-                settings.max_queued_messages = value.get().expect("type checked upstream")
-            }
-            "max-queued-bytes" => {
-                settings.max_queued_bytes = value.get().expect("type checked upstream")
-            }
-            "leaky" => settings.leaky = value.get().expect("type checked upstream"),
-            "max-message-size" => {
-                settings.max_message_size = value.get().expect("type checked upstream")
-            }
-            "flush-timeout" => {
-                settings.flush_timeout_ms = value.get().expect("type checked upstream")
-            }
+            "skip-empty" => settings.skip_empty = get(value),
+            "add-sink-time" => settings.add_sink_time = get(value),
+            "config" => settings.config = non_empty(),
+            "max-queued-messages" => settings.max_queued_messages = get(value),
+            "max-queued-bytes" => settings.max_queued_bytes = get(value),
+            "leaky" => settings.leaky = get(value),
+            "max-message-size" => settings.max_message_size = get(value),
+            "flush-timeout" => settings.flush_timeout_ms = get(value),
             other => unreachable!("unknown property {other}"),
         }
     }
@@ -1072,20 +546,27 @@ impl ObjectImpl for MqttPublish {
     fn property(&self, _id: usize, pspec: &glib::ParamSpec) -> glib::Value {
         let settings = self.settings.lock().unwrap();
         match pspec.name() {
-            "host" => settings.host.to_value(),
-            "port" => settings.port.to_value(),
-            "topic" => settings.topic.to_value(),
-            "qos" => settings.qos.to_value(),
+            "host" => settings.host.as_deref().unwrap_or(DEFAULT_HOST).to_value(),
+            "port" => settings.port.unwrap_or(DEFAULT_PORT).to_value(),
+            "topic" => settings
+                .topic
+                .as_deref()
+                .unwrap_or(DEFAULT_TOPIC)
+                .to_value(),
+            "qos" => settings.qos.unwrap_or(DEFAULT_QOS).to_value(),
             "retain" => settings.retain.to_value(),
-            "protocol" => settings.protocol.to_value(),
-            "client-id" => settings.client_id.to_value(),
+            "protocol" => settings.protocol.unwrap_or(DEFAULT_PROTOCOL).to_value(),
+            "client-id" => settings.client_id.clone().flatten().to_value(),
             "clean-session" => settings.clean_session.to_value(),
             "keep-alive" => settings.keep_alive.to_value(),
-            "username" => settings.username.to_value(),
-            "tls-ca-file" => settings.tls_ca_file.to_value(),
-            "tls-cert-file" => settings.tls_cert_file.to_value(),
-            "tls-key-file" => settings.tls_key_file.to_value(),
-            "publish-frame" => settings.publish_frame.to_value(),
+            "username" => settings.username.clone().flatten().to_value(),
+            "tls-ca-file" => settings.tls_ca_file.clone().flatten().to_value(),
+            "tls-cert-file" => settings.tls_cert_file.clone().flatten().to_value(),
+            "tls-key-file" => settings.tls_key_file.clone().flatten().to_value(),
+            "publish-frame" => settings
+                .publish_frame
+                .unwrap_or(DEFAULT_PUBLISH_FRAME)
+                .to_value(),
             "jpeg-quality" => settings.jpeg_quality.to_value(),
             "frame-interval" => settings.frame_interval.to_value(),
             "message-format" => settings.message_format.to_value(),
@@ -1103,7 +584,7 @@ impl ObjectImpl for MqttPublish {
                 drop(settings);
                 match &*self.state.lock().unwrap() {
                     State::Started(started) => {
-                        Self::stats_structure(&started.worker.stats(), started.frames)
+                        Self::stats_structure(&started.worker.stats(), started.assembler.counters())
                     }
                     State::Stopped => {
                         let (stats, frames) = *self.last_stats.lock().unwrap();
@@ -1115,6 +596,11 @@ impl ObjectImpl for MqttPublish {
             other => unreachable!("unknown property {other}"),
         }
     }
+}
+
+/// A property value, of the type its `ParamSpec` guarantees.
+fn get<'a, T: glib::value::FromValue<'a>>(value: &'a glib::Value) -> T {
+    value.get().expect("type checked upstream")
 }
 
 impl GstObjectImpl for MqttPublish {}
@@ -1164,9 +650,19 @@ impl BaseSinkImpl for MqttPublish {
                 ("Invalid {}: {}", property, reason)
             ));
         }
-        let (connection, limits, options) = self
-            .resolve(&settings)
-            .map_err(|e| gst::error_msg!(gst::LibraryError::Settings, ("{}", e)))?;
+        let resolved = settings::load_config(&settings)
+            .and_then(|file| settings::resolve(&settings, &file, |name| std::env::var(name).ok()))
+            .map_err(|e| e.to_error_message())?;
+        for warning in &resolved.warnings {
+            gst::element_imp_warning!(self, gst::LibraryError::Settings, ("{}", warning));
+        }
+        let mut connection = resolved.connection;
+        connection.tls = resolved
+            .tls
+            .as_ref()
+            .map(|files| files.load())
+            .transpose()
+            .map_err(|e| e.to_error_message())?;
         gst::info!(
             CAT,
             imp = self,
@@ -1183,22 +679,18 @@ impl BaseSinkImpl for MqttPublish {
                 "off"
             },
         );
-        let worker = self.start_worker(connection, limits).map_err(|e| {
-            gst::error_msg!(
-                gst::ResourceError::Failed,
-                ("Cannot start the connection thread: {}", e)
-            )
-        })?;
+        let worker = self
+            .start_worker(connection, resolved.limits)
+            .map_err(|e| {
+                gst::error_msg!(
+                    gst::ResourceError::Failed,
+                    ("Cannot start the connection thread: {}", e)
+                )
+            })?;
         *self.state.lock().unwrap() = State::Started(Box::new(Started {
             worker: Arc::new(worker),
-            options,
-            input: Input::None,
-            next_frame_id: 0,
-            messages: 0,
-            frames: FrameCounters::default(),
-            jpeg: Vec::new(),
-            oversize_warned: false,
-            payload_hint: 1024,
+            assembler: Assembler::new(resolved.message),
+            flush_timeout: resolved.flush_timeout,
         }));
         Ok(())
     }
@@ -1208,61 +700,47 @@ impl BaseSinkImpl for MqttPublish {
         if let State::Started(started) = state {
             let worker = started.worker;
             // Whatever EOS did not flush gets a short chance to go out.
-            worker.flush(started.options.flush_timeout, Some(STOP_FLUSH_STALL));
+            worker.flush(started.flush_timeout, Some(STOP_FLUSH_STALL));
             let stats = worker.stop();
             gst::info!(CAT, imp = self, "Stopped: {stats:?}");
-            *self.last_stats.lock().unwrap() = (stats, started.frames);
+            *self.last_stats.lock().unwrap() = (stats, started.assembler.counters());
         }
         Ok(())
     }
 
     fn set_caps(&self, caps: &gst::Caps) -> Result<(), gst::LoggableError> {
-        let s = caps
-            .structure(0)
-            .ok_or_else(|| gst::loggable_error!(CAT, "Empty caps"))?;
-        let input = if s.name() == "image/jpeg" {
-            Input::Jpeg {
-                width: s.get::<i32>("width").unwrap_or(0).max(0) as u32,
-                height: s.get::<i32>("height").unwrap_or(0).max(0) as u32,
-            }
-        } else {
-            let info = gst_video::VideoInfo::from_caps(caps)
-                .map_err(|_| gst::loggable_error!(CAT, "Invalid video caps {caps}"))?;
-            Input::Raw {
-                info: Box::new(info),
-                encoder: None,
-            }
-        };
         if let State::Started(started) = &mut *self.state.lock().unwrap() {
-            started.input = input;
+            started
+                .assembler
+                .set_caps(caps)
+                .map_err(|e| gst::loggable_error!(CAT, "{}", e))?;
         }
         Ok(())
     }
 
     fn render(&self, buffer: &gst::Buffer) -> Result<gst::FlowSuccess, gst::FlowError> {
+        let timestamp = self
+            .obj()
+            .segment()
+            .downcast_ref::<gst::ClockTime>()
+            .and_then(|segment| segment.to_stream_time(buffer.pts()))
+            .map(gst::ClockTime::nseconds);
         let mut state = self.state.lock().unwrap();
         let State::Started(started) = &mut *state else {
             return Err(gst::FlowError::Flushing);
         };
-        let Some(payload) = self.build_message(started, buffer)? else {
-            return Ok(gst::FlowSuccess::Ok);
-        };
-
-        if payload.len() > started.options.max_message_size {
-            started.worker.count_oversize();
-            if !std::mem::replace(&mut started.oversize_warned, true) {
-                gst::element_imp_warning!(
-                    self,
-                    gst::ResourceError::Write,
-                    (
-                        "A message of {} bytes is larger than max-message-size ({} bytes) and was dropped; further drops are counted in stats",
-                        payload.len(),
-                        started.options.max_message_size
-                    )
-                );
+        let payload = match started.assembler.build(buffer, timestamp) {
+            Ok(Some(payload)) => payload,
+            Ok(None) => return Ok(gst::FlowSuccess::Ok),
+            Err(e @ BuildError::Map(_)) => {
+                gst::element_imp_error!(self, gst::ResourceError::Read, ("{}", e));
+                return Err(gst::FlowError::Error);
             }
-            return Ok(gst::FlowSuccess::Ok);
-        }
+            Err(e @ BuildError::Encoder(_)) => {
+                gst::element_imp_error!(self, gst::StreamError::Format, ("{}", e));
+                return Err(gst::FlowError::NotNegotiated);
+            }
+        };
 
         // A blocking push (leaky=none) must not hold the state lock: stop() and the stats
         // property take it.
@@ -1304,7 +782,7 @@ impl MqttPublish {
             return;
         };
         let worker = started.worker.clone();
-        let timeout = started.options.flush_timeout;
+        let timeout = started.flush_timeout;
         drop(state);
         if !worker.flush(timeout, None) {
             let stats = worker.stats();

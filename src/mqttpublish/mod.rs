@@ -15,6 +15,8 @@ use gst::glib;
 use gst::prelude::*;
 
 mod imp;
+mod message;
+mod settings;
 
 /// The shape of a message that carries a frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, glib::Enum)]

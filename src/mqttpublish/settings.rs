@@ -1,0 +1,594 @@
+// SPDX-License-Identifier: MPL-2.0
+
+//! What the user asked `mqttpublish` for, and how it resolves into what runs.
+//!
+//! Precedence, strongest first: a property set on the element, the `config` file (a DLSPS
+//! `mqtt_publisher` section), for host and port the `MQTT_HOST` / `MQTT_PORT` environment
+//! variables (as DLSPS reads them), the defaults. [`resolve`] is a pure function of the
+//! three sources; it returns its warnings instead of posting them.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use super::message::MessageOptions;
+use super::MessageFormat;
+use crate::config::PublisherConfig;
+use crate::error::SettingError;
+use crate::filter::Filter;
+use crate::mqtt::{ConnectionConfig, Leaky, Limits, Protocol, QoS, Secret};
+use crate::tls::TlsFiles;
+
+pub const DEFAULT_HOST: &str = "localhost";
+pub const DEFAULT_PORT: u32 = 1883;
+pub const DEFAULT_TOPIC: &str = "dlstreamer_pipeline_results";
+pub const DEFAULT_QOS: u32 = 0;
+pub const DEFAULT_RETAIN: bool = false;
+pub const DEFAULT_PROTOCOL: u32 = 4;
+pub const DEFAULT_CLEAN_SESSION: bool = true;
+pub const DEFAULT_KEEP_ALIVE: u32 = 60;
+pub const DEFAULT_PUBLISH_FRAME: bool = false;
+pub const DEFAULT_JPEG_QUALITY: u32 = 85;
+pub const DEFAULT_FRAME_INTERVAL: u32 = 1;
+pub const DEFAULT_SKIP_EMPTY: bool = false;
+pub const DEFAULT_ADD_SINK_TIME: bool = false;
+pub const DEFAULT_MAX_QUEUED_MESSAGES: u32 = 256;
+pub const DEFAULT_MAX_QUEUED_BYTES: u64 = 64 * 1024 * 1024;
+pub const DEFAULT_MAX_MESSAGE_SIZE: u32 = 4 * 1024 * 1024;
+pub const DEFAULT_FLUSH_TIMEOUT_MS: u32 = 5000;
+
+/// A setting the configuration file can also provide, as a property left it: `None` when
+/// the property was never set, `Some(None)` when it was set to nothing, which hides the
+/// file's value too.
+pub type Layered<T> = Option<Option<T>>;
+
+/// What the user set with properties. A setting that the configuration file or the
+/// environment can also provide is an `Option` (or [`Layered`]): `None` until a property
+/// sets it, so that the file can never win over a property.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub host: Option<String>,
+    pub port: Option<u32>,
+    pub topic: Option<String>,
+    pub qos: Option<u32>,
+    pub retain: bool,
+    pub protocol: Option<u32>,
+    pub client_id: Layered<String>,
+    pub clean_session: bool,
+    pub keep_alive: u32,
+    pub username: Layered<String>,
+    pub password: Layered<Secret>,
+    pub tls_ca_file: Layered<String>,
+    pub tls_cert_file: Layered<String>,
+    pub tls_key_file: Layered<String>,
+    pub publish_frame: Option<bool>,
+    pub jpeg_quality: u32,
+    pub frame_interval: u32,
+    pub message_format: MessageFormat,
+    pub source: Option<String>,
+    pub tags: Option<String>,
+    pub skip_empty: bool,
+    pub add_sink_time: bool,
+    pub config: Option<String>,
+    pub max_queued_messages: u32,
+    pub max_queued_bytes: u64,
+    pub leaky: Leaky,
+    pub max_message_size: u32,
+    pub flush_timeout_ms: u32,
+    /// Rejected property values by property name; the element refuses to start while any
+    /// is left.
+    pub rejected: BTreeMap<&'static str, String>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            host: None,
+            port: None,
+            topic: None,
+            qos: None,
+            retain: DEFAULT_RETAIN,
+            protocol: None,
+            client_id: None,
+            clean_session: DEFAULT_CLEAN_SESSION,
+            keep_alive: DEFAULT_KEEP_ALIVE,
+            username: None,
+            password: None,
+            tls_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
+            publish_frame: None,
+            jpeg_quality: DEFAULT_JPEG_QUALITY,
+            frame_interval: DEFAULT_FRAME_INTERVAL,
+            message_format: MessageFormat::default(),
+            source: None,
+            tags: None,
+            skip_empty: DEFAULT_SKIP_EMPTY,
+            add_sink_time: DEFAULT_ADD_SINK_TIME,
+            config: None,
+            max_queued_messages: DEFAULT_MAX_QUEUED_MESSAGES,
+            max_queued_bytes: DEFAULT_MAX_QUEUED_BYTES,
+            leaky: Leaky::default(),
+            max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+            flush_timeout_ms: DEFAULT_FLUSH_TIMEOUT_MS,
+            rejected: BTreeMap::new(),
+        }
+    }
+}
+
+/// The configuration a started element runs with.
+#[derive(Debug)]
+pub struct Resolved {
+    /// Its `tls` is left empty: the files in [`Resolved::tls`] are read at start.
+    pub connection: ConnectionConfig,
+    pub tls: Option<TlsFiles>,
+    pub limits: Limits,
+    pub message: MessageOptions,
+    pub flush_timeout: Duration,
+    /// Settings that work but probably not as the user meant, for the element to post.
+    pub warnings: Vec<String>,
+}
+
+/// Reads the configuration file the settings name; an empty configuration without one.
+pub fn load_config(settings: &Settings) -> Result<PublisherConfig, SettingError> {
+    match &settings.config {
+        Some(path) => PublisherConfig::load(Path::new(path)).map_err(|e| e.context("config")),
+        None => Ok(PublisherConfig::default()),
+    }
+}
+
+/// The settings in effect: `settings` over `file` over the environment (`env` looks a
+/// variable up) over the defaults. Errors name the setting and the value.
+pub fn resolve(
+    settings: &Settings,
+    file: &PublisherConfig,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<Resolved, SettingError> {
+    let mut warnings = Vec::new();
+    if !file.unknown_keys.is_empty() {
+        warnings.push(format!(
+            "config: {} has keys this element does not know, ignored: {}",
+            settings.config.as_deref().unwrap_or_default(),
+            file.unknown_keys.join(", ")
+        ));
+    }
+
+    let host = match &settings.host {
+        Some(host) => host.clone(),
+        None => file
+            .host
+            .clone()
+            .or_else(|| env("MQTT_HOST").filter(|h| !h.is_empty()))
+            .unwrap_or_else(|| DEFAULT_HOST.into()),
+    };
+    if host.is_empty() {
+        return Err("host: the broker host is empty".into());
+    }
+    let port = match settings.port {
+        Some(port) => tcp_port(i64::from(port))
+            .ok_or_else(|| format!("port: {port} is not a TCP port (1..65535)"))?,
+        None => match (file.port, env("MQTT_PORT").filter(|p| !p.is_empty())) {
+            (Some(port), _) => port,
+            (None, Some(text)) => text
+                .parse()
+                .ok()
+                .and_then(tcp_port)
+                .ok_or_else(|| format!("MQTT_PORT: {text:?} is not a TCP port (1..65535)"))?,
+            (None, None) => DEFAULT_PORT as u16,
+        },
+    };
+
+    let topic = settings
+        .topic
+        .clone()
+        .or_else(|| file.topic.clone())
+        .unwrap_or_else(|| DEFAULT_TOPIC.into());
+    check_topic(&topic)?;
+    let qos = match settings.qos {
+        Some(level) => QoS::from_level(i64::from(level)).map_err(|e| format!("qos: {e}"))?,
+        None => file.qos.unwrap_or_default(),
+    };
+    let protocol = match settings.protocol {
+        Some(level) => {
+            Protocol::from_level(i64::from(level)).map_err(|e| format!("protocol: {e}"))?
+        }
+        None => file.protocol.unwrap_or_default(),
+    };
+    // rumqttc's MQTT 5 client cannot keep alive more often than every 5 s, nor not at all.
+    if protocol == Protocol::V5 && settings.keep_alive < 5 {
+        return Err(format!(
+            "keep-alive: {} s is not supported with protocol 5; use 5 s or more",
+            settings.keep_alive
+        )
+        .into());
+    }
+
+    let client_id = settings
+        .client_id
+        .clone()
+        .unwrap_or_else(|| file.client_id.clone());
+    if !settings.clean_session && settings.client_id.is_none() && file.client_id.is_none() {
+        warnings.push(
+            "clean-session=false without a fixed client-id: the broker cannot resume the \
+             session after a restart of the pipeline"
+                .into(),
+        );
+    }
+    let username = layered(&settings.username, &file.username);
+    let password = layered(&settings.password, &file.password);
+    let credentials = match (username, password) {
+        (Some(user), password) => Some((user, password.unwrap_or_default())),
+        (None, Some(_)) => return Err("password: is set but username is not".into()),
+        (None, None) => None,
+    };
+
+    let tls = match layered(&settings.tls_ca_file, &file.tls_ca_file) {
+        Some(ca) => Some(TlsFiles {
+            ca,
+            cert: layered(&settings.tls_cert_file, &file.tls_cert_file),
+            key: layered(&settings.tls_key_file, &file.tls_key_file),
+        }),
+        None if layered(&settings.tls_cert_file, &file.tls_cert_file).is_some()
+            || layered(&settings.tls_key_file, &file.tls_key_file).is_some() =>
+        {
+            return Err(
+                "tls-cert-file/tls-key-file: set, but TLS needs tls-ca-file (the CA that signs \
+                 the broker's certificate)"
+                    .into(),
+            )
+        }
+        None => None,
+    };
+
+    let max_message_size = settings.max_message_size as usize;
+    let connection = ConnectionConfig {
+        host,
+        port,
+        client_id: client_id
+            .filter(|id| !id.is_empty())
+            .unwrap_or_else(unique_client_id),
+        clean_session: settings.clean_session,
+        keep_alive: Duration::from_secs(u64::from(settings.keep_alive)),
+        credentials,
+        tls: None,
+        protocol,
+        topic,
+        qos,
+        retain: settings.retain,
+        max_message_size,
+    };
+    let limits = Limits {
+        max_messages: settings.max_queued_messages.max(1) as usize,
+        max_bytes: settings.max_queued_bytes as usize,
+        leaky: settings.leaky,
+    };
+    let message = MessageOptions {
+        filter: file.filter.as_ref().map(|config| {
+            let mut filter = Filter::default();
+            config.apply(&mut filter);
+            filter
+        }),
+        publish_frame: settings
+            .publish_frame
+            .or(file.publish_frame)
+            .unwrap_or(DEFAULT_PUBLISH_FRAME),
+        jpeg_quality: settings.jpeg_quality as u8,
+        frame_interval: u64::from(settings.frame_interval.max(1)),
+        format: settings.message_format,
+        source: settings.source.clone(),
+        tags: settings.tags.clone(),
+        skip_empty: settings.skip_empty,
+        add_sink_time: settings.add_sink_time,
+    };
+    Ok(Resolved {
+        connection,
+        tls,
+        limits,
+        message,
+        flush_timeout: Duration::from_millis(u64::from(settings.flush_timeout_ms)),
+        warnings,
+    })
+}
+
+/// The value of a [`Layered`] setting: the property's when it was set, else the file's.
+fn layered<T: Clone>(property: &Layered<T>, file: &Option<T>) -> Option<T> {
+    property.clone().unwrap_or_else(|| file.clone())
+}
+
+fn tcp_port(value: i64) -> Option<u16> {
+    u16::try_from(value).ok().filter(|p| *p > 0)
+}
+
+/// A client id unique to this process and element instance.
+pub fn unique_client_id() -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    format!(
+        "gstmqtt-{:x}-{}-{:08x}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed),
+        nanos
+    )
+}
+
+/// Checks a `tags` value: a JSON object, stored in compact form.
+pub fn parse_tags(text: &str) -> Result<String, String> {
+    let value: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| format!("tags: invalid JSON ({e}) in {text:?}"))?;
+    if !value.is_object() {
+        return Err(format!("tags: expected a JSON object, got {value}"));
+    }
+    Ok(value.to_string())
+}
+
+/// Checks a topic to publish to.
+pub fn check_topic(topic: &str) -> Result<(), SettingError> {
+    if topic.is_empty() {
+        Err("topic: the topic is empty".into())
+    } else if topic.contains(['+', '#']) {
+        Err(format!(
+            "topic: {topic:?} contains a wildcard (+ or #), which is only valid in subscriptions"
+        )
+        .into())
+    } else if topic.contains('\0') {
+        Err("topic: contains a NUL character".into())
+    } else {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn file(value: serde_json::Value) -> PublisherConfig {
+        PublisherConfig::from_value(&value).unwrap()
+    }
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    fn env(vars: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
+        move |name| {
+            vars.iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, v)| v.to_string())
+        }
+    }
+
+    fn resolved(settings: &Settings, file: &PublisherConfig) -> Resolved {
+        resolve(settings, file, no_env).unwrap()
+    }
+
+    fn error(settings: &Settings, file: &PublisherConfig) -> String {
+        resolve(settings, file, no_env).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn defaults_without_properties_file_or_environment() {
+        let r = resolved(&Settings::default(), &PublisherConfig::default());
+        let c = &r.connection;
+        assert_eq!((c.host.as_str(), c.port), (DEFAULT_HOST, 1883));
+        assert_eq!(c.topic, DEFAULT_TOPIC);
+        assert_eq!((c.qos, c.protocol), (QoS::AtMostOnce, Protocol::V311));
+        assert!(c.client_id.starts_with("gstmqtt-"), "{}", c.client_id);
+        assert!(c.credentials.is_none() && r.tls.is_none());
+        assert!(!r.message.publish_frame && r.message.filter.is_none());
+        assert!(r.warnings.is_empty(), "{:?}", r.warnings);
+    }
+
+    #[test]
+    fn the_environment_gives_host_and_port_when_nothing_else_does() {
+        let vars = env(&[("MQTT_HOST", "broker.example"), ("MQTT_PORT", "1884")]);
+        let r = resolve(&Settings::default(), &PublisherConfig::default(), vars).unwrap();
+        assert_eq!(
+            (r.connection.host.as_str(), r.connection.port),
+            ("broker.example", 1884)
+        );
+
+        // Empty variables count as unset.
+        let vars = env(&[("MQTT_HOST", ""), ("MQTT_PORT", "")]);
+        let r = resolve(&Settings::default(), &PublisherConfig::default(), vars).unwrap();
+        assert_eq!(
+            (r.connection.host.as_str(), r.connection.port),
+            (DEFAULT_HOST, 1883)
+        );
+    }
+
+    #[test]
+    fn the_file_wins_over_the_environment() {
+        let vars = env(&[("MQTT_HOST", "from-env"), ("MQTT_PORT", "1884")]);
+        let f = file(json!({"host": "from-file", "port": 1885}));
+        let r = resolve(&Settings::default(), &f, vars).unwrap();
+        assert_eq!(
+            (r.connection.host.as_str(), r.connection.port),
+            ("from-file", 1885)
+        );
+    }
+
+    #[test]
+    fn a_property_wins_over_the_file_and_the_environment() {
+        let vars = env(&[("MQTT_HOST", "from-env"), ("MQTT_PORT", "1884")]);
+        let f = file(json!({
+            "host": "from-file", "port": 1885, "topic": "file/topic", "qos": 2,
+            "protocol": 5, "publish_frame": true, "client_id": "file-id",
+            "username": "file-user", "password": "file-password",
+        }));
+        let settings = Settings {
+            host: Some("from-property".into()),
+            port: Some(1886),
+            topic: Some("property/topic".into()),
+            qos: Some(1),
+            protocol: Some(4),
+            publish_frame: Some(false),
+            client_id: Some(Some("property-id".into())),
+            username: Some(Some("property-user".into())),
+            ..Settings::default()
+        };
+        let r = resolve(&settings, &f, vars).unwrap();
+        let c = &r.connection;
+        assert_eq!((c.host.as_str(), c.port), ("from-property", 1886));
+        assert_eq!(c.topic, "property/topic");
+        assert_eq!((c.qos, c.protocol), (QoS::AtLeastOnce, Protocol::V311));
+        assert_eq!(c.client_id, "property-id");
+        assert!(!r.message.publish_frame);
+        // The password the property did not set still comes from the file.
+        let (user, password) = c.credentials.clone().unwrap();
+        assert_eq!(
+            (user.as_str(), password.expose()),
+            ("property-user", "file-password")
+        );
+    }
+
+    #[test]
+    fn a_property_set_to_nothing_hides_the_files_value() {
+        let f = file(json!({"client_id": "file-id", "tls": {"ca_cert": "/ca.pem"}}));
+        let settings = Settings {
+            client_id: Some(None),
+            tls_ca_file: Some(None),
+            ..Settings::default()
+        };
+        let r = resolved(&settings, &f);
+        assert!(r.connection.client_id.starts_with("gstmqtt-"));
+        assert!(r.tls.is_none());
+        // Left alone, the file's values apply.
+        let r = resolved(&Settings::default(), &f);
+        assert_eq!(r.connection.client_id, "file-id");
+        assert_eq!(r.tls.unwrap().ca, "/ca.pem");
+    }
+
+    #[test]
+    fn the_files_tls_and_filter_are_used() {
+        let f = file(json!({
+            "tls": {"ca_cert": "/ca.pem", "client_cert": "/c.pem", "client_key": "/k.pem"},
+            "filter": {"type": "detection", "label_score": {"box": 0.4}},
+        }));
+        let r = resolved(&Settings::default(), &f);
+        let tls = r.tls.unwrap();
+        assert_eq!(
+            (tls.ca.as_str(), tls.cert.as_deref(), tls.key.as_deref()),
+            ("/ca.pem", Some("/c.pem"), Some("/k.pem"))
+        );
+        assert_eq!(r.message.filter.unwrap().label_score["box"], 0.4);
+    }
+
+    #[test]
+    fn errors_name_the_setting_and_the_value() {
+        let bad_env = env(&[("MQTT_PORT", "99999")]);
+        let err = resolve(&Settings::default(), &PublisherConfig::default(), bad_env)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(err, r#"MQTT_PORT: "99999" is not a TCP port (1..65535)"#);
+
+        let none = PublisherConfig::default();
+        let cases = [
+            (
+                Settings {
+                    host: Some(String::new()),
+                    ..Settings::default()
+                },
+                "host: the broker host is empty",
+            ),
+            (
+                Settings {
+                    topic: Some("a/+/b".into()),
+                    ..Settings::default()
+                },
+                "topic: \"a/+/b\" contains a wildcard",
+            ),
+            (
+                Settings {
+                    topic: Some(String::new()),
+                    ..Settings::default()
+                },
+                "topic: the topic is empty",
+            ),
+            (
+                Settings {
+                    protocol: Some(3),
+                    ..Settings::default()
+                },
+                "protocol: MQTT 3.1 (protocol 3) is not supported",
+            ),
+            (
+                Settings {
+                    password: Some(Some(Secret::new("pw".into()))),
+                    ..Settings::default()
+                },
+                "password: is set but username is not",
+            ),
+            (
+                Settings {
+                    tls_cert_file: Some(Some("/c.pem".into())),
+                    ..Settings::default()
+                },
+                "tls-cert-file/tls-key-file: set, but TLS needs tls-ca-file",
+            ),
+        ];
+        for (settings, expected) in cases {
+            let err = error(&settings, &none);
+            assert!(err.starts_with(expected), "{err:?} is not {expected:?}");
+        }
+        // The file's protocol counts for the keep-alive check.
+        let settings = Settings {
+            keep_alive: 2,
+            ..Settings::default()
+        };
+        let err = error(&settings, &file(json!({"protocol": 5})));
+        assert!(
+            err.starts_with("keep-alive: 2 s is not supported with protocol 5"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_property_wins_even_over_a_bad_environment() {
+        let bad_env = env(&[("MQTT_PORT", "nope")]);
+        let settings = Settings {
+            port: Some(1884),
+            ..Settings::default()
+        };
+        let r = resolve(&settings, &PublisherConfig::default(), bad_env).unwrap();
+        assert_eq!(r.connection.port, 1884);
+    }
+
+    #[test]
+    fn warnings_for_unknown_keys_and_a_session_that_cannot_be_resumed() {
+        let settings = Settings {
+            config: Some("/etc/pipeline.json".into()),
+            clean_session: false,
+            ..Settings::default()
+        };
+        let r = resolved(&settings, &file(json!({"qso": 1})));
+        assert_eq!(
+            r.warnings,
+            [
+                "config: /etc/pipeline.json has keys this element does not know, ignored: qso",
+                "clean-session=false without a fixed client-id: the broker cannot resume the \
+                 session after a restart of the pipeline",
+            ]
+        );
+        // A fixed id from the file is enough.
+        let r = resolved(&settings, &file(json!({"client_id": "cam-1"})));
+        assert!(r.warnings.is_empty(), "{:?}", r.warnings);
+    }
+
+    #[test]
+    fn tags_must_be_a_json_object() {
+        assert_eq!(
+            parse_tags(r#"{ "site": "dock-3" }"#).unwrap(),
+            r#"{"site":"dock-3"}"#
+        );
+        assert!(parse_tags("[1]")
+            .unwrap_err()
+            .starts_with("tags: expected a JSON object"));
+        assert!(parse_tags("{")
+            .unwrap_err()
+            .starts_with("tags: invalid JSON"));
+    }
+}
