@@ -57,14 +57,19 @@ impl SettingError {
         })
     }
 
-    /// The error message an element's `start()` returns.
+    /// The error message an element's `start()` returns; its debug text points at the
+    /// caller.
+    #[track_caller]
     pub fn to_error_message(&self) -> gst::ErrorMessage {
+        #[track_caller]
+        fn located<T: gst::MessageErrorDomain>(error: T, message: &str) -> gst::ErrorMessage {
+            let at = std::panic::Location::caller();
+            gst::ErrorMessage::new(&error, Some(message), None, at.file(), "start", at.line())
+        }
         match self {
-            SettingError::Invalid(m) => gst::error_msg!(gst::LibraryError::Settings, ("{}", m)),
-            SettingError::NotFound(m) => gst::error_msg!(gst::ResourceError::NotFound, ("{}", m)),
-            SettingError::Unreadable(m) => {
-                gst::error_msg!(gst::ResourceError::OpenRead, ("{}", m))
-            }
+            SettingError::Invalid(m) => located(gst::LibraryError::Settings, m),
+            SettingError::NotFound(m) => located(gst::ResourceError::NotFound, m),
+            SettingError::Unreadable(m) => located(gst::ResourceError::OpenRead, m),
         }
     }
 }
