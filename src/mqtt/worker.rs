@@ -572,7 +572,7 @@ async fn poll_connection(shared: &Shared, mut session: Session, config: &Connect
                     notify(Notice::ClientIdConflict {
                         reason: format!(
                             "the broker keeps closing the connection soon after accepting it \
-                             ({reason}); another client may be using client-id {:?}",
+                             ({reason}); another client may be using the client id {:?}",
                             config.client_id
                         ),
                     });
