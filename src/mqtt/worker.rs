@@ -256,6 +256,7 @@ impl Worker {
         let thread = std::thread::Builder::new()
             .name("mqttpublish".into())
             .spawn(move || {
+                ignore_sigpipe_on_this_thread();
                 let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     runtime.block_on(run(&thread_shared, config))
                 }));
@@ -399,6 +400,27 @@ impl Worker {
             t.stats.in_flight = 0;
             t.stats.connected = false;
         });
+    }
+}
+
+/// Blocks SIGPIPE for the calling thread and the threads it starts. The socket writes
+/// happen on the worker thread: a peer that closes the connection while one is under way
+/// then makes it fail with EPIPE (a disconnection the worker handles) instead of raising
+/// SIGPIPE, which kills a process that keeps the default action, as `gst-launch-1.0` and
+/// most C applications do. The application's own signal handling stays as it is.
+fn ignore_sigpipe_on_this_thread() {
+    // SAFETY: plain calls on a signal set owned by this function.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGPIPE);
+        let rc = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        if rc != 0 {
+            gst::warning!(
+                CAT,
+                "Cannot block SIGPIPE on the connection thread: error {rc}"
+            );
+        }
     }
 }
 
