@@ -9,7 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{
-    assert_accounted, init_plugin, sample_recording, stat, Broker, QoS, Subscriber, TlsFiles,
+    assert_accounted, init_plugin, plugin_dir, sample_recording, stat, Broker, QoS, Subscriber,
+    TlsFiles,
 };
 use gst::prelude::*;
 use gst_video::VideoRegionOfInterestMeta;
@@ -503,7 +504,7 @@ fn tls_failures_name_the_cause_and_never_fall_back() {
 #[test]
 fn password_never_appears_in_debug_output() {
     let broker = Broker::builder().user("camera", "pa55-w0rd-xyzzy").start();
-    let plugin_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/debug");
+    let plugin_dir = plugin_dir(broker.dir());
     let sub = Subscriber::builder(&broker, TOPIC)
         .credentials("camera", "pa55-w0rd-xyzzy")
         .connect();

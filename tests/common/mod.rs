@@ -42,6 +42,7 @@ mod subscriber;
 mod tls;
 
 use std::net::TcpListener;
+use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -110,6 +111,28 @@ pub fn init_plugin() {
         gst::init().unwrap();
         gstanalyticsmqtt::plugin_register_static().expect("plugin registers");
     });
+}
+
+/// A directory in `dir` holding only this crate's plugin as built for the running test
+/// binary, for the `GST_PLUGIN_PATH` of a `gst-launch-1.0` or `gst-inspect-1.0` child.
+///
+/// Cargo builds the plugin next to the test binary (`<target dir>/<profile>/deps`,
+/// wherever `CARGO_TARGET_DIR` puts it) and copies it to `<profile>` only on `cargo build`.
+/// The copy goes to a directory of its own so that the registry scan opens nothing else
+/// of `deps` (proc-macro libraries, for one).
+pub fn plugin_dir(dir: &Path) -> PathBuf {
+    let file = format!(
+        "{}gstanalyticsmqtt{}",
+        std::env::consts::DLL_PREFIX,
+        std::env::consts::DLL_SUFFIX
+    );
+    let exe = std::env::current_exe().expect("path of the test binary");
+    let built = exe.with_file_name(&file);
+    let plugins = dir.join("plugins");
+    std::fs::create_dir_all(&plugins).expect("create the plugin directory");
+    std::fs::copy(&built, plugins.join(&file))
+        .unwrap_or_else(|e| panic!("copy {}: {e}", built.display()));
+    plugins
 }
 
 /// The sample recording in `pipelines/`: 300 frames of five objects, 640x480.
