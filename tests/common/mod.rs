@@ -13,6 +13,9 @@
 //!   subscribed before its constructor returns and records every publish it
 //!   receives, across reconnects.
 //! - [`MosquittoPub`]: runs the real `mosquitto_pub` client.
+//! - [`Run`]: a pipeline from a gst-launch description, set to PLAYING, with what its
+//!   bus said (warnings, element messages with the time they were posted), the `stats`
+//!   of its `mqttpublish` named `sink` and the arrival times of that sink's buffers.
 //!
 //! Use it from a test file with `mod common;` and `use common::*;`:
 //!
@@ -37,6 +40,7 @@
 #![allow(dead_code)]
 
 mod broker;
+mod pipeline;
 mod publish;
 mod subscriber;
 mod tls;
@@ -49,6 +53,8 @@ use std::time::{Duration, Instant};
 // Re-exports for the test files; each uses only some of them.
 #[allow(unused_imports)]
 pub use broker::{Broker, BrokerBuilder, LogLine};
+#[allow(unused_imports)]
+pub use pipeline::{Flow, Run};
 #[allow(unused_imports)]
 pub use publish::MosquittoPub;
 #[allow(unused_imports)]
@@ -145,6 +151,11 @@ pub fn stat(stats: &gst::Structure, name: &str) -> u64 {
     stats
         .get::<u64>(name)
         .unwrap_or_else(|_| panic!("stats has no {name}: {stats}"))
+}
+
+/// The `host` and `port` properties of an `mqttpublish` publishing to `broker`.
+pub fn to(broker: &Broker) -> String {
+    format!("host={} port={}", broker.host(), broker.port())
 }
 
 /// Every message of an `mqttpublish` accounted for in its `stats`:
