@@ -6,7 +6,7 @@ mod common;
 
 use std::io::Write;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{
     assert_accounted, init_plugin, sample_recording, start_error, stat, to, Broker, Message, QoS,
@@ -235,28 +235,6 @@ fn run_log_has_tls_client(broker: &Broker) -> bool {
 }
 
 #[test]
-fn tls_without_a_client_certificate_never_falls_back_to_plaintext() {
-    let tls = TlsFiles::generate();
-    let broker = Broker::builder().tls(&tls, true).start();
-    let sub = Subscriber::new(&broker, TOPIC);
-    let props = format!(
-        "host=localhost port={} tls-ca-file={} flush-timeout=500",
-        broker.tls_port(),
-        tls.ca.display()
-    );
-    let mut run = Run::publish(&replay(5), &props);
-    run.wait_eos(LONG);
-    let warnings = run.warnings();
-    let stats = run.stop();
-    assert!(
-        warnings.iter().any(|w| w.contains("Not connected")),
-        "a warning says why: {warnings:?}"
-    );
-    assert_eq!(stat(&stats, "messages-published"), 0);
-    sub.assert_count_after(0, Duration::from_millis(300));
-}
-
-#[test]
 fn bad_settings_are_refused_at_start_with_the_setting_named() {
     let cases = [
         ("topic=\"a/+/b\"", "wildcard"),
@@ -406,75 +384,6 @@ fn unknown_config_keys_are_named_in_a_warning() {
 }
 
 #[test]
-fn broker_absent_at_start_then_started() {
-    let mut broker = Broker::new();
-    broker.stop();
-    let mut run = Run::publish(
-        &format!(
-            "videotestsrc is-live=true num-buffers=120 ! video/x-raw,width=64,height=48,framerate=30/1 \
-             ! metareplay location={}",
-            sample_recording()
-        ),
-        &format!("{} qos=1", to(&broker)),
-    );
-    // PLAYING at once, with a disconnected message on the bus.
-    let (change, state, _) = run.pipeline.state(gst::ClockTime::from_seconds(2));
-    assert_eq!(
-        (change, state),
-        (Ok(gst::StateChangeSuccess::Success), gst::State::Playing)
-    );
-    assert!(run.watch(Duration::from_secs(5), |m| matches!(m.view(),
-        gst::MessageView::Element(e) if e.structure().is_some_and(|s| s.name() == "mqttpublish-disconnected"))));
-
-    broker.start();
-    let sub = Subscriber::new(&broker, TOPIC);
-    assert!(run.watch(Duration::from_secs(10), |m| matches!(m.view(),
-        gst::MessageView::Element(e) if e.structure().is_some_and(|s| s.name() == "mqttpublish-connected"))));
-    run.wait_eos(LONG);
-    let stats = run.stop();
-    // Queued while down (the queue holds 256), delivered once up.
-    assert_eq!(sub.wait_for(120, LONG).len(), 120);
-    assert_eq!(stat(&stats, "messages-acknowledged"), 120);
-}
-
-#[test]
-fn broker_restart_mid_stream_loses_nothing_with_a_persistent_session() {
-    let mut broker = Broker::builder().persistence(true).start();
-    let sub = Subscriber::builder(&broker, TOPIC)
-        .persistent_session("restart-subscriber")
-        .connect();
-    let mut run = Run::publish(
-        &format!(
-            "videotestsrc is-live=true num-buffers=150 ! video/x-raw,width=64,height=48,framerate=30/1 \
-             ! metareplay location={}",
-            sample_recording()
-        ),
-        &format!(
-            "{} qos=1 clean-session=false client-id=restart-publisher",
-            to(&broker)
-        ),
-    );
-    assert!(sub.wait_for(20, LONG).len() >= 20);
-    broker.stop();
-    std::thread::sleep(Duration::from_secs(1));
-    broker.start();
-    run.wait_eos(LONG);
-    let stats = run.stop();
-
-    let messages = sub.wait_for(150, LONG);
-    let mut ids = frame_ids(&messages);
-    ids.sort_unstable();
-    ids.dedup();
-    assert_eq!(
-        ids,
-        (0..150).collect::<Vec<_>>(),
-        "every frame_id at least once"
-    );
-    assert_eq!(stat(&stats, "reconnects"), 1, "{stats}");
-    assert_eq!(stat(&stats, "messages-dropped"), 0, "{stats}");
-}
-
-#[test]
 fn eos_waits_until_every_qos1_message_is_acknowledged() {
     let broker = Broker::new();
     let sub = Subscriber::new(&broker, TOPIC);
@@ -518,32 +427,6 @@ fn full_queue_drops_by_policy_and_counts() {
         );
         run.stop();
     }
-}
-
-#[test]
-fn blocking_queue_still_lets_the_pipeline_stop() {
-    let mut broker = Broker::new();
-    broker.stop();
-    let run = Run::publish(
-        &replay(100),
-        &format!("{} max-queued-messages=2 leaky=none", to(&broker)),
-    );
-    // The streaming thread is blocked on the full queue; NULL must still come quickly.
-    std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(stat(&run.stats(), "queue-depth"), 2);
-    let started = Instant::now();
-    let stats = run.stop();
-    assert!(
-        started.elapsed() < Duration::from_secs(3),
-        "{:?}",
-        started.elapsed()
-    );
-    assert_eq!(
-        stat(&stats, "dropped-queue-full"),
-        0,
-        "lossless mode never drops"
-    );
-    assert_accounted(&stats);
 }
 
 #[test]
