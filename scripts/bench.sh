@@ -9,8 +9,9 @@
 # (scripts/deps.sh, plus the Debian packages `time`, `python3-gi` and
 # `gir1.2-gst-plugins-base-1.0`, and a virtualenv target/bench-venv with paho-mqtt and
 # opencv-python-headless), builds the plugin and the benchmark programs in release mode
-# (examples/bench_pipeline.rs, raw_publisher.rs, bench_subscriber.rs), starts its own
-# mosquitto on a free loopback port (persistence off) and stops it at the end.
+# (examples/bench_pipeline.rs, raw_publisher.rs, bench_subscriber.rs; into
+# $CARGO_TARGET_DIR if set), starts its own mosquitto on a free loopback port
+# (persistence off; scripts/lib/broker.sh) and stops it at the end.
 #
 # Workloads (bench/README.md explains the measurements):
 #   w1   metadata only, W1_N buffers of 64x48 video with 5 objects, QoS 0 and 1:
@@ -63,11 +64,14 @@ deps_main
 # installed here, not listed in deps.sh, because the test suite does not use them.
 APT_PACKAGES=(time python3-gi gir1.2-gst-plugins-base-1.0 python3-venv)
 deps_install_packages
+# shellcheck source=scripts/lib/broker.sh
+. scripts/lib/broker.sh
 
 log "building the plugin and the benchmark programs (release)"
 cargo build --release --lib --examples
-EXAMPLES=$REPO_DIR/target/release/examples
-export GST_PLUGIN_PATH="$REPO_DIR/target/release${GST_PLUGIN_PATH:+:$GST_PLUGIN_PATH}"
+RELEASE_DIR=${CARGO_TARGET_DIR:-$REPO_DIR/target}/release
+EXAMPLES=$RELEASE_DIR/examples
+export GST_PLUGIN_PATH="$RELEASE_DIR${GST_PLUGIN_PATH:+:$GST_PLUGIN_PATH}"
 
 # The virtualenv sees Debian's PyGObject (python3-gi) through --system-site-packages,
 # so it is made with Debian's python3, whatever python3 is first on PATH.
@@ -94,16 +98,12 @@ LOGS=$BENCH_DIR/logs
 rm -rf "$LOGS"
 mkdir -p "$LOGS"
 
-broker_pid=
 sub_pid=
 pub_pid=
 cleanup() {
     local pid
     for pid in "$pub_pid" "$sub_pid" "$broker_pid"; do
-        if [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null; then
-            kill "$pid" 2>/dev/null || true
-            wait "$pid" 2>/dev/null || true
-        fi
+        stop_process "$pid"
     done
     rm -rf "$WORK"
 }
@@ -111,42 +111,18 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-PORT=$(/usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-cat >"$WORK/mosquitto.conf" <<EOF
-user root
-listener $PORT 127.0.0.1
-allow_anonymous true
-persistence false
-# No per-subscriber queue limit: a message the subscriber does not get is the
-# publisher's doing, not the broker's (mosquitto drops even QoS 0 beyond 1000).
-max_queued_messages 0
-# Send to subscribers at once. mosquitto leaves Nagle's algorithm on by default: a
-# message to a subscriber then waits for the ACK of the previous one, which Linux
-# delays, adding up to ~10 ms to some messages at 30 fps whoever published them.
-set_tcp_nodelay true
-log_dest stderr
-EOF
-
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; }
+PORT=$(free_port)
+# max_queued_messages 0: no per-subscriber queue limit, so a message the subscriber does
+# not get is the publisher's doing, not the broker's (mosquitto drops even QoS 0 beyond
+# 1000).
+# set_tcp_nodelay true: send to subscribers at once. mosquitto leaves Nagle's algorithm
+# on by default: a message to a subscriber then waits for the ACK of the previous one,
+# which Linux delays, adding up to ~10 ms to some messages at 30 fps whoever published
+# them.
+broker_config "$PORT" "max_queued_messages 0" "set_tcp_nodelay true" >"$WORK/mosquitto.conf"
 
 start_broker() {
-    mosquitto -c "$WORK/mosquitto.conf" 2>>"$LOGS/mosquitto.log" &
-    broker_pid=$!
-    local _
-    for _ in $(seq 100); do
-        port_open && return 0
-        kill -0 "$broker_pid" 2>/dev/null || break
-        sleep 0.05
-    done
-    log "mosquitto did not start:"
-    cat "$LOGS/mosquitto.log" >&2
-    exit 1
-}
-
-stop_broker() {
-    kill "$broker_pid" 2>/dev/null || true
-    wait "$broker_pid" 2>/dev/null || true
-    broker_pid=
+    broker_start "$WORK/mosquitto.conf" "$LOGS/mosquitto.log" "$PORT"
 }
 
 # start_subscriber TOPIC-FILTER [bench_subscriber options...]
@@ -158,14 +134,7 @@ start_subscriber() {
         --ready-file="$WORK/sub.ready" --stop-file="$WORK/sub.stop" "$@" \
         >"$WORK/sub.json" 2>>"$LOGS/subscriber.log" &
     sub_pid=$!
-    local _
-    for _ in $(seq 200); do
-        [[ -e "$WORK/sub.ready" ]] && return 0
-        kill -0 "$sub_pid" 2>/dev/null || break
-        sleep 0.05
-    done
-    log "the subscriber did not subscribe"
-    exit 1
+    wait_ready "$WORK/sub.ready" "$sub_pid"
 }
 
 stop_subscriber() {
@@ -353,7 +322,7 @@ mem() {
             sleep "$MEM_BEFORE"
             log "stopping the broker for ${OUTAGE_SECONDS}s"
             down_at=$(date +%s.%N)
-            stop_broker
+            broker_stop
             sleep "$OUTAGE_SECONDS"
             start_broker
             up_at=$(date +%s.%N)
@@ -388,6 +357,6 @@ for workload in $WORKLOADS; do
     esac
 done
 
-stop_broker
+broker_stop
 /usr/bin/python3 bench/report.py report "$RESULTS" | tee "$BENCH_DIR/RESULTS.md"
 log "results: $BENCH_DIR/RESULTS.md (raw data: $RESULTS, logs: $LOGS)"

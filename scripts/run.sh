@@ -2,9 +2,9 @@
 # The main job: publishes analytics metadata and frames over MQTT end to end.
 #
 #   1. installs missing dependencies (scripts/deps.sh)
-#   2. builds the plugin (cargo build --release)
+#   2. builds the plugin (cargo build --release, into $CARGO_TARGET_DIR if set)
 #   3. starts a local mosquitto on 127.0.0.1:1883 unless something listens
-#      there already (and stops it again at the end)
+#      there already (and stops it again at the end; scripts/lib/broker.sh)
 #   4. creates a Python virtualenv in target/venv with paho-mqtt
 #   5. starts scripts/subscriber.py on the results topic
 #   6. runs a pipeline that replays pipelines/sample.jsonl onto a test video
@@ -31,22 +31,20 @@ log() { printf 'run: %s\n' "$*" >&2; }
 # shellcheck source=scripts/deps.sh
 . scripts/deps.sh
 deps_main
+# shellcheck source=scripts/lib/broker.sh
+. scripts/lib/broker.sh
 
 log "building the plugin"
 cargo build --release
+PLUGIN_DIR=${CARGO_TARGET_DIR:-$REPO_DIR/target}/release
 
 work=$(mktemp -d)
-broker_pid=
 subscriber_pid=
 cleanup() {
-    if [[ -n "$subscriber_pid" ]] && kill -0 "$subscriber_pid" 2>/dev/null; then
-        kill "$subscriber_pid" 2>/dev/null || true
-        wait "$subscriber_pid" 2>/dev/null || true
-    fi
+    stop_process "$subscriber_pid"
     if [[ -n "$broker_pid" ]]; then
         log "stopping the mosquitto started by this script (pid $broker_pid)"
-        kill "$broker_pid" 2>/dev/null || true
-        wait "$broker_pid" 2>/dev/null || true
+        broker_stop
     fi
     rm -rf "$work"
 }
@@ -54,36 +52,12 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-port_open() {
-    (exec 3<>"/dev/tcp/$MQTT_HOST/$MQTT_PORT") 2>/dev/null
-}
-
-if port_open; then
+if port_open "$MQTT_HOST" "$MQTT_PORT"; then
     log "using the MQTT broker already listening on $MQTT_HOST:$MQTT_PORT"
 else
     log "starting mosquitto on $MQTT_HOST:$MQTT_PORT"
-    cat >"$work/mosquitto.conf" <<EOF
-user root
-listener $MQTT_PORT $MQTT_HOST
-allow_anonymous true
-persistence false
-log_dest stderr
-EOF
-    mosquitto -c "$work/mosquitto.conf" 2>"$work/mosquitto.log" &
-    broker_pid=$!
-    for _ in $(seq 50); do
-        port_open && break
-        if ! kill -0 "$broker_pid" 2>/dev/null; then
-            broker_pid=
-            break
-        fi
-        sleep 0.1
-    done
-    if ! port_open; then
-        log "mosquitto did not start:"
-        cat "$work/mosquitto.log" >&2
-        exit 1
-    fi
+    broker_config "$MQTT_PORT" >"$work/mosquitto.conf"
+    broker_start "$work/mosquitto.conf" "$work/mosquitto.log" "$MQTT_PORT"
 fi
 
 # A virtualenv with paho-mqtt; reused across runs, (re)created when broken.
@@ -103,19 +77,11 @@ log "starting the subscriber on $TOPIC"
     --count "$FRAMES" --width "$WIDTH" --height "$HEIGHT" \
     --timeout 300 --ready-file "$work/subscriber.ready" &
 subscriber_pid=$!
-for _ in $(seq 100); do
-    [[ -e "$work/subscriber.ready" ]] && break
-    kill -0 "$subscriber_pid" 2>/dev/null || break
-    sleep 0.1
-done
-if [[ ! -e "$work/subscriber.ready" ]]; then
-    log "the subscriber did not subscribe"
-    exit 1
-fi
+wait_ready "$work/subscriber.ready" "$subscriber_pid"
 
 log "running the pipeline"
 pipeline_rc=0
-GST_PLUGIN_PATH="$REPO_DIR/target/release${GST_PLUGIN_PATH:+:$GST_PLUGIN_PATH}" \
+GST_PLUGIN_PATH="$PLUGIN_DIR${GST_PLUGIN_PATH:+:$GST_PLUGIN_PATH}" \
     gst-launch-1.0 \
     videotestsrc num-buffers="$FRAMES" \
     ! "video/x-raw,width=$WIDTH,height=$HEIGHT" \

@@ -10,7 +10,8 @@
 #   build         cargo build
 #   fuzz-build    only if fuzz/ exists: cargo fmt --check on the fuzz crate,
 #                 a build of its targets with the stable toolchain, and a run of
-#                 each target over its committed seeds (fuzz/seeds/)
+#                 each target (fuzz/fuzz_targets/*.rs) over its committed seeds
+#                 (fuzz/seeds/<target>/)
 #                 (cargo build --manifest-path fuzz/Cargo.toml, sharing target/
 #                 so the dependencies are not built twice). That checks they
 #                 compile and link; fuzzing itself: see fuzz/README.md
@@ -51,9 +52,20 @@ fuzz_build() {
     cargo fmt --check --manifest-path fuzz/Cargo.toml &&
         cargo build --manifest-path fuzz/Cargo.toml --bins --target-dir "$target_dir" ||
         return 1
-    # The committed seeds, through the targets' own checks (regressions included).
-    for t in config_file label_score replay_line; do
-        "$target_dir/debug/$t" fuzz/seeds/$t/* >/dev/null 2>&1 || {
+    # The committed seeds, through the targets' own checks (regressions included), for
+    # every target in fuzz/fuzz_targets/ (cargo-fuzz names the binary after the file).
+    local targets=(fuzz/fuzz_targets/*.rs)
+    if [[ ! -e ${targets[0]} ]]; then
+        echo "no fuzz targets in fuzz/fuzz_targets/" >&2
+        return 1
+    fi
+    targets=("${targets[@]##*/}")
+    for t in "${targets[@]%.rs}"; do
+        if [[ ! -d fuzz/seeds/$t ]]; then
+            echo "fuzz target $t has no seeds: add some to fuzz/seeds/$t/" >&2
+            return 1
+        fi
+        "$target_dir/debug/$t" fuzz/seeds/"$t"/* >/dev/null 2>&1 || {
             echo "fuzz target $t fails on its seeds: run $target_dir/debug/$t fuzz/seeds/$t/*" >&2
             return 1
         }

@@ -3,6 +3,12 @@
 //! Tests of the shared test harness itself, against real mosquitto,
 //! `mosquitto_pub` and `openssl`: if these fail, the element tests built on
 //! the harness cannot be trusted.
+//!
+//! Each test checks harness behaviour that no element test exercises (IPv6,
+//! the broker log, retained messages, MQTT 5 properties, foreign client
+//! certificates, anonymous clients refused, offline persistent sessions,
+//! pause, clean-up, broker limits); what the element tests exercise anyway,
+//! such as a plain publish and its QoS, they check themselves.
 
 mod common;
 
@@ -14,40 +20,6 @@ use common::*;
 
 /// Generous bound for anything that should take milliseconds.
 const TIMEOUT: Duration = Duration::from_secs(10);
-
-#[test]
-fn plain_publish_is_received_with_its_flags() {
-    let broker = Broker::new();
-    let subscriber = Subscriber::new(&broker, "harness/plain/#");
-
-    MosquittoPub::new(&broker, "harness/plain/a", "hello")
-        .qos(QoS::AtLeastOnce)
-        .publish();
-    MosquittoPub::new(&broker, "harness/plain/b", [0u8, 159, 255])
-        .qos(QoS::AtMostOnce)
-        .publish();
-
-    let messages = subscriber.wait_for(2, TIMEOUT);
-    assert_eq!(messages.len(), 2, "{messages:?}");
-    assert_eq!(messages[0].topic, "harness/plain/a");
-    assert_eq!(messages[0].payload_str(), "hello");
-    assert_eq!(messages[0].qos, QoS::AtLeastOnce);
-    assert!(!messages[0].retain);
-    assert_eq!(messages[1].topic, "harness/plain/b");
-    assert_eq!(messages[1].payload, [0u8, 159, 255]);
-    assert_eq!(messages[1].qos, QoS::AtMostOnce);
-
-    // The broker log shows the publishes and who connected.
-    let log = broker.log();
-    assert!(
-        log.contains("Received PUBLISH from") && log.contains("'harness/plain/a'"),
-        "{log}"
-    );
-    let attempts = broker.connection_attempts();
-    // The subscriber and the two mosquitto_pub runs; no readiness probes.
-    assert_eq!(attempts.len(), 3, "{attempts:#?}");
-    assert!(attempts.iter().all(|line| line.broker_time.is_some()));
-}
 
 #[test]
 fn retained_message_is_delivered_on_subscribe() {
@@ -64,25 +36,63 @@ fn retained_message_is_delivered_on_subscribe() {
     subscriber.assert_count_after(1, Duration::from_millis(200));
 }
 
+/// Clients over ::1 and 127.0.0.1 on one broker: what they publish arrives as sent, with its
+/// flags, and the broker log shows who connected (not the readiness probes) and what was
+/// published, every line with a UNIX seconds timestamp.
 #[test]
-fn ipv6_listener_serves_clients() {
+fn ipv4_and_ipv6_clients_are_served_and_logged() {
     let broker = Broker::builder().ipv6(true).start();
-    let subscriber = Subscriber::builder(&broker, "harness/v6")
+    let subscriber = Subscriber::builder(&broker, "harness/#")
         .host(LOCALHOST_V6)
         .connect();
 
     MosquittoPub::new(&broker, "harness/v6", "over ::1")
         .host(LOCALHOST_V6)
         .publish();
+    MosquittoPub::new(&broker, "harness/v4", [0u8, 159, 255])
+        .qos(QoS::AtLeastOnce)
+        .publish();
 
-    assert_eq!(subscriber.wait_for(1, TIMEOUT)[0].payload_str(), "over ::1");
+    let messages = subscriber.wait_for(2, TIMEOUT);
+    assert_eq!(messages.len(), 2, "{messages:?}");
+    assert_eq!(messages[0].topic, "harness/v6");
+    assert_eq!(messages[0].payload_str(), "over ::1");
+    assert_eq!(messages[0].qos, QoS::AtMostOnce);
+    assert!(!messages[0].retain);
+    assert_eq!(messages[1].topic, "harness/v4");
+    assert_eq!(messages[1].payload, [0u8, 159, 255]);
+    assert_eq!(messages[1].qos, QoS::AtLeastOnce);
+    assert!(!messages[1].retain);
+
+    // The broker log shows the publishes and who connected.
+    let log = broker.log();
+    assert!(
+        log.contains("Received PUBLISH from") && log.contains("'harness/v4'"),
+        "{log}"
+    );
     let attempts = broker.connection_attempts();
+    // The subscriber and the two mosquitto_pub runs; no readiness probes.
+    assert_eq!(attempts.len(), 3, "{attempts:#?}");
+    assert!(attempts.iter().all(|line| line.broker_time.is_some()));
     assert!(
         attempts
             .iter()
             .any(|l| l.text.starts_with("New connection from ::1:")),
         "{attempts:#?}"
     );
+
+    let start = broker.wait_for_log("running", TIMEOUT);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let logged = start.broker_time.expect("timestamped line");
+    assert!(logged.abs_diff(now) < 60, "{logged} vs {now}");
+    // Every log file line starts with the same UNIX seconds stamp.
+    for line in broker.log().lines() {
+        let (stamp, _) = line.split_once(": ").expect("timestamp prefix");
+        assert!(stamp.parse::<u64>().is_ok(), "{line}");
+    }
 }
 
 #[test]
@@ -234,19 +244,26 @@ fn password_broker_refuses_wrong_password() {
     subscriber.assert_count_after(1, Duration::from_millis(200));
 }
 
-/// A persistent QoS 1 subscriber that is offline while a message is
-/// published and the broker restarts gets the message when it comes back.
-fn persistent_session_survives_restart(protocol: Protocol) {
+/// Persistent QoS 1 subscribers of both protocols that are offline while a message is
+/// published and the broker restarts get the message when they come back.
+#[test]
+fn persistent_sessions_of_both_protocols_survive_restart() {
     let mut broker = Broker::builder().persistence(true).start();
     let port = broker.port();
-    let id = format!("harness-persistent-{protocol:?}");
-    let mut subscriber = Subscriber::builder(&broker, "harness/persist")
-        .protocol(protocol)
-        .persistent_session(&id)
-        .qos(QoS::AtLeastOnce)
-        .connect();
+    let protocols = [Protocol::V311, Protocol::V5];
+    let mut subscribers: Vec<Subscriber> = protocols
+        .iter()
+        .map(|protocol| {
+            let mut subscriber = Subscriber::builder(&broker, "harness/persist")
+                .protocol(*protocol)
+                .persistent_session(&format!("harness-persistent-{protocol:?}"))
+                .qos(QoS::AtLeastOnce)
+                .connect();
+            subscriber.disconnect();
+            subscriber
+        })
+        .collect();
 
-    subscriber.disconnect();
     MosquittoPub::new(&broker, "harness/persist", "while away")
         .qos(QoS::AtLeastOnce)
         .publish();
@@ -256,21 +273,13 @@ fn persistent_session_survives_restart(protocol: Protocol) {
     broker.start();
     assert_eq!(broker.port(), port);
 
-    subscriber.reconnect();
-    let messages = subscriber.wait_for(1, TIMEOUT);
-    assert_eq!(subscriber.session_present(), Some(true));
-    assert_eq!(messages[0].payload_str(), "while away");
-    assert_eq!(messages[0].qos, QoS::AtLeastOnce);
-}
-
-#[test]
-fn persistent_session_survives_restart_mqtt311() {
-    persistent_session_survives_restart(Protocol::V311);
-}
-
-#[test]
-fn persistent_session_survives_restart_mqtt5() {
-    persistent_session_survives_restart(Protocol::V5);
+    for (subscriber, protocol) in subscribers.iter_mut().zip(protocols) {
+        subscriber.reconnect();
+        let messages = subscriber.wait_for(1, TIMEOUT);
+        assert_eq!(subscriber.session_present(), Some(true), "{protocol:?}");
+        assert_eq!(messages[0].payload_str(), "while away", "{protocol:?}");
+        assert_eq!(messages[0].qos, QoS::AtLeastOnce, "{protocol:?}");
+    }
 }
 
 #[test]
@@ -322,23 +331,6 @@ fn dropping_the_broker_kills_it() {
     drop(broker);
     assert!(TcpStream::connect((LOCALHOST_V4, port)).is_err());
     assert!(!dir.exists(), "temp dir left behind");
-}
-
-#[test]
-fn broker_log_lines_have_timestamps() {
-    let broker = Broker::new();
-    let start = broker.wait_for_log("running", TIMEOUT);
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let logged = start.broker_time.expect("timestamped line");
-    assert!(logged.abs_diff(now) < 60, "{logged} vs {now}");
-    // Every log file line starts with the same UNIX seconds stamp.
-    for line in broker.log().lines() {
-        let (stamp, _) = line.split_once(": ").expect("timestamp prefix");
-        assert!(stamp.parse::<u64>().is_ok(), "{line}");
-    }
 }
 
 #[test]

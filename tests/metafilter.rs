@@ -3,20 +3,14 @@
 //! `metafilter` behaviour on buffers carrying metadata built the way DL Streamer's
 //! gvadetect, gvatrack and gvaclassify build it.
 
+mod common;
+
 use std::io::Write;
 
+use common::{init_plugin, start_error};
 use gst::glib;
 use gst::prelude::*;
 use gst_video::VideoRegionOfInterestMeta;
-
-fn init() {
-    use std::sync::Once;
-    static INIT: Once = Once::new();
-    INIT.call_once(|| {
-        gst::init().unwrap();
-        gstanalyticsmqtt::plugin_register_static().expect("plugin registers");
-    });
-}
 
 /// One object as gvadetect attaches it: an ROI meta with a `detection` param.
 struct Det<'a> {
@@ -91,7 +85,7 @@ fn objects(buffer: &gst::BufferRef) -> Vec<(String, Option<f64>)> {
 }
 
 fn harness(props: &[(&str, &dyn ToValue)]) -> gst_check::Harness {
-    init();
+    init_plugin();
     let mut h = gst_check::Harness::new("metafilter");
     let filter = h.element().unwrap();
     for (name, value) in props {
@@ -262,7 +256,7 @@ fn properties_set_after_config_override_it() {
 /// Sets `property` to a bad value after a good one and checks the good one stays and the
 /// element refuses to start with an error naming the property.
 fn assert_rejected(property: &str, good: &dyn ToValue, bad: &dyn ToValue, expected: &[&str]) {
-    init();
+    init_plugin();
     let filter = gst::ElementFactory::make("metafilter").build().unwrap();
     filter.set_property_from_value(property, &good.to_value());
     let before = filter.property_value(property);
@@ -274,24 +268,14 @@ fn assert_rejected(property: &str, good: &dyn ToValue, bad: &dyn ToValue, expect
         "{property} keeps its old value"
     );
 
-    let pipeline = gst::Pipeline::new();
-    let src = gst::ElementFactory::make("fakesrc").build().unwrap();
-    let sink = gst::ElementFactory::make("fakesink").build().unwrap();
-    pipeline.add_many([&src, &filter, &sink]).unwrap();
-    gst::Element::link_many([&src, &filter, &sink]).unwrap();
-    assert!(pipeline.set_state(gst::State::Paused).is_err());
-    let bus = pipeline.bus().unwrap();
-    let msg = bus
-        .timed_pop_filtered(gst::ClockTime::from_seconds(5), &[gst::MessageType::Error])
-        .expect("an error message on the bus");
-    let gst::MessageView::Error(err) = msg.view() else {
-        unreachable!()
-    };
-    let text = err.error().to_string();
+    // The same two settings, in the same order, on the element of a pipeline.
+    let [good, bad] = [good, bad].map(|v| v.to_value().serialize().unwrap());
+    let text = start_error(&format!(
+        "fakesrc ! metafilter {property}={good} {property}={bad} ! fakesink"
+    ));
     for part in expected {
         assert!(text.contains(part), "{text:?} should mention {part:?}");
     }
-    pipeline.set_state(gst::State::Null).unwrap();
 }
 
 #[test]

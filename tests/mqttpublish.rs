@@ -6,11 +6,11 @@ mod common;
 
 use std::io::Write;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{
-    assert_accounted, init_plugin, sample_recording, start_error, stat, Broker, Message, QoS,
-    Subscriber, TlsFiles,
+    assert_accounted, init_plugin, sample_recording, start_error, stat, to, Broker, Message, QoS,
+    Run, Subscriber, TlsFiles,
 };
 use gst::glib;
 use gst::prelude::*;
@@ -18,88 +18,6 @@ use serde_json::Value;
 
 const TOPIC: &str = "dlstreamer_pipeline_results";
 const LONG: Duration = Duration::from_secs(30);
-
-/// A pipeline ending in an `mqttpublish` named `sink`, and what its bus said.
-struct Run {
-    pipeline: gst::Pipeline,
-    messages: Vec<gst::Message>,
-}
-
-impl Run {
-    /// `source` is the part before the sink, `props` the sink's properties.
-    fn start(source: &str, props: &str) -> Run {
-        init_plugin();
-        let pipeline = gst::parse::launch(&format!("{source} ! mqttpublish name=sink {props}"))
-            .unwrap()
-            .downcast::<gst::Pipeline>()
-            .unwrap();
-        pipeline.set_state(gst::State::Playing).unwrap();
-        Run {
-            pipeline,
-            messages: Vec::new(),
-        }
-    }
-
-    fn sink(&self) -> gst::Element {
-        self.pipeline.by_name("sink").unwrap()
-    }
-
-    /// Collects bus messages until `done` says stop or `timeout` passes.
-    fn watch(&mut self, timeout: Duration, mut done: impl FnMut(&gst::Message) -> bool) -> bool {
-        let bus = self.pipeline.bus().unwrap();
-        let deadline = Instant::now() + timeout;
-        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-            let Some(msg) = bus.timed_pop(gst::ClockTime::from_nseconds(left.as_nanos() as u64))
-            else {
-                break;
-            };
-            let stop = done(&msg);
-            self.messages.push(msg);
-            if stop {
-                return true;
-            }
-        }
-        false
-    }
-
-    /// Waits for EOS; panics on an error.
-    fn wait_eos(&mut self, timeout: Duration) {
-        let mut error = None;
-        let finished = self.watch(timeout, |msg| match msg.view() {
-            gst::MessageView::Eos(_) => true,
-            gst::MessageView::Error(e) => {
-                error = Some(format!("{} ({:?})", e.error(), e.debug()));
-                true
-            }
-            _ => false,
-        });
-        assert!(error.is_none(), "pipeline error: {error:?}");
-        assert!(finished, "no EOS within {timeout:?}");
-    }
-
-    fn stats(&self) -> gst::Structure {
-        self.sink().property::<gst::Structure>("stats")
-    }
-
-    fn warnings(&self) -> Vec<String> {
-        self.messages
-            .iter()
-            .filter_map(|m| match m.view() {
-                gst::MessageView::Warning(w) => Some(w.error().to_string()),
-                _ => None,
-            })
-            .collect()
-    }
-
-    fn stop(self) -> gst::Structure {
-        self.pipeline.set_state(gst::State::Null).unwrap();
-        self.stats()
-    }
-}
-
-fn to(broker: &Broker) -> String {
-    format!("host={} port={}", broker.host(), broker.port())
-}
 
 fn replay(buffers: u32) -> String {
     format!(
@@ -128,7 +46,7 @@ fn frame_ids(messages: &[Message]) -> Vec<u64> {
 fn metadata_messages_carry_the_recorded_objects() {
     let broker = Broker::new();
     let sub = Subscriber::new(&broker, TOPIC);
-    let mut run = Run::start(&replay(30), &to(&broker));
+    let mut run = Run::publish(&replay(30), &to(&broker));
     run.wait_eos(LONG);
     let stats = run.stop();
 
@@ -202,7 +120,7 @@ fn frames_arrive_as_jpeg_of_the_right_size_and_colour_in_both_formats() {
              ! metareplay location={}",
             sample_recording()
         );
-        let mut run = Run::start(
+        let mut run = Run::publish(
             &source,
             &format!("{} publish-frame=true message-format={format}", to(&broker)),
         );
@@ -240,7 +158,7 @@ fn jpeg_input_is_sent_as_it_is() {
         sample_recording(),
         broker.dir().display()
     );
-    let mut run = Run::start(&source, &format!("{} publish-frame=true", to(&broker)));
+    let mut run = Run::publish(&source, &format!("{} publish-frame=true", to(&broker)));
     run.wait_eos(LONG);
     run.stop();
     for (i, message) in sub.wait_for(3, LONG).iter().enumerate() {
@@ -260,7 +178,7 @@ fn every_qos_on_both_protocols() {
             let sub = Subscriber::builder(&broker, TOPIC)
                 .qos(QoS::ExactlyOnce)
                 .connect();
-            let mut run = Run::start(
+            let mut run = Run::publish(
                 &replay(20),
                 &format!("{} qos={qos} protocol={protocol}", to(&broker)),
             );
@@ -301,7 +219,7 @@ fn mutual_tls_with_required_client_certificate() {
         tls.client_cert.display(),
         tls.client_key.display()
     );
-    let mut run = Run::start(&replay(10), &props);
+    let mut run = Run::publish(&replay(10), &props);
     run.wait_eos(LONG);
     let stats = run.stop();
     assert_eq!(sub.wait_for(10, LONG).len(), 10);
@@ -314,28 +232,6 @@ fn run_log_has_tls_client(broker: &Broker) -> bool {
     broker
         .log()
         .contains(&format!("on port {}", broker.tls_port()))
-}
-
-#[test]
-fn tls_without_a_client_certificate_never_falls_back_to_plaintext() {
-    let tls = TlsFiles::generate();
-    let broker = Broker::builder().tls(&tls, true).start();
-    let sub = Subscriber::new(&broker, TOPIC);
-    let props = format!(
-        "host=localhost port={} tls-ca-file={} flush-timeout=500",
-        broker.tls_port(),
-        tls.ca.display()
-    );
-    let mut run = Run::start(&replay(5), &props);
-    run.wait_eos(LONG);
-    let warnings = run.warnings();
-    let stats = run.stop();
-    assert!(
-        warnings.iter().any(|w| w.contains("Not connected")),
-        "a warning says why: {warnings:?}"
-    );
-    assert_eq!(stat(&stats, "messages-published"), 0);
-    sub.assert_count_after(0, Duration::from_millis(300));
 }
 
 #[test]
@@ -422,7 +318,7 @@ fn dlsps_configuration_file() {
             tls.client_cert.display()
         ),
     );
-    let mut run = Run::start(&replay(30), &format!("config={config}"));
+    let mut run = Run::publish(&replay(30), &format!("config={config}"));
     run.wait_eos(LONG);
     let stats = run.stop();
 
@@ -458,7 +354,7 @@ fn precedence_property_over_file_over_environment() {
         ),
     );
     // topic: property beats file; port: file beats environment; qos: file beats default.
-    let mut run = Run::start(&replay(3), &format!("config={config} topic=from/property"));
+    let mut run = Run::publish(&replay(3), &format!("config={config} topic=from/property"));
     run.wait_eos(LONG);
     run.stop();
     let messages = sub.wait_for(3, LONG);
@@ -468,7 +364,7 @@ fn precedence_property_over_file_over_environment() {
     // Without host/port anywhere else, the environment is used.
     std::env::set_var("MQTT_PORT", broker.port().to_string());
     let env_sub = Subscriber::new(&broker, "from/env");
-    let mut run = Run::start(&replay(2), "topic=from/env");
+    let mut run = Run::publish(&replay(2), "topic=from/env");
     run.wait_eos(LONG);
     run.stop();
     std::env::remove_var("MQTT_HOST");
@@ -480,7 +376,7 @@ fn precedence_property_over_file_over_environment() {
 fn unknown_config_keys_are_named_in_a_warning() {
     let broker = Broker::new();
     let config = config_file(broker.dir(), r#"{"topic": "t", "qso": 1}"#);
-    let mut run = Run::start(&replay(1), &format!("{} config={config}", to(&broker)));
+    let mut run = Run::publish(&replay(1), &format!("{} config={config}", to(&broker)));
     run.wait_eos(LONG);
     let warnings = run.warnings();
     run.stop();
@@ -488,79 +384,10 @@ fn unknown_config_keys_are_named_in_a_warning() {
 }
 
 #[test]
-fn broker_absent_at_start_then_started() {
-    let mut broker = Broker::new();
-    broker.stop();
-    let mut run = Run::start(
-        &format!(
-            "videotestsrc is-live=true num-buffers=120 ! video/x-raw,width=64,height=48,framerate=30/1 \
-             ! metareplay location={}",
-            sample_recording()
-        ),
-        &format!("{} qos=1", to(&broker)),
-    );
-    // PLAYING at once, with a disconnected message on the bus.
-    let (change, state, _) = run.pipeline.state(gst::ClockTime::from_seconds(2));
-    assert_eq!(
-        (change, state),
-        (Ok(gst::StateChangeSuccess::Success), gst::State::Playing)
-    );
-    assert!(run.watch(Duration::from_secs(5), |m| matches!(m.view(),
-        gst::MessageView::Element(e) if e.structure().is_some_and(|s| s.name() == "mqttpublish-disconnected"))));
-
-    broker.start();
-    let sub = Subscriber::new(&broker, TOPIC);
-    assert!(run.watch(Duration::from_secs(10), |m| matches!(m.view(),
-        gst::MessageView::Element(e) if e.structure().is_some_and(|s| s.name() == "mqttpublish-connected"))));
-    run.wait_eos(LONG);
-    let stats = run.stop();
-    // Queued while down (the queue holds 256), delivered once up.
-    assert_eq!(sub.wait_for(120, LONG).len(), 120);
-    assert_eq!(stat(&stats, "messages-acknowledged"), 120);
-}
-
-#[test]
-fn broker_restart_mid_stream_loses_nothing_with_a_persistent_session() {
-    let mut broker = Broker::builder().persistence(true).start();
-    let sub = Subscriber::builder(&broker, TOPIC)
-        .persistent_session("restart-subscriber")
-        .connect();
-    let mut run = Run::start(
-        &format!(
-            "videotestsrc is-live=true num-buffers=150 ! video/x-raw,width=64,height=48,framerate=30/1 \
-             ! metareplay location={}",
-            sample_recording()
-        ),
-        &format!(
-            "{} qos=1 clean-session=false client-id=restart-publisher",
-            to(&broker)
-        ),
-    );
-    assert!(sub.wait_for(20, LONG).len() >= 20);
-    broker.stop();
-    std::thread::sleep(Duration::from_secs(1));
-    broker.start();
-    run.wait_eos(LONG);
-    let stats = run.stop();
-
-    let messages = sub.wait_for(150, LONG);
-    let mut ids = frame_ids(&messages);
-    ids.sort_unstable();
-    ids.dedup();
-    assert_eq!(
-        ids,
-        (0..150).collect::<Vec<_>>(),
-        "every frame_id at least once"
-    );
-    assert_eq!(stat(&stats, "reconnects"), 1, "{stats}");
-    assert_eq!(stat(&stats, "messages-dropped"), 0, "{stats}");
-}
-
-#[test]
 fn eos_waits_until_every_qos1_message_is_acknowledged() {
     let broker = Broker::new();
     let sub = Subscriber::new(&broker, TOPIC);
-    let mut run = Run::start(&replay(300), &format!("{} qos=1", to(&broker)));
+    let mut run = Run::publish(&replay(300), &format!("{} qos=1", to(&broker)));
     run.wait_eos(LONG);
     // At EOS, before stopping: everything acknowledged already.
     let stats = run.stats();
@@ -576,7 +403,7 @@ fn full_queue_drops_by_policy_and_counts() {
     for (leaky, survivors) in [("downstream", 15..20), ("upstream", 0..5)] {
         let mut broker = Broker::new();
         broker.stop();
-        let mut run = Run::start(
+        let mut run = Run::publish(
             &replay(20),
             &format!(
                 "{} max-queued-messages=5 leaky={leaky} flush-timeout=100",
@@ -603,36 +430,10 @@ fn full_queue_drops_by_policy_and_counts() {
 }
 
 #[test]
-fn blocking_queue_still_lets_the_pipeline_stop() {
-    let mut broker = Broker::new();
-    broker.stop();
-    let run = Run::start(
-        &replay(100),
-        &format!("{} max-queued-messages=2 leaky=none", to(&broker)),
-    );
-    // The streaming thread is blocked on the full queue; NULL must still come quickly.
-    std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(stat(&run.stats(), "queue-depth"), 2);
-    let started = Instant::now();
-    let stats = run.stop();
-    assert!(
-        started.elapsed() < Duration::from_secs(3),
-        "{:?}",
-        started.elapsed()
-    );
-    assert_eq!(
-        stat(&stats, "dropped-queue-full"),
-        0,
-        "lossless mode never drops"
-    );
-    assert_accounted(&stats);
-}
-
-#[test]
 fn oversize_messages_are_dropped_counted_and_warned_once() {
     let broker = Broker::new();
     let sub = Subscriber::new(&broker, TOPIC);
-    let mut run = Run::start(
+    let mut run = Run::publish(
         &format!(
             "videotestsrc num-buffers=4 pattern=snow ! video/x-raw,width=640,height=480 ! metareplay location={}",
             sample_recording()
@@ -673,7 +474,7 @@ fn source_tags_sink_time_skip_empty_and_frame_interval() {
     let lines: Vec<&str> = text.lines().take(3).collect();
     std::fs::write(&recording, lines.join("\n")).unwrap();
     let before = now_ns();
-    let mut run = Run::start(
+    let mut run = Run::publish(
         &format!(
             "videotestsrc num-buffers=6 ! video/x-raw,width=64,height=48 ! metareplay location={}",
             recording.display()
@@ -710,7 +511,7 @@ fn username_and_password() {
     let sub = Subscriber::builder(&broker, TOPIC)
         .credentials("camera", "s3cret-pw")
         .connect();
-    let mut run = Run::start(
+    let mut run = Run::publish(
         &replay(3),
         &format!("{} username=camera password=s3cret-pw", to(&broker)),
     );
@@ -718,7 +519,7 @@ fn username_and_password() {
     run.stop();
     assert_eq!(sub.wait_for(3, LONG).len(), 3);
 
-    let mut run = Run::start(
+    let mut run = Run::publish(
         &replay(3),
         &format!(
             "{} username=camera password=wrong-pw flush-timeout=300",
@@ -752,7 +553,7 @@ fn run_pspec(name: &str) -> glib::ParamSpec {
 fn stats_stay_readable_after_stop_and_count_each_run() {
     let broker = Broker::new();
     for _ in 0..3 {
-        let mut run = Run::start(&replay(5), &to(&broker));
+        let mut run = Run::publish(&replay(5), &to(&broker));
         run.wait_eos(LONG);
         let stats = run.stop();
         assert_eq!(
@@ -772,7 +573,7 @@ fn mqtt5_broker_packet_limit_drops_only_the_oversize_messages() {
     let broker = Broker::builder().extra("max_packet_size 20000").start();
     let sub = Subscriber::builder(&broker, TOPIC).v5().connect();
     // Every other message carries a 640x480 frame of ~26 KB: over the broker's limit.
-    let mut run = Run::start(
+    let mut run = Run::publish(
         &replay(10),
         &format!(
             "{} protocol=5 qos=1 publish-frame=true frame-interval=2 clean-session=false \

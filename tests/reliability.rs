@@ -5,11 +5,11 @@
 
 mod common;
 
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{
-    assert_accounted, init_plugin, sample_recording, stat, Broker, QoS, Subscriber, TlsFiles,
+    assert_accounted, init_plugin, plugin_dir, sample_recording, stat, to, Broker, QoS, Run,
+    Subscriber, TlsFiles,
 };
 use gst::prelude::*;
 use gst_video::VideoRegionOfInterestMeta;
@@ -25,120 +25,6 @@ fn live_source(buffers: u32) -> String {
          ! metareplay location={} loop=true",
         sample_recording()
     )
-}
-
-/// Arrival times of buffers at the sink, recorded by a pad probe.
-#[derive(Clone, Default)]
-struct Flow(Arc<Mutex<Vec<Instant>>>);
-
-impl Flow {
-    fn watch(&self, pad: &gst::Pad) {
-        let times = self.0.clone();
-        pad.add_probe(gst::PadProbeType::BUFFER, move |_, _| {
-            times.lock().unwrap().push(Instant::now());
-            gst::PadProbeReturn::Ok
-        });
-    }
-
-    fn count(&self) -> usize {
-        self.0.lock().unwrap().len()
-    }
-
-    /// The longest gap between two buffers.
-    fn longest_gap(&self) -> Duration {
-        let times = self.0.lock().unwrap();
-        times
-            .windows(2)
-            .map(|w| w[1] - w[0])
-            .max()
-            .unwrap_or_default()
-    }
-}
-
-struct Run {
-    pipeline: gst::Pipeline,
-    flow: Flow,
-    bus_log: Vec<gst::Message>,
-}
-
-impl Run {
-    fn start(description: &str) -> Run {
-        init_plugin();
-        let pipeline = gst::parse::launch(description)
-            .unwrap()
-            .downcast::<gst::Pipeline>()
-            .unwrap();
-        let flow = Flow::default();
-        if let Some(sink) = pipeline.by_name("sink") {
-            flow.watch(&sink.static_pad("sink").unwrap());
-        }
-        pipeline.set_state(gst::State::Playing).unwrap();
-        Run {
-            pipeline,
-            flow,
-            bus_log: Vec::new(),
-        }
-    }
-
-    fn element(&self, name: &str) -> gst::Element {
-        self.pipeline.by_name(name).unwrap()
-    }
-
-    fn stats(&self, name: &str) -> gst::Structure {
-        self.element(name).property::<gst::Structure>("stats")
-    }
-
-    /// Drains the bus into the log, for `wait` at most, stopping early at EOS or error.
-    fn pump(&mut self, wait: Duration) -> Option<gst::Message> {
-        let bus = self.pipeline.bus().unwrap();
-        let deadline = Instant::now() + wait;
-        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-            let Some(msg) = bus.timed_pop(gst::ClockTime::from_nseconds(left.as_nanos() as u64))
-            else {
-                break;
-            };
-            self.bus_log.push(msg.clone());
-            if matches!(
-                msg.view(),
-                gst::MessageView::Eos(_) | gst::MessageView::Error(_)
-            ) {
-                return Some(msg);
-            }
-        }
-        None
-    }
-
-    fn wait_eos(&mut self, timeout: Duration) {
-        let msg = self.pump(timeout).expect("EOS in time");
-        assert!(matches!(msg.view(), gst::MessageView::Eos(_)), "{msg:?}");
-    }
-
-    fn element_messages(&self, name: &str) -> Vec<(gst::Structure, Instant)> {
-        self.bus_log
-            .iter()
-            .filter_map(|m| match m.view() {
-                gst::MessageView::Element(e) => e
-                    .structure()
-                    .filter(|s| s.name() == name)
-                    .map(|s| (s.to_owned(), Instant::now())),
-                _ => None,
-            })
-            .collect()
-    }
-
-    fn warnings(&self) -> Vec<String> {
-        self.bus_log
-            .iter()
-            .filter_map(|m| match m.view() {
-                gst::MessageView::Warning(w) => Some(w.error().to_string()),
-                _ => None,
-            })
-            .collect()
-    }
-
-    fn stop(self) {
-        self.pipeline.set_state(gst::State::Null).unwrap();
-    }
 }
 
 /// An object to attach: label, pixel rectangle, param structure.
@@ -159,13 +45,14 @@ fn broker_restart_is_lossless_with_a_persistent_session() {
         .qos(QoS::AtLeastOnce)
         .connect();
     let frames = 330; // 11 s at 30 fps
-    let mut run = Run::start(&format!(
-        "{} ! mqttpublish name=sink host={} port={} qos=1 clean-session=false client-id=reliability-1",
-        live_source(frames),
-        broker.host(),
-        broker.port()
-    ));
-    sub.wait_for(30, LONG);
+    let mut run = Run::publish(
+        &live_source(frames),
+        &format!(
+            "{} qos=1 clean-session=false client-id=reliability-1",
+            to(&broker)
+        ),
+    );
+    assert!(sub.wait_for(30, LONG).len() >= 30);
     broker.stop();
     let down = Instant::now();
     run.pump(Duration::from_secs(5));
@@ -173,7 +60,7 @@ fn broker_restart_is_lossless_with_a_persistent_session() {
     broker.start();
     let outage = down.elapsed();
     run.wait_eos(LONG);
-    let stats = run.stats("sink");
+    let stats = run.stats();
     let gap = run.flow.longest_gap();
     run.stop();
 
@@ -210,12 +97,7 @@ fn broker_kill_with_qos0_accounts_for_everything() {
     let sub = Subscriber::builder(&broker, TOPIC)
         .qos(QoS::AtMostOnce)
         .connect();
-    let mut run = Run::start(&format!(
-        "{} ! mqttpublish name=sink host={} port={}",
-        live_source(240),
-        broker.host(),
-        broker.port()
-    ));
+    let mut run = Run::publish(&live_source(240), &to(&broker));
     sub.wait_for(20, LONG);
     broker.kill();
     run.pump(Duration::from_secs(2));
@@ -229,7 +111,7 @@ fn broker_kill_with_qos0_accounts_for_everything() {
     sub_after.wait_for(1, Duration::from_secs(4));
     let resumed = restarted.elapsed();
     run.wait_eos(LONG);
-    let stats = run.stats("sink");
+    let stats = run.stats();
     let gap = run.flow.longest_gap();
     run.stop();
 
@@ -246,44 +128,25 @@ fn broker_kill_with_qos0_accounts_for_everything() {
     assert!(before_restart >= 20);
 }
 
-/// 3. Broker absent at start: PLAYING at once, and retries 1 s, 2 s, 4 s apart.
+/// 3. Broker absent at start: PLAYING at once, retries 1 s, 2 s, 4 s apart, and once the
+///    broker is up, says so and delivers every message queued while it was away.
 #[test]
 fn broker_absent_at_start_retries_with_backoff() {
     let mut broker = Broker::new();
     broker.stop();
-    init_plugin();
-    let pipeline = gst::parse::launch(&format!(
-        "{} ! mqttpublish name=sink host={} port={} qos=1",
-        live_source(100_000),
-        broker.host(),
-        broker.port()
-    ))
-    .unwrap()
-    .downcast::<gst::Pipeline>()
-    .unwrap();
-    // Timestamp each report as it is posted, from the posting thread.
-    let attempts: Arc<Mutex<Vec<(u32, u64, Instant)>>> = Arc::default();
-    let recorder = attempts.clone();
-    pipeline.bus().unwrap().set_sync_handler(move |_, msg| {
-        if let gst::MessageView::Element(e) = msg.view() {
-            let s = e.structure().unwrap();
-            if s.name() == "mqttpublish-disconnected" {
-                recorder.lock().unwrap().push((
-                    s.get("attempt").unwrap(),
-                    s.get("retry-in-ms").unwrap(),
-                    Instant::now(),
-                ));
-            }
-        }
-        gst::BusSyncReply::Drop
-    });
+    // 20 s of video at 10 fps: the broker comes back after ~10 s, the sink at its next
+    // retry (~15 s), with ~150 messages queued (the default queue holds 256).
+    let frames = 200;
     let started = Instant::now();
-    pipeline.set_state(gst::State::Playing).unwrap();
-    let run = Run {
-        pipeline,
-        flow: Flow::default(),
-        bus_log: Vec::new(),
-    };
+    let mut run = Run::publish(
+        &format!(
+            "videotestsrc is-live=true num-buffers={frames} \
+             ! video/x-raw,width=64,height=48,framerate=10/1 \
+             ! metareplay location={} loop=true",
+            sample_recording()
+        ),
+        &format!("{} qos=1", to(&broker)),
+    );
     let (result, state, _) = run.pipeline.state(gst::ClockTime::from_seconds(1));
     assert_eq!(result, Ok(gst::StateChangeSuccess::Success));
     assert_eq!(state, gst::State::Playing);
@@ -291,7 +154,17 @@ fn broker_absent_at_start_retries_with_backoff() {
 
     // Let the broker stay away ~10 s, then read when each failed attempt was reported.
     std::thread::sleep(Duration::from_secs(10).saturating_sub(started.elapsed()));
-    let attempts: Vec<(u32, u64, Instant)> = attempts.lock().unwrap().clone();
+    let attempts: Vec<(u32, u64, Instant)> = run
+        .element_messages("mqttpublish-disconnected")
+        .into_iter()
+        .map(|(s, posted)| {
+            (
+                s.get("attempt").unwrap(),
+                s.get("retry-in-ms").unwrap(),
+                posted,
+            )
+        })
+        .collect();
     let retry_in: Vec<u64> = attempts.iter().map(|a| a.1).collect();
     assert_eq!(&retry_in[..4], [1000, 2000, 4000, 8000], "{attempts:?}");
     for pair in attempts.windows(2) {
@@ -307,8 +180,12 @@ fn broker_absent_at_start_retries_with_backoff() {
 
     broker.start();
     let sub = Subscriber::new(&broker, TOPIC);
-    sub.wait_for(1, Duration::from_secs(20));
-    run.stop();
+    assert!(run.wait_element_message("mqttpublish-connected", Duration::from_secs(10)));
+    run.wait_eos(LONG);
+    let stats = run.stop();
+    // Queued while down, delivered once up.
+    assert_eq!(sub.wait_for(frames, LONG).len(), frames);
+    assert_eq!(stat(&stats, "messages-acknowledged"), frames as u64);
 }
 
 /// 5. A frozen broker (SIGSTOP): leaky queues never block the streaming thread; a
@@ -319,19 +196,21 @@ fn frozen_broker_never_blocks_leaky_queues() {
         let mut broker = Broker::new();
         // Up to rumqttc's in-flight window (100) plus its request channel (64) can go out
         // before the queue (20) fills: 2,000 buffers as fast as they come overflow it.
-        let mut run = Run::start(&format!(
-            "videotestsrc num-buffers=2000 ! video/x-raw,width=64,height=48 \
-             ! metareplay location={} loop=true \
-             ! mqttpublish name=sink host={} port={} qos=1 leaky={leaky} max-queued-messages=20 \
-               flush-timeout=100",
-            sample_recording(),
-            broker.host(),
-            broker.port()
-        ));
+        let mut run = Run::publish(
+            &format!(
+                "videotestsrc num-buffers=2000 ! video/x-raw,width=64,height=48 \
+                 ! metareplay location={} loop=true",
+                sample_recording()
+            ),
+            &format!(
+                "{} qos=1 leaky={leaky} max-queued-messages=20 flush-timeout=100",
+                to(&broker)
+            ),
+        );
         broker.pause();
         run.wait_eos(LONG);
         let gap = run.flow.longest_gap();
-        let stats = run.stats("sink");
+        let stats = run.stats();
         let stopping = Instant::now();
         run.stop();
         let stop_took = stopping.elapsed();
@@ -352,13 +231,14 @@ fn frozen_broker_never_blocks_leaky_queues() {
 #[test]
 fn frozen_broker_blocking_queue_unblocks_on_seek_and_null() {
     let mut broker = Broker::new();
-    let run = Run::start(&format!(
-        "videotestsrc num-buffers=100000 ! video/x-raw,width=64,height=48 ! metareplay location={} loop=true \
-         ! mqttpublish name=sink host={} port={} qos=1 leaky=none max-queued-messages=10",
-        sample_recording(),
-        broker.host(),
-        broker.port()
-    ));
+    let run = Run::publish(
+        &format!(
+            "videotestsrc num-buffers=100000 ! video/x-raw,width=64,height=48 \
+             ! metareplay location={} loop=true",
+            sample_recording()
+        ),
+        &format!("{} qos=1 leaky=none max-queued-messages=10", to(&broker)),
+    );
     std::thread::sleep(Duration::from_millis(300));
     broker.pause();
     // Let the queue fill and the streaming thread block.
@@ -370,6 +250,7 @@ fn frozen_broker_blocking_queue_unblocks_on_seek_and_null() {
         flowing,
         "blocked: lossless mode waits for room"
     );
+    assert_eq!(stat(&run.stats(), "queue-depth"), 10, "the queue is full");
 
     let seeking = Instant::now();
     assert!(run
@@ -384,13 +265,19 @@ fn frozen_broker_blocking_queue_unblocks_on_seek_and_null() {
     );
 
     let stopping = Instant::now();
-    run.stop();
+    let stats = run.stop();
     assert!(
         stopping.elapsed() < Duration::from_secs(1),
         "NULL took {:?}",
         stopping.elapsed()
     );
     broker.resume();
+    assert_eq!(
+        stat(&stats, "dropped-queue-full"),
+        0,
+        "lossless mode never drops"
+    );
+    assert_accounted(&stats);
 }
 
 /// 7. Two sinks with the same explicit client id: the bus says so.
@@ -476,22 +363,28 @@ fn tls_failures_name_the_cause_and_never_fall_back() {
         } else {
             String::new()
         };
-        let mut run = Run::start(&format!(
-            "{} ! mqttpublish name=sink host=localhost port={} tls-ca-file={} {client} flush-timeout=200",
-            live_source(15),
-            broker.tls_port(),
-            ca.display()
-        ));
+        let mut run = Run::publish(
+            &live_source(15),
+            &format!(
+                "host=localhost port={} tls-ca-file={} {client} flush-timeout=200",
+                broker.tls_port(),
+                ca.display()
+            ),
+        );
         run.wait_eos(LONG);
         let warnings = run.warnings();
-        let stats = run.stats("sink");
+        let stats = run.stats();
         run.stop();
         assert_eq!(stat(&stats, "messages-published"), 0, "{case}");
+        assert!(
+            warnings.iter().any(|w| w.contains("Not connected")),
+            "{case}: a warning says why: {warnings:?}"
+        );
         assert!(
             warnings.iter().any(|w| w.contains(cause)),
             "{case}: a warning names {cause:?}: {warnings:?}"
         );
-        sub.assert_count_after(0, Duration::from_millis(100));
+        sub.assert_count_after(0, Duration::from_millis(300));
     }
 }
 
@@ -503,7 +396,7 @@ fn tls_failures_name_the_cause_and_never_fall_back() {
 #[test]
 fn password_never_appears_in_debug_output() {
     let broker = Broker::builder().user("camera", "pa55-w0rd-xyzzy").start();
-    let plugin_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/debug");
+    let plugin_dir = plugin_dir(broker.dir());
     let sub = Subscriber::builder(&broker, TOPIC)
         .credentials("camera", "pa55-w0rd-xyzzy")
         .connect();
@@ -810,16 +703,16 @@ fn misbehaving_producers_never_crash_the_sink() {
 fn null_interrupts_an_end_of_stream_flush() {
     let mut broker = Broker::new();
     broker.stop();
-    let run = Run::start(&format!(
-        "videotestsrc num-buffers=5 ! video/x-raw,width=64,height=48 ! metareplay location={} \
-         ! mqttpublish name=sink host={} port={} flush-timeout=8000",
-        sample_recording(),
-        broker.host(),
-        broker.port()
-    ));
+    let run = Run::publish(
+        &format!(
+            "videotestsrc num-buffers=5 ! video/x-raw,width=64,height=48 ! metareplay location={}",
+            sample_recording()
+        ),
+        &format!("{} flush-timeout=8000", to(&broker)),
+    );
     // The five buffers are queued and the sink sits in its EOS flush.
     std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(stat(&run.stats("sink"), "queue-depth"), 5);
+    assert_eq!(stat(&run.stats(), "queue-depth"), 5);
     let stopping = Instant::now();
     run.stop();
     assert!(

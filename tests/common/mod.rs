@@ -13,6 +13,9 @@
 //!   subscribed before its constructor returns and records every publish it
 //!   receives, across reconnects.
 //! - [`MosquittoPub`]: runs the real `mosquitto_pub` client.
+//! - [`Run`]: a pipeline from a gst-launch description, set to PLAYING, with what its
+//!   bus said (warnings, element messages with the time they were posted), the `stats`
+//!   of its `mqttpublish` named `sink` and the arrival times of that sink's buffers.
 //!
 //! Use it from a test file with `mod common;` and `use common::*;`:
 //!
@@ -37,17 +40,21 @@
 #![allow(dead_code)]
 
 mod broker;
+mod pipeline;
 mod publish;
 mod subscriber;
 mod tls;
 
 use std::net::TcpListener;
+use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::{Duration, Instant};
 
 // Re-exports for the test files; each uses only some of them.
 #[allow(unused_imports)]
 pub use broker::{Broker, BrokerBuilder, LogLine};
+#[allow(unused_imports)]
+pub use pipeline::{Flow, Run};
 #[allow(unused_imports)]
 pub use publish::MosquittoPub;
 #[allow(unused_imports)]
@@ -112,6 +119,28 @@ pub fn init_plugin() {
     });
 }
 
+/// A directory in `dir` holding only this crate's plugin as built for the running test
+/// binary, for the `GST_PLUGIN_PATH` of a `gst-launch-1.0` or `gst-inspect-1.0` child.
+///
+/// Cargo builds the plugin next to the test binary (`<target dir>/<profile>/deps`,
+/// wherever `CARGO_TARGET_DIR` puts it) and copies it to `<profile>` only on `cargo build`.
+/// The copy goes to a directory of its own so that the registry scan opens nothing else
+/// of `deps` (proc-macro libraries, for one).
+pub fn plugin_dir(dir: &Path) -> PathBuf {
+    let file = format!(
+        "{}gstanalyticsmqtt{}",
+        std::env::consts::DLL_PREFIX,
+        std::env::consts::DLL_SUFFIX
+    );
+    let exe = std::env::current_exe().expect("path of the test binary");
+    let built = exe.with_file_name(&file);
+    let plugins = dir.join("plugins");
+    std::fs::create_dir_all(&plugins).expect("create the plugin directory");
+    std::fs::copy(&built, plugins.join(&file))
+        .unwrap_or_else(|e| panic!("copy {}: {e}", built.display()));
+    plugins
+}
+
 /// The sample recording in `pipelines/`: 300 frames of five objects, 640x480.
 pub fn sample_recording() -> String {
     concat!(env!("CARGO_MANIFEST_DIR"), "/pipelines/sample.jsonl").to_string()
@@ -122,6 +151,11 @@ pub fn stat(stats: &gst::Structure, name: &str) -> u64 {
     stats
         .get::<u64>(name)
         .unwrap_or_else(|_| panic!("stats has no {name}: {stats}"))
+}
+
+/// The `host` and `port` properties of an `mqttpublish` publishing to `broker`.
+pub fn to(broker: &Broker) -> String {
+    format!("host={} port={}", broker.host(), broker.port())
 }
 
 /// Every message of an `mqttpublish` accounted for in its `stats`:
