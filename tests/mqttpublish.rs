@@ -9,8 +9,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::{
-    assert_accounted, init_plugin, sample_recording, start_error, stat, to, Broker, Message, QoS,
-    Run, Subscriber, TlsFiles,
+    assert_accounted, init_plugin, sample_recording, start_error, start_gerror, stat, to, Broker,
+    Message, QoS, Run, Subscriber, TlsFiles,
 };
 use gst::glib;
 use gst::prelude::*;
@@ -282,6 +282,26 @@ fn bad_settings_are_refused_at_start_with_the_setting_named() {
         tls.client_cert.display()
     ));
     assert!(err.contains("tls-cert-file"), "{err}");
+}
+
+#[test]
+fn start_errors_carry_the_domain_applications_check() {
+    for missing in [
+        "mqttpublish config=/nonexistent.json",
+        "mqttpublish tls-ca-file=/nonexistent/ca.pem",
+        "metafilter config=/nonexistent.json ! fakesink",
+    ] {
+        let err = start_gerror(&format!("fakesrc ! {missing}"));
+        assert!(
+            err.matches(gst::ResourceError::NotFound),
+            "{missing}: {err}"
+        );
+    }
+    let err = start_gerror("fakesrc ! mqttpublish tls-ca-file=/");
+    assert!(err.matches(gst::ResourceError::OpenRead), "{err}");
+    let err = start_gerror("fakesrc ! mqttpublish topic=a/#");
+    assert!(err.matches(gst::LibraryError::Settings), "{err}");
+    assert!(err.to_string().contains("topic"), "{err}");
 }
 
 fn config_file(dir: &Path, text: &str) -> String {

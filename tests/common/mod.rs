@@ -174,6 +174,12 @@ pub fn assert_accounted(stats: &gst::Structure) {
 /// Brings the gst-launch `description` to PAUSED, which must fail, and returns the text
 /// of the error it posted.
 pub fn start_error(description: &str) -> String {
+    start_gerror(description).to_string()
+}
+
+/// Brings the gst-launch `description` to PAUSED, which must fail, and returns the error
+/// it posted, with the domain and code an application checks.
+pub fn start_gerror(description: &str) -> gst::glib::Error {
     use gst::prelude::*;
     init_plugin();
     let pipeline = gst::parse::launch(description).unwrap();
@@ -188,7 +194,7 @@ pub fn start_error(description: &str) -> String {
         .expect("an error on the bus");
     pipeline.set_state(gst::State::Null).unwrap();
     match msg.view() {
-        gst::MessageView::Error(err) => err.error().to_string(),
+        gst::MessageView::Error(err) => err.error(),
         _ => unreachable!(),
     }
 }
