@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: MPL-2.0
 # The performance benchmark: mqttpublish against a fakesink baseline, a plain rumqttc
 # publisher and a DLSPS-style Python publisher, all in one run against one local broker.
 #

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: MPL-2.0
 # Installs what building, testing and running this project needs on Debian 12.
 #
 # Idempotent: only the Debian packages that are missing get installed (and

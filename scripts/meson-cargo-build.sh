@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: MPL-2.0
 # Helper for meson.build; not meant to be run by hand.
 #
 #   meson-cargo-build.sh CARGO MANIFEST TARGET_DIR PROFILE BUILT_LIB OUTPUT

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: MPL-2.0
 # The main job: publishes analytics metadata and frames over MQTT end to end.
 #
 #   1. installs missing dependencies (scripts/deps.sh)

@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: MPL-2.0
 """Subscribe to analytics results published by `mqttpublish` and check them.
 
 Each MQTT message is expected to be a JSON array of two items, the format of

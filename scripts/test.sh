@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: MPL-2.0
 # The project's test command: formatting, lints, builds and all tests.
 #
 #   scripts/test.sh

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MPL-2.0
 # shellcheck shell=bash
 # The local mosquitto and the subscriber start-up shared by scripts/run.sh and
 # scripts/bench.sh. Source it; the caller defines log() and cleans up broker_pid
