@@ -107,7 +107,7 @@ impl PublisherConfig {
                 "port" => {
                     let port = integer(key, v)?;
                     config.port =
-                        Some(u16::try_from(port).ok().filter(|p| *p > 0).ok_or_else(|| {
+                        Some(tcp_port(port).ok_or_else(|| {
                             format!("{key}: {port} is not a TCP port (1..65535)")
                         })?);
                 }
@@ -232,6 +232,11 @@ pub fn load_filter_file(path: &Path) -> Result<FilterConfig, SettingError> {
     let document = read_json_file(path)?;
     filter_config_from_value(section(&document, Section::Filter))
         .map_err(|e| SettingError::Invalid(format!("{}: {e}", path.display())))
+}
+
+/// A TCP port: 1 to 65535.
+pub fn tcp_port(value: i64) -> Option<u16> {
+    u16::try_from(value).ok().filter(|p| *p > 0)
 }
 
 /// A value as an error message shows it: a string, number, boolean or null as written, an

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use super::message::MessageOptions;
 use super::MessageFormat;
-use crate::config::PublisherConfig;
+use crate::config::{tcp_port, PublisherConfig};
 use crate::error::SettingError;
 use crate::filter::Filter;
 use crate::mqtt::{ConnectionConfig, Leaky, Limits, Protocol, QoS, Secret};
@@ -223,23 +223,18 @@ pub fn resolve(
         (None, None) => None,
     };
 
-    let tls = match layered(&settings.tls_ca_file, &file.tls_ca_file) {
-        Some(ca) => Some(TlsFiles {
-            ca,
-            cert: layered(&settings.tls_cert_file, &file.tls_cert_file),
-            key: layered(&settings.tls_key_file, &file.tls_key_file),
-        }),
-        None if layered(&settings.tls_cert_file, &file.tls_cert_file).is_some()
-            || layered(&settings.tls_key_file, &file.tls_key_file).is_some() =>
-        {
-            return Err(
+    let cert = layered(&settings.tls_cert_file, &file.tls_cert_file);
+    let key = layered(&settings.tls_key_file, &file.tls_key_file);
+    let tls =
+        match layered(&settings.tls_ca_file, &file.tls_ca_file) {
+            Some(ca) => Some(TlsFiles { ca, cert, key }),
+            None if cert.is_some() || key.is_some() => return Err(
                 "tls-cert-file/tls-key-file: set, but TLS needs tls-ca-file (the CA that signs \
                  the broker's certificate)"
                     .into(),
-            )
-        }
-        None => None,
-    };
+            ),
+            None => None,
+        };
 
     let max_message_size = settings.max_message_size as usize;
     let connection = ConnectionConfig {
@@ -294,10 +289,6 @@ pub fn resolve(
 /// The value of a [`Layered`] setting: the property's when it was set, else the file's.
 fn layered<T: Clone>(property: &Layered<T>, file: &Option<T>) -> Option<T> {
     property.clone().unwrap_or_else(|| file.clone())
-}
-
-fn tcp_port(value: i64) -> Option<u16> {
-    u16::try_from(value).ok().filter(|p| *p > 0)
 }
 
 /// A client id unique to this process and element instance.
