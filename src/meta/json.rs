@@ -44,12 +44,23 @@ const OBJECT_KEYS: [&str; 9] = [
 /// Appends the gvametaconvert JSON of one frame to `out`.
 pub fn write_frame_json(out: &mut Vec<u8>, objects: &[Object], ctx: &FrameContext) {
     out.push(b'{');
-    let mut first = true;
+    write_frame_fields(out, &mut true, objects, ctx);
+    out.push(b'}');
+}
+
+/// Appends the keys of the gvametaconvert JSON of one frame, without the braces, so that
+/// other documents can embed them. `first`: no key was written before.
+pub(super) fn write_frame_fields(
+    out: &mut Vec<u8>,
+    first: &mut bool,
+    objects: &[Object],
+    ctx: &FrameContext,
+) {
     if let Some(frame_id) = ctx.frame_id {
-        key(out, &mut first, "frame_id");
+        key(out, first, "frame_id");
         write_int(out, frame_id);
     }
-    key(out, &mut first, "objects");
+    key(out, first, "objects");
     out.push(b'[');
     for (i, object) in objects.iter().enumerate() {
         if i > 0 {
@@ -59,7 +70,7 @@ pub fn write_frame_json(out: &mut Vec<u8>, objects: &[Object], ctx: &FrameContex
     }
     out.push(b']');
     if ctx.width > 0 && ctx.height > 0 {
-        key(out, &mut first, "resolution");
+        key(out, first, "resolution");
         out.extend_from_slice(b"{\"height\":");
         write_int(out, ctx.height);
         out.extend_from_slice(b",\"width\":");
@@ -67,22 +78,21 @@ pub fn write_frame_json(out: &mut Vec<u8>, objects: &[Object], ctx: &FrameContex
         out.push(b'}');
     }
     if let Some(sink_time) = ctx.sink_time {
-        key(out, &mut first, "sink_time");
+        key(out, first, "sink_time");
         write_int(out, sink_time);
     }
     if let Some(source) = ctx.source {
-        key(out, &mut first, "source");
+        key(out, first, "source");
         write_str(out, source);
     }
     if let Some(tags) = ctx.tags {
-        key(out, &mut first, "tags");
+        key(out, first, "tags");
         out.extend_from_slice(tags.as_bytes());
     }
     if let Some(timestamp) = ctx.timestamp {
-        key(out, &mut first, "timestamp");
+        key(out, first, "timestamp");
         write_int(out, timestamp);
     }
-    out.push(b'}');
 }
 
 /// A key of an object's JSON other than a classification.
@@ -222,7 +232,7 @@ fn write_classification(out: &mut Vec<u8>, c: &Classification) {
 
 /// Writes the key `name`, one of this module's own, which need no escaping.
 #[inline]
-fn key(out: &mut Vec<u8>, first: &mut bool, name: &'static str) {
+pub(super) fn key(out: &mut Vec<u8>, first: &mut bool, name: &'static str) {
     debug_assert!(!name.bytes().any(needs_escape), "{name}");
     if !std::mem::take(first) {
         out.push(b',');
@@ -245,7 +255,7 @@ fn needs_escape(byte: u8) -> bool {
     byte == b'"' || byte == b'\\' || byte < 0x20
 }
 
-fn write_str(out: &mut Vec<u8>, s: &str) {
+pub(super) fn write_str(out: &mut Vec<u8>, s: &str) {
     // Labels and names rarely need escaping: copy those as they are.
     if !s.bytes().any(needs_escape) {
         out.reserve(s.len() + 2);
@@ -258,13 +268,13 @@ fn write_str(out: &mut Vec<u8>, s: &str) {
     serde_json::to_writer(&mut *out, s).expect("string serializes");
 }
 
-fn write_float(out: &mut Vec<u8>, v: f64) {
+pub(super) fn write_float(out: &mut Vec<u8>, v: f64) {
     // Non-finite values never reach here (see `valid_confidence`, `BoundingBox::from_rect`),
     // and serde_json would write them as `null` rather than break the document.
     serde_json::to_writer(&mut *out, &v).expect("float serializes");
 }
 
-fn write_int(out: &mut Vec<u8>, v: impl itoa::Integer) {
+pub(super) fn write_int(out: &mut Vec<u8>, v: impl itoa::Integer) {
     out.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
 }
 

@@ -12,6 +12,7 @@
 //! GStreamer >= 1.24's analytics relation meta can be added behind the same functions
 //! without touching the elements.
 
+mod dlsps;
 mod json;
 mod roi;
 
@@ -26,6 +27,7 @@ static CAT: Lazy<gst::DebugCategory> = Lazy::new(|| {
     )
 });
 
+pub use dlsps::{write_dlsps_metadata, DlspsFrame, PipelineInfo};
 pub use json::{parse_frame_line, write_frame_json, FrameContext, RecordedFrame};
 pub use roi::{attach_objects, object_count, read_objects, retain_classifications, retain_objects};
 
