@@ -30,6 +30,8 @@ APT_PACKAGES=(
     # the subscriber's virtualenv, test certificates
     python3-venv
     openssl
+    # the DLSPS-style application of the tests (paho, as DLSPS consumers use)
+    python3-paho-mqtt
 )
 
 deps_log() { printf 'deps: %s\n' "$*" >&2; }

@@ -196,6 +196,8 @@ struct Shared {
     queue: Queue,
     /// Largest payload accepted by [`Worker::push`].
     max_message_size: usize,
+    /// The topic published to, for packet sizes.
+    topic: String,
     /// Posts connection events; called from the worker and the streaming thread.
     notify: Box<dyn Fn(Notice) + Send + Sync>,
     tracker: Mutex<Tracker>,
@@ -241,6 +243,7 @@ impl Worker {
         let shared = Arc::new(Shared {
             queue: Queue::new(limits),
             max_message_size: config.max_message_size,
+            topic: config.topic.clone(),
             notify: Box::new(notify),
             tracker: Mutex::default(),
             progress: Condvar::new(),
@@ -324,6 +327,16 @@ impl Worker {
             Pushed::Flushing => {}
         }
         pushed
+    }
+
+    /// The largest payload that can be published now: `max_message_size`, or less when
+    /// the broker announced a smaller maximum packet size (MQTT 5).
+    pub fn max_payload(&self) -> usize {
+        let broker_max = self.shared.tracker.lock().unwrap().stats.broker_max_packet;
+        let configured = self.shared.max_message_size;
+        broker_max.map_or(configured, |max| {
+            configured.min((max as usize).saturating_sub(packet_size(&self.shared.topic, 0)))
+        })
     }
 
     pub fn stats(&self) -> Stats {

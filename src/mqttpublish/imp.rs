@@ -14,7 +14,7 @@ use gst_base::prelude::*;
 use gst_base::subclass::prelude::*;
 use once_cell::sync::Lazy;
 
-use super::message::{Assembler, BuildError, FrameCounters};
+use super::message::{Assembler, FrameCounters};
 use super::settings::{
     self, Settings, DEFAULT_ADD_SINK_TIME, DEFAULT_CLEAN_SESSION, DEFAULT_FLUSH_TIMEOUT_MS,
     DEFAULT_FRAME_INTERVAL, DEFAULT_HOST, DEFAULT_JPEG_QUALITY, DEFAULT_KEEP_ALIVE,
@@ -178,6 +178,15 @@ impl MqttPublish {
         );
     }
 
+    /// The name of the outermost bin holding this element (the pipeline).
+    fn pipeline_name(&self) -> String {
+        let mut top: gst::Object = self.obj().clone().upcast();
+        while let Some(parent) = top.parent() {
+            top = parent;
+        }
+        top.name().to_string()
+    }
+
     fn stats_structure(stats: &Stats, frames: FrameCounters) -> gst::Structure {
         gst::Structure::builder("mqttpublish-stats")
             .field("messages-queued", stats.queued)
@@ -189,7 +198,11 @@ impl MqttPublish {
             .field("dropped-disconnected", stats.dropped_disconnected)
             .field("dropped-stopped", stats.dropped_stopped)
             .field("frames-skipped", frames.skipped)
-            .field("frames-unencoded", frames.unencoded)
+            .field("frames-unencoded", frames.unencoded())
+            .field("unencoded-memory", frames.no_image_memory)
+            .field("unencoded-format", frames.no_image_format)
+            .field("unencoded-oversize", frames.no_image_oversize)
+            .field("unencoded-failed", frames.no_image_failed)
             .field("reconnects", stats.reconnects)
             .field("bytes-sent", stats.bytes_sent)
             .field("in-flight", stats.in_flight)
@@ -376,9 +389,29 @@ impl ObjectImpl for MqttPublish {
                 glib::ParamSpecEnum::builder_with_default("message-format", MessageFormat::default())
                     .nick("Message format")
                     .blurb(
-                        "Shape of messages that carry a frame: a JSON array [metadata, \"<base64 \
-                         JPEG>\"] or an object {\"metadata\": .., \"blob\": ..}. Messages without a \
-                         frame are the metadata object.",
+                        "Shape of the messages. array: the gvametaconvert metadata, or with \
+                         publish-frame [metadata, \"<base64 JPEG>\"] (the DLSPS document). object: \
+                         always {\"metadata\": .., \"blob\": \"<base64 JPEG>\" or \"\"} (the DLSPS \
+                         code). dlsps: what DLSPS publishes, the object envelope around DLSPS's \
+                         metadata (frame, pipeline and gva_meta keys besides the gvametaconvert \
+                         ones; see the README). With publish-frame, a frame without an image \
+                         carries \"\" in its place, so one topic sees one shape.",
+                    )
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecString::builder("pipeline-name")
+                    .nick("Pipeline name")
+                    .blurb(
+                        "pipeline.name in message-format=dlsps messages. Default: the name of \
+                         the GStreamer pipeline holding this element.",
+                    )
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecString::builder("pipeline-version")
+                    .nick("Pipeline version")
+                    .blurb(
+                        "pipeline.version in message-format=dlsps messages (DLSPS puts the \
+                         pipeline's name from its config.json there). Default: \"\".",
                     )
                     .mutable_ready()
                     .build(),
@@ -454,7 +487,9 @@ impl ObjectImpl for MqttPublish {
                 glib::ParamSpecUInt::builder("max-message-size")
                     .nick("Largest message")
                     .blurb(
-                        "Messages larger than this many bytes are dropped, counted in stats and \
+                        "Largest message in bytes. A message with a frame's image that would be \
+                         larger goes without the image (metadata kept, counted as \
+                         unencoded-oversize); one still larger is dropped, counted in stats and \
                          warned about once. With MQTT 5 the broker's own limit applies too; with \
                          MQTT 3.1.1 keep this at or below the broker's limit, which it does not \
                          announce.",
@@ -521,6 +556,8 @@ impl ObjectImpl for MqttPublish {
             "frame-interval" => settings.frame_interval = get(value),
             "message-format" => settings.message_format = get(value),
             "source" => settings.source = string(),
+            "pipeline-name" => settings.pipeline_name = string(),
+            "pipeline-version" => settings.pipeline_version = string(),
             "tags" => match non_empty().map(|t| settings::parse_tags(&t)).transpose() {
                 Ok(tags) => {
                     settings.tags = tags;
@@ -571,6 +608,8 @@ impl ObjectImpl for MqttPublish {
             "frame-interval" => settings.frame_interval.to_value(),
             "message-format" => settings.message_format.to_value(),
             "source" => settings.source.to_value(),
+            "pipeline-name" => settings.pipeline_name.to_value(),
+            "pipeline-version" => settings.pipeline_version.to_value(),
             "tags" => settings.tags.to_value(),
             "skip-empty" => settings.skip_empty.to_value(),
             "add-sink-time" => settings.add_sink_time.to_value(),
@@ -621,19 +660,14 @@ impl ElementImpl for MqttPublish {
     }
 
     fn pad_templates() -> &'static [gst::PadTemplate] {
+        // Metadata rides on any buffer: GPU memory and every format are accepted, and the
+        // image goes along only where it can be encoded (see `message`).
         static PAD_TEMPLATES: Lazy<Vec<gst::PadTemplate>> = Lazy::new(|| {
-            let raw = gst_video::VideoCapsBuilder::new()
-                .format_list(jpeg::SUPPORTED_FORMATS.iter().copied())
-                .build();
-            let mut caps = raw;
-            caps.get_mut()
-                .unwrap()
-                .append(gst::Caps::builder("image/jpeg").build());
             vec![gst::PadTemplate::new(
                 "sink",
                 gst::PadDirection::Sink,
                 gst::PadPresence::Always,
-                &caps,
+                &gst::Caps::new_any(),
             )
             .unwrap()]
         });
@@ -655,6 +689,10 @@ impl BaseSinkImpl for MqttPublish {
             .map_err(|e| e.to_error_message())?;
         for warning in &resolved.warnings {
             gst::element_imp_warning!(self, gst::LibraryError::Settings, ("{}", warning));
+        }
+        let mut message = resolved.message;
+        if message.pipeline_name.is_none() {
+            message.pipeline_name = Some(self.pipeline_name());
         }
         let mut connection = resolved.connection;
         connection.tls = resolved
@@ -689,7 +727,7 @@ impl BaseSinkImpl for MqttPublish {
             })?;
         *self.state.lock().unwrap() = State::Started(Box::new(Started {
             worker: Arc::new(worker),
-            assembler: Assembler::new(resolved.message),
+            assembler: Assembler::new(message),
             flush_timeout: resolved.flush_timeout,
         }));
         Ok(())
@@ -708,12 +746,43 @@ impl BaseSinkImpl for MqttPublish {
         Ok(())
     }
 
+    /// Anything is accepted; when frames are published, the caps the encoder takes come
+    /// first, so that an upstream free to choose (videotestsrc, a converter) picks one.
+    fn caps(&self, filter: Option<&gst::Caps>) -> Option<gst::Caps> {
+        let publish_frame = match &*self.state.lock().unwrap() {
+            State::Started(started) => started.assembler.publish_frame(),
+            State::Stopped => self
+                .settings
+                .lock()
+                .unwrap()
+                .publish_frame
+                .unwrap_or(DEFAULT_PUBLISH_FRAME),
+        };
+        let filter = filter?;
+        if !publish_frame {
+            return Some(filter.clone());
+        }
+        static ENCODABLE: Lazy<gst::Caps> = Lazy::new(|| {
+            let mut caps = gst_video::VideoCapsBuilder::new()
+                .format_list(jpeg::SUPPORTED_FORMATS.iter().copied())
+                .build();
+            caps.get_mut()
+                .unwrap()
+                .append(gst::Caps::builder("image/jpeg").build());
+            caps
+        });
+        let mut caps = ENCODABLE.intersect_with_mode(filter, gst::CapsIntersectMode::First);
+        caps.merge(filter.clone());
+        Some(caps)
+    }
+
     fn set_caps(&self, caps: &gst::Caps) -> Result<(), gst::LoggableError> {
-        if let State::Started(started) = &mut *self.state.lock().unwrap() {
-            started
-                .assembler
-                .set_caps(caps)
-                .map_err(|e| gst::loggable_error!(CAT, "{}", e))?;
+        let mut state = self.state.lock().unwrap();
+        if let State::Started(started) = &mut *state {
+            if let Some(warning) = started.assembler.set_caps(caps) {
+                drop(state);
+                gst::element_imp_warning!(self, gst::StreamError::Format, ("{}", warning));
+            }
         }
         Ok(())
     }
@@ -729,23 +798,19 @@ impl BaseSinkImpl for MqttPublish {
         let State::Started(started) = &mut *state else {
             return Err(gst::FlowError::Flushing);
         };
-        let payload = match started.assembler.build(buffer, timestamp) {
-            Ok(Some(payload)) => payload,
-            Ok(None) => return Ok(gst::FlowSuccess::Ok),
-            Err(e @ BuildError::Map(_)) => {
-                gst::element_imp_error!(self, gst::ResourceError::Read, ("{}", e));
-                return Err(gst::FlowError::Error);
-            }
-            Err(e @ BuildError::Encoder(_)) => {
-                gst::element_imp_error!(self, gst::StreamError::Format, ("{}", e));
-                return Err(gst::FlowError::NotNegotiated);
-            }
+        let max_size = started.worker.max_payload();
+        let Some(built) = started.assembler.build(buffer, timestamp, max_size) else {
+            return Ok(gst::FlowSuccess::Ok);
         };
 
         // A blocking push (leaky=none) must not hold the state lock: stop() and the stats
         // property take it.
         let worker = started.worker.clone();
         drop(state);
+        if let Some(warning) = built.warning {
+            gst::element_imp_warning!(self, gst::StreamError::Encode, ("{}", warning));
+        }
+        let payload = built.payload;
         match worker.push(payload) {
             Pushed::Flushing => Err(gst::FlowError::Flushing),
             Pushed::Queued { .. } | Pushed::DroppedNew => Ok(gst::FlowSuccess::Ok),

@@ -1,20 +1,28 @@
 // SPDX-License-Identifier: MPL-2.0
 
 //! Message assembly: one buffer in, one payload out. The metadata is read off the buffer,
-//! filtered, written as gvametaconvert JSON and, when the frame goes along, wrapped with
-//! the base64 JPEG in the configured envelope (`[metadata, "<jpeg>"]` or
-//! `{"metadata": .., "blob": ".."}`).
+//! filtered, and written as gvametaconvert JSON (or DLSPS's metadata); with frames, the
+//! base64 JPEG goes along in the configured envelope.
+//!
+//! Every message on a topic has the same shape:
+//! - `array`: the bare metadata, or with `publish-frame` always `[metadata, "<jpeg>"]`;
+//! - `object` and `dlsps`: always `{"metadata": .., "blob": "<jpeg>"}`.
+//!
+//! A frame that cannot carry its image (GPU memory, a format the encoder does not take, a
+//! message over the size limit, a failed encode) still publishes its metadata, with `""`
+//! where the image would be; each reason is counted in [`FrameCounters`].
 
-use std::fmt;
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
-use gst::glib;
 use once_cell::sync::Lazy;
 
 use super::MessageFormat;
 use crate::filter::Filter;
-use crate::jpeg::{JpegEncoder, JpegError};
-use crate::meta::{self, FrameContext};
+use crate::jpeg::{self, JpegEncoder};
+use crate::meta::{self, DlspsFrame, FrameContext, PipelineInfo};
 
 static CAT: Lazy<gst::DebugCategory> = Lazy::new(|| {
     gst::DebugCategory::new(
@@ -31,7 +39,7 @@ pub struct MessageOptions {
     pub filter: Option<Filter>,
     pub publish_frame: bool,
     pub jpeg_quality: u8,
-    /// With `publish_frame`, the frame goes with every this many messages.
+    /// With `publish_frame`, the image goes with every this many messages.
     pub frame_interval: u64,
     pub format: MessageFormat,
     pub source: Option<String>,
@@ -39,6 +47,41 @@ pub struct MessageOptions {
     pub tags: Option<String>,
     pub skip_empty: bool,
     pub add_sink_time: bool,
+    /// `pipeline.name` of the `dlsps` format; the element fills in its pipeline's name
+    /// when the property is not set.
+    pub pipeline_name: Option<String>,
+    /// `pipeline.version` of the `dlsps` format.
+    pub pipeline_version: String,
+}
+
+/// Why a frame went out without its image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoImage {
+    /// The frames are not in system memory (`memory:VAMemory`, `memory:DMABuf`, ...).
+    Memory,
+    /// Not raw video in a format the encoder takes, nor JPEG.
+    Format,
+    /// The message with the image would be larger than the size limit.
+    Oversize,
+    /// The frame could not be mapped or encoded.
+    Failed,
+}
+
+impl NoImage {
+    /// Known from the caps alone.
+    fn known_from_caps(self) -> bool {
+        matches!(self, NoImage::Memory | NoImage::Format)
+    }
+
+    /// Says what happened, for a warning.
+    fn describe(self) -> &'static str {
+        match self {
+            NoImage::Memory => "are not in system memory and cannot be read here",
+            NoImage::Format => "are in a format the JPEG encoder does not take",
+            NoImage::Oversize => "would make messages larger than the size limit",
+            NoImage::Failed => "could not be mapped or encoded",
+        }
+    }
 }
 
 /// Frames that produced no message or no image, counted in `stats`.
@@ -46,46 +89,124 @@ pub struct MessageOptions {
 pub struct FrameCounters {
     /// Skipped by `skip-empty` or emptied by the configuration's filter.
     pub skipped: u64,
-    /// Published without an image because encoding failed.
-    pub unencoded: u64,
+    /// Published without their image, by reason.
+    pub no_image_memory: u64,
+    pub no_image_format: u64,
+    pub no_image_oversize: u64,
+    pub no_image_failed: u64,
 }
 
-/// Why a buffer could not become a message.
-#[derive(Debug)]
-pub enum BuildError {
-    /// The buffer's memory could not be mapped for reading.
-    Map(&'static str),
-    /// The negotiated raw format cannot be encoded.
-    Encoder(JpegError),
-}
+impl FrameCounters {
+    /// Frames published without the image they should have carried.
+    pub fn unencoded(&self) -> u64 {
+        self.no_image_memory + self.no_image_format + self.no_image_oversize + self.no_image_failed
+    }
 
-impl fmt::Display for BuildError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            BuildError::Map(what) => write!(f, "Cannot map the {what}"),
-            BuildError::Encoder(e) => write!(f, "{e}"),
-        }
+    /// Counts a frame without its image; a warning the first time for this reason.
+    fn no_image(&mut self, reason: NoImage) -> Option<String> {
+        let counter = match reason {
+            NoImage::Memory => &mut self.no_image_memory,
+            NoImage::Format => &mut self.no_image_format,
+            NoImage::Oversize => &mut self.no_image_oversize,
+            NoImage::Failed => &mut self.no_image_failed,
+        };
+        *counter += 1;
+        (*counter == 1).then(|| {
+            format!(
+                "Frames {}: publishing the metadata without the image; further frames are \
+                 counted in stats",
+                reason.describe()
+            )
+        })
     }
 }
 
-/// The negotiated input.
-enum Input {
-    None,
+/// One built message.
+#[derive(Debug)]
+pub struct Built {
+    pub payload: Vec<u8>,
+    /// Set the first time a frame goes out without its image for a reason found while
+    /// building (size, mapping, encoding): the element warns once.
+    pub warning: Option<String>,
+}
+
+/// Where the images come from.
+enum Images {
+    /// Raw video in system memory, in a format the encoder takes.
     Raw {
         info: Box<gst_video::VideoInfo>,
         /// Made on the first frame that needs it.
         encoder: Option<Box<JpegEncoder>>,
     },
-    Jpeg {
-        width: u32,
-        height: u32,
-    },
+    /// JPEG frames, sent as they are.
+    Jpeg,
+    /// Frames that cannot become an image here.
+    Unavailable(NoImage),
+}
+
+/// The negotiated input.
+struct Input {
+    width: u32,
+    height: u32,
+    /// The caps as text and their `format`, for the `dlsps` metadata.
+    caps: String,
+    format: Option<String>,
+    images: Images,
+}
+
+impl Input {
+    fn from_caps(caps: &gst::CapsRef) -> Input {
+        let s = caps.structure(0);
+        let dimension = |name| {
+            s.and_then(|s| s.get::<i32>(name).ok())
+                .map_or(0, |v| v.max(0) as u32)
+        };
+        let images = if !in_system_memory(caps) {
+            Images::Unavailable(NoImage::Memory)
+        } else if s.is_some_and(|s| s.name() == "image/jpeg") {
+            Images::Jpeg
+        } else {
+            match gst_video::VideoInfo::from_caps(caps) {
+                Ok(info) if jpeg::is_supported(info.format()) => Images::Raw {
+                    info: Box::new(info),
+                    encoder: None,
+                },
+                _ => Images::Unavailable(NoImage::Format),
+            }
+        };
+        Input {
+            width: dimension("width"),
+            height: dimension("height"),
+            caps: caps.to_string(),
+            format: s.and_then(|s| s.get::<String>("format").ok()),
+            images,
+        }
+    }
+}
+
+/// Whether buffers with these caps can be mapped and read here: no `memory:` feature, or
+/// `memory:SystemMemory`.
+fn in_system_memory(caps: &gst::CapsRef) -> bool {
+    caps.features(0).is_none_or(|features| {
+        features.is_any()
+            || features.iter().all(|feature| {
+                !feature.starts_with("memory:")
+                    || feature == gst::CAPS_FEATURE_MEMORY_SYSTEM_MEMORY.as_str()
+            })
+    })
+}
+
+/// The `dlsps` format's per-run state.
+struct Dlsps {
+    pipeline: PipelineInfo,
+    random: Random,
 }
 
 /// Builds the messages of one stream; keeps the frame counter and reusable buffers.
 pub struct Assembler {
     options: MessageOptions,
-    input: Input,
+    input: Option<Input>,
+    dlsps: Option<Dlsps>,
     /// `frame_id` of the next buffer.
     next_frame_id: u64,
     /// Messages built so far, for `frame_interval`.
@@ -93,15 +214,28 @@ pub struct Assembler {
     counters: FrameCounters,
     /// Reused for every encoded frame.
     jpeg: Vec<u8>,
-    /// Size of the last metadata message, to allocate each payload once.
+    /// Size of the last metadata, to allocate each payload once.
     payload_hint: usize,
 }
 
 impl Assembler {
     pub fn new(options: MessageOptions) -> Self {
+        let dlsps = (options.format == MessageFormat::Dlsps).then(|| {
+            let mut random = Random::new();
+            Dlsps {
+                pipeline: PipelineInfo {
+                    name: options.pipeline_name.clone().unwrap_or_default(),
+                    version: options.pipeline_version.clone(),
+                    instance_id: format!("{:016x}{:016x}", random.next(), random.next()),
+                    start_time: now_ns() as f64 / 1e9,
+                },
+                random,
+            }
+        });
         Assembler {
             options,
-            input: Input::None,
+            input: None,
+            dlsps,
             next_frame_id: 0,
             messages: 0,
             counters: FrameCounters::default(),
@@ -110,132 +244,257 @@ impl Assembler {
         }
     }
 
+    pub fn publish_frame(&self) -> bool {
+        self.options.publish_frame
+    }
+
     pub fn counters(&self) -> FrameCounters {
         self.counters
     }
 
-    /// Takes the negotiated caps: raw video (encoded when frames are published) or JPEG.
-    pub fn set_caps(&mut self, caps: &gst::CapsRef) -> Result<(), glib::BoolError> {
-        let s = caps
-            .structure(0)
-            .ok_or_else(|| glib::bool_error!("Empty caps"))?;
-        self.input = if s.name() == "image/jpeg" {
-            Input::Jpeg {
-                width: s.get::<i32>("width").unwrap_or(0).max(0) as u32,
-                height: s.get::<i32>("height").unwrap_or(0).max(0) as u32,
-            }
-        } else {
-            let info = gst_video::VideoInfo::from_caps(caps)
-                .map_err(|_| glib::bool_error!("Invalid video caps {caps}"))?;
-            Input::Raw {
-                info: Box::new(info),
-                encoder: None,
-            }
+    /// Takes the negotiated caps, whatever they are. Returns a warning when frames are
+    /// published but these caps give no images.
+    pub fn set_caps(&mut self, caps: &gst::CapsRef) -> Option<String> {
+        let input = Input::from_caps(caps);
+        let warning = match input.images {
+            Images::Unavailable(reason) if self.options.publish_frame => Some(format!(
+                "Frames in {caps} {}: publishing the metadata without images",
+                reason.describe()
+            )),
+            _ => None,
         };
-        Ok(())
+        self.input = Some(input);
+        warning
     }
 
     /// Builds the message for one buffer; `None` when the frame is skipped. `timestamp` is
-    /// the buffer's stream time in nanoseconds.
+    /// the buffer's stream time in nanoseconds; `max_size` the largest payload that can be
+    /// published.
     pub fn build(
         &mut self,
         buffer: &gst::BufferRef,
         timestamp: Option<u64>,
-    ) -> Result<Option<Vec<u8>>, BuildError> {
-        let options = &self.options;
+        max_size: usize,
+    ) -> Option<Built> {
         let frame_id = self.next_frame_id;
         self.next_frame_id += 1;
 
         let mut objects = meta::read_objects(buffer).objects;
-        if let Some(filter) = &options.filter {
+        if let Some(filter) = &self.options.filter {
             let had_objects = !objects.is_empty();
             filter.apply_to_objects(&mut objects);
             if had_objects && objects.is_empty() {
                 self.counters.skipped += 1;
-                return Ok(None);
+                return None;
             }
         }
-        if options.skip_empty && objects.is_empty() {
+        if self.options.skip_empty && objects.is_empty() {
             self.counters.skipped += 1;
-            return Ok(None);
+            return None;
         }
 
-        let (width, height) = match &self.input {
-            Input::Raw { info, .. } => (info.width(), info.height()),
-            Input::Jpeg { width, height } => (*width, *height),
-            Input::None => (0, 0),
-        };
+        let wants_image =
+            self.options.publish_frame && self.messages % self.options.frame_interval == 0;
+        self.messages += 1;
+        let mut warning = None;
+        let mut image = None;
+        if wants_image {
+            match self.image(buffer, frame_id) {
+                Ok(jpeg) => image = Some(jpeg),
+                Err(reason) => {
+                    let first = self.counters.no_image(reason);
+                    // Reasons that come with the caps were warned about in `set_caps`.
+                    if !reason.known_from_caps() {
+                        warning = first;
+                    }
+                }
+            }
+        }
+        let (width, height) = self.input.as_ref().map_or((0, 0), |i| (i.width, i.height));
         let ctx = FrameContext {
             width,
             height,
             timestamp,
             frame_id: Some(frame_id),
-            sink_time: options.add_sink_time.then(|| {
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_nanos() as u64)
-            }),
-            source: options.source.as_deref(),
-            tags: options.tags.as_deref(),
+            sink_time: self.options.add_sink_time.then(now_ns),
+            source: self.options.source.as_deref(),
+            tags: self.options.tags.as_deref(),
         };
 
-        let with_frame = options.publish_frame && self.messages % options.frame_interval == 0;
-        self.messages += 1;
         let mut payload = Vec::with_capacity(self.payload_hint);
-        if !with_frame {
-            meta::write_frame_json(&mut payload, &objects, &ctx);
-            self.payload_hint = payload.len() + 64;
-            return Ok(Some(payload));
+        let image_bytes = image.as_ref().map(|image| match image {
+            Image::Encoded => self.jpeg.as_slice(),
+            Image::Buffer(map) => map.as_slice(),
+        });
+        let img_handle = self.dlsps.as_mut().map(|dlsps| dlsps.random.handle());
+        let writer = Writer {
+            options: &self.options,
+            input: self.input.as_ref(),
+            pipeline: self.dlsps.as_ref().map(|dlsps| &dlsps.pipeline),
+            img_handle: img_handle.as_deref(),
+            objects: &objects,
+            ctx: &ctx,
+        };
+        let metadata_len = writer.write(&mut payload, image_bytes);
+        if payload.len() > max_size && image_bytes.is_some() {
+            gst::debug!(
+                CAT,
+                "Frame {frame_id}: a message of {} bytes is over {max_size}, sending it without the image",
+                payload.len()
+            );
+            warning = warning.or(self.counters.no_image(NoImage::Oversize));
+            payload.clear();
+            writer.write(&mut payload, None);
         }
+        self.payload_hint = metadata_len + 64;
+        Some(Built { payload, warning })
+    }
 
-        let map;
-        let jpeg: &[u8] = match &mut self.input {
-            Input::Jpeg { .. } => {
-                map = buffer
-                    .map_readable()
-                    .map_err(|_| BuildError::Map("JPEG buffer"))?;
-                map.as_slice()
-            }
-            Input::Raw { info, encoder } => {
+    /// The image of one frame: encoded into `self.jpeg`, or the buffer itself for JPEG.
+    fn image<'b>(
+        &mut self,
+        buffer: &'b gst::BufferRef,
+        frame_id: u64,
+    ) -> Result<Image<'b>, NoImage> {
+        let input = self.input.as_mut().ok_or(NoImage::Format)?;
+        match &mut input.images {
+            Images::Unavailable(reason) => Err(*reason),
+            Images::Jpeg => buffer.map_readable().map(Image::Buffer).map_err(|_| {
+                gst::warning!(CAT, "Frame {frame_id}: cannot map the JPEG buffer");
+                NoImage::Failed
+            }),
+            Images::Raw { info, encoder } => {
                 let encoder = match encoder {
                     Some(encoder) => encoder,
                     None => encoder.insert(Box::new(
-                        JpegEncoder::new(info, options.jpeg_quality)
-                            .map_err(BuildError::Encoder)?,
+                        JpegEncoder::new(info, self.options.jpeg_quality).map_err(|e| {
+                            gst::warning!(CAT, "Cannot make a JPEG encoder: {e}");
+                            NoImage::Failed
+                        })?,
                     )),
                 };
                 let frame = gst_video::VideoFrameRef::from_buffer_ref_readable(buffer, info)
-                    .map_err(|_| BuildError::Map("video frame"))?;
+                    .map_err(|_| {
+                        gst::warning!(CAT, "Frame {frame_id}: cannot map the video frame");
+                        NoImage::Failed
+                    })?;
                 self.jpeg.clear();
-                match encoder.encode(&frame, &mut self.jpeg) {
-                    Ok(()) => &self.jpeg,
-                    Err(e) => {
-                        self.counters.unencoded += 1;
-                        gst::warning!(CAT, "Cannot encode frame {frame_id}: {e}");
-                        &[]
-                    }
-                }
+                encoder.encode(&frame, &mut self.jpeg).map_err(|e| {
+                    gst::warning!(CAT, "Frame {frame_id}: cannot encode: {e}");
+                    NoImage::Failed
+                })?;
+                Ok(Image::Encoded)
             }
-            Input::None => &[],
-        };
+        }
+    }
+}
 
-        let b64_len = jpeg.len().div_ceil(3) * 4;
-        payload.reserve(b64_len + 64);
-        let (open, middle, close): (&[u8], &[u8], &[u8]) = match options.format {
+/// Writes the message of one frame.
+struct Writer<'a> {
+    options: &'a MessageOptions,
+    input: Option<&'a Input>,
+    /// The `dlsps` format's pipeline.
+    pipeline: Option<&'a PipelineInfo>,
+    img_handle: Option<&'a str>,
+    objects: &'a [meta::Object],
+    ctx: &'a FrameContext<'a>,
+}
+
+impl Writer<'_> {
+    /// Writes the whole message: the metadata, and the envelope with the image or `""`.
+    /// Returns the length of the metadata.
+    fn write(&self, payload: &mut Vec<u8>, image: Option<&[u8]>) -> usize {
+        let (open, middle, close): (&[u8], &[u8], &[u8]) = match self.options.format {
+            MessageFormat::Array if !self.options.publish_frame => (b"", b"", b""),
             MessageFormat::Array => (b"[", b",\"", b"\"]"),
-            MessageFormat::Object => (b"{\"metadata\":", b",\"blob\":\"", b"\"}"),
+            MessageFormat::Object | MessageFormat::Dlsps => {
+                (b"{\"metadata\":", b",\"blob\":\"", b"\"}")
+            }
         };
         payload.extend_from_slice(open);
-        meta::write_frame_json(&mut payload, &objects, &ctx);
-        payload.extend_from_slice(middle);
         let start = payload.len();
-        payload.resize(start + b64_len, 0);
-        let written = base64::engine::general_purpose::STANDARD
-            .encode_slice(jpeg, &mut payload[start..])
-            .expect("buffer sized for the base64 text");
-        payload.truncate(start + written);
+        match self.pipeline {
+            None => meta::write_frame_json(payload, self.objects, self.ctx),
+            Some(pipeline) => self.write_dlsps(payload, pipeline, image.is_some()),
+        }
+        let metadata_len = payload.len() - start;
+        payload.extend_from_slice(middle);
+        if let Some(image) = image.filter(|_| !middle.is_empty()) {
+            let b64_len = image.len().div_ceil(3) * 4;
+            let start = payload.len();
+            payload.resize(start + b64_len, 0);
+            let written = base64::engine::general_purpose::STANDARD
+                .encode_slice(image, &mut payload[start..])
+                .expect("buffer sized for the base64 text");
+            payload.truncate(start + written);
+        }
         payload.extend_from_slice(close);
-        Ok(Some(payload))
+        metadata_len
+    }
+
+    fn write_dlsps(&self, payload: &mut Vec<u8>, pipeline: &PipelineInfo, with_image: bool) {
+        let encoding = with_image.then(|| match self.input.map(|input| &input.images) {
+            Some(Images::Raw { .. }) => ("jpeg", Some(self.options.jpeg_quality)),
+            _ => ("jpeg", None),
+        });
+        let time = now_ns();
+        let elapsed = (time as f64 / 1e9 - pipeline.start_time).max(1e-3);
+        let frame = DlspsFrame {
+            caps: self.input.map_or("", |input| input.caps.as_str()),
+            format: self.input.and_then(|input| input.format.as_deref()),
+            img_handle: self.img_handle.unwrap_or_default(),
+            encoding,
+            pipeline,
+            avg_fps: (self.ctx.frame_id.unwrap_or(0) + 1) as f64 / elapsed,
+            time,
+        };
+        meta::write_dlsps_metadata(payload, self.objects, self.ctx, &frame);
+    }
+}
+
+/// The image of one frame.
+enum Image<'b> {
+    /// In the assembler's JPEG buffer.
+    Encoded,
+    /// The buffer is a JPEG already.
+    Buffer(gst::BufferMap<'b, gst::buffer::Readable>),
+}
+
+/// Wall-clock time, nanoseconds since the UNIX epoch.
+fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// A small, fast generator for DLSPS's random image handles and instance ids (xorshift64*,
+/// seeded by the standard library's per-process random hasher keys): unique enough to tell
+/// frames apart, not for secrets.
+struct Random(u64);
+
+impl Random {
+    fn new() -> Self {
+        Random(RandomState::new().hash_one(now_ns()) | 1)
+    }
+
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// 10 characters `A-Z0-9`, as DLSPS's `img_handle`.
+    fn handle(&mut self) -> String {
+        const ALPHABET: &[u8; 36] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+        let mut bits = self.next();
+        (0..10)
+            .map(|_| {
+                let c = ALPHABET[(bits % 36) as usize] as char;
+                bits /= 36;
+                c
+            })
+            .collect()
     }
 }
 
@@ -245,6 +504,8 @@ mod tests {
     use crate::filter::FilterType;
     use crate::meta::{Detection, Object, Rect};
     use serde_json::Value;
+
+    const NO_LIMIT: usize = usize::MAX;
 
     fn options() -> MessageOptions {
         MessageOptions {
@@ -257,6 +518,8 @@ mod tests {
             tags: None,
             skip_empty: false,
             add_sink_time: false,
+            pipeline_name: None,
+            pipeline_version: String::new(),
         }
     }
 
@@ -295,12 +558,22 @@ mod tests {
     fn assembler(options: MessageOptions) -> Assembler {
         gst::init().unwrap();
         let mut assembler = Assembler::new(options);
-        assembler.set_caps(&raw_caps()).unwrap();
+        assert_eq!(assembler.set_caps(&raw_caps()), None);
         assembler
+    }
+
+    fn build(a: &mut Assembler, buffer: &gst::Buffer) -> Value {
+        json(&a.build(buffer, None, NO_LIMIT).expect("a message").payload)
     }
 
     fn json(payload: &[u8]) -> Value {
         serde_json::from_slice(payload).expect("valid JSON")
+    }
+
+    fn jpeg(blob: &Value) -> Vec<u8> {
+        base64::engine::general_purpose::STANDARD
+            .decode(blob.as_str().expect("a base64 string"))
+            .unwrap()
     }
 
     #[test]
@@ -311,9 +584,9 @@ mod tests {
             ..options()
         });
         let first = json(
-            &a.build(&frame(&[object("box", 0.9)]), Some(40))
+            &a.build(&frame(&[object("box", 0.9)]), Some(40), NO_LIMIT)
                 .unwrap()
-                .unwrap(),
+                .payload,
         );
         assert_eq!(first["frame_id"], 0);
         assert_eq!(first["timestamp"], 40);
@@ -322,53 +595,91 @@ mod tests {
         assert_eq!(first["resolution"]["width"], 32);
         assert_eq!(first["objects"][0]["roi_type"], "box");
         assert_eq!(first["objects"][0]["x"], 8);
-        let second = json(&a.build(&frame(&[]), None).unwrap().unwrap());
+        let second = build(&mut a, &frame(&[]));
         assert_eq!(second["frame_id"], 1);
         assert_eq!(second["objects"], Value::Array(vec![]));
         assert!(second.get("timestamp").is_none(), "{second}");
     }
 
     #[test]
-    fn frames_go_in_the_chosen_envelope_every_nth_message() {
-        for format in [MessageFormat::Array, MessageFormat::Object] {
+    fn one_shape_per_topic_frames_between_the_interval_carry_an_empty_image() {
+        for format in [
+            MessageFormat::Array,
+            MessageFormat::Object,
+            MessageFormat::Dlsps,
+        ] {
             let mut a = assembler(MessageOptions {
                 publish_frame: true,
                 frame_interval: 2,
                 format,
                 ..options()
             });
-            let payloads: Vec<Value> = (0..3)
-                .map(|_| {
-                    json(
-                        &a.build(&frame(&[object("box", 0.9)]), None)
-                            .unwrap()
-                            .unwrap(),
-                    )
-                })
-                .collect();
-            for (i, payload) in payloads.iter().enumerate() {
+            for i in 0..3u64 {
+                let payload = build(&mut a, &frame(&[object("box", 0.9)]));
                 let (metadata, blob) = match format {
-                    MessageFormat::Array if i != 1 => (&payload[0], payload[1].as_str()),
-                    MessageFormat::Object if i != 1 => {
-                        (&payload["metadata"], payload["blob"].as_str())
-                    }
-                    _ => (payload, None),
+                    MessageFormat::Array => (&payload[0], &payload[1]),
+                    _ => (&payload["metadata"], &payload["blob"]),
                 };
-                assert_eq!(metadata["frame_id"], i as u64, "{format:?} {payload}");
+                assert_eq!(metadata["frame_id"], i, "{format:?} {payload}");
                 if i == 1 {
-                    assert!(
-                        payload.is_object() && payload.get("blob").is_none(),
-                        "{payload}"
-                    );
-                    continue;
+                    assert_eq!(blob, "", "{format:?}: {payload}");
+                } else {
+                    assert_eq!(&jpeg(blob)[..2], [0xff, 0xd8], "{format:?}: not a JPEG");
                 }
-                let jpeg = base64::engine::general_purpose::STANDARD
-                    .decode(blob.expect("a base64 frame"))
-                    .unwrap();
-                assert_eq!(&jpeg[..2], [0xff, 0xd8], "{format:?}: not a JPEG");
             }
             assert_eq!(a.counters(), FrameCounters::default());
         }
+    }
+
+    #[test]
+    fn the_object_formats_keep_their_envelope_without_frames() {
+        for format in [MessageFormat::Object, MessageFormat::Dlsps] {
+            let mut a = assembler(MessageOptions {
+                format,
+                ..options()
+            });
+            let payload = build(&mut a, &frame(&[object("box", 0.9)]));
+            assert_eq!(payload["blob"], "", "{format:?}: {payload}");
+            assert_eq!(payload["metadata"]["frame_id"], 0, "{format:?}: {payload}");
+        }
+    }
+
+    #[test]
+    fn dlsps_metadata_describes_the_frame_and_its_encoding() {
+        let mut a = assembler(MessageOptions {
+            format: MessageFormat::Dlsps,
+            publish_frame: true,
+            frame_interval: 2,
+            pipeline_name: Some("user_defined_pipelines".into()),
+            pipeline_version: "counting".into(),
+            ..options()
+        });
+        let with_image = build(&mut a, &frame(&[object("box", 0.9)]));
+        let without = build(&mut a, &frame(&[object("box", 0.9)]));
+        let m = &with_image["metadata"];
+        assert_eq!(m["width"], 32);
+        assert_eq!(m["height"], 16);
+        assert_eq!(m["channels"], 3);
+        assert_eq!(m["img_format"], "RGB");
+        assert!(
+            m["caps"].as_str().unwrap().starts_with("video/x-raw"),
+            "{m}"
+        );
+        assert_eq!(m["encoding_type"], "jpeg");
+        assert_eq!(m["encoding_level"], 85);
+        assert_eq!(m["gva_meta"][0]["tensor"][0]["label"], "box");
+        assert_eq!(m["pipeline"]["name"], "user_defined_pipelines");
+        assert_eq!(m["pipeline"]["version"], "counting");
+        let handle = m["img_handle"].as_str().unwrap();
+        assert_eq!(handle.len(), 10);
+        assert!(handle
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit()));
+        let m2 = &without["metadata"];
+        assert_ne!(m2["img_handle"], m["img_handle"]);
+        assert_eq!(m2["pipeline"]["instance_id"], m["pipeline"]["instance_id"]);
+        assert!(m2.get("encoding_type").is_none(), "{m2}");
+        assert!(m2["time"].as_u64().unwrap() >= m["time"].as_u64().unwrap());
     }
 
     #[test]
@@ -382,18 +693,83 @@ mod tests {
             .field("width", 640)
             .field("height", 480)
             .build();
-        a.set_caps(&caps).unwrap();
+        assert_eq!(a.set_caps(&caps), None);
         let bytes = vec![0xff, 0xd8, 1, 2, 3, 0xff, 0xd9];
-        let payload = json(
-            &a.build(&gst::Buffer::from_mut_slice(bytes.clone()), None)
-                .unwrap()
-                .unwrap(),
-        );
+        let payload = build(&mut a, &gst::Buffer::from_mut_slice(bytes.clone()));
         assert_eq!(payload[0]["resolution"]["width"], 640);
-        let sent = base64::engine::general_purpose::STANDARD
-            .decode(payload[1].as_str().unwrap())
+        assert_eq!(jpeg(&payload[1]), bytes);
+    }
+
+    #[test]
+    fn gpu_memory_and_unsupported_formats_publish_the_metadata_without_images() {
+        gst::init().unwrap();
+        let va = gst::Caps::builder("video/x-raw")
+            .features(["memory:VAMemory"])
+            .field("format", "NV12")
+            .field("width", 1920)
+            .field("height", 1080)
+            .build();
+        let ten_bit = gst_video::VideoInfo::builder(gst_video::VideoFormat::I42010le, 64, 32)
+            .build()
+            .unwrap()
+            .to_caps()
             .unwrap();
-        assert_eq!(sent, bytes);
+        for (caps, memory, format) in [(va, 3, 0), (ten_bit, 0, 3)] {
+            let mut a = Assembler::new(MessageOptions {
+                publish_frame: true,
+                ..options()
+            });
+            let warning = a.set_caps(&caps).expect("a warning naming the caps");
+            assert!(warning.contains(&caps.to_string()), "{warning}");
+            for _ in 0..3 {
+                let built = a
+                    .build(&frame(&[object("box", 0.9)]), None, NO_LIMIT)
+                    .unwrap();
+                // Warned at set_caps already.
+                assert_eq!(built.warning, None);
+                let payload = json(&built.payload);
+                assert_eq!(payload[1], "", "{payload}");
+                assert_eq!(payload[0]["objects"][0]["roi_type"], "box");
+            }
+            let counters = a.counters();
+            assert_eq!(
+                (counters.no_image_memory, counters.no_image_format),
+                (memory, format)
+            );
+            assert_eq!(counters.unencoded(), 3);
+        }
+        // Without publish-frame nothing is missing: no warning.
+        let mut a = Assembler::new(options());
+        assert_eq!(
+            a.set_caps(
+                &gst::Caps::builder("video/x-raw")
+                    .features(["memory:DMABuf"])
+                    .build()
+            ),
+            None
+        );
+    }
+
+    #[test]
+    fn over_the_size_limit_the_image_is_left_out_and_the_metadata_kept() {
+        let mut a = assembler(MessageOptions {
+            publish_frame: true,
+            format: MessageFormat::Object,
+            ..options()
+        });
+        let full = a
+            .build(&frame(&[object("box", 0.9)]), None, NO_LIMIT)
+            .unwrap();
+        let limit = full.payload.len() - 1;
+        let first = a.build(&frame(&[object("box", 0.9)]), None, limit).unwrap();
+        assert!(first.payload.len() <= limit);
+        let payload = json(&first.payload);
+        assert_eq!(payload["blob"], "");
+        assert_eq!(payload["metadata"]["objects"][0]["roi_type"], "box");
+        assert!(first.warning.unwrap().contains("size limit"));
+        let second = a.build(&frame(&[object("box", 0.9)]), None, limit).unwrap();
+        assert_eq!(second.warning, None, "warned once");
+        assert_eq!(a.counters().no_image_oversize, 2);
     }
 
     #[test]
@@ -410,29 +786,31 @@ mod tests {
         });
         // Emptied by the filter, then empty to begin with, then kept.
         assert!(a
-            .build(&frame(&[object("box", 0.2)]), None)
-            .unwrap()
+            .build(&frame(&[object("box", 0.2)]), None, NO_LIMIT)
             .is_none());
-        assert!(a.build(&frame(&[]), None).unwrap().is_none());
-        let kept = json(
-            &a.build(&frame(&[object("box", 0.7), object("box", 0.1)]), None)
-                .unwrap()
-                .unwrap(),
-        );
+        assert!(a.build(&frame(&[]), None, NO_LIMIT).is_none());
+        let kept = build(&mut a, &frame(&[object("box", 0.7), object("box", 0.1)]));
         assert_eq!(kept["frame_id"], 2);
         assert_eq!(kept["objects"].as_array().unwrap().len(), 1);
         assert_eq!(a.counters().skipped, 2);
     }
 
     #[test]
-    fn a_frame_too_small_for_its_caps_is_a_map_error() {
+    fn a_frame_too_small_for_its_caps_goes_out_without_its_image() {
         let mut a = assembler(MessageOptions {
             publish_frame: true,
             ..options()
         });
-        let short = gst::Buffer::from_mut_slice(vec![0u8; 10]);
-        let err = a.build(&short, None).unwrap_err();
-        assert!(matches!(err, BuildError::Map("video frame")), "{err:?}");
-        assert_eq!(err.to_string(), "Cannot map the video frame");
+        let mut short = gst::Buffer::from_mut_slice(vec![0u8; 10]);
+        meta::attach_objects(short.get_mut().unwrap(), &[object("box", 0.9)], 32, 16);
+        let built = a.build(&short, None, NO_LIMIT).unwrap();
+        assert!(built
+            .warning
+            .unwrap()
+            .contains("could not be mapped or encoded"));
+        let payload = json(&built.payload);
+        assert_eq!(payload[1], "");
+        assert_eq!(payload[0]["objects"][0]["roi_type"], "box");
+        assert_eq!(a.counters().no_image_failed, 1);
     }
 }

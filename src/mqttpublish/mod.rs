@@ -18,21 +18,34 @@ mod imp;
 mod message;
 mod settings;
 
-/// The shape of a message that carries a frame.
+/// The shape of the messages. With a frame that has no image (`frame-interval`, GPU memory,
+/// over the size limit) the image is `""`, so every message on a topic has one shape.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, glib::Enum)]
 #[repr(u32)]
 #[enum_type(name = "GstMqttPublishMessageFormat")]
 pub enum MessageFormat {
-    /// `[metadata, "<base64 JPEG>"]`, as the DLSPS documentation describes.
+    /// The metadata, or with `publish-frame` `[metadata, "<base64 JPEG>"]`, as the DLSPS
+    /// documentation describes.
     #[default]
-    #[enum_value(name = "Array: [metadata, \"<base64 JPEG>\"]", nick = "array")]
-    Array,
-    /// `{"metadata": .., "blob": ".."}`, as the DLSPS code sends.
     #[enum_value(
-        name = "Object: {\"metadata\": .., \"blob\": \"<base64 JPEG>\"}",
+        name = "Array: the metadata, or with publish-frame [metadata, \"<base64 JPEG>\"]",
+        nick = "array"
+    )]
+    Array,
+    /// Always `{"metadata": .., "blob": "<base64 JPEG>" or ""}`, the envelope the DLSPS code
+    /// sends, around the gvametaconvert metadata.
+    #[enum_value(
+        name = "Object: {\"metadata\": .., \"blob\": \"<base64 JPEG>\" or \"\"}",
         nick = "object"
     )]
     Object,
+    /// What DLSPS itself publishes: the `object` envelope around DLSPS's metadata (its
+    /// frame, pipeline and `gva_meta` keys besides the gvametaconvert ones).
+    #[enum_value(
+        name = "DLSPS: {\"metadata\": <DLSPS metadata>, \"blob\": \"<base64 JPEG>\" or \"\"}",
+        nick = "dlsps"
+    )]
+    Dlsps,
 }
 
 glib::wrapper! {

@@ -70,6 +70,8 @@ pub struct Settings {
     pub tags: Option<String>,
     pub skip_empty: bool,
     pub add_sink_time: bool,
+    pub pipeline_name: Option<String>,
+    pub pipeline_version: Option<String>,
     pub config: Option<String>,
     pub max_queued_messages: u32,
     pub max_queued_bytes: u64,
@@ -106,6 +108,8 @@ impl Default for Settings {
             tags: None,
             skip_empty: DEFAULT_SKIP_EMPTY,
             add_sink_time: DEFAULT_ADD_SINK_TIME,
+            pipeline_name: None,
+            pipeline_version: None,
             config: None,
             max_queued_messages: DEFAULT_MAX_QUEUED_MESSAGES,
             max_queued_bytes: DEFAULT_MAX_QUEUED_BYTES,
@@ -275,6 +279,8 @@ pub fn resolve(
         tags: settings.tags.clone(),
         skip_empty: settings.skip_empty,
         add_sink_time: settings.add_sink_time,
+        pipeline_name: settings.pipeline_name.clone(),
+        pipeline_version: settings.pipeline_version.clone().unwrap_or_default(),
     };
     Ok(Resolved {
         connection,
