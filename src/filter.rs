@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 
 use gst::glib;
+use serde_json::Value;
 
 use crate::meta::{self, Classification, Object};
 
@@ -87,7 +88,10 @@ impl Filter {
         self.keeps(&c.label, c.confidence)
     }
 
-    /// Removes what falls below the thresholds from the metadata on `buffer`.
+    /// Removes what falls below the thresholds from the metadata on `buffer`: the
+    /// region-of-interest metas and the objects of gvametaconvert's JSON metas, so that
+    /// what is published from either never shows what was removed. Objects described by
+    /// both are counted once.
     pub fn apply_to_buffer(&self, buffer: &mut gst::BufferRef) -> FilterOutcome {
         let (removed, invalid_confidences) = match self.kind {
             FilterType::Detection => meta::retain_objects(buffer, |o| self.keeps_object(o)),
@@ -95,8 +99,15 @@ impl Filter {
                 meta::retain_classifications(buffer, |_, c| self.keeps_classification(c))
             }
         };
+        let mut removed_from_json = 0;
+        meta::rewrite_json_messages(buffer, |text| {
+            let mut frame = serde_json::from_str::<serde_json::Map<String, Value>>(text).ok()?;
+            let removed = self.apply_to_json(&mut frame);
+            removed_from_json = removed_from_json.max(removed);
+            (removed > 0).then(|| Value::Object(frame).to_string())
+        });
         FilterOutcome {
-            removed,
+            removed: removed.max(removed_from_json),
             invalid_confidences,
         }
     }
@@ -121,6 +132,52 @@ impl Filter {
             }
         }
         (before - after) as u32
+    }
+
+    /// Removes what falls below the thresholds from the `objects` of a gvametaconvert JSON
+    /// document (a `GstGVAJSONMeta`'s message), keeping every other key as it is. An object's
+    /// label is its `detection.label` (else `roi_type`); a classification result is any
+    /// key of an object whose value is an object with a `label`. Returns how many objects
+    /// or classification results were removed.
+    pub fn apply_to_json(&self, frame: &mut serde_json::Map<String, Value>) -> u32 {
+        let Some(Value::Array(objects)) = frame.get_mut("objects") else {
+            return 0;
+        };
+        let confidence = |v: &Value| {
+            v.get("confidence")
+                .and_then(Value::as_f64)
+                .and_then(meta::valid_confidence)
+        };
+        let mut removed = 0;
+        match self.kind {
+            FilterType::Detection => objects.retain(|object| {
+                let detection = object.get("detection");
+                let label = detection
+                    .and_then(|d| d.get("label"))
+                    .or_else(|| object.get("roi_type"))
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
+                let keep = self.keeps(label, detection.and_then(confidence));
+                removed += u32::from(!keep);
+                keep
+            }),
+            FilterType::Classification => {
+                for object in objects.iter_mut().filter_map(Value::as_object_mut) {
+                    object.retain(|key, value| {
+                        let label = value.get("label").and_then(Value::as_str);
+                        let keep = match label {
+                            Some(label) if key != "detection" => {
+                                self.keeps(label, confidence(value))
+                            }
+                            _ => true,
+                        };
+                        removed += u32::from(!keep);
+                        keep
+                    });
+                }
+            }
+        }
+        removed
     }
 }
 
@@ -168,6 +225,35 @@ mod tests {
         assert!(drop.keeps("person", None), "no threshold for person");
         let drop_all = filter(&[], 0.3, true);
         assert!(!drop_all.keeps("person", None));
+    }
+
+    #[test]
+    fn apply_to_json_keeps_every_other_key() {
+        let mut frame: serde_json::Map<String, Value> = serde_json::from_str(
+            r#"{"objects":[
+                {"detection":{"confidence":0.9,"label":"box"},"color":{"confidence":0.2,"label":"red"},"tensors":[1]},
+                {"detection":{"confidence":0.1,"label":"box"}},
+                {"roi_type":"car","region_id":4}
+            ],"timestamp":7,"extra":{"k":"v"}}"#,
+        )
+        .unwrap();
+        let mut classification = frame.clone();
+        let f = filter(&[("box", 0.5)], 0.0, true);
+        assert_eq!(f.apply_to_json(&mut frame), 1);
+        let objects = frame["objects"].as_array().unwrap();
+        assert_eq!(objects.len(), 2);
+        assert_eq!(objects[0]["tensors"], serde_json::json!([1]));
+        assert_eq!(objects[1]["roi_type"], "car", "no threshold for car");
+        assert_eq!(frame["extra"]["k"], "v");
+
+        let f = Filter {
+            kind: FilterType::Classification,
+            ..filter(&[("red", 0.5)], 0.0, false)
+        };
+        assert_eq!(f.apply_to_json(&mut classification), 1);
+        let first = &classification["objects"][0];
+        assert!(first.get("color").is_none(), "{first}");
+        assert_eq!(first["detection"]["label"], "box", "detections stay");
     }
 
     #[test]

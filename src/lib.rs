@@ -37,8 +37,8 @@ pub mod internals {
     };
     pub use crate::jpeg::{is_supported, JpegEncoder, JpegError, SUPPORTED_FORMATS};
     pub use crate::meta::{
-        parse_frame_line, write_frame_json, BoundingBox, Classification, Detection, FrameContext,
-        Object, RecordedFrame,
+        attach_json_message, json_messages, parse_frame_line, write_frame_json, BoundingBox,
+        Classification, Detection, FrameContext, Object, RecordedFrame,
     };
 }
 

@@ -60,12 +60,16 @@ impl DlspsFrame<'_> {
 }
 
 /// Appends the DLSPS metadata object of one frame to `out`. `ctx` is the gvametaconvert
-/// context; its `frame_id` and `tags` are written where DLSPS puts them.
+/// context; its `frame_id` and `tags` are written where DLSPS puts them. `attached`: the
+/// JSON object gvametaconvert attached, whose keys DLSPS merges in place of the ones
+/// written from `objects` and `ctx` (without `frame_id`, and without `tags` when `ctx` has
+/// them).
 pub fn write_dlsps_metadata(
     out: &mut Vec<u8>,
     objects: &[Object],
     ctx: &FrameContext,
     frame: &DlspsFrame,
+    attached: Option<&str>,
 ) {
     let first = &mut true;
     out.push(b'{');
@@ -81,12 +85,27 @@ pub fn write_dlsps_metadata(
     write_str(out, frame.format.unwrap_or("none"));
     key(out, first, "img_handle");
     write_str(out, frame.img_handle);
-    let inner = FrameContext {
-        frame_id: None,
-        tags: None,
-        ..*ctx
-    };
-    write_frame_fields(out, first, objects, &inner);
+    match attached.map(|json| json.trim()) {
+        Some(json) => {
+            let fields = json
+                .strip_prefix('{')
+                .and_then(|json| json.strip_suffix('}'))
+                .unwrap_or_default()
+                .trim();
+            if !fields.is_empty() {
+                out.push(b',');
+                out.extend_from_slice(fields.as_bytes());
+            }
+        }
+        None => {
+            let inner = FrameContext {
+                frame_id: None,
+                tags: None,
+                ..*ctx
+            };
+            write_frame_fields(out, first, objects, &inner);
+        }
+    }
     key(out, first, "gva_meta");
     write_gva_meta(out, objects);
     if let Some((kind, level)) = frame.encoding {
@@ -250,7 +269,7 @@ mod tests {
             ..Default::default()
         };
         let mut out = Vec::new();
-        write_dlsps_metadata(&mut out, objects, &ctx, frame);
+        write_dlsps_metadata(&mut out, objects, &ctx, frame, None);
         serde_json::from_slice(&out).expect("valid JSON")
     }
 

@@ -450,7 +450,8 @@ fn parse_object(
     })
 }
 
-fn kind(v: &Value) -> &'static str {
+/// What a JSON value is, for error messages: "an array", "a string", ...
+pub fn kind(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",

@@ -13,6 +13,7 @@
 //! without touching the elements.
 
 mod dlsps;
+mod gva_json;
 mod json;
 mod roi;
 
@@ -28,7 +29,10 @@ static CAT: Lazy<gst::DebugCategory> = Lazy::new(|| {
 });
 
 pub use dlsps::{write_dlsps_metadata, DlspsFrame, PipelineInfo};
-pub use json::{parse_frame_line, write_frame_json, FrameContext, RecordedFrame};
+pub use gva_json::{attach as attach_json_message, json_messages, rewrite_json_messages};
+pub use json::{
+    kind as json_kind, parse_frame_line, write_frame_json, FrameContext, RecordedFrame,
+};
 pub use roi::{attach_objects, object_count, read_objects, retain_classifications, retain_objects};
 
 /// A rectangle in pixels, as carried by a region-of-interest meta.

@@ -22,6 +22,7 @@ static CAT: Lazy<gst::DebugCategory> = Lazy::new(|| {
 });
 
 const DEFAULT_LOOP: bool = false;
+const DEFAULT_ATTACH_JSON: bool = false;
 /// Matching tolerance when buffers carry no duration.
 const DEFAULT_TOLERANCE: gst::ClockTime = gst::ClockTime::from_mseconds(1);
 
@@ -30,6 +31,7 @@ struct Settings {
     location: Option<PathBuf>,
     loop_: bool,
     match_: ReplayMatch,
+    attach_json: bool,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -42,6 +44,8 @@ struct Stats {
 #[derive(Debug)]
 struct Recording {
     frames: Vec<RecordedFrame>,
+    /// The lines as they were recorded, by frame.
+    lines: Vec<Box<str>>,
     /// `(timestamp, index into frames)`, sorted; only for `match=timestamp`.
     by_timestamp: Vec<(u64, usize)>,
 }
@@ -79,6 +83,7 @@ fn load_recording(path: &Path, match_: ReplayMatch) -> Result<Recording, String>
     }?;
 
     let mut frames = Vec::new();
+    let mut lines = Vec::new();
     for (number, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
@@ -93,6 +98,7 @@ fn load_recording(path: &Path, match_: ReplayMatch) -> Result<Recording, String>
             ));
         }
         frames.push(frame);
+        lines.push(line.trim().into());
     }
     if frames.is_empty() {
         return Err(format!("{}: holds no recorded frames", path.display()));
@@ -109,13 +115,14 @@ fn load_recording(path: &Path, match_: ReplayMatch) -> Result<Recording, String>
     by_timestamp.sort_unstable();
     Ok(Recording {
         frames,
+        lines,
         by_timestamp,
     })
 }
 
 impl Recording {
-    /// The line closest to `time`, if it is within `tolerance`.
-    fn find(&self, time: u64, tolerance: u64) -> Option<&RecordedFrame> {
+    /// The index of the line closest to `time`, if it is within `tolerance`.
+    fn find(&self, time: u64, tolerance: u64) -> Option<usize> {
         let pos = self.by_timestamp.partition_point(|(t, _)| *t < time);
         [pos.checked_sub(1), Some(pos)]
             .into_iter()
@@ -124,7 +131,7 @@ impl Recording {
             .map(|(t, i)| (t.abs_diff(time), *i))
             .filter(|(distance, _)| *distance <= tolerance)
             .min()
-            .map(|(_, i)| &self.frames[i])
+            .map(|(_, i)| i)
     }
 
     /// The time after which a looping replay starts again: one frame after the last line.
@@ -185,6 +192,17 @@ impl ObjectImpl for MetaReplay {
                     .default_value(DEFAULT_LOOP)
                     .mutable_ready()
                     .build(),
+                glib::ParamSpecBoolean::builder("attach-json")
+                    .nick("Attach JSON")
+                    .blurb(
+                        "Also attach each line, as recorded, as the JSON meta DL Streamer's \
+                         gvametaconvert attaches (GstGVAJSONMeta), so that mqttpublish \
+                         publishes it as gvametapublish would. DL Streamer's registration of \
+                         the meta is used when it is loaded.",
+                    )
+                    .default_value(DEFAULT_ATTACH_JSON)
+                    .mutable_ready()
+                    .build(),
                 glib::ParamSpecEnum::builder_with_default("match", ReplayMatch::default())
                     .nick("Match")
                     .blurb(
@@ -218,6 +236,7 @@ impl ObjectImpl for MetaReplay {
             }
             "loop" => settings.loop_ = value.get().expect("type checked upstream"),
             "match" => settings.match_ = value.get().expect("type checked upstream"),
+            "attach-json" => settings.attach_json = value.get().expect("type checked upstream"),
             other => unreachable!("unknown property {other}"),
         }
     }
@@ -232,6 +251,7 @@ impl ObjectImpl for MetaReplay {
                 .to_value(),
             "loop" => settings.loop_.to_value(),
             "match" => settings.match_.to_value(),
+            "attach-json" => settings.attach_json.to_value(),
             "stats" => {
                 let stats = match &*self.state.lock().unwrap() {
                     State::Started { stats, .. } => *stats,
@@ -341,9 +361,9 @@ impl BaseTransformImpl for MetaReplay {
         &self,
         buffer: &mut gst::BufferRef,
     ) -> Result<gst::FlowSuccess, gst::FlowError> {
-        let (loop_, match_) = {
+        let (loop_, match_, attach_json) = {
             let settings = self.settings.lock().unwrap();
-            (settings.loop_, settings.match_)
+            (settings.loop_, settings.match_, settings.attach_json)
         };
         let stream_time = match match_ {
             ReplayMatch::Index => None,
@@ -368,14 +388,14 @@ impl BaseTransformImpl for MetaReplay {
         };
         stats.buffers += 1;
 
-        let frame = match match_ {
+        let index = match match_ {
             ReplayMatch::Index => {
                 if *next >= recording.frames.len() && loop_ {
                     *next = 0;
                 }
-                let frame = recording.frames.get(*next);
+                let index = (*next < recording.frames.len()).then_some(*next);
                 *next += 1;
-                frame
+                index
             }
             ReplayMatch::Timestamp => stream_time.and_then(|time| {
                 let duration = buffer.duration().map(gst::ClockTime::nseconds);
@@ -386,7 +406,7 @@ impl BaseTransformImpl for MetaReplay {
             }),
         };
 
-        let Some(frame) = frame else {
+        let Some(index) = index else {
             stats.buffers_unmatched += 1;
             if match_ == ReplayMatch::Index && !std::mem::replace(exhausted_warned, true) {
                 gst::info!(
@@ -398,9 +418,13 @@ impl BaseTransformImpl for MetaReplay {
             return Ok(gst::FlowSuccess::Ok);
         };
 
-        let objects = objects_for_size(frame, *size);
+        let objects = objects_for_size(&recording.frames[index], *size);
         stats.objects_attached += objects.len() as u64;
         meta::attach_objects(buffer, &objects, size.0, size.1);
+        if attach_json {
+            // A line is one JSON object: no NUL byte can be in it.
+            meta::attach_json_message(buffer, &recording.lines[index]);
+        }
         Ok(gst::FlowSuccess::Ok)
     }
 }

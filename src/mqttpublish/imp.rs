@@ -22,7 +22,7 @@ use super::settings::{
     DEFAULT_PROTOCOL, DEFAULT_PUBLISH_FRAME, DEFAULT_QOS, DEFAULT_RETAIN, DEFAULT_SKIP_EMPTY,
     DEFAULT_TOPIC,
 };
-use super::MessageFormat;
+use super::{MessageFormat, MetadataSource};
 use crate::jpeg;
 use crate::mqtt::{
     ConnectionConfig, Leaky, Limits, Notice, Pushed, Secret, SizeLimit, Stats, Worker,
@@ -198,6 +198,7 @@ impl MqttPublish {
             .field("dropped-disconnected", stats.dropped_disconnected)
             .field("dropped-stopped", stats.dropped_stopped)
             .field("frames-skipped", frames.skipped)
+            .field("json-invalid", frames.json_invalid)
             .field("frames-unencoded", frames.unencoded())
             .field("unencoded-memory", frames.no_image_memory)
             .field("unencoded-format", frames.no_image_format)
@@ -399,6 +400,22 @@ impl ObjectImpl for MqttPublish {
                     )
                     .mutable_ready()
                     .build(),
+                glib::ParamSpecEnum::builder_with_default(
+                    "metadata-source",
+                    MetadataSource::default(),
+                )
+                .nick("Metadata source")
+                .blurb(
+                    "auto: when a buffer carries the JSON DL Streamer's gvametaconvert attached \
+                     (GstGVAJSONMeta), publish that JSON as gvametapublish does (with its \
+                     tensors, UTC timestamps, ...; frame_id added, source/tags/sink-time only \
+                     where it lacks them), else build it from the region-of-interest metas. \
+                     metas: always build it from the metas. A JSON meta that is not a JSON \
+                     object is counted (json-invalid in stats), warned about once, and the \
+                     metadata built from the metas instead.",
+                )
+                .mutable_ready()
+                .build(),
                 glib::ParamSpecString::builder("pipeline-name")
                     .nick("Pipeline name")
                     .blurb(
@@ -555,6 +572,7 @@ impl ObjectImpl for MqttPublish {
             "jpeg-quality" => settings.jpeg_quality = get(value),
             "frame-interval" => settings.frame_interval = get(value),
             "message-format" => settings.message_format = get(value),
+            "metadata-source" => settings.metadata_source = get(value),
             "source" => settings.source = string(),
             "pipeline-name" => settings.pipeline_name = string(),
             "pipeline-version" => settings.pipeline_version = string(),
@@ -607,6 +625,7 @@ impl ObjectImpl for MqttPublish {
             "jpeg-quality" => settings.jpeg_quality.to_value(),
             "frame-interval" => settings.frame_interval.to_value(),
             "message-format" => settings.message_format.to_value(),
+            "metadata-source" => settings.metadata_source.to_value(),
             "source" => settings.source.to_value(),
             "pipeline-name" => settings.pipeline_name.to_value(),
             "pipeline-version" => settings.pipeline_version.to_value(),
@@ -807,7 +826,7 @@ impl BaseSinkImpl for MqttPublish {
         // property take it.
         let worker = started.worker.clone();
         drop(state);
-        if let Some(warning) = built.warning {
+        for warning in &built.warnings {
             gst::element_imp_warning!(self, gst::StreamError::Encode, ("{}", warning));
         }
         let payload = built.payload;

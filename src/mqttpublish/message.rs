@@ -19,7 +19,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use base64::Engine as _;
 use once_cell::sync::Lazy;
 
-use super::MessageFormat;
+use super::attached::Attached;
+use super::{MessageFormat, MetadataSource};
 use crate::filter::Filter;
 use crate::jpeg::{self, JpegEncoder};
 use crate::meta::{self, DlspsFrame, FrameContext, PipelineInfo};
@@ -42,6 +43,7 @@ pub struct MessageOptions {
     /// With `publish_frame`, the image goes with every this many messages.
     pub frame_interval: u64,
     pub format: MessageFormat,
+    pub metadata_source: MetadataSource,
     pub source: Option<String>,
     /// A JSON object in compact form.
     pub tags: Option<String>,
@@ -89,6 +91,8 @@ impl NoImage {
 pub struct FrameCounters {
     /// Skipped by `skip-empty` or emptied by the configuration's filter.
     pub skipped: u64,
+    /// gvametaconvert JSON metas that were not a JSON object; published from the metas.
+    pub json_invalid: u64,
     /// Published without their image, by reason.
     pub no_image_memory: u64,
     pub no_image_format: u64,
@@ -125,9 +129,9 @@ impl FrameCounters {
 #[derive(Debug)]
 pub struct Built {
     pub payload: Vec<u8>,
-    /// Set the first time a frame goes out without its image for a reason found while
-    /// building (size, mapping, encoding): the element warns once.
-    pub warning: Option<String>,
+    /// Trouble met for the first time while building (invalid gvametaconvert JSON, an image
+    /// left out for its size, a failed mapping or encoding): the element warns once each.
+    pub warnings: Vec<String>,
 }
 
 /// Where the images come from.
@@ -279,16 +283,43 @@ impl Assembler {
         let frame_id = self.next_frame_id;
         self.next_frame_id += 1;
 
+        let mut warnings = Vec::new();
         let mut objects = meta::read_objects(buffer).objects;
+        let mut attached = match self.options.metadata_source {
+            MetadataSource::Auto => match Attached::parse(meta::json_messages(buffer)) {
+                Ok(attached) => attached,
+                Err(e) => {
+                    self.counters.json_invalid += 1;
+                    gst::debug!(CAT, "Frame {frame_id}: gvametaconvert JSON {e}");
+                    if self.counters.json_invalid == 1 {
+                        warnings.push(format!(
+                            "The JSON gvametaconvert attached to frame {frame_id} is {e}: \
+                             publishing the metadata built from the metas; further ones are \
+                             counted in stats (json-invalid)"
+                        ));
+                    }
+                    None
+                }
+            },
+            MetadataSource::Metas => None,
+        };
+        let count = |objects: &Vec<meta::Object>, attached: &Option<Attached>| {
+            attached
+                .as_ref()
+                .map_or(objects.len(), Attached::object_count)
+        };
         if let Some(filter) = &self.options.filter {
-            let had_objects = !objects.is_empty();
+            let had_objects = count(&objects, &attached) > 0;
             filter.apply_to_objects(&mut objects);
-            if had_objects && objects.is_empty() {
+            if let Some(attached) = &mut attached {
+                attached.filter(filter);
+            }
+            if had_objects && count(&objects, &attached) == 0 {
                 self.counters.skipped += 1;
                 return None;
             }
         }
-        if self.options.skip_empty && objects.is_empty() {
+        if self.options.skip_empty && count(&objects, &attached) == 0 {
             self.counters.skipped += 1;
             return None;
         }
@@ -296,7 +327,6 @@ impl Assembler {
         let wants_image =
             self.options.publish_frame && self.messages % self.options.frame_interval == 0;
         self.messages += 1;
-        let mut warning = None;
         let mut image = None;
         if wants_image {
             match self.image(buffer, frame_id) {
@@ -305,7 +335,7 @@ impl Assembler {
                     let first = self.counters.no_image(reason);
                     // Reasons that come with the caps were warned about in `set_caps`.
                     if !reason.known_from_caps() {
-                        warning = first;
+                        warnings.extend(first);
                     }
                 }
             }
@@ -327,7 +357,16 @@ impl Assembler {
             Image::Buffer(map) => map.as_slice(),
         });
         let img_handle = self.dlsps.as_mut().map(|dlsps| dlsps.random.handle());
+        let attached_json = attached.as_ref().map(|attached| {
+            let mut out = Vec::new();
+            match self.dlsps {
+                Some(_) => out = attached.dlsps_fields(&ctx).into_bytes(),
+                None => attached.write(&mut out, &ctx),
+            }
+            String::from_utf8(out).expect("serde_json writes UTF-8")
+        });
         let writer = Writer {
+            attached: attached_json.as_deref(),
             options: &self.options,
             input: self.input.as_ref(),
             pipeline: self.dlsps.as_ref().map(|dlsps| &dlsps.pipeline),
@@ -342,12 +381,12 @@ impl Assembler {
                 "Frame {frame_id}: a message of {} bytes is over {max_size}, sending it without the image",
                 payload.len()
             );
-            warning = warning.or(self.counters.no_image(NoImage::Oversize));
+            warnings.extend(self.counters.no_image(NoImage::Oversize));
             payload.clear();
             writer.write(&mut payload, None);
         }
         self.payload_hint = metadata_len + 64;
-        Some(Built { payload, warning })
+        Some(Built { payload, warnings })
     }
 
     /// The image of one frame: encoded into `self.jpeg`, or the buffer itself for JPEG.
@@ -392,6 +431,9 @@ impl Assembler {
 /// Writes the message of one frame.
 struct Writer<'a> {
     options: &'a MessageOptions,
+    /// gvametaconvert's JSON, completed: the whole metadata, or with `dlsps` the keys
+    /// merged into DLSPS's.
+    attached: Option<&'a str>,
     input: Option<&'a Input>,
     /// The `dlsps` format's pipeline.
     pipeline: Option<&'a PipelineInfo>,
@@ -413,9 +455,10 @@ impl Writer<'_> {
         };
         payload.extend_from_slice(open);
         let start = payload.len();
-        match self.pipeline {
-            None => meta::write_frame_json(payload, self.objects, self.ctx),
-            Some(pipeline) => self.write_dlsps(payload, pipeline, image.is_some()),
+        match (self.pipeline, self.attached) {
+            (None, None) => meta::write_frame_json(payload, self.objects, self.ctx),
+            (None, Some(attached)) => payload.extend_from_slice(attached.as_bytes()),
+            (Some(pipeline), _) => self.write_dlsps(payload, pipeline, image.is_some()),
         }
         let metadata_len = payload.len() - start;
         payload.extend_from_slice(middle);
@@ -448,7 +491,7 @@ impl Writer<'_> {
             avg_fps: (self.ctx.frame_id.unwrap_or(0) + 1) as f64 / elapsed,
             time,
         };
-        meta::write_dlsps_metadata(payload, self.objects, self.ctx, &frame);
+        meta::write_dlsps_metadata(payload, self.objects, self.ctx, &frame, self.attached);
     }
 }
 
@@ -514,6 +557,7 @@ mod tests {
             jpeg_quality: 85,
             frame_interval: 1,
             format: MessageFormat::Array,
+            metadata_source: MetadataSource::Auto,
             source: None,
             tags: None,
             skip_empty: false,
@@ -726,7 +770,7 @@ mod tests {
                     .build(&frame(&[object("box", 0.9)]), None, NO_LIMIT)
                     .unwrap();
                 // Warned at set_caps already.
-                assert_eq!(built.warning, None);
+                assert_eq!(built.warnings, [] as [String; 0]);
                 let payload = json(&built.payload);
                 assert_eq!(payload[1], "", "{payload}");
                 assert_eq!(payload[0]["objects"][0]["roi_type"], "box");
@@ -766,9 +810,9 @@ mod tests {
         let payload = json(&first.payload);
         assert_eq!(payload["blob"], "");
         assert_eq!(payload["metadata"]["objects"][0]["roi_type"], "box");
-        assert!(first.warning.unwrap().contains("size limit"));
+        assert!(first.warnings[0].contains("size limit"));
         let second = a.build(&frame(&[object("box", 0.9)]), None, limit).unwrap();
-        assert_eq!(second.warning, None, "warned once");
+        assert!(second.warnings.is_empty(), "warned once");
         assert_eq!(a.counters().no_image_oversize, 2);
     }
 
@@ -804,10 +848,7 @@ mod tests {
         let mut short = gst::Buffer::from_mut_slice(vec![0u8; 10]);
         meta::attach_objects(short.get_mut().unwrap(), &[object("box", 0.9)], 32, 16);
         let built = a.build(&short, None, NO_LIMIT).unwrap();
-        assert!(built
-            .warning
-            .unwrap()
-            .contains("could not be mapped or encoded"));
+        assert!(built.warnings[0].contains("could not be mapped or encoded"));
         let payload = json(&built.payload);
         assert_eq!(payload[1], "");
         assert_eq!(payload[0]["objects"][0]["roi_type"], "box");

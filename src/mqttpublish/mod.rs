@@ -14,6 +14,7 @@
 use gst::glib;
 use gst::prelude::*;
 
+mod attached;
 mod imp;
 mod message;
 mod settings;
@@ -46,6 +47,24 @@ pub enum MessageFormat {
         nick = "dlsps"
     )]
     Dlsps,
+}
+
+/// Where the published metadata comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, glib::Enum)]
+#[repr(u32)]
+#[enum_type(name = "GstMqttPublishMetadataSource")]
+pub enum MetadataSource {
+    /// The JSON DL Streamer's gvametaconvert attached (GstGVAJSONMeta), as gvametapublish
+    /// sends it, when the buffer carries it; otherwise built from the metas.
+    #[default]
+    #[enum_value(
+        name = "Auto: gvametaconvert's JSON when the buffer carries it, else built from the metas",
+        nick = "auto"
+    )]
+    Auto,
+    /// Always built from the region-of-interest metas.
+    #[enum_value(name = "Metas: always built from the metas", nick = "metas")]
+    Metas,
 }
 
 glib::wrapper! {

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use super::message::MessageOptions;
-use super::MessageFormat;
+use super::{MessageFormat, MetadataSource};
 use crate::config::{tcp_port, PublisherConfig};
 use crate::error::SettingError;
 use crate::filter::Filter;
@@ -66,6 +66,7 @@ pub struct Settings {
     pub jpeg_quality: u32,
     pub frame_interval: u32,
     pub message_format: MessageFormat,
+    pub metadata_source: MetadataSource,
     pub source: Option<String>,
     pub tags: Option<String>,
     pub skip_empty: bool,
@@ -104,6 +105,7 @@ impl Default for Settings {
             jpeg_quality: DEFAULT_JPEG_QUALITY,
             frame_interval: DEFAULT_FRAME_INTERVAL,
             message_format: MessageFormat::default(),
+            metadata_source: MetadataSource::default(),
             source: None,
             tags: None,
             skip_empty: DEFAULT_SKIP_EMPTY,
@@ -275,6 +277,7 @@ pub fn resolve(
         jpeg_quality: settings.jpeg_quality as u8,
         frame_interval: u64::from(settings.frame_interval.max(1)),
         format: settings.message_format,
+        metadata_source: settings.metadata_source,
         source: settings.source.clone(),
         tags: settings.tags.clone(),
         skip_empty: settings.skip_empty,

@@ -1,0 +1,253 @@
+// SPDX-License-Identifier: MPL-2.0
+
+//! `gvametaconvert ! mqttpublish`: the JSON DL Streamer's gvametaconvert attaches
+//! (`GstGVAJSONMeta`) is what gets published, as `gvametapublish` sends it. `metareplay
+//! attach-json=true` attaches recorded lines the same way.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::{init_plugin, stat, to, Broker, Message, Run, Subscriber};
+use gst::prelude::*;
+use gstanalyticsmqtt::internals::attach_json_message;
+use serde_json::Value;
+
+const TOPIC: &str = "dlstreamer_pipeline_results";
+const LONG: Duration = Duration::from_secs(30);
+
+/// Lines as gvametaconvert writes them with `add-tensor-data=true timestamp-utc=true`: keys
+/// this plugin never writes itself (tensors, a UTC timestamp string, an extra key).
+const LINES: [&str; 3] = [
+    r#"{"objects":[{"detection":{"bounding_box":{"x_max":0.5,"x_min":0.25,"y_max":0.5,"y_min":0.25},"confidence":0.91,"label":"person","label_id":1},"h":120,"region_id":0,"roi_type":"person","tensors":[{"confidence":0.91,"data":[0.1,0.2],"layer_name":"detection_out","model_name":"person-detection-0202","name":"detection","precision":"FP32"}],"w":160,"x":160,"y":120}],"resolution":{"height":480,"width":640},"timestamp":0,"timestamp_utc":"2026-12-03T10:00:00.000000Z","vendor":{"line":3}}"#,
+    r#"{"objects":[{"detection":{"bounding_box":{"x_max":0.5,"x_min":0.25,"y_max":0.5,"y_min":0.25},"confidence":0.2,"label":"person","label_id":1},"h":120,"region_id":0,"roi_type":"person","tensors":[{"data":[0.3],"name":"detection"}],"w":160,"x":160,"y":120}],"resolution":{"height":480,"width":640},"timestamp":33333333,"timestamp_utc":"2026-12-03T10:00:00.033333Z","vendor":{"line":3}}"#,
+    r#"{"objects":[],"resolution":{"height":480,"width":640},"timestamp":66666666,"timestamp_utc":"2026-12-03T10:00:00.066666Z"}"#,
+];
+
+fn recording(dir: &Path, name: &str, lines: &[&str]) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, lines.join("\n")).unwrap();
+    path
+}
+
+fn source(location: &Path, extra: &str) -> String {
+    format!(
+        "videotestsrc num-buffers=3 ! video/x-raw,width=640,height=480,framerate=30/1 \
+         ! metareplay location={} attach-json=true {extra}",
+        location.display()
+    )
+}
+
+fn publish(
+    source: &str,
+    props: &str,
+    broker: &Broker,
+    expected: usize,
+) -> (Vec<Message>, gst::Structure, Vec<String>) {
+    let sub = Subscriber::new(broker, TOPIC);
+    let mut run = Run::publish(source, props);
+    run.wait_eos(LONG);
+    let warnings = run.warnings();
+    let stats = run.stop();
+    let messages = sub.wait_for(expected, LONG);
+    sub.assert_count_after(expected, Duration::from_millis(200));
+    (messages, stats, warnings)
+}
+
+fn json(message: &Message) -> Value {
+    serde_json::from_slice(&message.payload).expect("payload is JSON")
+}
+
+#[test]
+fn recorded_lines_arrive_byte_for_byte_with_frame_id() {
+    init_plugin();
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::new();
+    let location = recording(dir.path(), "tensors.jsonl", &LINES);
+    let (messages, stats, _) = publish(&source(&location, ""), &to(&broker), &broker, 3);
+    for (i, (message, line)) in messages.iter().zip(LINES).enumerate() {
+        let prefix = format!("{{\"frame_id\":{i},");
+        let text = message.payload_str();
+        assert!(text.starts_with(&prefix), "{text}");
+        assert_eq!(&text[prefix.len()..], &line[1..], "frame {i}: as recorded");
+    }
+    assert_eq!(stat(&stats, "json-invalid"), 0);
+
+    // metadata-source=metas: built from the metas, without the keys only the JSON has.
+    let (messages, _, _) = publish(
+        &source(&location, ""),
+        &format!("{} metadata-source=metas", to(&broker)),
+        &broker,
+        3,
+    );
+    let first = json(&messages[0]);
+    assert_eq!(first["objects"][0]["roi_type"], "person");
+    assert!(first.get("timestamp_utc").is_none(), "{first}");
+    assert!(first["objects"][0].get("tensors").is_none(), "{first}");
+}
+
+#[test]
+fn two_json_metas_merge_and_the_element_adds_only_what_is_missing() {
+    init_plugin();
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::new();
+    let first = recording(dir.path(), "first.jsonl", &LINES);
+    let second = recording(
+        dir.path(),
+        "second.jsonl",
+        &[r#"{"objects":[],"source":"gvametaconvert source=","extra":1}"#; 3],
+    );
+    let (messages, _, _) = publish(
+        &format!(
+            "{} ! metareplay location={} attach-json=true",
+            source(&first, ""),
+            second.display()
+        ),
+        &format!(
+            "{} source=element-source tags={{\\\"site\\\":\\\"dock\\\"}}",
+            to(&broker)
+        ),
+        &broker,
+        3,
+    );
+    let v = json(&messages[0]);
+    // The second meta's keys win, as DLSPS merges them.
+    assert_eq!(v["objects"], serde_json::json!([]));
+    assert_eq!(v["extra"], 1);
+    assert_eq!(v["timestamp_utc"], "2026-12-03T10:00:00.000000Z");
+    assert_eq!(
+        v["source"], "gvametaconvert source=",
+        "the JSON's own source stays"
+    );
+    assert_eq!(
+        v["tags"],
+        serde_json::json!({"site": "dock"}),
+        "added: the JSON had none"
+    );
+    assert_eq!(v["frame_id"], 0);
+}
+
+#[test]
+fn invalid_json_is_published_from_the_metas_counted_and_warned_once() {
+    init_plugin();
+    let broker = Broker::new();
+    let sub = Subscriber::new(&broker, TOPIC);
+    let mut run = Run::publish("appsrc name=src format=time", &to(&broker));
+    let appsrc = run.element("src").downcast::<gst_app::AppSrc>().unwrap();
+    appsrc.set_caps(Some(
+        &gst_video::VideoInfo::builder(gst_video::VideoFormat::Gray8, 64, 48)
+            .build()
+            .unwrap()
+            .to_caps()
+            .unwrap(),
+    ));
+    for (i, text) in ["not json", "[1,2]", r#"{"objects":[],"ok":true}"#]
+        .into_iter()
+        .enumerate()
+    {
+        let mut buffer = gst::Buffer::with_size(64 * 48).unwrap();
+        {
+            let b = buffer.get_mut().unwrap();
+            b.set_pts(gst::ClockTime::from_mseconds(i as u64 * 33));
+            let mut roi = gst_video::VideoRegionOfInterestMeta::add(b, "car", (1, 2, 3, 4));
+            roi.add_param(
+                gst::Structure::builder("detection")
+                    .field("confidence", 0.5f64)
+                    .build(),
+            );
+            assert!(attach_json_message(b, text));
+        }
+        appsrc.push_buffer(buffer).unwrap();
+    }
+    appsrc.end_of_stream().unwrap();
+    run.wait_eos(LONG);
+    let warnings = run.warnings();
+    let stats = run.stop();
+    let messages = sub.wait_for(3, LONG);
+    for message in &messages[..2] {
+        let v = json(message);
+        assert_eq!(
+            v["objects"][0]["roi_type"], "car",
+            "built from the metas: {v}"
+        );
+    }
+    assert_eq!(
+        json(&messages[2])["ok"],
+        true,
+        "a valid one is published as attached"
+    );
+    assert_eq!(stat(&stats, "json-invalid"), 2, "{stats}");
+    let named: Vec<&String> = warnings
+        .iter()
+        .filter(|w| w.contains("gvametaconvert"))
+        .collect();
+    assert_eq!(named.len(), 1, "{warnings:?}");
+    assert!(named[0].contains("invalid JSON"), "{named:?}");
+}
+
+#[test]
+fn what_a_filter_removes_never_reaches_the_json() {
+    init_plugin();
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::new();
+    let location = recording(dir.path(), "tensors.jsonl", &LINES);
+    // metafilter after the JSON was attached (after gvametaconvert in a DL Streamer
+    // pipeline), then the configuration's filter in mqttpublish.
+    let (messages, _, _) = publish(
+        &source(&location, "! metafilter label-score={\\\"person\\\":0.5}"),
+        &to(&broker),
+        &broker,
+        3,
+    );
+    let objects: Vec<usize> = messages
+        .iter()
+        .map(|m| json(m)["objects"].as_array().unwrap().len())
+        .collect();
+    assert_eq!(objects, [1, 0, 0], "the 0.2 person is gone from the JSON");
+    let first = json(&messages[0]);
+    assert_eq!(
+        first["timestamp_utc"], "2026-12-03T10:00:00.000000Z",
+        "the rest stays"
+    );
+    assert_eq!(first["objects"][0]["tensors"][0]["precision"], "FP32");
+
+    let config = dir.path().join("config.json");
+    std::fs::write(
+        &config,
+        r#"{"mqtt_publisher": {"filter": {"type": "detection", "label_score": {"person": 0.95}}}}"#,
+    )
+    .unwrap();
+    let (messages, stats, _) = publish(
+        &source(&location, ""),
+        &format!("{} config={}", to(&broker), config.display()),
+        &broker,
+        1,
+    );
+    // Frames 0 and 1 had a person below 0.95 and nothing else: skipped, as from the metas.
+    assert_eq!(json(&messages[0])["frame_id"], 2);
+    assert_eq!(stat(&stats, "frames-skipped"), 2);
+}
+
+#[test]
+fn the_dlsps_format_merges_the_json_into_its_metadata() {
+    init_plugin();
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::new();
+    let location = recording(dir.path(), "tensors.jsonl", &LINES);
+    let (messages, _, _) = publish(
+        &source(&location, ""),
+        &format!("{} message-format=dlsps", to(&broker)),
+        &broker,
+        3,
+    );
+    let v = json(&messages[0]);
+    let m = &v["metadata"];
+    assert_eq!(m["timestamp_utc"], "2026-12-03T10:00:00.000000Z");
+    assert_eq!(m["vendor"]["line"], 3);
+    assert_eq!(m["objects"][0]["tensors"][0]["layer_name"], "detection_out");
+    assert_eq!(m["gva_meta"][0]["tensor"][0]["label"], "person");
+    assert_eq!(m["frame_id"], 0);
+    assert_eq!(m["width"], 640);
+    assert_eq!(v["blob"], "");
+}
