@@ -298,3 +298,30 @@ fn a_dlsps_application_reads_the_dlsps_format_unchanged() {
         .unwrap()
         .starts_with("pipeline"));
 }
+
+#[test]
+fn dlsps_reports_the_quality_of_the_jpegenc_that_made_the_frames() {
+    init_plugin();
+    let broker = Broker::new();
+    let sub = Subscriber::new(&broker, TOPIC);
+    let mut run = Run::start(&format!(
+        "videotestsrc num-buffers=2 ! video/x-raw,width=320,height=240 ! jpegenc quality=42 \
+         ! mqttpublish name=sink {} message-format=dlsps publish-frame=true",
+        to(&broker)
+    ));
+    run.wait_eos(LONG);
+    run.stop();
+    for message in sub.wait_for(2, LONG) {
+        let v = json(&message);
+        let m = &v["metadata"];
+        assert_eq!(m["encoding_type"], "jpeg", "{m}");
+        assert_eq!(m["encoding_level"], 42, "{m}");
+        assert_eq!(m["img_format"], "none", "{m}");
+        assert!(m["caps"].as_str().unwrap().starts_with("image/jpeg"), "{m}");
+        assert_eq!(
+            (m["width"].as_u64(), m["height"].as_u64()),
+            (Some(320), Some(240))
+        );
+        assert!(!v["blob"].as_str().unwrap().is_empty());
+    }
+}

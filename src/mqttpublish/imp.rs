@@ -178,13 +178,29 @@ impl MqttPublish {
         );
     }
 
-    /// The name of the outermost bin holding this element (the pipeline).
-    fn pipeline_name(&self) -> String {
+    /// The outermost bin holding this element: the pipeline.
+    fn pipeline(&self) -> gst::Object {
         let mut top: gst::Object = self.obj().clone().upcast();
         while let Some(parent) = top.parent() {
             top = parent;
         }
-        top.name().to_string()
+        top
+    }
+
+    fn pipeline_name(&self) -> String {
+        self.pipeline().name().to_string()
+    }
+
+    /// The `quality` of a `jpegenc` in the pipeline, which made the JPEG frames arriving
+    /// here (DLSPS reads it from its pipeline string the same way).
+    fn upstream_jpeg_quality(&self) -> Option<u8> {
+        let bin = self.pipeline().downcast::<gst::Bin>().ok()?;
+        bin.iterate_recurse()
+            .into_iter()
+            .flatten()
+            .find(|element| element.factory().is_some_and(|f| f.name() == "jpegenc"))
+            .and_then(|jpegenc| jpegenc.property_value("quality").get::<i32>().ok())
+            .and_then(|quality| u8::try_from(quality).ok())
     }
 
     fn stats_structure(stats: &Stats, frames: FrameCounters) -> gst::Structure {
@@ -798,7 +814,10 @@ impl BaseSinkImpl for MqttPublish {
     fn set_caps(&self, caps: &gst::Caps) -> Result<(), gst::LoggableError> {
         let mut state = self.state.lock().unwrap();
         if let State::Started(started) = &mut *state {
-            if let Some(warning) = started.assembler.set_caps(caps) {
+            if let Some(warning) = started
+                .assembler
+                .set_caps(caps, || self.upstream_jpeg_quality())
+            {
                 drop(state);
                 gst::element_imp_warning!(self, gst::StreamError::Format, ("{}", warning));
             }

@@ -142,8 +142,8 @@ enum Images {
         /// Made on the first frame that needs it.
         encoder: Option<Box<JpegEncoder>>,
     },
-    /// JPEG frames, sent as they are.
-    Jpeg,
+    /// JPEG frames, sent as they are; the quality of the encoder that made them, when known.
+    Jpeg { quality: Option<u8> },
     /// Frames that cannot become an image here.
     Unavailable(NoImage),
 }
@@ -159,7 +159,7 @@ struct Input {
 }
 
 impl Input {
-    fn from_caps(caps: &gst::CapsRef) -> Input {
+    fn from_caps(caps: &gst::CapsRef, jpeg_quality: impl FnOnce() -> Option<u8>) -> Input {
         let s = caps.structure(0);
         let dimension = |name| {
             s.and_then(|s| s.get::<i32>(name).ok())
@@ -168,7 +168,9 @@ impl Input {
         let images = if !in_system_memory(caps) {
             Images::Unavailable(NoImage::Memory)
         } else if s.is_some_and(|s| s.name() == "image/jpeg") {
-            Images::Jpeg
+            Images::Jpeg {
+                quality: jpeg_quality(),
+            }
         } else {
             match gst_video::VideoInfo::from_caps(caps) {
                 Ok(info) if jpeg::is_supported(info.format()) => Images::Raw {
@@ -256,10 +258,15 @@ impl Assembler {
         self.counters
     }
 
-    /// Takes the negotiated caps, whatever they are. Returns a warning when frames are
-    /// published but these caps give no images.
-    pub fn set_caps(&mut self, caps: &gst::CapsRef) -> Option<String> {
-        let input = Input::from_caps(caps);
+    /// Takes the negotiated caps, whatever they are; `jpeg_quality` tells, for JPEG input,
+    /// the quality of the encoder upstream (for `dlsps`'s `encoding_level`). Returns a
+    /// warning when frames are published but these caps give no images.
+    pub fn set_caps(
+        &mut self,
+        caps: &gst::CapsRef,
+        jpeg_quality: impl FnOnce() -> Option<u8>,
+    ) -> Option<String> {
+        let input = Input::from_caps(caps, jpeg_quality);
         let warning = match input.images {
             Images::Unavailable(reason) if self.options.publish_frame => Some(format!(
                 "Frames in {caps} {}: publishing the metadata without images",
@@ -398,7 +405,7 @@ impl Assembler {
         let input = self.input.as_mut().ok_or(NoImage::Format)?;
         match &mut input.images {
             Images::Unavailable(reason) => Err(*reason),
-            Images::Jpeg => buffer.map_readable().map(Image::Buffer).map_err(|_| {
+            Images::Jpeg { .. } => buffer.map_readable().map(Image::Buffer).map_err(|_| {
                 gst::warning!(CAT, "Frame {frame_id}: cannot map the JPEG buffer");
                 NoImage::Failed
             }),
@@ -478,6 +485,7 @@ impl Writer<'_> {
     fn write_dlsps(&self, payload: &mut Vec<u8>, pipeline: &PipelineInfo, with_image: bool) {
         let encoding = with_image.then(|| match self.input.map(|input| &input.images) {
             Some(Images::Raw { .. }) => ("jpeg", Some(self.options.jpeg_quality)),
+            Some(Images::Jpeg { quality }) => ("jpeg", *quality),
             _ => ("jpeg", None),
         });
         let time = now_ns();
@@ -602,7 +610,7 @@ mod tests {
     fn assembler(options: MessageOptions) -> Assembler {
         gst::init().unwrap();
         let mut assembler = Assembler::new(options);
-        assert_eq!(assembler.set_caps(&raw_caps()), None);
+        assert_eq!(assembler.set_caps(&raw_caps(), || None), None);
         assembler
     }
 
@@ -737,7 +745,7 @@ mod tests {
             .field("width", 640)
             .field("height", 480)
             .build();
-        assert_eq!(a.set_caps(&caps), None);
+        assert_eq!(a.set_caps(&caps, || None), None);
         let bytes = vec![0xff, 0xd8, 1, 2, 3, 0xff, 0xd9];
         let payload = build(&mut a, &gst::Buffer::from_mut_slice(bytes.clone()));
         assert_eq!(payload[0]["resolution"]["width"], 640);
@@ -763,7 +771,9 @@ mod tests {
                 publish_frame: true,
                 ..options()
             });
-            let warning = a.set_caps(&caps).expect("a warning naming the caps");
+            let warning = a
+                .set_caps(&caps, || None)
+                .expect("a warning naming the caps");
             assert!(warning.contains(&caps.to_string()), "{warning}");
             for _ in 0..3 {
                 let built = a
@@ -788,7 +798,8 @@ mod tests {
             a.set_caps(
                 &gst::Caps::builder("video/x-raw")
                     .features(["memory:DMABuf"])
-                    .build()
+                    .build(),
+                || None
             ),
             None
         );
