@@ -639,62 +639,30 @@ impl ElementImpl for MqttPublish {
         });
         PAD_TEMPLATES.as_ref()
     }
+
+    /// Starts publishing on NULL to READY, before `GstBaseSink` would call `start()`:
+    /// `GstBaseSink` follows a failed `start()` with an error of its own ("state change
+    /// failed and some element failed to post a proper error message"), whatever the
+    /// element posted, so a bad setting would be reported twice.
+    fn change_state(
+        &self,
+        transition: gst::StateChange,
+    ) -> Result<gst::StateChangeSuccess, gst::StateChangeError> {
+        if transition == gst::StateChange::NullToReady {
+            if let Err(err) = self.start_publishing() {
+                self.post_error_message(err);
+                return Err(gst::StateChangeError);
+            }
+        }
+        let result = self.parent_change_state(transition);
+        if result.is_err() && transition == gst::StateChange::NullToReady {
+            let _ = self.stop();
+        }
+        result
+    }
 }
 
 impl BaseSinkImpl for MqttPublish {
-    fn start(&self) -> Result<(), gst::ErrorMessage> {
-        let settings = self.settings.lock().unwrap().clone();
-        if let Some((property, reason)) = settings.rejected.iter().next() {
-            return Err(gst::error_msg!(
-                gst::LibraryError::Settings,
-                ("Invalid {}: {}", property, reason)
-            ));
-        }
-        let resolved = settings::load_config(&settings)
-            .and_then(|file| settings::resolve(&settings, &file, |name| std::env::var(name).ok()))
-            .map_err(|e| e.to_error_message())?;
-        for warning in &resolved.warnings {
-            gst::element_imp_warning!(self, gst::LibraryError::Settings, ("{}", warning));
-        }
-        let mut connection = resolved.connection;
-        connection.tls = resolved
-            .tls
-            .as_ref()
-            .map(|files| files.load())
-            .transpose()
-            .map_err(|e| e.to_error_message())?;
-        gst::info!(
-            CAT,
-            imp = self,
-            "Publishing to {}:{} topic {:?} as {:?} (QoS {}, MQTT level {}, TLS {})",
-            connection.host,
-            connection.port,
-            connection.topic,
-            connection.client_id,
-            connection.qos.level(),
-            connection.protocol.level(),
-            if connection.tls.is_some() {
-                "on"
-            } else {
-                "off"
-            },
-        );
-        let worker = self
-            .start_worker(connection, resolved.limits)
-            .map_err(|e| {
-                gst::error_msg!(
-                    gst::ResourceError::Failed,
-                    ("Cannot start the connection thread: {}", e)
-                )
-            })?;
-        *self.state.lock().unwrap() = State::Started(Box::new(Started {
-            worker: Arc::new(worker),
-            assembler: Assembler::new(resolved.message),
-            flush_timeout: resolved.flush_timeout,
-        }));
-        Ok(())
-    }
-
     fn stop(&self) -> Result<(), gst::ErrorMessage> {
         let state = std::mem::take(&mut *self.state.lock().unwrap());
         if let State::Started(started) = state {
@@ -775,6 +743,60 @@ impl BaseSinkImpl for MqttPublish {
 }
 
 impl MqttPublish {
+    /// Resolves the settings, reads the files they name and starts the connection worker.
+    fn start_publishing(&self) -> Result<(), gst::ErrorMessage> {
+        let settings = self.settings.lock().unwrap().clone();
+        if let Some((property, reason)) = settings.rejected.iter().next() {
+            return Err(gst::error_msg!(
+                gst::LibraryError::Settings,
+                ("Invalid {}: {}", property, reason)
+            ));
+        }
+        let resolved = settings::load_config(&settings)
+            .and_then(|file| settings::resolve(&settings, &file, |name| std::env::var(name).ok()))
+            .map_err(|e| e.to_error_message())?;
+        for warning in &resolved.warnings {
+            gst::element_imp_warning!(self, gst::LibraryError::Settings, ("{}", warning));
+        }
+        let mut connection = resolved.connection;
+        connection.tls = resolved
+            .tls
+            .as_ref()
+            .map(|files| files.load())
+            .transpose()
+            .map_err(|e| e.to_error_message())?;
+        gst::info!(
+            CAT,
+            imp = self,
+            "Publishing to {}:{} topic {:?} as {:?} (QoS {}, MQTT level {}, TLS {})",
+            connection.host,
+            connection.port,
+            connection.topic,
+            connection.client_id,
+            connection.qos.level(),
+            connection.protocol.level(),
+            if connection.tls.is_some() {
+                "on"
+            } else {
+                "off"
+            },
+        );
+        let worker = self
+            .start_worker(connection, resolved.limits)
+            .map_err(|e| {
+                gst::error_msg!(
+                    gst::ResourceError::Failed,
+                    ("Cannot start the connection thread: {}", e)
+                )
+            })?;
+        *self.state.lock().unwrap() = State::Started(Box::new(Started {
+            worker: Arc::new(worker),
+            assembler: Assembler::new(resolved.message),
+            flush_timeout: resolved.flush_timeout,
+        }));
+        Ok(())
+    }
+
     fn flush_on_eos(&self) {
         // Wait without holding the state lock, so the stats stay readable.
         let state = self.state.lock().unwrap();
