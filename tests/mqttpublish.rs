@@ -260,6 +260,32 @@ fn bad_settings_are_refused_at_start_with_the_setting_named() {
             "password=hunter2-secret",
             "password: is set but username is not",
         ),
+        // Numbers outside the range their blurb states (GLib would keep the default).
+        ("port=0", "port: 0 is not a TCP port (1..65535)"),
+        ("qos=7", "qos: QoS 7 does not exist"),
+        ("protocol=6", "protocol: unknown protocol 6"),
+        ("keep-alive=65536", "keep-alive: 65536 is outside 0..65535"),
+        ("jpeg-quality=0", "jpeg-quality: 0 is outside 1..100"),
+        ("jpeg-quality=101", "jpeg-quality: 101 is outside 1..100"),
+        ("frame-interval=0", "frame-interval: 0 is outside 1.."),
+        (
+            "max-queued-messages=0",
+            "max-queued-messages: 0 is outside 1..",
+        ),
+        ("max-queued-bytes=0", "max-queued-bytes: 0 is outside 1.."),
+        (
+            "max-message-size=100",
+            "max-message-size: 100 is outside 1024..268435456",
+        ),
+        (
+            "flush-timeout=600001",
+            "flush-timeout: 600001 is outside 0..600000",
+        ),
+        // Each one is named.
+        (
+            "qos=3 jpeg-quality=0",
+            "jpeg-quality: 0 is outside 1..100; qos: QoS 3",
+        ),
     ];
     for (props, expected) in cases {
         let err = start_error(&format!("fakesrc ! mqttpublish {props}"));
@@ -272,6 +298,19 @@ fn bad_settings_are_refused_at_start_with_the_setting_named() {
             "the password never shows: {err}"
         );
     }
+
+    // A valid value after a rejected one clears the rejection.
+    init_plugin();
+    let pipeline =
+        gst::parse::launch("fakesrc ! mqttpublish name=sink port=188300 port=1884").unwrap();
+    pipeline.set_state(gst::State::Ready).unwrap();
+    let sink = pipeline
+        .downcast_ref::<gst::Bin>()
+        .unwrap()
+        .by_name("sink")
+        .unwrap();
+    assert_eq!(sink.property::<u32>("port"), 1884);
+    pipeline.set_state(gst::State::Null).unwrap();
 
     let tls = TlsFiles::generate();
     // A key where a certificate belongs, and a certificate where the key belongs.

@@ -163,3 +163,33 @@ fn a_bad_setting_is_reported_once() {
         );
     }
 }
+
+#[test]
+fn out_of_range_numbers_stop_the_start_naming_the_property_and_the_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = plugin_dir(dir.path());
+    // A port where nothing listens: a run that ignored the bad value would still fail to
+    // publish, but end with EOS and exit 0.
+    for (property, value) in [("port", "188300"), ("qos", "3"), ("protocol", "6")] {
+        let out = gst_launch(
+            &plugins,
+            &format!(
+                "fakesrc num-buffers=1 ! mqttpublish host=127.0.0.1 {property}={value} \
+                 flush-timeout=100"
+            ),
+        );
+        let printed = printed(&out);
+        assert!(!out.status.success(), "{property}={value}: {printed}");
+        let errors = errors(&printed);
+        assert_eq!(errors.len(), 1, "{property}={value}: {printed}");
+        let (_, message) = errors[0].split_once("mqttpublish0: ").unwrap();
+        assert!(
+            message.starts_with(&format!("{property}: ")) && message.contains(value),
+            "{property}={value}: the error names both\n{printed}"
+        );
+        assert!(
+            !printed.contains("GLib-GObject-WARNING") && !printed.contains("Got EOS"),
+            "{property}={value}: {printed}"
+        );
+    }
+}

@@ -232,11 +232,10 @@ impl ObjectImpl for MqttPublish {
                 glib::ParamSpecUInt::builder("port")
                     .nick("Broker port")
                     .blurb(
-                        "TCP port of the MQTT broker. When not set, the configuration file's \
-                         \"port\", then the MQTT_PORT environment variable, then 1883 is used.",
+                        "TCP port of the MQTT broker, 1 to 65535. When not set, the \
+                         configuration file's \"port\", then the MQTT_PORT environment variable, \
+                         then 1883 is used.",
                     )
-                    .minimum(1)
-                    .maximum(65535)
                     .default_value(DEFAULT_PORT)
                     .mutable_ready()
                     .build(),
@@ -255,7 +254,6 @@ impl ObjectImpl for MqttPublish {
                         "MQTT quality of service: 0 at most once, 1 at least once, 2 exactly \
                          once. Config file key: qos.",
                     )
-                    .maximum(2)
                     .default_value(DEFAULT_QOS)
                     .mutable_ready()
                     .build(),
@@ -271,8 +269,6 @@ impl ObjectImpl for MqttPublish {
                         "MQTT protocol level: 4 for MQTT 3.1.1, 5 for MQTT 5. MQTT 3.1 (3) is not \
                          supported. Config file key: protocol.",
                     )
-                    .minimum(3)
-                    .maximum(5)
                     .default_value(DEFAULT_PROTOCOL)
                     .mutable_ready()
                     .build(),
@@ -298,11 +294,10 @@ impl ObjectImpl for MqttPublish {
                 glib::ParamSpecUInt::builder("keep-alive")
                     .nick("Keep-alive")
                     .blurb(
-                        "Seconds between keep-alive pings while idle; a dead connection is \
-                         noticed within about twice this. 0 disables keep-alive (MQTT 3.1.1 \
-                         only: protocol 5 needs 5 or more).",
+                        "Seconds between keep-alive pings while idle, 0 to 65535; a dead \
+                         connection is noticed within about twice this. 0 disables keep-alive \
+                         (MQTT 3.1.1 only: protocol 5 needs 5 or more).",
                     )
-                    .maximum(65535)
                     .default_value(DEFAULT_KEEP_ALIVE)
                     .mutable_ready()
                     .build(),
@@ -357,9 +352,7 @@ impl ObjectImpl for MqttPublish {
                     .build(),
                 glib::ParamSpecUInt::builder("jpeg-quality")
                     .nick("JPEG quality")
-                    .blurb("JPEG quality (1-100) when encoding raw video frames.")
-                    .minimum(1)
-                    .maximum(100)
+                    .blurb("JPEG quality, 1 to 100, when encoding raw video frames.")
                     .default_value(DEFAULT_JPEG_QUALITY)
                     .mutable_ready()
                     .build(),
@@ -367,9 +360,8 @@ impl ObjectImpl for MqttPublish {
                     .nick("Frame interval")
                     .blurb(
                         "With publish-frame, add the frame to every Nth message only (1: every \
-                         message); the others carry metadata only.",
+                         message; 0 is refused); the others carry metadata only.",
                     )
-                    .minimum(1)
                     .default_value(DEFAULT_FRAME_INTERVAL)
                     .mutable_ready()
                     .build(),
@@ -425,19 +417,18 @@ impl ObjectImpl for MqttPublish {
                 glib::ParamSpecUInt::builder("max-queued-messages")
                     .nick("Queue limit (messages)")
                     .blurb(
-                        "Most messages waiting for the broker; beyond it the leaky policy applies.",
+                        "Most messages waiting for the broker, 1 or more; beyond it the leaky \
+                         policy applies.",
                     )
-                    .minimum(1)
                     .default_value(DEFAULT_MAX_QUEUED_MESSAGES)
                     .mutable_ready()
                     .build(),
                 glib::ParamSpecUInt64::builder("max-queued-bytes")
                     .nick("Queue limit (bytes)")
                     .blurb(
-                        "Most payload bytes waiting for the broker; beyond it the leaky policy \
-                         applies.",
+                        "Most payload bytes waiting for the broker, 1 or more; beyond it the \
+                         leaky policy applies.",
                     )
-                    .minimum(1)
                     .default_value(DEFAULT_MAX_QUEUED_BYTES)
                     .mutable_ready()
                     .build(),
@@ -454,23 +445,21 @@ impl ObjectImpl for MqttPublish {
                 glib::ParamSpecUInt::builder("max-message-size")
                     .nick("Largest message")
                     .blurb(
-                        "Messages larger than this many bytes are dropped, counted in stats and \
-                         warned about once. With MQTT 5 the broker's own limit applies too; with \
+                        "Messages larger than this many bytes (1024 to 268435456) are dropped, \
+                         counted in stats and warned about once. With MQTT 5 the broker's own limit applies too; with \
                          MQTT 3.1.1 keep this at or below the broker's limit, which it does not \
                          announce.",
                     )
-                    .minimum(1024)
-                    .maximum(256 * 1024 * 1024)
                     .default_value(DEFAULT_MAX_MESSAGE_SIZE)
                     .mutable_ready()
                     .build(),
                 glib::ParamSpecUInt::builder("flush-timeout")
                     .nick("Flush timeout")
                     .blurb(
-                        "Milliseconds to wait at end of stream for queued messages to be sent \
-                         and QoS 1/2 messages acknowledged before passing the end of stream on.",
+                        "Milliseconds, 0 to 600000, to wait at end of stream for queued \
+                         messages to be sent and QoS 1/2 messages acknowledged before passing \
+                         the end of stream on.",
                     )
-                    .maximum(600_000)
                     .default_value(DEFAULT_FLUSH_TIMEOUT_MS)
                     .mutable_ready()
                     .build(),
@@ -503,22 +492,38 @@ impl ObjectImpl for MqttPublish {
         let non_empty = || string().filter(|s| !s.is_empty());
         match pspec.name() {
             "host" => settings.host = Some(string().unwrap_or_default()),
-            "port" => settings.port = Some(get(value)),
+            "port" => settings.port = self.number(&mut settings, "port", value).or(settings.port),
             "topic" => settings.topic = Some(string().unwrap_or_default()),
-            "qos" => settings.qos = Some(get(value)),
+            "qos" => settings.qos = self.number(&mut settings, "qos", value).or(settings.qos),
             "retain" => settings.retain = get(value),
-            "protocol" => settings.protocol = Some(get(value)),
+            "protocol" => {
+                settings.protocol = self
+                    .number(&mut settings, "protocol", value)
+                    .or(settings.protocol)
+            }
             "client-id" => settings.client_id = Some(non_empty()),
             "clean-session" => settings.clean_session = get(value),
-            "keep-alive" => settings.keep_alive = get(value),
+            "keep-alive" => {
+                if let Some(number) = self.number(&mut settings, "keep-alive", value) {
+                    settings.keep_alive = number;
+                }
+            }
             "username" => settings.username = Some(non_empty()),
             "password" => settings.password = Some(string().map(Secret::new)),
             "tls-ca-file" => settings.tls_ca_file = Some(non_empty()),
             "tls-cert-file" => settings.tls_cert_file = Some(non_empty()),
             "tls-key-file" => settings.tls_key_file = Some(non_empty()),
             "publish-frame" => settings.publish_frame = Some(get(value)),
-            "jpeg-quality" => settings.jpeg_quality = get(value),
-            "frame-interval" => settings.frame_interval = get(value),
+            "jpeg-quality" => {
+                if let Some(number) = self.number(&mut settings, "jpeg-quality", value) {
+                    settings.jpeg_quality = number;
+                }
+            }
+            "frame-interval" => {
+                if let Some(number) = self.number(&mut settings, "frame-interval", value) {
+                    settings.frame_interval = number;
+                }
+            }
             "message-format" => settings.message_format = get(value),
             "source" => settings.source = string(),
             "tags" => match non_empty().map(|t| settings::parse_tags(&t)).transpose() {
@@ -534,11 +539,27 @@ impl ObjectImpl for MqttPublish {
             "skip-empty" => settings.skip_empty = get(value),
             "add-sink-time" => settings.add_sink_time = get(value),
             "config" => settings.config = non_empty(),
-            "max-queued-messages" => settings.max_queued_messages = get(value),
-            "max-queued-bytes" => settings.max_queued_bytes = get(value),
+            "max-queued-messages" => {
+                if let Some(number) = self.number(&mut settings, "max-queued-messages", value) {
+                    settings.max_queued_messages = number;
+                }
+            }
+            "max-queued-bytes" => {
+                if let Some(number) = self.number(&mut settings, "max-queued-bytes", value) {
+                    settings.max_queued_bytes = number;
+                }
+            }
             "leaky" => settings.leaky = get(value),
-            "max-message-size" => settings.max_message_size = get(value),
-            "flush-timeout" => settings.flush_timeout_ms = get(value),
+            "max-message-size" => {
+                if let Some(number) = self.number(&mut settings, "max-message-size", value) {
+                    settings.max_message_size = number;
+                }
+            }
+            "flush-timeout" => {
+                if let Some(number) = self.number(&mut settings, "flush-timeout", value) {
+                    settings.flush_timeout_ms = number;
+                }
+            }
             other => unreachable!("unknown property {other}"),
         }
     }
@@ -594,6 +615,33 @@ impl ObjectImpl for MqttPublish {
                 .to_value()
             }
             other => unreachable!("unknown property {other}"),
+        }
+    }
+}
+
+impl MqttPublish {
+    /// The value of a numeric property when it is within the range its blurb states (see
+    /// [`settings::number_range`]); otherwise `None`, and the value is recorded as rejected.
+    fn number<T>(
+        &self,
+        settings: &mut Settings,
+        property: &'static str,
+        value: &glib::Value,
+    ) -> Option<T>
+    where
+        T: for<'a> glib::value::FromValue<'a> + Into<u64> + Copy,
+    {
+        let number: T = get(value);
+        match settings::check_number(property, number.into()) {
+            Ok(()) => {
+                settings.rejected.remove(property);
+                Some(number)
+            }
+            Err(e) => {
+                gst::warning!(CAT, imp = self, "Ignoring {e}");
+                settings.rejected.insert(property, e);
+                None
+            }
         }
     }
 }
@@ -746,10 +794,11 @@ impl MqttPublish {
     /// Resolves the settings, reads the files they name and starts the connection worker.
     fn start_publishing(&self) -> Result<(), gst::ErrorMessage> {
         let settings = self.settings.lock().unwrap().clone();
-        if let Some((property, reason)) = settings.rejected.iter().next() {
+        if !settings.rejected.is_empty() {
+            let reasons: Vec<&str> = settings.rejected.values().map(String::as_str).collect();
             return Err(gst::error_msg!(
                 gst::LibraryError::Settings,
-                ("Invalid {}: {}", property, reason)
+                ("{}", reasons.join("; "))
             ));
         }
         let resolved = settings::load_config(&settings)
