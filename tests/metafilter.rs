@@ -304,6 +304,9 @@ fn invalid_label_score_is_rejected_and_named() {
 fn invalid_threshold_is_rejected_and_named() {
     assert_rejected("threshold", &0.2f64, &1.5f64, &["threshold", "1.5"]);
     assert_rejected("threshold", &0.2f64, &-0.1f64, &["threshold", "-0.1"]);
+    // Beyond the largest double (1e309 on a command line): refused too, not left to GLib.
+    assert_rejected("threshold", &0.2f64, &f64::INFINITY, &["threshold", "inf"]);
+    assert_rejected("threshold", &0.2f64, &f64::NEG_INFINITY, &["threshold", "-inf"]);
 }
 
 #[test]

@@ -103,8 +103,10 @@ impl ObjectImpl for MetaFilter {
                          label-score; 0 lets every unlisted label pass. A value outside 0..1 is \
                          ignored with a warning and the element then refuses to start.",
                     )
-                    .minimum(f64::MIN)
-                    .maximum(f64::MAX)
+                    // Any number reaches the element, which names it when it refuses to start;
+                    // a 0..1 range here would have GLib warn and keep the previous value.
+                    .minimum(f64::NEG_INFINITY)
+                    .maximum(f64::INFINITY)
                     .default_value(DEFAULT_THRESHOLD)
                     .mutable_playing()
                     .build(),
