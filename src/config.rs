@@ -143,20 +143,18 @@ impl PublisherConfig {
     }
 }
 
-/// A filter as written in a DLSPS configuration: every part optional, so that it can be
-/// laid over the current settings.
-#[derive(Debug, Clone, PartialEq, Default)]
+/// A filter as written in a DLSPS configuration: `type` is required (DLSPS refuses a filter
+/// without one), `label_score` optional, so that it can be laid over the current settings.
+#[derive(Debug, Clone, PartialEq)]
 pub struct FilterConfig {
-    pub kind: Option<FilterType>,
+    pub kind: FilterType,
     pub label_score: Option<HashMap<String, f64>>,
 }
 
 impl FilterConfig {
     /// Overwrites the parts of `filter` that this configuration sets.
     pub fn apply(&self, filter: &mut Filter) {
-        if let Some(kind) = self.kind {
-            filter.kind = kind;
-        }
+        filter.kind = self.kind;
         if let Some(label_score) = &self.label_score {
             filter.label_score = label_score.clone();
         }
@@ -204,26 +202,30 @@ pub fn filter_config_from_value(value: &Value) -> Result<FilterConfig, String> {
     let map = value
         .as_object()
         .ok_or_else(|| format!("filter: expected a JSON object, got {}", shown(value)))?;
-    let mut config = FilterConfig::default();
+    let mut kind = None;
+    let mut label_score = None;
     for (key, v) in map {
         match key.as_str() {
             "type" => {
                 let nick = v
                     .as_str()
                     .ok_or_else(|| format!("filter.type: expected a string, got {}", shown(v)))?;
-                config.kind = Some(FilterType::from_nick(nick).ok_or_else(|| {
+                kind = Some(FilterType::from_nick(nick).ok_or_else(|| {
                     format!("filter.type: unknown type {nick:?} (use \"detection\" or \"classification\")")
                 })?);
             }
             "label_score" => {
-                config.label_score = Some(
+                label_score = Some(
                     label_score_from_value(v).map_err(|e| format!("filter.label_score: {e}"))?,
                 );
             }
             other => return Err(format!("filter: unknown key {other:?}")),
         }
     }
-    Ok(config)
+    let kind = kind.ok_or(
+        "filter.type: missing; a filter needs \"type\": \"detection\" or \"classification\"",
+    )?;
+    Ok(FilterConfig { kind, label_score })
 }
 
 /// Loads a filter from a JSON file holding it bare, under `filter`, or under
@@ -410,7 +412,7 @@ mod tests {
         let v: Value =
             serde_json::from_str(r#"{"type":"classification","label_score":{"red":0.7}}"#).unwrap();
         let c = filter_config_from_value(&v).unwrap();
-        assert_eq!(c.kind, Some(FilterType::Classification));
+        assert_eq!(c.kind, FilterType::Classification);
         assert_eq!(c.label_score.unwrap()["red"], 0.7);
 
         let v: Value = serde_json::from_str(r#"{"type":"segmentation"}"#).unwrap();
@@ -419,6 +421,19 @@ mod tests {
             err.contains("filter.type") && err.contains("segmentation"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_filter_without_type_is_refused() {
+        let missing = "filter.type: missing; a filter needs \"type\": \"detection\" or \
+                       \"classification\"";
+        for text in [r#"{"label_score":{"box":0.4}}"#, "{}"] {
+            let v: Value = serde_json::from_str(text).unwrap();
+            assert_eq!(filter_config_from_value(&v).unwrap_err(), missing, "{text}");
+        }
+        // Also in the mqtt_publisher section.
+        let v: Value = serde_json::from_str(r#"{"filter":{"label_score":{"box":0.4}}}"#).unwrap();
+        assert_eq!(PublisherConfig::from_value(&v).unwrap_err(), missing);
     }
 
     #[test]

@@ -242,7 +242,7 @@ fn config_file_in_every_dlsps_shape() {
 
 #[test]
 fn properties_set_after_config_override_it() {
-    let file = config_file(r#"{"label_score":{"box":0.9}}"#);
+    let file = config_file(r#"{"type":"detection","label_score":{"box":0.9}}"#);
     let mut h = harness(&[
         ("config", &file.path().to_str().unwrap()),
         ("label-score", &r#"{"box":0.3}"#),
@@ -306,7 +306,12 @@ fn invalid_threshold_is_rejected_and_named() {
     assert_rejected("threshold", &0.2f64, &-0.1f64, &["threshold", "-0.1"]);
     // Beyond the largest double (1e309 on a command line): refused too, not left to GLib.
     assert_rejected("threshold", &0.2f64, &f64::INFINITY, &["threshold", "inf"]);
-    assert_rejected("threshold", &0.2f64, &f64::NEG_INFINITY, &["threshold", "-inf"]);
+    assert_rejected(
+        "threshold",
+        &0.2f64,
+        &f64::NEG_INFINITY,
+        &["threshold", "-inf"],
+    );
 }
 
 #[test]
@@ -320,6 +325,25 @@ fn invalid_config_files_are_rejected_and_named() {
         &unknown_type.path().to_str().unwrap(),
         &["config", "filter.type", "segmentation"],
     );
+    // DLSPS refuses a filter without a type; so does metafilter, in every shape.
+    for text in [
+        r#"{"label_score":{"box":0.4}}"#,
+        r#"{"filter":{"label_score":{"box":0.4}}}"#,
+        r#"{"mqtt_publisher":{"filter":{"label_score":{"box":0.4}}}}"#,
+    ] {
+        let no_type = config_file(text);
+        assert_rejected(
+            "config",
+            &good,
+            &no_type.path().to_str().unwrap(),
+            &[
+                "config",
+                "filter.type: missing",
+                "detection",
+                "classification",
+            ],
+        );
+    }
     let bad_json = config_file("{\n  \"type\": detection\n}");
     assert_rejected(
         "config",

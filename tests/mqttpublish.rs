@@ -398,6 +398,22 @@ fn dlsps_configuration_file() {
 }
 
 #[test]
+fn a_config_filter_without_type_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_file(
+        dir.path(),
+        r#"{"mqtt_publisher": {"topic": "t", "filter": {"label_score": {"box": 0.4}}}}"#,
+    );
+    let err = start_gerror(&format!("fakesrc ! mqttpublish config={config}"));
+    assert!(err.matches(gst::LibraryError::Settings), "{err}");
+    let text = err.to_string();
+    assert!(
+        text.starts_with(&format!("config: {config}: filter.type: missing")),
+        "{text}"
+    );
+}
+
+#[test]
 fn precedence_property_over_file_over_environment() {
     let broker = Broker::new();
     let sub = Subscriber::new(&broker, "from/property");

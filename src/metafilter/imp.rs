@@ -10,7 +10,7 @@ use gst::subclass::prelude::*;
 use gst_base::subclass::prelude::*;
 use once_cell::sync::Lazy;
 
-use crate::config::{self, FilterConfig};
+use crate::config;
 use crate::error::SettingError;
 use crate::filter::{Filter, FilterType};
 use crate::meta;
@@ -201,19 +201,25 @@ impl ObjectImpl for MetaFilter {
                     .get::<Option<String>>()
                     .expect("type checked upstream")
                     .map(PathBuf::from);
-                let loaded = match &path {
-                    None => Ok(FilterConfig::default()),
-                    Some(path) => {
+                let loaded = path
+                    .as_deref()
+                    .map(|path| {
                         config::load_filter_file(path).map_err(|e| e.context("invalid config"))
-                    }
-                };
+                    })
+                    .transpose();
                 if loaded.is_ok() {
                     settings.config = path;
                 }
                 self.update_filter(
                     &mut settings,
                     "config",
-                    loaded.map(|config| move |f: &mut Filter| config.apply(f)),
+                    loaded.map(|config| {
+                        move |f: &mut Filter| {
+                            if let Some(config) = config {
+                                config.apply(f)
+                            }
+                        }
+                    }),
                 );
             }
             other => unreachable!("unknown property {other}"),
