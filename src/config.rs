@@ -15,6 +15,8 @@ use crate::meta;
 use crate::mqtt::{Protocol, QoS, Secret};
 
 /// Reads and parses a JSON file. Errors name the file, and the line and column for bad JSON.
+/// A value that looks like JSON text rather than a path, and a file that does not exist, get
+/// an error saying that the setting takes the path to a JSON file.
 pub fn read_json_file(path: &Path) -> Result<Value, SettingError> {
     let shown_path = path.display().to_string();
     if path.is_dir() {
@@ -22,8 +24,22 @@ pub fn read_json_file(path: &Path) -> Result<Value, SettingError> {
             "{shown_path}: is a directory, not a JSON file"
         )));
     }
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| SettingError::io(format!("cannot read {shown_path}: {e}"), &e))?;
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        match shown_path.trim_start().chars().next() {
+            // Not shown: the JSON may hold a password.
+            Some(first @ ('{' | '[')) if e.kind() == std::io::ErrorKind::NotFound => {
+                SettingError::Invalid(format!(
+                    "takes the path to a JSON file, not JSON text (the value starts with \
+                     {first:?})"
+                ))
+            }
+            _ if e.kind() == std::io::ErrorKind::NotFound => SettingError::NotFound(format!(
+                "cannot read {shown_path}: {e}; the value must be the path to an existing \
+                 JSON file"
+            )),
+            _ => SettingError::io(format!("cannot read {shown_path}: {e}"), &e),
+        }
+    })?;
     serde_json::from_str(&text)
         .map_err(|e| SettingError::Invalid(format!("{shown_path}: invalid JSON: {e}")))
 }
@@ -382,6 +398,31 @@ mod tests {
         let v: Value = serde_json::from_str(r#"{"qos": "high"}"#).unwrap();
         let err = PublisherConfig::from_value(&v).unwrap_err();
         assert_eq!(err, r#"qos: expected an integer, got "high""#);
+    }
+
+    #[test]
+    fn json_text_or_a_missing_file_is_told_to_be_a_path() {
+        let err = read_json_file(Path::new(r#"{"qos":1,"password":"s3cr3t"}"#)).unwrap_err();
+        assert_eq!(
+            err,
+            SettingError::Invalid(
+                "takes the path to a JSON file, not JSON text (the value starts with '{')".into()
+            )
+        );
+        let err = read_json_file(Path::new(" [1]")).unwrap_err();
+        assert!(
+            err.message().ends_with("(the value starts with '[')"),
+            "{err}"
+        );
+        let err = read_json_file(Path::new("/nonexistent/pipeline.json")).unwrap_err();
+        assert_eq!(
+            err,
+            SettingError::NotFound(
+                "cannot read /nonexistent/pipeline.json: No such file or directory (os error 2); \
+                 the value must be the path to an existing JSON file"
+                    .into()
+            )
+        );
     }
 
     #[test]

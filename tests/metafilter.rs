@@ -402,7 +402,17 @@ fn invalid_config_files_are_rejected_and_named() {
         "config",
         &good,
         &"/nonexistent/filter.json",
-        &["config", "/nonexistent/filter.json"],
+        &[
+            "config",
+            "/nonexistent/filter.json",
+            "the value must be the path to an existing JSON file",
+        ],
+    );
+    assert_rejected(
+        "config",
+        &good,
+        &r#"{"type":"detection","label_score":{"box":0.4}}"#,
+        &["config: takes the path to a JSON file, not JSON text (the value starts with '{')"],
     );
     let dir = tempfile::tempdir().unwrap();
     assert_rejected(

@@ -254,7 +254,13 @@ fn bad_settings_are_refused_at_start_with_the_setting_named() {
         ("tags=\"[1]\"", "tags: expected a JSON object"),
         (
             "config=/nonexistent.json",
-            "config: cannot read /nonexistent.json",
+            "config: cannot read /nonexistent.json: No such file or directory (os error 2); \
+             the value must be the path to an existing JSON file",
+        ),
+        // JSON where the path belongs: said so, and the JSON (a password here) not shown.
+        (
+            r#"config={"password":"hunter2-secret"}"#,
+            "config: takes the path to a JSON file, not JSON text (the value starts with '{')",
         ),
         (
             "password=hunter2-secret",

@@ -173,9 +173,9 @@ impl ObjectImpl for MetaFilter {
                 glib::ParamSpecString::builder("config")
                     .nick("Configuration file")
                     .blurb(
-                        "Path to a JSON file holding a DL Streamer Pipeline Server filter \
-                         ({\"type\":..,\"label_score\":..}), bare, under \"filter\" or under \
-                         \"mqtt_publisher\".\"filter\". It is read when set. The type and \
+                        "Path to a JSON file (the path, not JSON text) holding a DL Streamer \
+                         Pipeline Server filter ({\"type\":..,\"label_score\":..}), bare, under \
+                         \"filter\" or under \"mqtt_publisher\".\"filter\". It is read when set. The type and \
                          label-score properties, when set, win over the file's values whichever \
                          is set first; the file wins over their defaults.",
                     )

@@ -406,10 +406,10 @@ impl ObjectImpl for MqttPublish {
                 glib::ParamSpecString::builder("config")
                     .nick("Configuration file")
                     .blurb(
-                        "Path to a JSON file with a DL Streamer Pipeline Server mqtt_publisher \
-                         section (bare or under \"mqtt_publisher\"): topic, qos, protocol, \
-                         publish_frame, tls, filter, and host, port, client_id, username, \
-                         password. Read at start. Properties set explicitly win over the file; \
+                        "Path to a JSON file (the path, not JSON text) with a DL Streamer \
+                         Pipeline Server mqtt_publisher section (bare or under \
+                         \"mqtt_publisher\"): topic, qos, protocol, publish_frame, tls, filter, \
+                         and host, port, client_id, username, password. Read at start. Properties set explicitly win over the file; \
                          the file wins over MQTT_HOST/MQTT_PORT.",
                     )
                     .mutable_ready()
