@@ -6,11 +6,12 @@ mod common;
 
 use std::io::Write;
 use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::{
-    assert_accounted, init_plugin, sample_recording, start_error, start_gerror, stat, to, Broker,
-    Message, QoS, Run, Subscriber, TlsFiles,
+    assert_accounted, certificate_text, init_plugin, sample_recording, start_error, start_gerror,
+    stat, to, Broker, DlspsRecipe, Message, QoS, Run, Subscriber, TlsFiles,
 };
 use gst::glib;
 use gst::prelude::*;
@@ -225,6 +226,95 @@ fn mutual_tls_with_required_client_certificate() {
     assert_eq!(sub.wait_for(10, LONG).len(), 10);
     assert_eq!(stat(&stats, "messages-published"), 10);
     assert!(run_log_has_tls_client(&broker));
+}
+
+/// The users' own certificates: the DLSPS document's openssl recipe, whose client
+/// certificate is X.509 v1, against a broker that requires a client certificate.
+#[test]
+fn dlsps_certificate_recipe_with_a_v1_client_certificate() {
+    let recipe = DlspsRecipe::generate();
+    let client = certificate_text(&recipe.client_cert);
+    assert!(client.contains("Version: 1 (0x0)"), "{client}");
+    assert!(!client.contains("X509v3 extensions"), "{client}");
+    let server = certificate_text(&recipe.server_cert);
+    assert!(
+        server.contains("Version: 3 (0x2)") && server.contains("IP Address:127.0.0.1"),
+        "{server}"
+    );
+
+    let broker = Broker::builder()
+        .tls_with(&recipe.ca, &recipe.server_cert, &recipe.server_key, true)
+        .start();
+    // A DLSPS user's consumer: mosquitto_sub with the same client certificate, over TLS.
+    // (The harness' rumqttc subscriber cannot: rustls refuses to load a v1 certificate as
+    // its own.)
+    let consumer = Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &broker.tls_port().to_string()])
+        .args(["--cafile", recipe.ca.to_str().unwrap()])
+        .args(["--cert", recipe.client_cert.to_str().unwrap()])
+        .args(["--key", recipe.client_key.to_str().unwrap()])
+        .args([
+            "-i",
+            "dlsps-consumer",
+            "-t",
+            TOPIC,
+            "-q",
+            "1",
+            "-C",
+            "20",
+            "-W",
+            "60",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run mosquitto_sub");
+    broker.wait_for_log("Sending SUBACK to dlsps-consumer", LONG);
+    let tls = |ca: &Path| {
+        format!(
+            "host=127.0.0.1 port={} qos=1 tls-ca-file={} tls-cert-file={} tls-key-file={}",
+            broker.tls_port(),
+            ca.display(),
+            recipe.client_cert.display(),
+            recipe.client_key.display()
+        )
+    };
+    let mut run = Run::publish(&replay(20), &tls(&recipe.ca));
+    run.wait_eos(LONG);
+    let stats = run.stop();
+    assert_eq!(stat(&stats, "messages-acknowledged"), 20, "{stats}");
+    assert!(run_log_has_tls_client(&broker));
+    let consumed = consumer.wait_with_output().unwrap();
+    assert!(consumed.status.success(), "{consumed:?}");
+    let frame_ids: Vec<u64> = String::from_utf8(consumed.stdout)
+        .unwrap()
+        .lines()
+        .map(|line| {
+            serde_json::from_str::<Value>(line).unwrap()["frame_id"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(frame_ids, (0..20).collect::<Vec<u64>>());
+
+    // Trusting another CA, the publisher refuses the broker: nothing is sent. (The
+    // handshake fails within milliseconds, well within the wait for EOS.)
+    let mut run = Run::publish(
+        &replay(5),
+        &format!("{} flush-timeout=1000", tls(&recipe.other_ca)),
+    );
+    run.wait_eos(LONG);
+    let warnings = run.warnings();
+    let stats = run.stop();
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("Not connected") && w.contains("UnknownIssuer")),
+        "a warning names the unknown issuer: {warnings:?}"
+    );
+    assert_eq!(stat(&stats, "messages-published"), 0, "{stats}");
+    let log = broker.log();
+    assert_eq!(log.matches("Received PUBLISH").count(), 20, "{log}");
 }
 
 /// The broker saw a connection on its TLS listener from our client.
