@@ -15,6 +15,8 @@ use crate::meta;
 use crate::mqtt::{Protocol, QoS, Secret};
 
 /// Reads and parses a JSON file. Errors name the file, and the line and column for bad JSON.
+/// A value that looks like JSON text rather than a path, and a file that does not exist, get
+/// an error saying that the setting takes the path to a JSON file.
 pub fn read_json_file(path: &Path) -> Result<Value, SettingError> {
     let shown_path = path.display().to_string();
     if path.is_dir() {
@@ -22,8 +24,22 @@ pub fn read_json_file(path: &Path) -> Result<Value, SettingError> {
             "{shown_path}: is a directory, not a JSON file"
         )));
     }
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| SettingError::io(format!("cannot read {shown_path}: {e}"), &e))?;
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        match shown_path.trim_start().chars().next() {
+            // Not shown: the JSON may hold a password.
+            Some(first @ ('{' | '[')) if e.kind() == std::io::ErrorKind::NotFound => {
+                SettingError::Invalid(format!(
+                    "takes the path to a JSON file, not JSON text (the value starts with \
+                     {first:?})"
+                ))
+            }
+            _ if e.kind() == std::io::ErrorKind::NotFound => SettingError::NotFound(format!(
+                "cannot read {shown_path}: {e}; the value must be the path to an existing \
+                 JSON file"
+            )),
+            _ => SettingError::io(format!("cannot read {shown_path}: {e}"), &e),
+        }
+    })?;
     serde_json::from_str(&text)
         .map_err(|e| SettingError::Invalid(format!("{shown_path}: invalid JSON: {e}")))
 }
@@ -143,20 +159,18 @@ impl PublisherConfig {
     }
 }
 
-/// A filter as written in a DLSPS configuration: every part optional, so that it can be
-/// laid over the current settings.
-#[derive(Debug, Clone, PartialEq, Default)]
+/// A filter as written in a DLSPS configuration: `type` is required (DLSPS refuses a filter
+/// without one), `label_score` optional, so that it can be laid over the current settings.
+#[derive(Debug, Clone, PartialEq)]
 pub struct FilterConfig {
-    pub kind: Option<FilterType>,
+    pub kind: FilterType,
     pub label_score: Option<HashMap<String, f64>>,
 }
 
 impl FilterConfig {
     /// Overwrites the parts of `filter` that this configuration sets.
     pub fn apply(&self, filter: &mut Filter) {
-        if let Some(kind) = self.kind {
-            filter.kind = kind;
-        }
+        filter.kind = self.kind;
         if let Some(label_score) = &self.label_score {
             filter.label_score = label_score.clone();
         }
@@ -204,26 +218,30 @@ pub fn filter_config_from_value(value: &Value) -> Result<FilterConfig, String> {
     let map = value
         .as_object()
         .ok_or_else(|| format!("filter: expected a JSON object, got {}", shown(value)))?;
-    let mut config = FilterConfig::default();
+    let mut kind = None;
+    let mut label_score = None;
     for (key, v) in map {
         match key.as_str() {
             "type" => {
                 let nick = v
                     .as_str()
                     .ok_or_else(|| format!("filter.type: expected a string, got {}", shown(v)))?;
-                config.kind = Some(FilterType::from_nick(nick).ok_or_else(|| {
+                kind = Some(FilterType::from_nick(nick).ok_or_else(|| {
                     format!("filter.type: unknown type {nick:?} (use \"detection\" or \"classification\")")
                 })?);
             }
             "label_score" => {
-                config.label_score = Some(
+                label_score = Some(
                     label_score_from_value(v).map_err(|e| format!("filter.label_score: {e}"))?,
                 );
             }
             other => return Err(format!("filter: unknown key {other:?}")),
         }
     }
-    Ok(config)
+    let kind = kind.ok_or(
+        "filter.type: missing; a filter needs \"type\": \"detection\" or \"classification\"",
+    )?;
+    Ok(FilterConfig { kind, label_score })
 }
 
 /// Loads a filter from a JSON file holding it bare, under `filter`, or under
@@ -383,6 +401,31 @@ mod tests {
     }
 
     #[test]
+    fn json_text_or_a_missing_file_is_told_to_be_a_path() {
+        let err = read_json_file(Path::new(r#"{"qos":1,"password":"s3cr3t"}"#)).unwrap_err();
+        assert_eq!(
+            err,
+            SettingError::Invalid(
+                "takes the path to a JSON file, not JSON text (the value starts with '{')".into()
+            )
+        );
+        let err = read_json_file(Path::new(" [1]")).unwrap_err();
+        assert!(
+            err.message().ends_with("(the value starts with '[')"),
+            "{err}"
+        );
+        let err = read_json_file(Path::new("/nonexistent/pipeline.json")).unwrap_err();
+        assert_eq!(
+            err,
+            SettingError::NotFound(
+                "cannot read /nonexistent/pipeline.json: No such file or directory (os error 2); \
+                 the value must be the path to an existing JSON file"
+                    .into()
+            )
+        );
+    }
+
+    #[test]
     fn unknown_keys_are_collected() {
         let v: Value =
             serde_json::from_str(r#"{"topic": "t", "qso": 1, "tls": {"ca": "x"}}"#).unwrap();
@@ -410,7 +453,7 @@ mod tests {
         let v: Value =
             serde_json::from_str(r#"{"type":"classification","label_score":{"red":0.7}}"#).unwrap();
         let c = filter_config_from_value(&v).unwrap();
-        assert_eq!(c.kind, Some(FilterType::Classification));
+        assert_eq!(c.kind, FilterType::Classification);
         assert_eq!(c.label_score.unwrap()["red"], 0.7);
 
         let v: Value = serde_json::from_str(r#"{"type":"segmentation"}"#).unwrap();
@@ -419,6 +462,19 @@ mod tests {
             err.contains("filter.type") && err.contains("segmentation"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_filter_without_type_is_refused() {
+        let missing = "filter.type: missing; a filter needs \"type\": \"detection\" or \
+                       \"classification\"";
+        for text in [r#"{"label_score":{"box":0.4}}"#, "{}"] {
+            let v: Value = serde_json::from_str(text).unwrap();
+            assert_eq!(filter_config_from_value(&v).unwrap_err(), missing, "{text}");
+        }
+        // Also in the mqtt_publisher section.
+        let v: Value = serde_json::from_str(r#"{"filter":{"label_score":{"box":0.4}}}"#).unwrap();
+        assert_eq!(PublisherConfig::from_value(&v).unwrap_err(), missing);
     }
 
     #[test]

@@ -240,16 +240,63 @@ fn config_file_in_every_dlsps_shape() {
     }
 }
 
+/// Objects left by a metafilter whose properties were set from text as gst-launch-1.0
+/// sets them: `first`, then `second`.
+fn filtered_in_order(
+    first: (&str, &str),
+    second: (&str, &str),
+    objects_in: &[Det],
+) -> Vec<(String, Option<f64>)> {
+    let mut h = harness(&[]);
+    let filter = h.element().unwrap();
+    for (name, value) in [first, second] {
+        filter.set_property_from_str(name, value);
+    }
+    let out = h.push_and_pull(buffer_with(objects_in)).unwrap();
+    objects(&out)
+}
+
 #[test]
-fn properties_set_after_config_override_it() {
-    let file = config_file(r#"{"label_score":{"box":0.9}}"#);
-    let mut h = harness(&[
-        ("config", &file.path().to_str().unwrap()),
-        ("label-score", &r#"{"box":0.3}"#),
-    ]);
+fn label_score_property_wins_over_the_config_file_in_either_order() {
+    let file = config_file(r#"{"type":"detection","label_score":{"box":0.9,"car":0.9}}"#);
+    let config = ("config", file.path().to_str().unwrap());
+    let label_score = ("label-score", r#"{"box":0.3}"#);
+    let input = [det("box", 0.2), det("box", 0.5), det("car", 0.5)];
+    // The property's map replaces the file's: box needs 0.3, car nothing.
+    let expected = [
+        ("box".to_string(), Some(0.5)),
+        ("car".to_string(), Some(0.5)),
+    ];
+    assert_eq!(filtered_in_order(config, label_score, &input), expected);
+    assert_eq!(filtered_in_order(label_score, config, &input), expected);
+}
+
+#[test]
+fn type_property_wins_over_the_config_file_in_either_order() {
+    let file = config_file(r#"{"type":"classification","label_score":{"box":0.9}}"#);
+    let config = ("config", file.path().to_str().unwrap());
+    let kind = ("type", "detection");
+    // Filtering detections with the file's label_score: the box below 0.9 goes. (Filtering
+    // classifications would leave it: it has none.)
+    let input = [det("box", 0.5), det("box", 0.95)];
+    let expected = [("box".to_string(), Some(0.95))];
+    assert_eq!(filtered_in_order(config, kind, &input), expected);
+    assert_eq!(filtered_in_order(kind, config, &input), expected);
+}
+
+#[test]
+fn the_config_file_wins_over_the_defaults_and_unsetting_it_restores_them() {
+    let file = config_file(r#"{"type":"detection","label_score":{"box":0.9}}"#);
+    let mut h = harness(&[("config", &file.path().to_str().unwrap())]);
+    let filter = h.element().unwrap();
+    assert_eq!(filter.property::<String>("label-score"), r#"{"box":0.9}"#);
     let out = h
-        .push_and_pull(buffer_with(&[det("box", 0.2), det("box", 0.5)]))
+        .push_and_pull(buffer_with(&[det("box", 0.5), det("box", 0.95)]))
         .unwrap();
+    assert_eq!(objects(&out), [("box".to_string(), Some(0.95))]);
+    filter.set_property("config", None::<&str>);
+    assert_eq!(filter.property::<String>("label-score"), "{}");
+    let out = h.push_and_pull(buffer_with(&[det("box", 0.5)])).unwrap();
     assert_eq!(objects(&out), [("box".to_string(), Some(0.5))]);
 }
 
@@ -304,6 +351,14 @@ fn invalid_label_score_is_rejected_and_named() {
 fn invalid_threshold_is_rejected_and_named() {
     assert_rejected("threshold", &0.2f64, &1.5f64, &["threshold", "1.5"]);
     assert_rejected("threshold", &0.2f64, &-0.1f64, &["threshold", "-0.1"]);
+    // Beyond the largest double (1e309 on a command line): refused too, not left to GLib.
+    assert_rejected("threshold", &0.2f64, &f64::INFINITY, &["threshold", "inf"]);
+    assert_rejected(
+        "threshold",
+        &0.2f64,
+        &f64::NEG_INFINITY,
+        &["threshold", "-inf"],
+    );
 }
 
 #[test]
@@ -317,6 +372,25 @@ fn invalid_config_files_are_rejected_and_named() {
         &unknown_type.path().to_str().unwrap(),
         &["config", "filter.type", "segmentation"],
     );
+    // DLSPS refuses a filter without a type; so does metafilter, in every shape.
+    for text in [
+        r#"{"label_score":{"box":0.4}}"#,
+        r#"{"filter":{"label_score":{"box":0.4}}}"#,
+        r#"{"mqtt_publisher":{"filter":{"label_score":{"box":0.4}}}}"#,
+    ] {
+        let no_type = config_file(text);
+        assert_rejected(
+            "config",
+            &good,
+            &no_type.path().to_str().unwrap(),
+            &[
+                "config",
+                "filter.type: missing",
+                "detection",
+                "classification",
+            ],
+        );
+    }
     let bad_json = config_file("{\n  \"type\": detection\n}");
     assert_rejected(
         "config",
@@ -328,7 +402,17 @@ fn invalid_config_files_are_rejected_and_named() {
         "config",
         &good,
         &"/nonexistent/filter.json",
-        &["config", "/nonexistent/filter.json"],
+        &[
+            "config",
+            "/nonexistent/filter.json",
+            "the value must be the path to an existing JSON file",
+        ],
+    );
+    assert_rejected(
+        "config",
+        &good,
+        &r#"{"type":"detection","label_score":{"box":0.4}}"#,
+        &["config: takes the path to a JSON file, not JSON text (the value starts with '{')"],
     );
     let dir = tempfile::tempdir().unwrap();
     assert_rejected(

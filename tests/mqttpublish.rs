@@ -6,11 +6,12 @@ mod common;
 
 use std::io::Write;
 use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::{
-    assert_accounted, init_plugin, sample_recording, start_error, start_gerror, stat, to, Broker,
-    Message, QoS, Run, Subscriber, TlsFiles,
+    assert_accounted, certificate_text, init_plugin, sample_recording, start_error, start_gerror,
+    stat, to, Broker, DlspsRecipe, Message, QoS, Run, Subscriber, TlsFiles,
 };
 use gst::glib;
 use gst::prelude::*;
@@ -227,6 +228,95 @@ fn mutual_tls_with_required_client_certificate() {
     assert!(run_log_has_tls_client(&broker));
 }
 
+/// The users' own certificates: the DLSPS document's openssl recipe, whose client
+/// certificate is X.509 v1, against a broker that requires a client certificate.
+#[test]
+fn dlsps_certificate_recipe_with_a_v1_client_certificate() {
+    let recipe = DlspsRecipe::generate();
+    let client = certificate_text(&recipe.client_cert);
+    assert!(client.contains("Version: 1 (0x0)"), "{client}");
+    assert!(!client.contains("X509v3 extensions"), "{client}");
+    let server = certificate_text(&recipe.server_cert);
+    assert!(
+        server.contains("Version: 3 (0x2)") && server.contains("IP Address:127.0.0.1"),
+        "{server}"
+    );
+
+    let broker = Broker::builder()
+        .tls_with(&recipe.ca, &recipe.server_cert, &recipe.server_key, true)
+        .start();
+    // A DLSPS user's consumer: mosquitto_sub with the same client certificate, over TLS.
+    // (The harness' rumqttc subscriber cannot: rustls refuses to load a v1 certificate as
+    // its own.)
+    let consumer = Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &broker.tls_port().to_string()])
+        .args(["--cafile", recipe.ca.to_str().unwrap()])
+        .args(["--cert", recipe.client_cert.to_str().unwrap()])
+        .args(["--key", recipe.client_key.to_str().unwrap()])
+        .args([
+            "-i",
+            "dlsps-consumer",
+            "-t",
+            TOPIC,
+            "-q",
+            "1",
+            "-C",
+            "20",
+            "-W",
+            "60",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run mosquitto_sub");
+    broker.wait_for_log("Sending SUBACK to dlsps-consumer", LONG);
+    let tls = |ca: &Path| {
+        format!(
+            "host=127.0.0.1 port={} qos=1 tls-ca-file={} tls-cert-file={} tls-key-file={}",
+            broker.tls_port(),
+            ca.display(),
+            recipe.client_cert.display(),
+            recipe.client_key.display()
+        )
+    };
+    let mut run = Run::publish(&replay(20), &tls(&recipe.ca));
+    run.wait_eos(LONG);
+    let stats = run.stop();
+    assert_eq!(stat(&stats, "messages-acknowledged"), 20, "{stats}");
+    assert!(run_log_has_tls_client(&broker));
+    let consumed = consumer.wait_with_output().unwrap();
+    assert!(consumed.status.success(), "{consumed:?}");
+    let frame_ids: Vec<u64> = String::from_utf8(consumed.stdout)
+        .unwrap()
+        .lines()
+        .map(|line| {
+            serde_json::from_str::<Value>(line).unwrap()["frame_id"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(frame_ids, (0..20).collect::<Vec<u64>>());
+
+    // Trusting another CA, the publisher refuses the broker: nothing is sent. (The
+    // handshake fails within milliseconds, well within the wait for EOS.)
+    let mut run = Run::publish(
+        &replay(5),
+        &format!("{} flush-timeout=1000", tls(&recipe.other_ca)),
+    );
+    run.wait_eos(LONG);
+    let warnings = run.warnings();
+    let stats = run.stop();
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("Not connected") && w.contains("UnknownIssuer")),
+        "a warning names the unknown issuer: {warnings:?}"
+    );
+    assert_eq!(stat(&stats, "messages-published"), 0, "{stats}");
+    let log = broker.log();
+    assert_eq!(log.matches("Received PUBLISH").count(), 20, "{log}");
+}
+
 /// The broker saw a connection on its TLS listener from our client.
 fn run_log_has_tls_client(broker: &Broker) -> bool {
     broker
@@ -254,11 +344,43 @@ fn bad_settings_are_refused_at_start_with_the_setting_named() {
         ("tags=\"[1]\"", "tags: expected a JSON object"),
         (
             "config=/nonexistent.json",
-            "config: cannot read /nonexistent.json",
+            "config: cannot read /nonexistent.json: No such file or directory (os error 2); \
+             the value must be the path to an existing JSON file",
+        ),
+        // JSON where the path belongs: said so, and the JSON (a password here) not shown.
+        (
+            r#"config={"password":"hunter2-secret"}"#,
+            "config: takes the path to a JSON file, not JSON text (the value starts with '{')",
         ),
         (
             "password=hunter2-secret",
             "password: is set but username is not",
+        ),
+        // Numbers outside the range their blurb states (GLib would keep the default).
+        ("port=0", "port: 0 is not a TCP port (1..65535)"),
+        ("qos=7", "qos: QoS 7 does not exist"),
+        ("protocol=6", "protocol: unknown protocol 6"),
+        ("keep-alive=65536", "keep-alive: 65536 is outside 0..65535"),
+        ("jpeg-quality=0", "jpeg-quality: 0 is outside 1..100"),
+        ("jpeg-quality=101", "jpeg-quality: 101 is outside 1..100"),
+        ("frame-interval=0", "frame-interval: 0 is outside 1.."),
+        (
+            "max-queued-messages=0",
+            "max-queued-messages: 0 is outside 1..",
+        ),
+        ("max-queued-bytes=0", "max-queued-bytes: 0 is outside 1.."),
+        (
+            "max-message-size=100",
+            "max-message-size: 100 is outside 1024..268435456",
+        ),
+        (
+            "flush-timeout=600001",
+            "flush-timeout: 600001 is outside 0..600000",
+        ),
+        // Each one is named.
+        (
+            "qos=3 jpeg-quality=0",
+            "jpeg-quality: 0 is outside 1..100; qos: QoS 3",
         ),
     ];
     for (props, expected) in cases {
@@ -272,6 +394,19 @@ fn bad_settings_are_refused_at_start_with_the_setting_named() {
             "the password never shows: {err}"
         );
     }
+
+    // A valid value after a rejected one clears the rejection.
+    init_plugin();
+    let pipeline =
+        gst::parse::launch("fakesrc ! mqttpublish name=sink port=188300 port=1884").unwrap();
+    pipeline.set_state(gst::State::Ready).unwrap();
+    let sink = pipeline
+        .downcast_ref::<gst::Bin>()
+        .unwrap()
+        .by_name("sink")
+        .unwrap();
+    assert_eq!(sink.property::<u32>("port"), 1884);
+    pipeline.set_state(gst::State::Null).unwrap();
 
     let tls = TlsFiles::generate();
     // A key where a certificate belongs, and a certificate where the key belongs.
@@ -356,6 +491,22 @@ fn dlsps_configuration_file() {
         }
     }
     assert_eq!(stat(&stats, "messages-acknowledged"), 30);
+}
+
+#[test]
+fn a_config_filter_without_type_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_file(
+        dir.path(),
+        r#"{"mqtt_publisher": {"topic": "t", "filter": {"label_score": {"box": 0.4}}}}"#,
+    );
+    let err = start_gerror(&format!("fakesrc ! mqttpublish config={config}"));
+    assert!(err.matches(gst::LibraryError::Settings), "{err}");
+    let text = err.to_string();
+    assert!(
+        text.starts_with(&format!("config: {config}: filter.type: missing")),
+        "{text}"
+    );
 }
 
 #[test]

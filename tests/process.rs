@@ -113,3 +113,83 @@ fn a_peer_closing_the_socket_mid_write_never_kills_the_process() {
         }
     }
 }
+
+/// What a `gst-launch-1.0` run printed, standard output and error together.
+fn printed(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// The errors gst-launch-1.0 printed: one `ERROR: from element` line per error message.
+fn errors(printed: &str) -> Vec<&str> {
+    printed
+        .lines()
+        .filter(|line| line.starts_with("ERROR: from element"))
+        .collect()
+}
+
+#[test]
+fn a_bad_setting_is_reported_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = plugin_dir(dir.path());
+    for (element, bad) in [
+        ("mqttpublish", "topic=a/#"),
+        ("mqttpublish", "config=/nonexistent/pipeline.json"),
+        ("metafilter", "threshold=2"),
+    ] {
+        let sink = if element == "mqttpublish" {
+            ""
+        } else {
+            " ! fakesink"
+        };
+        let out = gst_launch(
+            &plugins,
+            &format!("fakesrc num-buffers=1 ! {element} {bad}{sink}"),
+        );
+        let printed = printed(&out);
+        assert!(!out.status.success(), "{bad}: {printed}");
+        let errors = errors(&printed);
+        assert_eq!(errors.len(), 1, "{bad}: exactly one error\n{printed}");
+        assert!(
+            errors[0].contains(element) && errors[0].contains(bad.split('=').next().unwrap()),
+            "{bad}: the error names the element and the setting\n{printed}"
+        );
+        assert!(
+            !printed.contains("failed to post a proper error message"),
+            "{bad}: {printed}"
+        );
+    }
+}
+
+#[test]
+fn out_of_range_numbers_stop_the_start_naming_the_property_and_the_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = plugin_dir(dir.path());
+    // A port where nothing listens: a run that ignored the bad value would still fail to
+    // publish, but end with EOS and exit 0.
+    for (property, value) in [("port", "188300"), ("qos", "3"), ("protocol", "6")] {
+        let out = gst_launch(
+            &plugins,
+            &format!(
+                "fakesrc num-buffers=1 ! mqttpublish host=127.0.0.1 {property}={value} \
+                 flush-timeout=100"
+            ),
+        );
+        let printed = printed(&out);
+        assert!(!out.status.success(), "{property}={value}: {printed}");
+        let errors = errors(&printed);
+        assert_eq!(errors.len(), 1, "{property}={value}: {printed}");
+        let (_, message) = errors[0].split_once("mqttpublish0: ").unwrap();
+        assert!(
+            message.starts_with(&format!("{property}: ")) && message.contains(value),
+            "{property}={value}: the error names both\n{printed}"
+        );
+        assert!(
+            !printed.contains("GLib-GObject-WARNING") && !printed.contains("Got EOS"),
+            "{property}={value}: {printed}"
+        );
+    }
+}

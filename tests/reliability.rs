@@ -388,6 +388,43 @@ fn tls_failures_name_the_cause_and_never_fall_back() {
     }
 }
 
+/// 8b. TLS to a port that speaks plain MQTT: the warning asks whether the port speaks TLS.
+#[test]
+fn tls_to_a_plain_port_asks_whether_it_is_a_tls_port() {
+    let tls = TlsFiles::generate();
+    let broker = Broker::new();
+    let sub = Subscriber::new(&broker, TOPIC);
+    let mut run = Run::publish(
+        &live_source(15),
+        &format!(
+            "host=127.0.0.1 port={} tls-ca-file={} flush-timeout=200",
+            broker.port(),
+            tls.ca.display()
+        ),
+    );
+    run.wait_eos(LONG);
+    let warnings = run.warnings();
+    let stats = run.stats();
+    let disconnected = run.element_messages("mqttpublish-disconnected");
+    run.stop();
+    let hint = format!(
+        "(is port {} a TLS port? the broker closed the connection during the TLS handshake)",
+        broker.port()
+    );
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("Not connected") && w.contains(&hint)),
+        "a warning asks about the port: {warnings:?}"
+    );
+    let (first, _) = disconnected.first().expect("a disconnected message");
+    let reason: String = first.get("reason").unwrap();
+    assert!(reason.contains(&hint), "{reason}");
+    // Nothing went out in plain text.
+    assert_eq!(stat(&stats, "messages-published"), 0);
+    sub.assert_count_after(0, Duration::from_millis(300));
+}
+
 /// 9. The password never shows: not in a full debug log, errors or gst-inspect.
 ///
 /// It goes in through the configuration file: GStreamer's own pipeline parser logs the

@@ -29,7 +29,7 @@ fuzz_target!(|data: &[u8]| {
 
     // The same text as the `label_score` of a DLSPS filter object.
     let from_config = serde_json::from_str::<Value>(text).ok().map(|v| {
-        filter_config_from_value(&serde_json::json!({ "label_score": v }))
+        filter_config_from_value(&serde_json::json!({ "type": "detection", "label_score": v }))
             .map(|c| c.label_score.expect("label_score was given"))
     });
 

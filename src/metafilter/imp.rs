@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MPL-2.0
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
@@ -29,9 +29,17 @@ const DEFAULT_DROP_EMPTY: bool = false;
 
 #[derive(Debug, Default)]
 struct Settings {
-    /// Shared with the streaming thread, which takes a reference per buffer.
+    /// The filter in effect (see [`Settings::resolve`]). Shared with the streaming thread,
+    /// which takes a reference per buffer.
     filter: Arc<Filter>,
-    config: Option<PathBuf>,
+    /// `type` and `label-score` as properties set them: `None` until set, so that the
+    /// config file never wins over a property, whichever was set first.
+    kind: Option<FilterType>,
+    label_score: Option<HashMap<String, f64>>,
+    threshold: f64,
+    drop_unscored: bool,
+    /// The config file and the filter it holds.
+    config: Option<(PathBuf, FilterConfig)>,
     drop_empty: bool,
     /// Rejected property values by property name; the element refuses to start while any
     /// is left (a later valid value for the same property clears it).
@@ -53,17 +61,41 @@ pub struct MetaFilter {
     stats: Mutex<Stats>,
 }
 
+impl Settings {
+    /// Puts the filter in effect together: the defaults, overlaid by the config file,
+    /// overlaid by the properties set explicitly.
+    fn resolve(&mut self) {
+        let mut filter = Filter {
+            threshold: self.threshold,
+            drop_unscored: self.drop_unscored,
+            ..Filter::default()
+        };
+        if let Some((_, file)) = &self.config {
+            file.apply(&mut filter);
+        }
+        if let Some(kind) = self.kind {
+            filter.kind = kind;
+        }
+        if let Some(label_score) = &self.label_score {
+            filter.label_score = label_score.clone();
+        }
+        self.filter = Arc::new(filter);
+    }
+}
+
 impl MetaFilter {
-    /// Applies a change to the filter, or records why it was rejected.
+    /// Applies a change to the settings and puts the filter in effect together again, or
+    /// records why the change was rejected.
     fn update_filter(
         &self,
         settings: &mut Settings,
         property: &'static str,
-        change: Result<impl FnOnce(&mut Filter), SettingError>,
+        change: Result<impl FnOnce(&mut Settings), SettingError>,
     ) {
         match change {
             Ok(change) => {
-                change(Arc::make_mut(&mut settings.filter));
+                change(settings);
+                settings.resolve();
                 settings.rejected.remove(property);
             }
             Err(err) => {
@@ -90,8 +122,9 @@ impl ObjectImpl for MetaFilter {
                     .blurb(
                         "A JSON object mapping labels to their minimum confidence (0 to 1), \
                          e.g. '{\"box\":0.4,\"shipping label\":0.4}'. Results of a listed label \
-                         below its threshold are removed. Invalid JSON or thresholds are ignored \
-                         with a warning and the element then refuses to start.",
+                         below its threshold are removed. Set, it replaces the config file's \
+                         label_score, whichever is set first. Invalid JSON or thresholds are \
+                         ignored with a warning and the element then refuses to start.",
                     )
                     .default_value(Some("{}"))
                     .mutable_playing()
@@ -103,8 +136,10 @@ impl ObjectImpl for MetaFilter {
                          label-score; 0 lets every unlisted label pass. A value outside 0..1 is \
                          ignored with a warning and the element then refuses to start.",
                     )
-                    .minimum(f64::MIN)
-                    .maximum(f64::MAX)
+                    // Any number reaches the element, which names it when it refuses to start;
+                    // a 0..1 range here would have GLib warn and keep the previous value.
+                    .minimum(f64::NEG_INFINITY)
+                    .maximum(f64::INFINITY)
                     .default_value(DEFAULT_THRESHOLD)
                     .mutable_playing()
                     .build(),
@@ -112,7 +147,8 @@ impl ObjectImpl for MetaFilter {
                     .nick("Filter type")
                     .blurb(
                         "What the thresholds apply to: whole detected objects (detection) or \
-                         the classification results attached to objects (classification).",
+                         the classification results attached to objects (classification). Set, \
+                         it wins over the config file's type, whichever is set first.",
                     )
                     .mutable_playing()
                     .build(),
@@ -137,10 +173,11 @@ impl ObjectImpl for MetaFilter {
                 glib::ParamSpecString::builder("config")
                     .nick("Configuration file")
                     .blurb(
-                        "Path to a JSON file holding a DL Streamer Pipeline Server filter \
-                         ({\"type\":..,\"label_score\":..}), bare, under \"filter\" or under \
-                         \"mqtt_publisher\".\"filter\". It is read when set; properties set \
-                         after it override its values.",
+                        "Path to a JSON file (the path, not JSON text) holding a DL Streamer \
+                         Pipeline Server filter ({\"type\":..,\"label_score\":..}), bare, under \
+                         \"filter\" or under \"mqtt_publisher\".\"filter\". It is read when set. The type and \
+                         label-score properties, when set, win over the file's values whichever \
+                         is set first; the file wins over their defaults.",
                     )
                     .mutable_ready()
                     .build(),
@@ -170,7 +207,7 @@ impl ObjectImpl for MetaFilter {
                 self.update_filter(
                     &mut settings,
                     "label-score",
-                    parsed.map(|map| move |f: &mut Filter| f.label_score = map),
+                    parsed.map(|map| move |s: &mut Settings| s.label_score = Some(map)),
                 );
             }
             "threshold" => {
@@ -180,16 +217,18 @@ impl ObjectImpl for MetaFilter {
                 self.update_filter(
                     &mut settings,
                     "threshold",
-                    checked.map(|t| move |f: &mut Filter| f.threshold = t),
+                    checked.map(|t| move |s: &mut Settings| s.threshold = t),
                 );
             }
             "type" => {
                 let kind = value.get::<FilterType>().expect("type checked upstream");
-                Arc::make_mut(&mut settings.filter).kind = kind;
+                let change = Ok(move |s: &mut Settings| s.kind = Some(kind));
+                self.update_filter(&mut settings, "type", change);
             }
             "drop-unscored" => {
                 let drop = value.get::<bool>().expect("type checked upstream");
-                Arc::make_mut(&mut settings.filter).drop_unscored = drop;
+                let change = Ok(move |s: &mut Settings| s.drop_unscored = drop);
+                self.update_filter(&mut settings, "drop-unscored", change);
             }
             "drop-empty" => {
                 settings.drop_empty = value.get().expect("type checked upstream");
@@ -199,19 +238,17 @@ impl ObjectImpl for MetaFilter {
                     .get::<Option<String>>()
                     .expect("type checked upstream")
                     .map(PathBuf::from);
-                let loaded = match &path {
-                    None => Ok(FilterConfig::default()),
-                    Some(path) => {
-                        config::load_filter_file(path).map_err(|e| e.context("invalid config"))
-                    }
-                };
-                if loaded.is_ok() {
-                    settings.config = path;
-                }
+                let loaded = path
+                    .map(|path| {
+                        config::load_filter_file(&path)
+                            .map(|file| (path, file))
+                            .map_err(|e| e.context("invalid config"))
+                    })
+                    .transpose();
                 self.update_filter(
                     &mut settings,
                     "config",
-                    loaded.map(|config| move |f: &mut Filter| config.apply(f)),
+                    loaded.map(|config| move |s: &mut Settings| s.config = config),
                 );
             }
             other => unreachable!("unknown property {other}"),
@@ -237,7 +274,7 @@ impl ObjectImpl for MetaFilter {
             "config" => settings
                 .config
                 .as_ref()
-                .map(|p| p.display().to_string())
+                .map(|(path, _)| path.display().to_string())
                 .to_value(),
             "stats" => {
                 let stats = *self.stats.lock().unwrap();

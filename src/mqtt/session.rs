@@ -3,6 +3,7 @@
 //! One rumqttc client and event loop, MQTT 3.1.1 or 5, behind a single interface that
 //! speaks in the few events the worker cares about.
 
+use rumqttc::tokio_rustls::rustls;
 use rumqttc::v5;
 use rumqttc::{NetworkOptions, Transport};
 
@@ -111,12 +112,19 @@ impl Session {
         }
     }
 
-    /// Drives the connection until the next event. Errors are connection losses.
+    /// Drives the connection until the next event. Errors are connection losses, in words.
     pub async fn poll(&mut self) -> Result<Event, String> {
         match self {
             Session::V4 { eventloop, .. } => {
-                use rumqttc::{Event as E, Outgoing, Packet};
-                Ok(match eventloop.poll().await.map_err(|e| e.to_string())? {
+                use rumqttc::{ConnectionError, Event as E, Outgoing, Packet};
+                let event = eventloop.poll().await.map_err(|e| {
+                    let port = eventloop.mqtt_options.broker_address().1;
+                    match &e {
+                        ConnectionError::Tls(tls) => with_tls_hint(e.to_string(), tls, port),
+                        _ => e.to_string(),
+                    }
+                })?;
+                Ok(match event {
                     E::Incoming(Packet::ConnAck(ack)) => Event::Connected {
                         session_present: ack.session_present,
                         max_packet_size: None,
@@ -130,8 +138,15 @@ impl Session {
             }
             Session::V5 { eventloop, .. } => {
                 use v5::mqttbytes::v5::Packet;
-                use v5::Event as E;
-                Ok(match eventloop.poll().await.map_err(|e| e.to_string())? {
+                use v5::{ConnectionError, Event as E};
+                let event = eventloop.poll().await.map_err(|e| {
+                    let port = eventloop.options.broker_address().1;
+                    match &e {
+                        ConnectionError::Tls(tls) => with_tls_hint(e.to_string(), tls, port),
+                        _ => e.to_string(),
+                    }
+                })?;
+                Ok(match event {
                     E::Incoming(Packet::ConnAck(ack)) => Event::Connected {
                         session_present: ack.session_present,
                         max_packet_size: ack.properties.and_then(|p| p.max_packet_size),
@@ -163,6 +178,33 @@ impl Session {
     }
 }
 
+/// `text`, the words of a TLS failure, with a hint when the failure looks like a port that
+/// does not speak TLS: the broker closed the connection during the handshake (mosquitto's
+/// plain listener reads the ClientHello as a malformed MQTT packet), or answered it with
+/// bytes that are not TLS. rustls alone says "Connection reset by peer".
+fn with_tls_hint(text: String, error: &rumqttc::TlsError, port: u16) -> String {
+    use std::io::ErrorKind;
+    let rumqttc::TlsError::Io(io) = error else {
+        return text;
+    };
+    let not_tls = || {
+        io.get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+            .is_some_and(|e| matches!(e, rustls::Error::InvalidMessage(_)))
+    };
+    let what = match io.kind() {
+        ErrorKind::ConnectionReset
+        | ErrorKind::ConnectionAborted
+        | ErrorKind::UnexpectedEof
+        | ErrorKind::BrokenPipe => "the broker closed the connection during the TLS handshake",
+        ErrorKind::InvalidData if not_tls() => {
+            "the broker answered the TLS handshake with something that is not TLS"
+        }
+        _ => return text,
+    };
+    format!("{text} (is port {port} a TLS port? {what})")
+}
+
 /// Hands publishes to a [`Session`]'s event loop.
 #[derive(Clone)]
 pub enum Publisher {
@@ -189,5 +231,46 @@ impl Publisher {
                 .await
                 .map_err(|e| e.to_string()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io;
+
+    #[test]
+    fn a_handshake_cut_off_or_answered_in_plain_text_asks_whether_the_port_speaks_tls() {
+        let cut_off = [
+            io::ErrorKind::ConnectionReset,
+            io::ErrorKind::UnexpectedEof,
+            io::ErrorKind::BrokenPipe,
+            io::ErrorKind::ConnectionAborted,
+        ];
+        for kind in cut_off {
+            let error = rumqttc::TlsError::Io(io::Error::from(kind));
+            assert_eq!(
+                with_tls_hint("TLS: I/O: reset".into(), &error, 1883),
+                "TLS: I/O: reset (is port 1883 a TLS port? the broker closed the connection \
+                 during the TLS handshake)",
+                "{kind:?}"
+            );
+        }
+        let garbage = rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType);
+        let error = rumqttc::TlsError::Io(io::Error::new(io::ErrorKind::InvalidData, garbage));
+        assert!(with_tls_hint("x".into(), &error, 1883).ends_with(
+            "(is port 1883 a TLS port? the broker answered the TLS handshake with something \
+             that is not TLS)"
+        ));
+    }
+
+    #[test]
+    fn other_tls_failures_keep_their_words() {
+        // A certificate the client does not trust is a TLS broker's answer.
+        let untrusted = rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer);
+        let error = rumqttc::TlsError::Io(io::Error::new(io::ErrorKind::InvalidData, untrusted));
+        assert_eq!(with_tls_hint("words".into(), &error, 8883), "words");
+        let error = rumqttc::TlsError::Io(io::Error::from(io::ErrorKind::ConnectionRefused));
+        assert_eq!(with_tls_hint("words".into(), &error, 8883), "words");
     }
 }

@@ -262,11 +262,10 @@ impl ObjectImpl for MqttPublish {
                 glib::ParamSpecUInt::builder("port")
                     .nick("Broker port")
                     .blurb(
-                        "TCP port of the MQTT broker. When not set, the configuration file's \
-                         \"port\", then the MQTT_PORT environment variable, then 1883 is used.",
+                        "TCP port of the MQTT broker, 1 to 65535. When not set, the \
+                         configuration file's \"port\", then the MQTT_PORT environment variable, \
+                         then 1883 is used.",
                     )
-                    .minimum(1)
-                    .maximum(65535)
                     .default_value(DEFAULT_PORT)
                     .mutable_ready()
                     .build(),
@@ -285,7 +284,6 @@ impl ObjectImpl for MqttPublish {
                         "MQTT quality of service: 0 at most once, 1 at least once, 2 exactly \
                          once. Config file key: qos.",
                     )
-                    .maximum(2)
                     .default_value(DEFAULT_QOS)
                     .mutable_ready()
                     .build(),
@@ -301,8 +299,6 @@ impl ObjectImpl for MqttPublish {
                         "MQTT protocol level: 4 for MQTT 3.1.1, 5 for MQTT 5. MQTT 3.1 (3) is not \
                          supported. Config file key: protocol.",
                     )
-                    .minimum(3)
-                    .maximum(5)
                     .default_value(DEFAULT_PROTOCOL)
                     .mutable_ready()
                     .build(),
@@ -328,11 +324,10 @@ impl ObjectImpl for MqttPublish {
                 glib::ParamSpecUInt::builder("keep-alive")
                     .nick("Keep-alive")
                     .blurb(
-                        "Seconds between keep-alive pings while idle; a dead connection is \
-                         noticed within about twice this. 0 disables keep-alive (MQTT 3.1.1 \
-                         only: protocol 5 needs 5 or more).",
+                        "Seconds between keep-alive pings while idle, 0 to 65535; a dead \
+                         connection is noticed within about twice this. 0 disables keep-alive \
+                         (MQTT 3.1.1 only: protocol 5 needs 5 or more).",
                     )
-                    .maximum(65535)
                     .default_value(DEFAULT_KEEP_ALIVE)
                     .mutable_ready()
                     .build(),
@@ -387,9 +382,7 @@ impl ObjectImpl for MqttPublish {
                     .build(),
                 glib::ParamSpecUInt::builder("jpeg-quality")
                     .nick("JPEG quality")
-                    .blurb("JPEG quality (1-100) when encoding raw video frames.")
-                    .minimum(1)
-                    .maximum(100)
+                    .blurb("JPEG quality, 1 to 100, when encoding raw video frames.")
                     .default_value(DEFAULT_JPEG_QUALITY)
                     .mutable_ready()
                     .build(),
@@ -397,9 +390,8 @@ impl ObjectImpl for MqttPublish {
                     .nick("Frame interval")
                     .blurb(
                         "With publish-frame, add the frame to every Nth message only (1: every \
-                         message); the others carry metadata only.",
+                         message; 0 is refused); the others carry metadata only.",
                     )
-                    .minimum(1)
                     .default_value(DEFAULT_FRAME_INTERVAL)
                     .mutable_ready()
                     .build(),
@@ -480,10 +472,10 @@ impl ObjectImpl for MqttPublish {
                 glib::ParamSpecString::builder("config")
                     .nick("Configuration file")
                     .blurb(
-                        "Path to a JSON file with a DL Streamer Pipeline Server mqtt_publisher \
-                         section (bare or under \"mqtt_publisher\"): topic, qos, protocol, \
-                         publish_frame, tls, filter, and host, port, client_id, username, \
-                         password. Read at start. Properties set explicitly win over the file; \
+                        "Path to a JSON file (the path, not JSON text) with a DL Streamer \
+                         Pipeline Server mqtt_publisher section (bare or under \
+                         \"mqtt_publisher\"): topic, qos, protocol, publish_frame, tls, filter, \
+                         and host, port, client_id, username, password. Read at start. Properties set explicitly win over the file; \
                          the file wins over MQTT_HOST/MQTT_PORT.",
                     )
                     .mutable_ready()
@@ -491,19 +483,18 @@ impl ObjectImpl for MqttPublish {
                 glib::ParamSpecUInt::builder("max-queued-messages")
                     .nick("Queue limit (messages)")
                     .blurb(
-                        "Most messages waiting for the broker; beyond it the leaky policy applies.",
+                        "Most messages waiting for the broker, 1 or more; beyond it the leaky \
+                         policy applies.",
                     )
-                    .minimum(1)
                     .default_value(DEFAULT_MAX_QUEUED_MESSAGES)
                     .mutable_ready()
                     .build(),
                 glib::ParamSpecUInt64::builder("max-queued-bytes")
                     .nick("Queue limit (bytes)")
                     .blurb(
-                        "Most payload bytes waiting for the broker; beyond it the leaky policy \
-                         applies.",
+                        "Most payload bytes waiting for the broker, 1 or more; beyond it the \
+                         leaky policy applies.",
                     )
-                    .minimum(1)
                     .default_value(DEFAULT_MAX_QUEUED_BYTES)
                     .mutable_ready()
                     .build(),
@@ -520,25 +511,23 @@ impl ObjectImpl for MqttPublish {
                 glib::ParamSpecUInt::builder("max-message-size")
                     .nick("Largest message")
                     .blurb(
-                        "Largest message in bytes. A message with a frame's image that would be \
-                         larger goes without the image (metadata kept, counted as \
-                         unencoded-oversize); one still larger is dropped, counted in stats and \
-                         warned about once. With MQTT 5 the broker's own limit applies too; with \
+                        "Largest message in bytes (1024 to 268435456). A message with a frame's \
+                         image that would be larger goes without the image (metadata kept, \
+                         counted as unencoded-oversize); one still larger is dropped, counted in \
+                         stats and warned about once. With MQTT 5 the broker's own limit applies too; with \
                          MQTT 3.1.1 keep this at or below the broker's limit, which it does not \
                          announce.",
                     )
-                    .minimum(1024)
-                    .maximum(256 * 1024 * 1024)
                     .default_value(DEFAULT_MAX_MESSAGE_SIZE)
                     .mutable_ready()
                     .build(),
                 glib::ParamSpecUInt::builder("flush-timeout")
                     .nick("Flush timeout")
                     .blurb(
-                        "Milliseconds to wait at end of stream for queued messages to be sent \
-                         and QoS 1/2 messages acknowledged before passing the end of stream on.",
+                        "Milliseconds, 0 to 600000, to wait at end of stream for queued \
+                         messages to be sent and QoS 1/2 messages acknowledged before passing \
+                         the end of stream on.",
                     )
-                    .maximum(600_000)
                     .default_value(DEFAULT_FLUSH_TIMEOUT_MS)
                     .mutable_ready()
                     .build(),
@@ -571,22 +560,38 @@ impl ObjectImpl for MqttPublish {
         let non_empty = || string().filter(|s| !s.is_empty());
         match pspec.name() {
             "host" => settings.host = Some(string().unwrap_or_default()),
-            "port" => settings.port = Some(get(value)),
+            "port" => settings.port = self.number(&mut settings, "port", value).or(settings.port),
             "topic" => settings.topic = Some(string().unwrap_or_default()),
-            "qos" => settings.qos = Some(get(value)),
+            "qos" => settings.qos = self.number(&mut settings, "qos", value).or(settings.qos),
             "retain" => settings.retain = get(value),
-            "protocol" => settings.protocol = Some(get(value)),
+            "protocol" => {
+                settings.protocol = self
+                    .number(&mut settings, "protocol", value)
+                    .or(settings.protocol)
+            }
             "client-id" => settings.client_id = Some(non_empty()),
             "clean-session" => settings.clean_session = get(value),
-            "keep-alive" => settings.keep_alive = get(value),
+            "keep-alive" => {
+                if let Some(number) = self.number(&mut settings, "keep-alive", value) {
+                    settings.keep_alive = number;
+                }
+            }
             "username" => settings.username = Some(non_empty()),
             "password" => settings.password = Some(string().map(Secret::new)),
             "tls-ca-file" => settings.tls_ca_file = Some(non_empty()),
             "tls-cert-file" => settings.tls_cert_file = Some(non_empty()),
             "tls-key-file" => settings.tls_key_file = Some(non_empty()),
             "publish-frame" => settings.publish_frame = Some(get(value)),
-            "jpeg-quality" => settings.jpeg_quality = get(value),
-            "frame-interval" => settings.frame_interval = get(value),
+            "jpeg-quality" => {
+                if let Some(number) = self.number(&mut settings, "jpeg-quality", value) {
+                    settings.jpeg_quality = number;
+                }
+            }
+            "frame-interval" => {
+                if let Some(number) = self.number(&mut settings, "frame-interval", value) {
+                    settings.frame_interval = number;
+                }
+            }
             "message-format" => settings.message_format = get(value),
             "metadata-source" => settings.metadata_source = get(value),
             "source" => settings.source = string(),
@@ -605,11 +610,27 @@ impl ObjectImpl for MqttPublish {
             "skip-empty" => settings.skip_empty = get(value),
             "add-sink-time" => settings.add_sink_time = get(value),
             "config" => settings.config = non_empty(),
-            "max-queued-messages" => settings.max_queued_messages = get(value),
-            "max-queued-bytes" => settings.max_queued_bytes = get(value),
+            "max-queued-messages" => {
+                if let Some(number) = self.number(&mut settings, "max-queued-messages", value) {
+                    settings.max_queued_messages = number;
+                }
+            }
+            "max-queued-bytes" => {
+                if let Some(number) = self.number(&mut settings, "max-queued-bytes", value) {
+                    settings.max_queued_bytes = number;
+                }
+            }
             "leaky" => settings.leaky = get(value),
-            "max-message-size" => settings.max_message_size = get(value),
-            "flush-timeout" => settings.flush_timeout_ms = get(value),
+            "max-message-size" => {
+                if let Some(number) = self.number(&mut settings, "max-message-size", value) {
+                    settings.max_message_size = number;
+                }
+            }
+            "flush-timeout" => {
+                if let Some(number) = self.number(&mut settings, "flush-timeout", value) {
+                    settings.flush_timeout_ms = number;
+                }
+            }
             other => unreachable!("unknown property {other}"),
         }
     }
@@ -672,6 +693,33 @@ impl ObjectImpl for MqttPublish {
     }
 }
 
+impl MqttPublish {
+    /// The value of a numeric property when it is within the range its blurb states (see
+    /// [`settings::number_range`]); otherwise `None`, and the value is recorded as rejected.
+    fn number<T>(
+        &self,
+        settings: &mut Settings,
+        property: &'static str,
+        value: &glib::Value,
+    ) -> Option<T>
+    where
+        T: for<'a> glib::value::FromValue<'a> + Into<u64> + Copy,
+    {
+        let number: T = get(value);
+        match settings::check_number(property, number.into()) {
+            Ok(()) => {
+                settings.rejected.remove(property);
+                Some(number)
+            }
+            Err(e) => {
+                gst::warning!(CAT, imp = self, "Ignoring {e}");
+                settings.rejected.insert(property, e);
+                None
+            }
+        }
+    }
+}
+
 /// A property value, of the type its `ParamSpec` guarantees.
 fn get<'a, T: glib::value::FromValue<'a>>(value: &'a glib::Value) -> T {
     value.get().expect("type checked upstream")
@@ -708,66 +756,30 @@ impl ElementImpl for MqttPublish {
         });
         PAD_TEMPLATES.as_ref()
     }
+
+    /// Starts publishing on NULL to READY, before `GstBaseSink` would call `start()`:
+    /// `GstBaseSink` follows a failed `start()` with an error of its own ("state change
+    /// failed and some element failed to post a proper error message"), whatever the
+    /// element posted, so a bad setting would be reported twice.
+    fn change_state(
+        &self,
+        transition: gst::StateChange,
+    ) -> Result<gst::StateChangeSuccess, gst::StateChangeError> {
+        if transition == gst::StateChange::NullToReady {
+            if let Err(err) = self.start_publishing() {
+                self.post_error_message(err);
+                return Err(gst::StateChangeError);
+            }
+        }
+        let result = self.parent_change_state(transition);
+        if result.is_err() && transition == gst::StateChange::NullToReady {
+            let _ = self.stop();
+        }
+        result
+    }
 }
 
 impl BaseSinkImpl for MqttPublish {
-    fn start(&self) -> Result<(), gst::ErrorMessage> {
-        let settings = self.settings.lock().unwrap().clone();
-        if let Some((property, reason)) = settings.rejected.iter().next() {
-            return Err(gst::error_msg!(
-                gst::LibraryError::Settings,
-                ("Invalid {}: {}", property, reason)
-            ));
-        }
-        let resolved = settings::load_config(&settings)
-            .and_then(|file| settings::resolve(&settings, &file, |name| std::env::var(name).ok()))
-            .map_err(|e| e.to_error_message())?;
-        for warning in &resolved.warnings {
-            gst::element_imp_warning!(self, gst::LibraryError::Settings, ("{}", warning));
-        }
-        let mut message = resolved.message;
-        if message.pipeline_name.is_none() {
-            message.pipeline_name = Some(self.pipeline_name());
-        }
-        let mut connection = resolved.connection;
-        connection.tls = resolved
-            .tls
-            .as_ref()
-            .map(|files| files.load())
-            .transpose()
-            .map_err(|e| e.to_error_message())?;
-        gst::info!(
-            CAT,
-            imp = self,
-            "Publishing to {}:{} topic {:?} as {:?} (QoS {}, MQTT level {}, TLS {})",
-            connection.host,
-            connection.port,
-            connection.topic,
-            connection.client_id,
-            connection.qos.level(),
-            connection.protocol.level(),
-            if connection.tls.is_some() {
-                "on"
-            } else {
-                "off"
-            },
-        );
-        let worker = self
-            .start_worker(connection, resolved.limits)
-            .map_err(|e| {
-                gst::error_msg!(
-                    gst::ResourceError::Failed,
-                    ("Cannot start the connection thread: {}", e)
-                )
-            })?;
-        *self.state.lock().unwrap() = State::Started(Box::new(Started {
-            worker: Arc::new(worker),
-            assembler: Assembler::new(message),
-            flush_timeout: resolved.flush_timeout,
-        }));
-        Ok(())
-    }
-
     fn stop(&self) -> Result<(), gst::ErrorMessage> {
         let state = std::mem::take(&mut *self.state.lock().unwrap());
         if let State::Started(started) = state {
@@ -878,6 +890,65 @@ impl BaseSinkImpl for MqttPublish {
 }
 
 impl MqttPublish {
+    /// Resolves the settings, reads the files they name and starts the connection worker.
+    fn start_publishing(&self) -> Result<(), gst::ErrorMessage> {
+        let settings = self.settings.lock().unwrap().clone();
+        if !settings.rejected.is_empty() {
+            let reasons: Vec<&str> = settings.rejected.values().map(String::as_str).collect();
+            return Err(gst::error_msg!(
+                gst::LibraryError::Settings,
+                ("{}", reasons.join("; "))
+            ));
+        }
+        let resolved = settings::load_config(&settings)
+            .and_then(|file| settings::resolve(&settings, &file, |name| std::env::var(name).ok()))
+            .map_err(|e| e.to_error_message())?;
+        for warning in &resolved.warnings {
+            gst::element_imp_warning!(self, gst::LibraryError::Settings, ("{}", warning));
+        }
+        let mut message = resolved.message;
+        if message.pipeline_name.is_none() {
+            message.pipeline_name = Some(self.pipeline_name());
+        }
+        let mut connection = resolved.connection;
+        connection.tls = resolved
+            .tls
+            .as_ref()
+            .map(|files| files.load())
+            .transpose()
+            .map_err(|e| e.to_error_message())?;
+        gst::info!(
+            CAT,
+            imp = self,
+            "Publishing to {}:{} topic {:?} as {:?} (QoS {}, MQTT level {}, TLS {})",
+            connection.host,
+            connection.port,
+            connection.topic,
+            connection.client_id,
+            connection.qos.level(),
+            connection.protocol.level(),
+            if connection.tls.is_some() {
+                "on"
+            } else {
+                "off"
+            },
+        );
+        let worker = self
+            .start_worker(connection, resolved.limits)
+            .map_err(|e| {
+                gst::error_msg!(
+                    gst::ResourceError::Failed,
+                    ("Cannot start the connection thread: {}", e)
+                )
+            })?;
+        *self.state.lock().unwrap() = State::Started(Box::new(Started {
+            worker: Arc::new(worker),
+            assembler: Assembler::new(message),
+            flush_timeout: resolved.flush_timeout,
+        }));
+        Ok(())
+    }
+
     fn flush_on_eos(&self) {
         // Wait without holding the state lock, so the stats stay readable.
         let state = self.state.lock().unwrap();

@@ -8,6 +8,7 @@
 //! three sources; it returns its warnings instead of posting them.
 
 use std::collections::BTreeMap;
+use std::ops::RangeInclusive;
 use std::path::Path;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
@@ -314,6 +315,48 @@ pub fn unique_client_id() -> String {
     )
 }
 
+/// The values a numeric property takes, as its blurb states them.
+///
+/// The properties' `ParamSpec`s accept the whole range of their type: GLib would answer a
+/// value outside a `ParamSpec`'s range with a warning on the console and keep the default,
+/// so that a mistyped `port=188300` would publish to localhost:1883. The element checks the
+/// range itself with [`check_number`] and refuses to start.
+pub fn number_range(property: &str) -> Option<RangeInclusive<u64>> {
+    Some(match property {
+        "port" => 1..=65535,
+        "qos" => 0..=2,
+        "protocol" => 4..=5,
+        "keep-alive" => 0..=65535,
+        "jpeg-quality" => 1..=100,
+        "frame-interval" => 1..=u64::from(u32::MAX),
+        "max-queued-messages" => 1..=u64::from(u32::MAX),
+        "max-queued-bytes" => 1..=u64::MAX,
+        "max-message-size" => 1024..=256 * 1024 * 1024,
+        "flush-timeout" => 0..=600_000,
+        _ => return None,
+    })
+}
+
+/// Checks the value of a numeric property against [`number_range`]. Errors name the
+/// property and the value, e.g. `port: 188300 is not a TCP port (1..65535)`.
+pub fn check_number(property: &str, value: u64) -> Result<(), String> {
+    let range = number_range(property).unwrap_or_else(|| panic!("{property} is not numeric"));
+    if range.contains(&value) {
+        return Ok(());
+    }
+    let level = i64::try_from(value).unwrap_or(i64::MAX);
+    Err(match property {
+        "port" => format!("port: {value} is not a TCP port (1..65535)"),
+        "qos" => format!("qos: {}", QoS::from_level(level).unwrap_err()),
+        "protocol" => format!("protocol: {}", Protocol::from_level(level).unwrap_err()),
+        _ => format!(
+            "{property}: {value} is outside {}..{}",
+            range.start(),
+            range.end()
+        ),
+    })
+}
+
 /// Checks a `tags` value: a JSON object, stored in compact form.
 pub fn parse_tags(text: &str) -> Result<String, String> {
     let value: serde_json::Value =
@@ -576,6 +619,64 @@ mod tests {
         // A fixed id from the file is enough.
         let r = resolved(&settings, &file(json!({"client_id": "cam-1"})));
         assert!(r.warnings.is_empty(), "{:?}", r.warnings);
+    }
+
+    #[test]
+    fn numbers_outside_their_range_name_the_property_and_the_value() {
+        let cases = [
+            ("port", 188300, "port: 188300 is not a TCP port (1..65535)"),
+            ("port", 0, "port: 0 is not a TCP port (1..65535)"),
+            ("qos", 3, "qos: QoS 3 does not exist: use 0, 1 or 2"),
+            (
+                "protocol",
+                6,
+                "protocol: unknown protocol 6: use 4 (MQTT 3.1.1) or 5 (MQTT 5)",
+            ),
+            (
+                "protocol",
+                3,
+                "protocol: MQTT 3.1 (protocol 3) is not supported: use 4 (MQTT 3.1.1) or 5 (MQTT 5)",
+            ),
+            ("keep-alive", 65536, "keep-alive: 65536 is outside 0..65535"),
+            ("jpeg-quality", 0, "jpeg-quality: 0 is outside 1..100"),
+            ("jpeg-quality", 101, "jpeg-quality: 101 is outside 1..100"),
+            ("frame-interval", 0, "frame-interval: 0 is outside 1..4294967295"),
+            (
+                "max-queued-messages",
+                0,
+                "max-queued-messages: 0 is outside 1..4294967295",
+            ),
+            (
+                "max-queued-bytes",
+                0,
+                "max-queued-bytes: 0 is outside 1..18446744073709551615",
+            ),
+            (
+                "max-message-size",
+                1023,
+                "max-message-size: 1023 is outside 1024..268435456",
+            ),
+            (
+                "flush-timeout",
+                600_001,
+                "flush-timeout: 600001 is outside 0..600000",
+            ),
+        ];
+        for (property, value, expected) in cases {
+            assert_eq!(check_number(property, value).unwrap_err(), expected);
+        }
+        for (property, value) in [
+            ("port", 1),
+            ("port", 65535),
+            ("qos", 2),
+            ("protocol", 4),
+            ("keep-alive", 0),
+            ("jpeg-quality", 100),
+            ("max-message-size", 1024),
+            ("flush-timeout", 0),
+        ] {
+            assert_eq!(check_number(property, value), Ok(()), "{property}={value}");
+        }
     }
 
     #[test]

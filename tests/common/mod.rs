@@ -8,7 +8,8 @@
 //!   resume / restart-on-the-same-port and access to the broker log.
 //! - [`TlsFiles`]: a CA, server and client certificates plus negative-test
 //!   variants (unrelated CA, expired server certificate, certificate for another
-//!   host name), generated in the test with the `openssl` command line tool.
+//!   host name), generated in the test with the `openssl` command line tool;
+//!   [`DlspsRecipe`]: the certificates of the DLSPS document's `openssl` recipe.
 //! - [`Subscriber`]: a real MQTT client (rumqttc, MQTT 3.1.1 or 5) that is
 //!   subscribed before its constructor returns and records every publish it
 //!   receives, across reconnects.
@@ -62,7 +63,7 @@ pub use rumqttc::QoS;
 #[allow(unused_imports)]
 pub use subscriber::{Message, Protocol, Subscriber, SubscriberBuilder};
 #[allow(unused_imports)]
-pub use tls::TlsFiles;
+pub use tls::{certificate_text, DlspsRecipe, TlsFiles};
 
 /// Loopback IPv4 address all harness parts use by default.
 pub const LOCALHOST_V4: &str = "127.0.0.1";

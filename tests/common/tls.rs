@@ -171,6 +171,154 @@ impl TlsFiles {
     }
 }
 
+/// The certificates of the DLSPS MQTT document's recipe, made with its `openssl` commands
+/// as written there: an RSA CA key protected by a pass phrase (`genrsa -des3`), a CA
+/// certificate (`req -new -x509 -days 1826`), and server and client keys whose requests the
+/// CA signs with `x509 -req ... -CAcreateserial`. Without extensions that gives an X.509 v1
+/// certificate, which is what the client gets. The blanks are filled in on the command
+/// line: subjects with `-subj`, the pass phrase with `-passout`/`-passin`, and, for the
+/// server only, the subjectAltName `IP:127.0.0.1` with `-extfile`, which the document's
+/// users must add for a client that checks the broker's name.
+#[derive(Debug)]
+pub struct DlspsRecipe {
+    /// `ca.crt`.
+    pub ca: PathBuf,
+    /// `server.crt` (X.509 v3: it carries the subjectAltName) and `server.key`.
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    /// `client.crt` (X.509 v1) and `client.key`.
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+    /// A second CA made the same way, which signed nothing here.
+    pub other_ca: PathBuf,
+    dir: TempDir,
+}
+
+impl DlspsRecipe {
+    /// The CA pass phrase, typed at the prompts in the document.
+    const PASS: &'static str = "pass:dlsps-ca-pass";
+
+    /// Runs the recipe in a new temporary directory. Panics with openssl's output when a
+    /// step fails.
+    pub fn generate() -> DlspsRecipe {
+        let dir = tempfile::Builder::new()
+            .prefix("harness-dlsps-tls-")
+            .tempdir()
+            .expect("create TLS temp dir");
+        let root = dir.path().to_path_buf();
+        let path = |name: &str| root.join(name);
+        let recipe = DlspsRecipe {
+            ca: path("ca.crt"),
+            server_cert: path("server.crt"),
+            server_key: path("server.key"),
+            client_cert: path("client.crt"),
+            client_key: path("client.key"),
+            other_ca: path("other-ca.crt"),
+            dir,
+        };
+        let ca_key = path("ca.key");
+        Self::make_ca(&ca_key, &recipe.ca, "/CN=DLSPS recipe CA");
+        Self::make_ca(&path("other-ca.key"), &recipe.other_ca, "/CN=Another CA");
+
+        let san = path("server-san.cnf");
+        fs::write(&san, "subjectAltName = IP:127.0.0.1\n").expect("write the extension file");
+        let leaves = [
+            (
+                &recipe.server_key,
+                "server.csr",
+                &recipe.server_cert,
+                "/CN=127.0.0.1",
+                Some(&san),
+            ),
+            (
+                &recipe.client_key,
+                "client.csr",
+                &recipe.client_cert,
+                "/CN=dlsps-client",
+                None,
+            ),
+        ];
+        for (key, csr, cert, subject, extfile) in leaves {
+            let csr = path(csr);
+            openssl(&["genrsa", "-out", path_str(key), "2048"]);
+            openssl(&[
+                "req",
+                "-new",
+                "-out",
+                path_str(&csr),
+                "-key",
+                path_str(key),
+                "-subj",
+                subject,
+            ]);
+            let mut sign = vec![
+                "x509",
+                "-req",
+                "-in",
+                path_str(&csr),
+                "-CA",
+                path_str(&recipe.ca),
+                "-CAkey",
+                path_str(&ca_key),
+                "-CAcreateserial",
+                "-out",
+                path_str(cert),
+                "-days",
+                "360",
+                "-passin",
+                Self::PASS,
+            ];
+            if let Some(extfile) = extfile {
+                sign.extend(["-extfile", path_str(extfile)]);
+            }
+            openssl(&sign);
+        }
+        recipe
+    }
+
+    fn make_ca(key: &Path, cert: &Path, subject: &str) {
+        openssl(&[
+            "genrsa",
+            "-des3",
+            "-out",
+            path_str(key),
+            "-passout",
+            Self::PASS,
+            "2048",
+        ]);
+        openssl(&[
+            "req",
+            "-new",
+            "-x509",
+            "-days",
+            "1826",
+            "-key",
+            path_str(key),
+            "-out",
+            path_str(cert),
+            "-subj",
+            subject,
+            "-passin",
+            Self::PASS,
+        ]);
+    }
+
+    /// The directory holding all files.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+/// `openssl x509 -noout -text` of a certificate file.
+pub fn certificate_text(cert: &Path) -> String {
+    let output = Command::new("openssl")
+        .args(["x509", "-noout", "-text", "-in", path_str(cert)])
+        .output()
+        .expect("run openssl");
+    assert!(output.status.success(), "{output:?}");
+    String::from_utf8(output.stdout).expect("openssl prints text")
+}
+
 /// Validity period of a leaf certificate.
 #[derive(Clone, Copy)]
 enum Validity<'a> {
