@@ -460,9 +460,16 @@ fn oversize_messages_are_dropped_counted_and_warned_once() {
         ),
         &format!("{} publish-frame=true jpeg-quality=100 max-message-size=1024", to(&broker)),
     );
-    run.wait_eos(LONG);
+    // A file job that loses messages ends with an error naming them.
+    let error = run.wait_error(LONG);
     let warnings = run.warnings();
     let stats = run.stop();
+    assert!(
+        error.contains(
+            "4 of 4 messages were not delivered (4 dropped: larger than max-message-size"
+        ),
+        "{error}"
+    );
     assert_eq!(stat(&stats, "dropped-oversize"), 4, "{stats}");
     assert_eq!(
         warnings
@@ -546,9 +553,14 @@ fn username_and_password() {
             to(&broker)
         ),
     );
-    run.wait_eos(LONG);
+    let error = run.wait_error(LONG);
     let warnings = run.warnings();
     let stats = run.stop();
+    assert!(
+        error.contains("3 of 3 messages were not delivered"),
+        "{error}"
+    );
+    assert!(!error.contains("wrong-pw"), "{error}");
     assert_eq!(stat(&stats, "messages-published"), 0);
     assert!(
         warnings.iter().any(|w| w.contains("Not connected")),
@@ -601,8 +613,12 @@ fn mqtt5_broker_packet_limit_drops_only_the_oversize_messages() {
             to(&broker)
         ),
     );
-    run.wait_eos(LONG);
+    let error = run.wait_error(LONG);
     let stats = run.stop();
+    assert!(
+        error.contains("5 of 10 messages were not delivered (5 dropped: larger than"),
+        "{error}"
+    );
     let messages = sub.wait_for(5, LONG);
     sub.assert_count_after(5, Duration::from_millis(200));
     assert_eq!(
