@@ -418,6 +418,40 @@ fn eos_waits_until_every_qos1_message_is_acknowledged() {
     assert_eq!(sub.wait_for(300, LONG).len(), 300);
 }
 
+/// A file job (a source that is not live) with the default `leaky=auto` and a queue far
+/// smaller than the backlog the source builds: the streaming thread waits for room, and
+/// every message arrives, in order, with nothing dropped or warned about.
+#[test]
+fn a_file_job_waits_for_room_by_default_and_loses_nothing() {
+    let broker = Broker::new();
+    let sub = Subscriber::builder(&broker, TOPIC)
+        .qos(QoS::AtLeastOnce)
+        .connect();
+    let frames = 500;
+    let source = format!(
+        "videotestsrc num-buffers={frames} ! video/x-raw,width=64,height=48 \
+         ! metareplay location={} loop=true",
+        sample_recording()
+    );
+    let props = format!("{} qos=1 max-queued-messages=4", to(&broker));
+    let mut run = Run::publish(&source, &props);
+    run.wait_eos(LONG);
+    let warnings = run.warnings();
+    let stats = run.stop();
+    assert_eq!(stat(&stats, "messages-dropped"), 0, "{stats}");
+    assert_eq!(stat(&stats, "messages-acknowledged"), frames, "{stats}");
+    assert!(warnings.is_empty(), "{warnings:?}");
+    let messages = sub.wait_for(frames as usize, LONG);
+    assert_eq!(frame_ids(&messages), (0..frames).collect::<Vec<_>>());
+
+    // The same job dropping the oldest loses messages: the queue was too small to hold
+    // the backlog, so the run above delivered everything by waiting.
+    let mut run = Run::publish(&source, &format!("{props} leaky=downstream"));
+    run.wait_eos(LONG);
+    let stats = run.stop();
+    assert!(stat(&stats, "dropped-queue-full") > 0, "{stats}");
+}
+
 #[test]
 fn full_queue_drops_by_policy_and_counts() {
     for (leaky, survivors) in [("downstream", 15..20), ("upstream", 0..5)] {
