@@ -448,8 +448,12 @@ fn a_file_job_waits_for_room_by_default_and_loses_nothing() {
     // the backlog, so the run above delivered everything by waiting.
     let mut run = Run::publish(&source, &format!("{props} leaky=downstream"));
     run.wait_eos(LONG);
+    let episodes = run.element_messages("mqttpublish-dropping").len();
     let stats = run.stop();
     assert!(stat(&stats, "dropped-queue-full") > 0, "{stats}");
+    // Overflowing again and again, milliseconds apart, is one episode: one warning at the
+    // first drop, not one per overflow.
+    assert_eq!(episodes, 1, "{stats}");
 }
 
 #[test]

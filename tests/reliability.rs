@@ -297,7 +297,9 @@ fn frozen_broker_blocking_queue_unblocks_on_seek_and_null() {
 fn live_drops_are_announced_counted_and_match_stats() {
     let mut broker = Broker::new();
     broker.stop();
-    let frames = 90; // 3 s at 30 fps
+    // 4 s at 30 fps: the broker is back after 1 s, and the count comes once nothing was
+    // dropped for a second.
+    let frames = 120;
     let mut run = Run::publish(
         &live_source(frames),
         &format!(

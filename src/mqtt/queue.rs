@@ -9,7 +9,9 @@
 //!
 //! Drops come in *episodes*: the first drop of a full queue starts one (the push says so,
 //! so that it can be announced), and it ends when the queue has drained to half its
-//! bounds (the pop says so, with the count) or when [`Queue::end_episode`] closes it.
+//! bounds with no drop for [`EPISODE_QUIET`] (the pop says so, with the count), or when
+//! [`Queue::end_episode`] closes it. The quiet time keeps a source that overflows the
+//! queue again and again, milliseconds apart, in one episode rather than hundreds.
 //!
 //! A push tells the consumer to look only when the queue was empty or a *batch* has
 //! gathered (half the bounds, at most [`MAX_BATCH`] messages), so that a consumer that lets
@@ -17,12 +19,15 @@
 
 use std::collections::VecDeque;
 use std::sync::{Condvar, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use gst::glib;
 
 /// The most messages that make a batch.
 pub const MAX_BATCH: usize = 32;
+
+/// A drop episode ends only when nothing was dropped for this long.
+pub const EPISODE_QUIET: Duration = Duration::from_secs(1);
 
 /// What to do with a new message when the queue is full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, glib::Enum)]
@@ -95,9 +100,18 @@ pub struct Overflow {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DropEpisode {
     pub dropped: u64,
-    pub started: Instant,
+    /// When the first and the last message were dropped.
+    pub first_drop: Instant,
+    pub last_drop: Instant,
     /// [`Leaky::Upstream`] or [`Leaky::Downstream`].
     pub policy: Leaky,
+}
+
+impl DropEpisode {
+    /// From the first drop to the last.
+    pub fn duration(&self) -> Duration {
+        self.last_drop - self.first_drop
+    }
 }
 
 /// What a push did.
@@ -149,6 +163,8 @@ pub struct Queue {
     inner: Mutex<Inner>,
     /// Signalled when a pop makes room or flushing or the policy changes.
     room: Condvar,
+    /// [`EPISODE_QUIET`], shorter in tests.
+    quiet: Duration,
 }
 
 impl Queue {
@@ -159,6 +175,7 @@ impl Queue {
             batch_bytes: (limits.max_bytes / 2).max(1),
             inner: Mutex::default(),
             room: Condvar::new(),
+            quiet: EPISODE_QUIET,
         }
     }
 
@@ -210,15 +227,18 @@ impl Queue {
 
     /// Counts a drop in the episode under way, or starts one: then returns the overflow.
     fn count_drop(inner: &mut Inner, bound: Bound, policy: Leaky) -> Option<Overflow> {
+        let now = Instant::now();
         match &mut inner.episode {
             Some(episode) => {
                 episode.dropped += 1;
+                episode.last_drop = now;
                 None
             }
             None => {
                 inner.episode = Some(DropEpisode {
                     dropped: 1,
-                    started: Instant::now(),
+                    first_drop: now,
+                    last_drop: now,
                     policy,
                 });
                 Some(Overflow { bound, policy })
@@ -270,15 +290,16 @@ impl Queue {
     }
 
     /// Takes the oldest message, and the drop episode that ends because the queue has
-    /// drained to half its bounds.
+    /// drained to half its bounds and nothing was dropped for the quiet time.
     pub fn pop(&self) -> Option<(Message, Option<DropEpisode>)> {
         let mut inner = self.inner.lock().unwrap();
         let message = inner.messages.pop_front()?;
         inner.bytes -= message.payload.len();
-        let ended = if inner.episode.is_some() && self.drained(&inner) {
-            inner.episode.take()
-        } else {
-            None
+        let ended = match inner.episode {
+            Some(episode) if self.drained(&inner) && episode.last_drop.elapsed() >= self.quiet => {
+                inner.episode.take()
+            }
+            _ => None,
         };
         let waiting = inner.waiters > 0;
         drop(inner);
@@ -342,12 +363,16 @@ mod tests {
         }
     }
 
+    /// A queue whose drop episodes end as soon as it has drained to half its bounds.
     fn queue(max_messages: usize, max_bytes: usize, leaky: Leaky) -> Queue {
-        Queue::new(Limits {
-            max_messages,
-            max_bytes,
-            leaky,
-        })
+        Queue {
+            quiet: Duration::ZERO,
+            ..Queue::new(Limits {
+                max_messages,
+                max_bytes,
+                leaky,
+            })
+        }
     }
 
     fn dropped(pushed: Pushed) -> u32 {
@@ -539,6 +564,31 @@ mod tests {
             assert_eq!(q.end_episode().map(|e| e.dropped), Some(1), "{leaky:?}");
             assert_eq!(q.end_episode(), None, "{leaky:?}");
         }
+    }
+
+    #[test]
+    fn a_drop_episode_lasts_until_nothing_was_dropped_for_the_quiet_time() {
+        let q = Queue {
+            quiet: Duration::from_millis(200),
+            ..queue(2, 1000, Leaky::Downstream)
+        };
+        q.push(msg(1, 0));
+        q.push(msg(1, 0));
+        assert!(overflow(q.push(msg(1, 0))).is_some());
+        // Drained at once, but the last drop was just now: the episode goes on, and the
+        // next overflow is part of it.
+        assert_eq!(q.pop().unwrap().1, None);
+        assert_eq!(q.pop().unwrap().1, None);
+        q.push(msg(1, 0));
+        q.push(msg(1, 0));
+        assert_eq!(overflow(q.push(msg(1, 0))), None, "the same episode");
+        std::thread::sleep(Duration::from_millis(250));
+        let ended = q.pop().unwrap().1.expect("quiet for long enough");
+        assert_eq!(ended.dropped, 2);
+        assert!(
+            ended.duration() < Duration::from_millis(200),
+            "first to last drop"
+        );
     }
 
     #[test]

@@ -84,13 +84,9 @@ pub enum Notice {
         /// Whether the broker was connected: if not, the queue filled during an outage.
         connected: bool,
     },
-    /// A drop episode ended: the queue has drained to half its bounds, or (`at_end`) the
-    /// stream ended first.
-    Dropped {
-        episode: DropEpisode,
-        duration: Duration,
-        at_end: bool,
-    },
+    /// A drop episode ended: the queue has drained to half its bounds and nothing was
+    /// dropped for a while, or (`at_end`) the stream ended first.
+    Dropped { episode: DropEpisode, at_end: bool },
     /// The connection thread stopped unexpectedly; nothing will be published.
     Failed { reason: String },
 }
@@ -399,7 +395,6 @@ impl Worker {
         if let Some(episode) = self.shared.queue.end_episode() {
             (self.shared.notify)(Notice::Dropped {
                 episode,
-                duration: episode.started.elapsed(),
                 at_end: true,
             });
         }
@@ -572,15 +567,14 @@ async fn hand_over(shared: &Shared, publisher: &Publisher, config: &ConnectionCo
             return Blocked::Empty;
         };
         if let Some(episode) = ended {
-            let duration = episode.started.elapsed();
             gst::debug!(
                 CAT,
-                "The queue has room again: {} dropped over {duration:?}",
-                episode.dropped
+                "The queue has room again: {} dropped over {:?}",
+                episode.dropped,
+                episode.duration()
             );
             (shared.notify)(Notice::Dropped {
                 episode,
-                duration,
                 at_end: false,
             });
         }

@@ -232,11 +232,8 @@ impl MqttPublish {
                     .field("policy", overflow.policy.nick())
                     .build()
             }
-            Notice::Dropped {
-                episode,
-                duration,
-                at_end,
-            } => {
+            Notice::Dropped { episode, at_end } => {
+                let duration = episode.duration();
                 let until = if *at_end {
                     "the end of the stream came first"
                 } else {
@@ -548,7 +545,7 @@ impl ObjectImpl for MqttPublish {
                          broker). none: always wait for room. downstream: drop the oldest \
                          message. upstream: drop the new one. Waiting never blocks flushing or \
                          state changes. Drops are counted in stats and announced: a warning at \
-                         the first drop, one with the count when the queue has room again. At \
+                         the first drop, one with the count once the queue has room again. At \
                          end of stream, messages lost with auto or none and an upstream that is \
                          not live are an error (gst-launch-1.0 exits non-zero), otherwise a \
                          warning.",
