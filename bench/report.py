@@ -127,7 +127,7 @@ def report_w1(runs, params, targets):
     out.append("")
     names = {
         "mqttpublish": "mqttpublish leaky=none",
-        "mqttpublish-default": "mqttpublish (default leaky=downstream)",
+        "mqttpublish-default": "mqttpublish (default leaky=auto)",
         "raw": "raw rumqttc (examples/raw_publisher.rs)",
         "python": "Python: appsink + json.dumps + paho",
     }

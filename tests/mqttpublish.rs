@@ -297,13 +297,15 @@ fn dlsps_certificate_recipe_with_a_v1_client_certificate() {
         .collect();
     assert_eq!(frame_ids, (0..20).collect::<Vec<u64>>());
 
-    // Trusting another CA, the publisher refuses the broker: nothing is sent. (The
-    // handshake fails within milliseconds, well within the wait for EOS.)
+    // Trusting another CA, the publisher refuses the broker: nothing is sent, and the file
+    // job ends with an error counting what was not delivered. (The handshake fails within
+    // milliseconds, well within the wait for the end.)
     let mut run = Run::publish(
         &replay(5),
         &format!("{} flush-timeout=1000", tls(&recipe.other_ca)),
     );
-    run.wait_eos(LONG);
+    let error = run.wait_error(LONG);
+    assert!(error.contains("5 of 5 messages were not delivered"), "{error}");
     let warnings = run.warnings();
     let stats = run.stop();
     assert!(
@@ -569,6 +571,44 @@ fn eos_waits_until_every_qos1_message_is_acknowledged() {
     assert_eq!(sub.wait_for(300, LONG).len(), 300);
 }
 
+/// A file job (a source that is not live) with the default `leaky=auto` and a queue far
+/// smaller than the backlog the source builds: the streaming thread waits for room, and
+/// every message arrives, in order, with nothing dropped or warned about.
+#[test]
+fn a_file_job_waits_for_room_by_default_and_loses_nothing() {
+    let broker = Broker::new();
+    let sub = Subscriber::builder(&broker, TOPIC)
+        .qos(QoS::AtLeastOnce)
+        .connect();
+    let frames = 500;
+    let source = format!(
+        "videotestsrc num-buffers={frames} ! video/x-raw,width=64,height=48 \
+         ! metareplay location={} loop=true",
+        sample_recording()
+    );
+    let props = format!("{} qos=1 max-queued-messages=4", to(&broker));
+    let mut run = Run::publish(&source, &props);
+    run.wait_eos(LONG);
+    let warnings = run.warnings();
+    let stats = run.stop();
+    assert_eq!(stat(&stats, "messages-dropped"), 0, "{stats}");
+    assert_eq!(stat(&stats, "messages-acknowledged"), frames, "{stats}");
+    assert!(warnings.is_empty(), "{warnings:?}");
+    let messages = sub.wait_for(frames as usize, LONG);
+    assert_eq!(frame_ids(&messages), (0..frames).collect::<Vec<_>>());
+
+    // The same job dropping the oldest loses messages: the queue was too small to hold
+    // the backlog, so the run above delivered everything by waiting.
+    let mut run = Run::publish(&source, &format!("{props} leaky=downstream"));
+    run.wait_eos(LONG);
+    let episodes = run.element_messages("mqttpublish-dropping").len();
+    let stats = run.stop();
+    assert!(stat(&stats, "dropped-queue-full") > 0, "{stats}");
+    // Overflowing again and again, milliseconds apart, is one episode: one warning at the
+    // first drop, not one per overflow.
+    assert_eq!(episodes, 1, "{stats}");
+}
+
 #[test]
 fn full_queue_drops_by_policy_and_counts() {
     for (leaky, survivors) in [("downstream", 15..20), ("upstream", 0..5)] {
@@ -645,9 +685,16 @@ fn oversize_frames_go_without_the_image_and_the_metadata_is_kept() {
             "a-very-long-source-name/".repeat(50)
         ),
     );
-    run.wait_eos(LONG);
+    // A file job that loses messages ends with an error naming them.
+    let error = run.wait_error(LONG);
     let warnings = run.warnings();
     let stats = run.stop();
+    assert!(
+        error.contains(
+            "4 of 4 messages were not delivered (4 dropped: larger than max-message-size"
+        ),
+        "{error}"
+    );
     assert_eq!(stat(&stats, "dropped-oversize"), 4, "{stats}");
     assert_eq!(
         warnings
@@ -732,9 +779,14 @@ fn username_and_password() {
             to(&broker)
         ),
     );
-    run.wait_eos(LONG);
+    let error = run.wait_error(LONG);
     let warnings = run.warnings();
     let stats = run.stop();
+    assert!(
+        error.contains("3 of 3 messages were not delivered"),
+        "{error}"
+    );
+    assert!(!error.contains("wrong-pw"), "{error}");
     assert_eq!(stat(&stats, "messages-published"), 0);
     assert!(
         warnings.iter().any(|w| w.contains("Not connected")),
@@ -789,11 +841,29 @@ fn mqtt5_broker_packet_limit_never_costs_the_connection_or_the_metadata() {
             to(&broker)
         ),
     );
-    run.wait_eos(LONG);
+    // Ends with EOS, or with an error when a message had to be dropped.
+    let error = match run.pump(LONG) {
+        Some(message) => match message.view() {
+            gst::MessageView::Error(e) => Some(e.error().to_string()),
+            _ => None,
+        },
+        None => panic!("neither EOS nor an error"),
+    };
     let stats = run.stop();
     let dropped = stat(&stats, "dropped-oversize");
     let without_image = stat(&stats, "unencoded-oversize");
     assert_eq!(dropped + without_image, 5, "{stats}");
+    // A file job that lost messages ends with an error naming them.
+    match &error {
+        Some(error) => assert!(
+            dropped > 0
+                && error.contains(&format!(
+                    "{dropped} of 10 messages were not delivered ({dropped} dropped: larger than"
+                )),
+            "{error}"
+        ),
+        None => assert_eq!(dropped, 0, "{stats}"),
+    }
     let messages = sub.wait_for(10 - dropped as usize, LONG);
     sub.assert_count_after(10 - dropped as usize, Duration::from_millis(200));
     let ids = frame_ids(&messages);

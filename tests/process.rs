@@ -12,8 +12,12 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::thread;
+use std::time::Duration;
 
-use common::{plugin_dir, sample_recording};
+use common::{free_port, plugin_dir, sample_recording, Broker, QoS, Subscriber};
+
+const TOPIC: &str = "dlstreamer_pipeline_results";
+const LONG: Duration = Duration::from_secs(30);
 
 /// An MQTT peer that accepts each connection, answers CONNACK, takes `take` bytes of what
 /// the client publishes and then closes the socket while the client is still writing, as
@@ -64,6 +68,24 @@ fn gst_launch(plugins: &Path, args: &str) -> Output {
         .expect("gst-launch-1.0 runs")
 }
 
+/// What a run printed, stdout then stderr.
+fn printed(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// A source that is not live, as a file is: `buffers` small frames as fast as they come.
+fn file_job(buffers: u32) -> String {
+    format!(
+        "videotestsrc num-buffers={buffers} ! video/x-raw,width=64,height=48 \
+         ! metareplay location={} loop=true",
+        sample_recording()
+    )
+}
+
 #[test]
 fn a_peer_closing_the_socket_mid_write_never_kills_the_process() {
     let dir = tempfile::tempdir().unwrap();
@@ -71,12 +93,12 @@ fn a_peer_closing_the_socket_mid_write_never_kills_the_process() {
     let port = closing_peer(4000);
     // A non-live source outruns the connection, so the connection thread writes back to
     // back when the peer closes. Without protection about one run in five dies of SIGPIPE
-    // (exit status 141 in a shell); 40 runs make a miss all but impossible.
+    // (exit status 141 in a shell); 40 runs make a miss all but impossible. leaky=downstream:
+    // the source must keep outrunning a connection that never holds (the default would wait
+    // for room, at the pace of the reconnection backoff).
     let pipeline = format!(
-        "videotestsrc num-buffers=3000 ! video/x-raw,width=64,height=48 \
-         ! metareplay location={} loop=true \
-         ! mqttpublish host=127.0.0.1 port={port} qos=1 flush-timeout=200",
-        sample_recording()
+        "{} ! mqttpublish host=127.0.0.1 port={port} qos=1 leaky=downstream flush-timeout=200",
+        file_job(3000)
     );
     const PARALLEL: usize = 4;
     const ROUNDS: usize = 10;
@@ -112,15 +134,6 @@ fn a_peer_closing_the_socket_mid_write_never_kills_the_process() {
             );
         }
     }
-}
-
-/// What a `gst-launch-1.0` run printed, standard output and error together.
-fn printed(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 /// The errors gst-launch-1.0 printed: one `ERROR: from element` line per error message.
@@ -191,5 +204,101 @@ fn out_of_range_numbers_stop_the_start_naming_the_property_and_the_value() {
             !printed.contains("GLib-GObject-WARNING") && !printed.contains("Got EOS"),
             "{property}={value}: {printed}"
         );
+    }
+}
+
+/// A file job with the default settings and a queue far too small for the backlog the
+/// source builds: the sink waits for room, every message arrives, nothing is warned about,
+/// and gst-launch-1.0 exits 0.
+#[test]
+fn a_file_job_delivers_every_message_and_exits_zero() {
+    let broker = Broker::new();
+    let plugins = plugin_dir(broker.dir());
+    let sub = Subscriber::builder(&broker, TOPIC)
+        .qos(QoS::AtLeastOnce)
+        .connect();
+    let out = gst_launch(
+        &plugins,
+        &format!(
+            "{} ! mqttpublish host=127.0.0.1 port={} qos=1 max-queued-messages=4",
+            file_job(300),
+            broker.port()
+        ),
+    );
+    let printed = printed(&out);
+    assert!(out.status.success(), "{:?}\n{printed}", out.status);
+    assert!(!printed.contains("WARNING"), "{printed}");
+    assert_eq!(sub.wait_for(300, LONG).len(), 300);
+    sub.assert_count_after(300, Duration::from_millis(200));
+}
+
+/// A file job whose messages cannot be delivered (nothing listens on the port) ends with
+/// an error naming how many were lost, and gst-launch-1.0 exits non-zero, so that a script
+/// can tell.
+#[test]
+fn a_file_job_that_cannot_deliver_exits_non_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = plugin_dir(dir.path());
+    let port = free_port(false);
+    let out = gst_launch(
+        &plugins,
+        &format!(
+            "{} ! mqttpublish host=127.0.0.1 port={port} qos=1 flush-timeout=300",
+            file_job(20)
+        ),
+    );
+    let printed = printed(&out);
+    assert_eq!(out.status.code(), Some(1), "{printed}");
+    assert!(
+        printed.contains(
+            "ERROR: from element /GstPipeline:pipeline0/GstMqttPublish:mqttpublish0: End of \
+             stream: 20 of 20 messages were not delivered (20 not delivered within \
+             flush-timeout 300 ms: 20 queued, 0 in flight)"
+        ),
+        "{printed}"
+    );
+}
+
+/// A live source against a port where nothing listens, with a queue of 5: the first drop
+/// is a warning with its cause and policy, the count follows at the end of the stream, the
+/// end-of-stream report counts every message of the run (dropped and never sent), and a
+/// live pipeline exits 0 with these warnings.
+#[test]
+fn a_live_job_that_loses_messages_warns_and_exits_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = plugin_dir(dir.path());
+    let port = free_port(false);
+    let out = gst_launch(
+        &plugins,
+        &format!(
+            "videotestsrc is-live=true num-buffers=30 \
+             ! video/x-raw,width=64,height=48,framerate=100/1 \
+             ! metareplay location={} loop=true \
+             ! mqttpublish host=127.0.0.1 port={port} max-queued-messages=5 flush-timeout=200",
+            sample_recording()
+        ),
+    );
+    let printed = printed(&out);
+    assert!(out.status.success(), "{:?}\n{printed}", out.status);
+    assert!(!printed.contains("ERROR"), "{printed}");
+    let expected = [
+        format!(
+            "WARNING: from element /GstPipeline:pipeline0/GstMqttPublish:mqttpublish0: \
+             Dropping messages: the queue is full (max-queued-messages=5) because the broker \
+             at 127.0.0.1:{port} is not connected, and leaky=auto (the upstream is live) \
+             drops the oldest message to make room."
+        ),
+        "25 messages dropped (the oldest)".to_string(),
+        "End of stream: 30 of 30 messages were not delivered (25 dropped: queue full; 5 not \
+         delivered within flush-timeout 200 ms: 5 queued, 0 in flight)"
+            .to_string(),
+        "Got EOS from element".to_string(),
+    ];
+    let mut from = 0;
+    for text in &expected {
+        let at = printed[from..]
+            .find(text.as_str())
+            .unwrap_or_else(|| panic!("{text:?}, in this order, in:\n{printed}"));
+        from += at + text.len();
     }
 }

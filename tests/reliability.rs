@@ -228,56 +228,168 @@ fn frozen_broker_never_blocks_leaky_queues() {
     }
 }
 
+/// `leaky=none`, and the default `leaky=auto` with a source that is not live, wait for room:
+/// with the broker frozen the streaming thread blocks, and a flushing seek and a state
+/// change to NULL still finish at once.
 #[test]
 fn frozen_broker_blocking_queue_unblocks_on_seek_and_null() {
+    // "": the default, auto.
+    for leaky in ["leaky=none", ""] {
+        let mut broker = Broker::new();
+        let run = Run::publish(
+            &format!(
+                "videotestsrc num-buffers=100000 ! video/x-raw,width=64,height=48 \
+                 ! metareplay location={} loop=true",
+                sample_recording()
+            ),
+            &format!("{} qos=1 {leaky} max-queued-messages=10", to(&broker)),
+        );
+        std::thread::sleep(Duration::from_millis(300));
+        broker.pause();
+        // Let the queue fill and the streaming thread block.
+        std::thread::sleep(Duration::from_secs(1));
+        let flowing = run.flow.count();
+        std::thread::sleep(Duration::from_millis(500));
+        assert_eq!(
+            run.flow.count(),
+            flowing,
+            "{leaky:?}: blocked: lossless mode waits for room"
+        );
+        assert_eq!(
+            stat(&run.stats(), "queue-depth"),
+            10,
+            "{leaky:?}: the queue is full"
+        );
+
+        let seeking = Instant::now();
+        assert!(run
+            .pipeline
+            .seek_simple(gst::SeekFlags::FLUSH, gst::ClockTime::ZERO)
+            .is_ok());
+        let _ = run.pipeline.state(gst::ClockTime::from_seconds(1));
+        assert!(
+            seeking.elapsed() < Duration::from_secs(1),
+            "{leaky:?}: seek took {:?}",
+            seeking.elapsed()
+        );
+
+        let stopping = Instant::now();
+        let stats = run.stop();
+        assert!(
+            stopping.elapsed() < Duration::from_secs(1),
+            "{leaky:?}: NULL took {:?}",
+            stopping.elapsed()
+        );
+        broker.resume();
+        assert_eq!(
+            stat(&stats, "dropped-queue-full"),
+            0,
+            "{leaky:?}: lossless mode never drops"
+        );
+        assert_accounted(&stats);
+    }
+}
+
+/// A live source while the broker is away, with a small queue: the first drop is a warning
+/// naming the cause and the policy, the count follows once the sink has reconnected and
+/// the queue has room again, and the end-of-stream report counts what `stats` counts.
+#[test]
+fn live_drops_are_announced_counted_and_match_stats() {
     let mut broker = Broker::new();
-    let run = Run::publish(
+    broker.stop();
+    // 4 s at 30 fps: the broker is back after 1 s, and the count comes once nothing was
+    // dropped for a second.
+    let frames = 120;
+    let mut run = Run::publish(
+        &live_source(frames),
         &format!(
-            "videotestsrc num-buffers=100000 ! video/x-raw,width=64,height=48 \
-             ! metareplay location={} loop=true",
-            sample_recording()
+            "{} qos=1 max-queued-messages=10 flush-timeout=5000",
+            to(&broker)
         ),
-        &format!("{} qos=1 leaky=none max-queued-messages=10", to(&broker)),
     );
+    // The sink's first attempt fails at once; its retry 1 s later finds the broker.
     std::thread::sleep(Duration::from_millis(300));
-    broker.pause();
-    // Let the queue fill and the streaming thread block.
-    std::thread::sleep(Duration::from_secs(1));
-    let flowing = run.flow.count();
-    std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(
-        run.flow.count(),
-        flowing,
-        "blocked: lossless mode waits for room"
-    );
-    assert_eq!(stat(&run.stats(), "queue-depth"), 10, "the queue is full");
-
-    let seeking = Instant::now();
-    assert!(run
-        .pipeline
-        .seek_simple(gst::SeekFlags::FLUSH, gst::ClockTime::ZERO)
-        .is_ok());
-    let _ = run.pipeline.state(gst::ClockTime::from_seconds(1));
-    assert!(
-        seeking.elapsed() < Duration::from_secs(1),
-        "seek took {:?}",
-        seeking.elapsed()
-    );
-
-    let stopping = Instant::now();
+    broker.start();
+    let sub = Subscriber::builder(&broker, TOPIC)
+        .qos(QoS::AtLeastOnce)
+        .connect();
+    // Live: losing messages is a warning, never an error.
+    run.wait_eos(LONG);
+    let at_eos = run.stats();
+    let warnings = run.warnings();
+    let dropping = run.element_messages("mqttpublish-dropping");
+    let dropped = run.element_messages("mqttpublish-dropped");
+    let undelivered = run.element_messages("mqttpublish-undelivered");
     let stats = run.stop();
+
+    let lost = stat(&stats, "messages-dropped");
     assert!(
-        stopping.elapsed() < Duration::from_secs(1),
-        "NULL took {:?}",
-        stopping.elapsed()
+        lost > 0,
+        "the queue overflowed while the broker was away: {stats}"
     );
-    broker.resume();
+    assert_eq!(stat(&stats, "dropped-queue-full"), lost, "{stats}");
+    assert_eq!(stat(&stats, "messages-acknowledged"), frames as u64 - lost);
+
+    // The first drop: once, with its cause and the policy auto chose.
+    assert_eq!(dropping.len(), 1, "{dropping:?}");
+    let first = &dropping[0].0;
+    assert!(!first.get::<bool>("connected").unwrap(), "{first}");
+    assert_eq!(first.get::<&str>("leaky").unwrap(), "auto", "{first}");
     assert_eq!(
-        stat(&stats, "dropped-queue-full"),
-        0,
-        "lossless mode never drops"
+        first.get::<&str>("policy").unwrap(),
+        "downstream",
+        "{first}"
     );
-    assert_accounted(&stats);
+    assert_eq!(first.get::<u64>("limit").unwrap(), 10, "{first}");
+    assert!(
+        warnings.iter().any(|w| w.starts_with("Dropping messages")
+            && w.contains("max-queued-messages=10")
+            && w.contains("is not connected")
+            && w.contains("leaky=auto (the upstream is live) drops the oldest")),
+        "{warnings:?}"
+    );
+
+    // The count, once the queue had room again, before the end of the stream.
+    assert_eq!(dropped.len(), 1, "{dropped:?}");
+    let episode = &dropped[0].0;
+    assert_eq!(episode.get::<u64>("count").unwrap(), lost, "{episode}");
+    assert!(!episode.get::<bool>("at-end").unwrap(), "{episode}");
+    assert!(
+        dropped[0].1 > dropping[0].1,
+        "the count comes after the first drop"
+    );
+    assert!(
+        warnings.iter().any(
+            |w| w.starts_with(&format!("{lost} messages dropped (the oldest)"))
+                && w.contains("room again")
+        ),
+        "{warnings:?}"
+    );
+
+    // End of stream: every message lost in the run, as stats count them.
+    assert_eq!(undelivered.len(), 1, "{undelivered:?}");
+    let report = &undelivered[0].0;
+    assert_eq!(
+        report.get::<u64>("undelivered").unwrap(),
+        stat(&at_eos, "messages-dropped")
+            + stat(&at_eos, "queue-depth")
+            + stat(&at_eos, "in-flight"),
+        "{report} {at_eos}"
+    );
+    assert_eq!(report.get::<u64>("undelivered").unwrap(), lost, "{report}");
+    assert!(!report.get::<bool>("error").unwrap(), "{report}");
+    assert!(
+        warnings.iter().any(|w| w.starts_with(&format!(
+            "End of stream: {lost} of {frames} messages were not delivered ({lost} dropped: queue full)"
+        ))),
+        "{warnings:?}"
+    );
+
+    assert_eq!(
+        sub.wait_for(frames as usize - lost as usize, LONG).len(),
+        frames as usize - lost as usize
+    );
+    sub.assert_count_after(frames as usize - lost as usize, Duration::from_millis(200));
 }
 
 /// 7. Two sinks with the same explicit client id: the bus says so.

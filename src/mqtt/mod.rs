@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use rumqttc::tokio_rustls::rustls;
 
-pub use queue::{Leaky, Limits, Message, Pushed, Queue};
-pub use worker::{Notice, SizeLimit, Stats, Worker};
+pub use queue::{Bound, DropEpisode, Leaky, Limits, Message, Overflow, Pushed, Queue};
+pub use worker::{Flushed, Notice, SizeLimit, Stats, Worker};
 
 /// The MQTT protocol version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

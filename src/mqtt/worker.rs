@@ -13,7 +13,10 @@
 //! lets up to a batch gather (at most [`LINGER`]), so the thread wakes once per batch and
 //! the socket writes follow each other, which the kernel coalesces into few TCP segments.
 //!
-//! Every message is accounted for: `queued = published + dropped + still queued + in flight`.
+//! Every message is accounted for: `queued = published + dropped + still queued + in flight`,
+//! and every drop is reported: drops of a full queue as episodes ([`Notice::Dropping`] at
+//! the first, [`Notice::Dropped`] with the count at the end), the others as they happen
+//! ([`Notice::Oversize`], [`Notice::Discarded`]).
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,7 +28,7 @@ use once_cell::sync::Lazy;
 use tokio::sync::Notify;
 
 use super::session::{Event, Publisher, Session, REQUEST_CHANNEL};
-use super::{ConnectionConfig, Limits, Message, Pushed, Queue};
+use super::{ConnectionConfig, DropEpisode, Leaky, Limits, Message, Overflow, Pushed, Queue};
 
 /// Connection, backoff and hand-over decisions: `GST_DEBUG=mqttpublish-connection:6`.
 static CAT: Lazy<gst::DebugCategory> = Lazy::new(|| {
@@ -73,6 +76,17 @@ pub enum Notice {
     Discarded { count: u64 },
     /// The first message dropped for its size; later ones are only counted.
     Oversize { size: usize, limit: SizeLimit },
+    /// The queue was full and its policy dropped a message: the first drop of an episode.
+    Dropping {
+        overflow: Overflow,
+        /// The policy as configured ([`Leaky::Auto`] when it chose).
+        leaky: Leaky,
+        /// Whether the broker was connected: if not, the queue filled during an outage.
+        connected: bool,
+    },
+    /// A drop episode ended: the queue has drained to half its bounds and nothing was
+    /// dropped for a while, or (`at_end`) the stream ended first.
+    Dropped { episode: DropEpisode, at_end: bool },
     /// The connection thread stopped unexpectedly; nothing will be published.
     Failed { reason: String },
 }
@@ -115,6 +129,27 @@ impl Stats {
             + self.dropped_disconnected
             + self.dropped_stopped
     }
+
+    /// Messages not delivered yet: still queued or in flight.
+    pub fn undelivered(&self) -> u64 {
+        self.queue_depth + self.in_flight
+    }
+
+    /// Messages that did not make it (at the end of a run): dropped or never delivered.
+    pub fn lost(&self) -> u64 {
+        self.dropped() + self.undelivered()
+    }
+}
+
+/// How a [`Worker::flush`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flushed {
+    /// Everything queued was published and, for QoS 1/2, acknowledged.
+    Delivered,
+    /// The timeout passed, or nothing completed for the stall time.
+    TimedOut,
+    /// The queue was set flushing (the sink is unlocking or stopping).
+    Interrupted,
 }
 
 /// Per-message bookkeeping between the mover and the poller. Every message handed to
@@ -297,34 +332,51 @@ impl Worker {
                     limit: SizeLimit::Configured(self.shared.max_message_size),
                 });
             }
-            return Pushed::DroppedNew;
+            return Pushed::DroppedNew { overflow: None };
         }
         let pushed = self.shared.queue.push(Message {
             payload,
             queued_at: Instant::now(),
         });
         let mut tracker = self.shared.tracker.lock().unwrap();
-        match pushed {
+        let (overflow, wake) = match pushed {
             Pushed::Queued {
                 dropped_oldest,
                 wake,
+                overflow,
             } => {
                 tracker.stats.queued += 1;
                 tracker.stats.dropped_queue_full += u64::from(dropped_oldest);
-                drop(tracker);
                 if dropped_oldest > 0 {
                     gst::trace!(CAT, "Queue full: dropped the {dropped_oldest} oldest");
                 }
-                if wake {
-                    self.shared.queued.notify_one();
-                }
+                (overflow, wake)
             }
-            Pushed::DroppedNew => {
+            Pushed::DroppedNew { overflow } => {
                 tracker.stats.queued += 1;
                 tracker.stats.dropped_queue_full += 1;
                 gst::trace!(CAT, "Queue full: dropped the new message");
+                (overflow, false)
             }
-            Pushed::Flushing => {}
+            Pushed::Flushing => (None, false),
+        };
+        let connected = tracker.stats.connected;
+        drop(tracker);
+        if wake {
+            self.shared.queued.notify_one();
+        }
+        if let Some(overflow) = overflow {
+            gst::debug!(
+                CAT,
+                "Queue full ({:?}, connected: {connected}): dropping with {:?}",
+                overflow.bound,
+                overflow.policy
+            );
+            (self.shared.notify)(Notice::Dropping {
+                overflow,
+                leaky: self.shared.queue.leaky(),
+                connected,
+            });
         }
         pushed
     }
@@ -337,6 +389,28 @@ impl Worker {
         broker_max.map_or(configured, |max| {
             configured.min((max as usize).saturating_sub(packet_size(&self.shared.topic, 0)))
         })
+    }
+
+    /// The leaky policy as configured ([`Leaky::Auto`] included).
+    pub fn leaky(&self) -> Leaky {
+        self.shared.queue.leaky()
+    }
+
+    /// Whether the upstream is live, which decides what [`Leaky::Auto`] does; returns the
+    /// policy now in effect.
+    pub fn set_upstream_live(&self, live: bool) -> Leaky {
+        self.shared.queue.set_upstream_live(live)
+    }
+
+    /// Ends the drop episode under way (end of stream), reporting it with
+    /// [`Notice::Dropped`].
+    pub fn end_drop_episode(&self) {
+        if let Some(episode) = self.shared.queue.end_episode() {
+            (self.shared.notify)(Notice::Dropped {
+                episode,
+                at_end: true,
+            });
+        }
     }
 
     pub fn stats(&self) -> Stats {
@@ -361,8 +435,8 @@ impl Worker {
 
     /// Waits until everything queued has been published and, for QoS 1/2, acknowledged.
     /// Gives up at `timeout`, when nothing has completed for `stall` (when set), or when
-    /// the queue is set flushing. Returns whether everything was delivered.
-    pub fn flush(&self, timeout: Duration, stall: Option<Duration>) -> bool {
+    /// the queue is set flushing.
+    pub fn flush(&self, timeout: Duration, stall: Option<Duration>) -> Flushed {
         let deadline = Instant::now() + timeout;
         let mut last_progress = Instant::now();
         let mut tracker = self.shared.tracker.lock().unwrap();
@@ -370,10 +444,10 @@ impl Worker {
         loop {
             let (depth, _) = self.shared.queue.depth();
             if depth == 0 && tracker.stats.in_flight == 0 {
-                return true;
+                return Flushed::Delivered;
             }
             if self.shared.queue.is_flushing() {
-                return false;
+                return Flushed::Interrupted;
             }
             let now = Instant::now();
             let now_done = tracker.stats.published;
@@ -382,7 +456,7 @@ impl Worker {
                 last_progress = now;
             }
             if now >= deadline || stall.is_some_and(|s| now - last_progress >= s) {
-                return false;
+                return Flushed::TimedOut;
             }
             let wait = (deadline - now).min(Duration::from_millis(50));
             tracker.waiters += 1;
@@ -502,9 +576,21 @@ async fn hand_over(shared: &Shared, publisher: &Publisher, config: &ConnectionCo
         if !room {
             return Blocked::NoRoom;
         }
-        let Some(message) = shared.queue.pop() else {
+        let Some((message, ended)) = shared.queue.pop() else {
             return Blocked::Empty;
         };
+        if let Some(episode) = ended {
+            gst::debug!(
+                CAT,
+                "The queue has room again: {} dropped over {:?}",
+                episode.dropped,
+                episode.duration()
+            );
+            (shared.notify)(Notice::Dropped {
+                episode,
+                at_end: false,
+            });
+        }
         let size = message.payload.len();
         // A packet over the broker's limit would cost the connection (and, in a
         // persistent session, be retried after every reconnect): drop it here.
@@ -725,15 +811,19 @@ mod tests {
         assert_accounted(&t);
     }
 
-    #[test]
-    fn push_drops_oversize_messages_before_the_queue() {
+    /// A worker for a port where nothing listens: it keeps retrying in the background, so
+    /// nothing leaves the queue. Records the notices `keep` selects.
+    fn unconnected_worker(
+        max_message_size: usize,
+        limits: Limits,
+        keep: fn(&Notice) -> bool,
+    ) -> (Worker, Arc<Mutex<Vec<Notice>>>) {
         let notices = Arc::new(Mutex::new(Vec::new()));
         let seen = notices.clone();
         let config = ConnectionConfig {
-            // Nothing listens there: the worker keeps retrying in the background.
             host: "127.0.0.1".into(),
             port: 9,
-            client_id: "oversize-test".into(),
+            client_id: "worker-test".into(),
             clean_session: true,
             keep_alive: Duration::from_secs(60),
             credentials: None,
@@ -742,21 +832,34 @@ mod tests {
             topic: "t".into(),
             qos: super::super::QoS::AtMostOnce,
             retain: false,
-            max_message_size: 10,
-        };
-        let limits = Limits {
-            max_messages: 8,
-            max_bytes: 1024,
-            leaky: super::super::Leaky::Downstream,
+            max_message_size,
         };
         let worker = Worker::start(config, limits, move |notice| {
-            if let Notice::Oversize { .. } = notice {
+            if keep(&notice) {
                 seen.lock().unwrap().push(notice);
             }
         })
         .unwrap();
-        assert_eq!(worker.push(vec![0; 11]), Pushed::DroppedNew);
-        assert_eq!(worker.push(vec![0; 12]), Pushed::DroppedNew);
+        (worker, notices)
+    }
+
+    #[test]
+    fn push_drops_oversize_messages_before_the_queue() {
+        let limits = Limits {
+            max_messages: 8,
+            max_bytes: 1024,
+            leaky: Leaky::Downstream,
+        };
+        let (worker, notices) =
+            unconnected_worker(10, limits, |n| matches!(n, Notice::Oversize { .. }));
+        assert_eq!(
+            worker.push(vec![0; 11]),
+            Pushed::DroppedNew { overflow: None }
+        );
+        assert_eq!(
+            worker.push(vec![0; 12]),
+            Pushed::DroppedNew { overflow: None }
+        );
         assert!(matches!(worker.push(vec![0; 10]), Pushed::Queued { .. }));
         let stats = worker.stats();
         assert_eq!(
@@ -772,5 +875,90 @@ mod tests {
         );
         let stats = worker.stop();
         assert_eq!(stats.dropped_stopped, 1);
+    }
+
+    #[test]
+    fn a_drop_episode_is_reported_once_and_counted_like_stats() {
+        for leaky in [Leaky::Downstream, Leaky::Upstream, Leaky::Auto] {
+            let limits = Limits {
+                max_messages: 2,
+                max_bytes: 1024,
+                leaky,
+            };
+            let (worker, notices) = unconnected_worker(1024, limits, |n| {
+                matches!(n, Notice::Dropping { .. } | Notice::Dropped { .. })
+            });
+            // Auto drops (the oldest) only for a live upstream.
+            assert_eq!(
+                worker.set_upstream_live(true),
+                if leaky == Leaky::Auto {
+                    Leaky::Downstream
+                } else {
+                    leaky
+                }
+            );
+            for _ in 0..5 {
+                worker.push(vec![0; 10]);
+            }
+            worker.end_drop_episode();
+            let stats = worker.stats();
+            assert_eq!(stats.dropped_queue_full, 3, "{leaky:?}: {stats:?}");
+            let notices = notices.lock().unwrap().clone();
+            assert_eq!(notices.len(), 2, "{leaky:?}: {notices:?}");
+            assert!(
+                matches!(
+                    notices[0],
+                    Notice::Dropping {
+                        leaky: l,
+                        connected: false,
+                        ..
+                    } if l == leaky
+                ),
+                "{leaky:?}: {notices:?}"
+            );
+            match notices[1] {
+                Notice::Dropped {
+                    episode, at_end, ..
+                } => {
+                    assert_eq!(episode.dropped, stats.dropped_queue_full, "{leaky:?}");
+                    assert!(at_end);
+                }
+                ref other => panic!("{leaky:?}: {other:?}"),
+            }
+            // No second report of the same episode.
+            worker.end_drop_episode();
+            assert_eq!(worker.stop().dropped(), 5, "{leaky:?}: 3 full, 2 stopped");
+        }
+    }
+
+    #[test]
+    fn auto_without_a_live_upstream_waits_and_unlocks() {
+        let limits = Limits {
+            max_messages: 2,
+            max_bytes: 1024,
+            leaky: Leaky::Auto,
+        };
+        let (worker, notices) = unconnected_worker(1024, limits, |n| {
+            matches!(n, Notice::Dropping { .. } | Notice::Dropped { .. })
+        });
+        let worker = Arc::new(worker);
+        assert_eq!(worker.set_upstream_live(false), Leaky::No);
+        worker.push(vec![0; 10]);
+        worker.push(vec![0; 10]);
+        let pusher = {
+            let worker = worker.clone();
+            std::thread::spawn(move || worker.push(vec![0; 10]))
+        };
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(!pusher.is_finished(), "waits for room");
+        worker.set_flushing(true);
+        assert_eq!(pusher.join().unwrap(), Pushed::Flushing);
+        assert_eq!(
+            worker.flush(Duration::from_secs(5), None),
+            Flushed::Interrupted
+        );
+        let stats = worker.stats();
+        assert_eq!((stats.queued, stats.dropped()), (2, 0), "{stats:?}");
+        assert!(notices.lock().unwrap().is_empty());
     }
 }

@@ -4,6 +4,7 @@
 //! messages built in [`super::message`], and published by the connection worker of
 //! [`crate::mqtt`].
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -25,7 +26,8 @@ use super::settings::{
 use super::{MessageFormat, MetadataSource};
 use crate::jpeg;
 use crate::mqtt::{
-    ConnectionConfig, Leaky, Limits, Notice, Pushed, Secret, SizeLimit, Stats, Worker,
+    Bound, ConnectionConfig, Flushed, Leaky, Limits, Notice, Pushed, Secret, SizeLimit, Stats,
+    Worker,
 };
 
 static CAT: Lazy<gst::DebugCategory> = Lazy::new(|| {
@@ -45,6 +47,17 @@ struct Started {
     worker: Arc<Worker>,
     assembler: Assembler,
     flush_timeout: Duration,
+    delivery: Delivery,
+}
+
+/// What the run learnt about delivery.
+#[derive(Default)]
+struct Delivery {
+    /// Whether the upstream is live, once asked (at the first buffer).
+    upstream_live: Option<bool>,
+    /// End of stream reported what was lost (or that nothing was), and no buffer came
+    /// after it.
+    reported: bool,
 }
 
 #[derive(Default)]
@@ -60,6 +73,9 @@ pub struct MqttPublish {
     state: Mutex<State>,
     /// Counters of the last run, kept readable after the element stops.
     last_stats: Mutex<(Stats, FrameCounters)>,
+    /// Ask upstream whether it is live before the next buffer: set by a new stream, caps,
+    /// segment or latency, which is when liveness can change.
+    check_live: AtomicBool,
 }
 
 impl MqttPublish {
@@ -168,6 +184,84 @@ impl MqttPublish {
                     .field("broker", broker)
                     .field("size", *size as u64)
                     .field("limit", limit)
+                    .build()
+            }
+            Notice::Dropping {
+                overflow,
+                leaky,
+                connected,
+            } => {
+                let (limit_name, limit) = match overflow.bound {
+                    Bound::Messages(max) => ("max-queued-messages", max as u64),
+                    Bound::Bytes(max) => ("max-queued-bytes", max as u64),
+                };
+                let why = if *connected {
+                    format!("the connection to {broker} does not keep up with the stream")
+                } else {
+                    format!("the broker at {broker} is not connected")
+                };
+                let policy = if *leaky == Leaky::Auto {
+                    "leaky=auto (the upstream is live)".to_string()
+                } else {
+                    format!("leaky={}", leaky.nick())
+                };
+                let which = if overflow.policy == Leaky::Upstream {
+                    "the new message"
+                } else {
+                    "the oldest message"
+                };
+                gst::element_imp_warning!(
+                    self,
+                    gst::ResourceError::Write,
+                    (
+                        "Dropping messages: the queue is full ({}={}) because {}, and {} drops {} to make room. The count follows when the queue has room again.",
+                        limit_name,
+                        limit,
+                        why,
+                        policy,
+                        which
+                    )
+                );
+                gst::Structure::builder("mqttpublish-dropping")
+                    .field("broker", broker)
+                    .field("reason", "queue-full")
+                    .field("limit-name", limit_name)
+                    .field("limit", limit)
+                    .field("connected", *connected)
+                    .field("leaky", leaky.nick())
+                    .field("policy", overflow.policy.nick())
+                    .build()
+            }
+            Notice::Dropped { episode, at_end } => {
+                let duration = episode.duration();
+                let until = if *at_end {
+                    "the end of the stream came first"
+                } else {
+                    "the queue has room again"
+                };
+                let which = if episode.policy == Leaky::Upstream {
+                    "the new ones"
+                } else {
+                    "the oldest"
+                };
+                gst::element_imp_warning!(
+                    self,
+                    gst::ResourceError::Write,
+                    (
+                        "{} messages dropped ({}) over {:.1} s while the queue was full; {}.",
+                        episode.dropped,
+                        which,
+                        duration.as_secs_f64(),
+                        until
+                    )
+                );
+                gst::Structure::builder("mqttpublish-dropped")
+                    .field("broker", broker)
+                    .field("reason", "queue-full")
+                    .field("count", episode.dropped)
+                    .field("policy", episode.policy.nick())
+                    .field("duration-ms", duration.as_millis() as u64)
+                    .field("at-end", *at_end)
                     .build()
             }
         };
@@ -501,10 +595,17 @@ impl ObjectImpl for MqttPublish {
                 glib::ParamSpecEnum::builder_with_default("leaky", Leaky::default())
                     .nick("Leaky")
                     .blurb(
-                        "What to do when the queue is full: drop the oldest message \
-                         (downstream), drop the new one (upstream), or block the pipeline until \
-                         there is room (none, lossless; flushing and state changes still \
-                         unblock it). Drops are counted in stats.",
+                        "What to do when the queue is full. auto: wait for room when the \
+                         upstream is not live (a file or a non-live test source: nothing is \
+                         lost, the pipeline runs at the pace of the broker) and drop the oldest \
+                         message when it is live (a camera: the video never waits for the \
+                         broker). none: always wait for room. downstream: drop the oldest \
+                         message. upstream: drop the new one. Waiting never blocks flushing or \
+                         state changes. Drops are counted in stats and announced: a warning at \
+                         the first drop, one with the count once the queue has room again. At \
+                         end of stream, messages lost with auto or none and an upstream that is \
+                         not live are an error (gst-launch-1.0 exits non-zero), otherwise a \
+                         warning.",
                     )
                     .mutable_ready()
                     .build(),
@@ -734,8 +835,8 @@ impl ElementImpl for MqttPublish {
                 "MQTT analytics publisher",
                 "Sink/Network/Video",
                 "Publishes the detections and classifications on each buffer as gvametaconvert \
-                 JSON, optionally with the frame as base64 JPEG, to an MQTT broker without \
-                 stalling the pipeline",
+                 JSON, optionally with the frame as base64 JPEG, to an MQTT broker; a live \
+                 pipeline never waits for the broker, a file job never loses a message to it",
                 "gst-plugin-analyticsmqtt contributors",
             )
         });
@@ -777,6 +878,15 @@ impl ElementImpl for MqttPublish {
         }
         result
     }
+
+    fn send_event(&self, event: gst::Event) -> bool {
+        // The pipeline configures latency when it goes to PLAYING and when a live element
+        // appears or changes: ask again whether the upstream is live.
+        if let gst::EventView::Latency(_) = event.view() {
+            self.check_live.store(true, Ordering::Relaxed);
+        }
+        self.parent_send_event(event)
+    }
 }
 
 impl BaseSinkImpl for MqttPublish {
@@ -788,6 +898,11 @@ impl BaseSinkImpl for MqttPublish {
             worker.flush(started.flush_timeout, Some(STOP_FLUSH_STALL));
             let stats = worker.stop();
             gst::info!(CAT, imp = self, "Stopped: {stats:?}");
+            // Stopped before the end of the stream (or while it flushed): what was lost
+            // has not been reported yet.
+            if !started.delivery.reported {
+                self.report_loss(&stats, None, None);
+            }
             *self.last_stats.lock().unwrap() = (stats, started.assembler.counters());
         }
         Ok(())
@@ -838,6 +953,9 @@ impl BaseSinkImpl for MqttPublish {
     }
 
     fn render(&self, buffer: &gst::Buffer) -> Result<gst::FlowSuccess, gst::FlowError> {
+        if self.check_live.swap(false, Ordering::Relaxed) {
+            self.check_upstream_live();
+        }
         let timestamp = self
             .obj()
             .segment()
@@ -848,13 +966,15 @@ impl BaseSinkImpl for MqttPublish {
         let State::Started(started) = &mut *state else {
             return Err(gst::FlowError::Flushing);
         };
+        // The stream goes on after an end of stream (a seek): report again.
+        started.delivery.reported = false;
         let max_size = started.worker.max_payload();
         let Some(built) = started.assembler.build(buffer, timestamp, max_size) else {
             return Ok(gst::FlowSuccess::Ok);
         };
 
-        // A blocking push (leaky=none) must not hold the state lock: stop() and the stats
-        // property take it.
+        // A push that waits for room (leaky=none, or auto with an upstream that is not
+        // live) must not hold the state lock: stop() and the stats property take it.
         let worker = started.worker.clone();
         drop(state);
         for warning in &built.warnings {
@@ -863,13 +983,19 @@ impl BaseSinkImpl for MqttPublish {
         let payload = built.payload;
         match worker.push(payload) {
             Pushed::Flushing => Err(gst::FlowError::Flushing),
-            Pushed::Queued { .. } | Pushed::DroppedNew => Ok(gst::FlowSuccess::Ok),
+            Pushed::Queued { .. } | Pushed::DroppedNew { .. } => Ok(gst::FlowSuccess::Ok),
         }
     }
 
     fn event(&self, event: gst::Event) -> bool {
-        if let gst::EventView::Eos(_) = event.view() {
-            self.flush_on_eos();
+        match event.view() {
+            gst::EventView::StreamStart(_)
+            | gst::EventView::Caps(_)
+            | gst::EventView::Segment(_) => self.check_live.store(true, Ordering::Relaxed),
+            // Posts an error or warning first if messages were lost, so that the
+            // application sees it before the EOS message that parent_event() posts.
+            gst::EventView::Eos(_) => self.end_of_stream(),
+            _ => {}
         }
         self.parent_event(event)
     }
@@ -945,11 +1071,55 @@ impl MqttPublish {
             worker: Arc::new(worker),
             assembler: Assembler::new(message),
             flush_timeout: resolved.flush_timeout,
+            delivery: Delivery::default(),
         }));
         Ok(())
     }
 
-    fn flush_on_eos(&self) {
+    /// Asks upstream whether it is live (the latency query GstBaseSink makes, which
+    /// answers "not live" when nobody answers) and tells the queue, which decides what
+    /// `leaky=auto` does. Runs in the streaming thread, without the state lock: upstream
+    /// elements answer the query under locks of their own.
+    fn check_upstream_live(&self) {
+        let live = match self.obj().query_latency() {
+            Ok((_, upstream_live, _, _)) => upstream_live,
+            Err(e) => {
+                gst::debug!(CAT, imp = self, "Latency query failed ({e}): not live");
+                false
+            }
+        };
+        let mut state = self.state.lock().unwrap();
+        let State::Started(started) = &mut *state else {
+            return;
+        };
+        if started.delivery.upstream_live == Some(live) {
+            return;
+        }
+        started.delivery.upstream_live = Some(live);
+        let policy = started.worker.set_upstream_live(live);
+        let leaky = started.worker.leaky();
+        drop(state);
+        let what = match policy {
+            Leaky::Upstream => "drops the new message when the queue is full",
+            Leaky::Downstream => "drops the oldest message when the queue is full",
+            Leaky::No | Leaky::Auto => {
+                "waits for room when the queue is full (back-pressure: nothing is dropped)"
+            }
+        };
+        gst::info!(
+            CAT,
+            imp = self,
+            "The upstream is {}live: leaky={} {what}",
+            if live { "" } else { "not " },
+            leaky.nick()
+        );
+    }
+
+    /// End of stream: waits up to flush-timeout for everything to be delivered, then
+    /// reports what was lost. Losing messages is an error when the upstream is not live and
+    /// the policy waits for room (a file job that was to deliver everything), else a
+    /// warning.
+    fn end_of_stream(&self) {
         // Wait without holding the state lock, so the stats stay readable.
         let state = self.state.lock().unwrap();
         let State::Started(started) = &*state else {
@@ -957,20 +1127,153 @@ impl MqttPublish {
         };
         let worker = started.worker.clone();
         let timeout = started.flush_timeout;
+        let live = started.delivery.upstream_live.unwrap_or(false);
         drop(state);
-        if !worker.flush(timeout, None) {
-            let stats = worker.stats();
-            gst::element_imp_warning!(
+        if worker.flush(timeout, None) == Flushed::Interrupted {
+            // Flushing or stopping: stop() reports.
+            return;
+        }
+        worker.end_drop_episode();
+        let stats = worker.stats();
+        let leaky = worker.leaky();
+        let lossless = matches!(leaky, Leaky::Auto | Leaky::No);
+        self.report_loss(&stats, Some(timeout), (!live && lossless).then_some(leaky));
+        if let State::Started(started) = &mut *self.state.lock().unwrap() {
+            started.delivery.reported = true;
+        }
+    }
+
+    /// Reports the messages of this run that were not delivered, if any: an
+    /// `mqttpublish-undelivered` element message, then an error (`fatal`: the leaky policy
+    /// that was to deliver everything) or a warning. `flush_timeout`: at end of stream
+    /// (what is still queued or in flight was not delivered within it); `None`: at stop.
+    fn report_loss(&self, stats: &Stats, flush_timeout: Option<Duration>, fatal: Option<Leaky>) {
+        let Some(summary) = loss_summary(stats, flush_timeout) else {
+            gst::info!(CAT, imp = self, "Every message was delivered: {stats:?}");
+            return;
+        };
+        let _ = self.obj().post_message(
+            gst::message::Element::builder(
+                gst::Structure::builder("mqttpublish-undelivered")
+                    .field("messages", stats.queued)
+                    .field("undelivered", stats.lost())
+                    .field("dropped", stats.dropped())
+                    .field("dropped-queue-full", stats.dropped_queue_full)
+                    .field("dropped-oversize", stats.dropped_oversize)
+                    .field("dropped-disconnected", stats.dropped_disconnected)
+                    .field("dropped-stopped", stats.dropped_stopped)
+                    .field("pending", stats.undelivered())
+                    .field("end-of-stream", flush_timeout.is_some())
+                    .field("error", fatal.is_some())
+                    .build(),
+            )
+            .src(&*self.obj())
+            .build(),
+        );
+        let when = if flush_timeout.is_some() {
+            "End of stream"
+        } else {
+            "Stopped before the end of the stream"
+        };
+        if let Some(leaky) = fatal {
+            gst::element_imp_error!(
                 self,
                 gst::ResourceError::Write,
-                (
-                    "End of stream: {} messages were not delivered within flush-timeout ({} ms): {} queued, {} in flight",
-                    stats.queue_depth + stats.in_flight,
-                    timeout.as_millis(),
-                    stats.queue_depth,
-                    stats.in_flight
-                )
+                ("{}: {}", when, summary),
+                [
+                    "The upstream is not live and leaky={} waits for room, so every message was to be delivered. Check the broker connection; a larger flush-timeout waits longer at the end.",
+                    leaky.nick()
+                ]
             );
+        } else {
+            gst::element_imp_warning!(self, gst::ResourceError::Write, ("{}: {}", when, summary));
         }
+    }
+}
+
+/// What a run lost, in words, e.g. "37 of 300 messages were not delivered (12 dropped: queue
+/// full; 25 not delivered within flush-timeout 5000 ms: 20 queued, 5 in flight)"; `None`
+/// when nothing was lost. See [`MqttPublish::report_loss`] for `flush_timeout`.
+fn loss_summary(stats: &Stats, flush_timeout: Option<Duration>) -> Option<String> {
+    let lost = stats.lost();
+    if lost == 0 {
+        return None;
+    }
+    let mut parts = Vec::new();
+    for (count, reason) in [
+        (stats.dropped_queue_full, "queue full"),
+        (
+            stats.dropped_oversize,
+            "larger than max-message-size or the broker's limit",
+        ),
+        (
+            stats.dropped_disconnected,
+            "in flight when the broker started a new session",
+        ),
+        (stats.dropped_stopped, "still queued or in flight at stop"),
+    ] {
+        if count > 0 {
+            parts.push(format!("{count} dropped: {reason}"));
+        }
+    }
+    if stats.undelivered() > 0 {
+        let within = flush_timeout
+            .map(|t| format!(" within flush-timeout {} ms", t.as_millis()))
+            .unwrap_or_default();
+        parts.push(format!(
+            "{} not delivered{within}: {} queued, {} in flight",
+            stats.undelivered(),
+            stats.queue_depth,
+            stats.in_flight
+        ));
+    }
+    Some(format!(
+        "{lost} of {} messages were not delivered ({})",
+        stats.queued,
+        parts.join("; ")
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_loss_summary_names_every_reason_and_adds_up() {
+        let nothing_lost = Stats {
+            queued: 300,
+            published: 300,
+            ..Stats::default()
+        };
+        assert_eq!(loss_summary(&nothing_lost, None), None);
+
+        let stats = Stats {
+            queued: 300,
+            published: 263,
+            dropped_queue_full: 10,
+            dropped_oversize: 2,
+            queue_depth: 20,
+            in_flight: 5,
+            ..Stats::default()
+        };
+        assert_eq!(
+            loss_summary(&stats, Some(Duration::from_millis(5000))).unwrap(),
+            "37 of 300 messages were not delivered (10 dropped: queue full; 2 dropped: larger \
+             than max-message-size or the broker's limit; 25 not delivered within \
+             flush-timeout 5000 ms: 20 queued, 5 in flight)"
+        );
+
+        // After stop, what was left is counted as dropped at stop.
+        let stats = Stats {
+            queued: 5,
+            dropped_disconnected: 1,
+            dropped_stopped: 4,
+            ..Stats::default()
+        };
+        assert_eq!(
+            loss_summary(&stats, None).unwrap(),
+            "5 of 5 messages were not delivered (1 dropped: in flight when the broker started \
+             a new session; 4 dropped: still queued or in flight at stop)"
+        );
     }
 }

@@ -9,7 +9,8 @@
 //! ```
 //!
 //! The streaming thread only builds the message and queues it; a worker thread owns the
-//! connection (see [`crate::mqtt`]), so a slow or absent broker never stalls the video.
+//! connection (see [`crate::mqtt`]), so a slow or absent broker never holds up live video;
+//! a source that is not live (a file) waits for room in the queue instead of losing messages.
 
 use gst::glib;
 use gst::prelude::*;

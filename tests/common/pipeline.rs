@@ -150,6 +150,21 @@ impl Run {
         }
     }
 
+    /// Waits for the error that ends the run and returns its text; panics at EOS or when
+    /// nothing ends the run within `timeout`.
+    pub fn wait_error(&mut self, timeout: Duration) -> String {
+        let Some(msg) = self.pump(timeout) else {
+            panic!("no error within {timeout:?}");
+        };
+        match msg.view() {
+            gst::MessageView::Error(e) => e.error().to_string(),
+            _ => panic!(
+                "EOS where an error was expected; warnings: {:?}",
+                self.warnings()
+            ),
+        }
+    }
+
     /// Waits until an element message called `name` is posted; false after `timeout`.
     pub fn wait_element_message(&mut self, name: &str, timeout: Duration) -> bool {
         self.watch(timeout, |m| {
