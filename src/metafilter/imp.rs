@@ -222,11 +222,12 @@ impl ObjectImpl for MetaFilter {
                     .nick("Configuration file")
                     .blurb(
                         "Path to a JSON file (the path, not JSON text) holding a DL Streamer \
-                         Pipeline Server filter ({\"type\":..,\"label_score\":..}): the filter of \
-                         the mqtt_publisher of a pipeline in a DLSPS config.json (see \
-                         config-pipeline), of the mqtt entry of a REST request body's \
-                         destination.metadata, under \"mqtt_publisher\", under \"filter\", or \
-                         bare. It is read when set. The type and label-score properties, when \
+                         Pipeline Server filter ({\"type\":..,\"label_score\":..}) where DLSPS \
+                         users have it: in a config.json ({\"config\": {\"pipelines\": \
+                         [{\"name\": .., \"mqtt_publisher\": {\"filter\": {..}}}, ..]}}; see \
+                         config-pipeline), in a REST request body ({\"destination\": \
+                         {\"metadata\": {\"type\": \"mqtt\", \"filter\": {..}}}}), under \
+                         \"mqtt_publisher\", under \"filter\", or bare. It is read when set. The type and label-score properties, when \
                          set, win over the file's values whichever is set first; the file wins \
                          over their defaults.",
                     )
