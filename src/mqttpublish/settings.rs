@@ -171,7 +171,7 @@ pub fn resolve(
     let place = if file.place.is_empty() {
         String::new()
     } else {
-        format!(", {}", file.place)
+        format!(": {}", file.place)
     };
     if !file.unknown_keys.is_empty() {
         warnings.push(format!(
@@ -744,7 +744,7 @@ mod tests {
         assert_eq!(
             r.warnings,
             [format!(
-                "config: {}, pipeline \"dock\" has keys this element does not know, ignored: qso",
+                "config: {}: pipeline \"dock\" has keys this element does not know, ignored: qso",
                 path.display()
             )]
         );
