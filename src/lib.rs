@@ -32,8 +32,8 @@ mod tls;
 #[doc(hidden)]
 pub mod internals {
     pub use crate::config::{
-        filter_config_from_value, parse_label_score, section as config_section, PublisherConfig,
-        Section as ConfigSection,
+        filter_config_from_value, parse_label_score, section as config_section, Pick as ConfigPick,
+        PublisherConfig, Section as ConfigSection,
     };
     pub use crate::jpeg::{is_supported, JpegEncoder, JpegError, SUPPORTED_FORMATS};
     pub use crate::meta::{

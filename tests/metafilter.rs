@@ -422,3 +422,35 @@ fn invalid_config_files_are_rejected_and_named() {
         &["config", "directory"],
     );
 }
+
+#[test]
+fn config_pipeline_picks_the_config_json_entry_in_either_order() {
+    init_plugin();
+    let config = concat!(env!("CARGO_MANIFEST_DIR"), "/pipelines/config.json");
+    for (pipeline, kind, label_score) in [
+        (
+            "pallet_detection",
+            "detection",
+            r#"{"box":0.4,"shipping label":0.4}"#,
+        ),
+        ("vehicle_color_gpu", "classification", r#"{"blue":0.5}"#),
+    ] {
+        let settings = [("config", config), ("config-pipeline", pipeline)];
+        for order in [settings, [settings[1], settings[0]]] {
+            let filter = gst::ElementFactory::make("metafilter").build().unwrap();
+            for (name, value) in order {
+                filter.set_property_from_str(name, value);
+            }
+            let shown: serde_json::Value =
+                serde_json::from_str(&filter.property::<String>("label-score")).unwrap();
+            let expected: serde_json::Value = serde_json::from_str(label_score).unwrap();
+            assert_eq!(shown, expected, "{order:?}");
+            let kind_now = filter.property_value("type").serialize().unwrap();
+            assert_eq!(kind_now, kind, "{order:?}");
+        }
+    }
+    // Two pipelines and no name: nothing from the file until the start picks (or fails).
+    let filter = gst::ElementFactory::make("metafilter").build().unwrap();
+    filter.set_property("config", config);
+    assert_eq!(filter.property::<String>("label-score"), "{}");
+}

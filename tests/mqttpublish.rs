@@ -557,6 +557,75 @@ fn unknown_config_keys_are_named_in_a_warning() {
 }
 
 #[test]
+fn what_dlsps_ignores_in_a_request_or_config_json_is_warned_about_once() {
+    let broker = Broker::new();
+    let sub = Subscriber::builder(&broker, "#")
+        .qos(QoS::ExactlyOnce)
+        .connect();
+    // A list of metadata destinations: the last mqtt entry counts, as in DLSPS.
+    let request = config_file(
+        broker.dir(),
+        r#"{"destination": {"metadata": [
+            {"type": "mqtt", "topic": "first", "qos": 1},
+            {"type": "file", "path": "/tmp/results.jsonl", "format": "json-lines"},
+            {"topic": "untyped"},
+            {"type": "mqtt", "topic": "last", "qos": 2, "filter": {"type": "detection", "labels": {}}}
+        ]}}"#,
+    );
+    let mut run = Run::publish(&replay(3), &format!("{} config={request}", to(&broker)));
+    run.wait_eos(LONG);
+    let warnings = run.warnings();
+    run.stop();
+    let messages = sub.wait_for(3, LONG);
+    assert!(
+        messages
+            .iter()
+            .all(|m| m.topic == "last" && m.qos == QoS::ExactlyOnce),
+        "{messages:?}"
+    );
+    assert_eq!(
+        warnings,
+        [
+            format!(
+                "config: {request}: destination.metadata[3] has keys this element does not \
+                 know, ignored: filter.labels"
+            ),
+            format!(
+                "config: {request}: destination.metadata[2] has no \"type\" and is ignored, \
+                 as DLSPS ignores it"
+            ),
+            format!(
+                "config: {request}: destination.metadata has 2 \"mqtt\" entries ([0], [3]): the \
+                 last one is used, as DLSPS uses it"
+            ),
+        ]
+    );
+    sub.assert_count_after(3, Duration::from_millis(200));
+}
+
+#[test]
+fn a_config_json_pipeline_without_mqtt_publisher_leaves_the_defaults_with_a_warning() {
+    let broker = Broker::new();
+    let sub = Subscriber::new(&broker, TOPIC);
+    let config = config_file(
+        broker.dir(),
+        r#"{"config": {"pipelines": [{"name": "plain", "pipeline": "..."}]}}"#,
+    );
+    let mut run = Run::publish(&replay(2), &format!("{} config={config}", to(&broker)));
+    run.wait_eos(LONG);
+    let warnings = run.warnings();
+    run.stop();
+    assert_eq!(sub.wait_for(2, LONG).len(), 2);
+    assert_eq!(
+        warnings,
+        [format!(
+            "config: {config}: pipeline \"plain\" has no \"mqtt_publisher\": DLSPS publishes \
+             nothing over MQTT for it; only the element's properties and defaults apply"
+        )]
+    );
+}
+
+#[test]
 fn eos_waits_until_every_qos1_message_is_acknowledged() {
     let broker = Broker::new();
     let sub = Subscriber::new(&broker, TOPIC);

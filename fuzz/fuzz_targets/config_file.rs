@@ -1,8 +1,9 @@
 // SPDX-License-Identifier: MPL-2.0
 
 //! Fuzzes the configuration-file path: bytes -> `serde_json::from_slice` ->
-//! `PublisherConfig::from_value` (and `filter_config_from_value`), the way
-//! `PublisherConfig::load` and `config::load_filter_file` see a file.
+//! `config::section` (a DLSPS config.json, a REST request body, an mqtt_publisher section)
+//! -> `PublisherConfig::from_value` (and `filter_config_from_value`), the way
+//! `ConfigFile::publisher` and `ConfigFile::filter` see a file.
 //!
 //! Besides "no panic" it checks that errors are non-empty and that no error (nor the
 //! `Debug` form of a parsed configuration) ever shows the value of a `password` key: every
@@ -12,7 +13,7 @@
 #![no_main]
 
 use gstanalyticsmqtt::internals::{
-    config_section, filter_config_from_value, ConfigSection, PublisherConfig,
+    config_section, filter_config_from_value, ConfigPick, ConfigSection, PublisherConfig,
 };
 use libfuzzer_sys::fuzz_target;
 use serde_json::{Map, Value};
@@ -101,16 +102,61 @@ fn check_filter(what: &str, input: &Value, filter: &Value, secrets_planted: bool
     }
 }
 
+/// Picks `section` as the elements do: before start (no GStreamer pipeline name yet) and at
+/// start, and checks what it found or the error.
+fn check_section(
+    what: &str,
+    input: &Value,
+    value: &Value,
+    section: ConfigSection,
+    secrets_planted: bool,
+    check: fn(&str, &Value, &Value, bool),
+) {
+    for gst_pipeline in [None, Some("pipeline0")] {
+        let pick = ConfigPick {
+            name: None,
+            gst_pipeline,
+        };
+        match config_section(value, section, pick) {
+            Ok(Some(found)) => {
+                for warning in &found.warnings {
+                    check_error(what, input, warning, secrets_planted);
+                }
+                if let Some(section) = &found.value {
+                    check(what, input, section, secrets_planted);
+                }
+            }
+            Ok(None) => assert!(
+                gst_pipeline.is_none(),
+                "{what}: undecided with the GStreamer pipeline's name known: {input}"
+            ),
+            Err(err) => check_error(what, input, &err, secrets_planted),
+        }
+    }
+}
+
 /// Runs every parser on `value` the way the file loaders pick their section.
 fn check_all(input: &Value, value: &Value, secrets_planted: bool) {
-    // `PublisherConfig::load`: the section under `mqtt_publisher`, or the file bare.
-    let section = config_section(value, ConfigSection::Publisher);
-    check_config("publisher section", input, section, secrets_planted);
+    // `ConfigFile::publisher`: a config.json pipeline's, a request's, or the section.
+    check_section(
+        "publisher section",
+        input,
+        value,
+        ConfigSection::Publisher,
+        secrets_planted,
+        check_config,
+    );
     check_config("publisher whole", input, value, secrets_planted);
 
-    // `config::load_filter_file`: under `mqtt_publisher.filter`, `filter`, or bare.
-    let filter = config_section(value, ConfigSection::Filter);
-    check_filter("filter section", input, filter, secrets_planted);
+    // `ConfigFile::filter`: the filter of any of those, under `filter`, or bare.
+    check_section(
+        "filter section",
+        input,
+        value,
+        ConfigSection::Filter,
+        secrets_planted,
+        check_filter,
+    );
     check_filter("filter whole", input, value, secrets_planted);
 }
 

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: MPL-2.0
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use gst::glib;
@@ -10,7 +10,7 @@ use gst::subclass::prelude::*;
 use gst_base::subclass::prelude::*;
 use once_cell::sync::Lazy;
 
-use crate::config::{self, FilterConfig};
+use crate::config::{self, ConfigFile, FilterConfig, Pick};
 use crate::error::SettingError;
 use crate::filter::{Filter, FilterType};
 use crate::meta;
@@ -38,8 +38,13 @@ struct Settings {
     label_score: Option<HashMap<String, f64>>,
     threshold: f64,
     drop_unscored: bool,
-    /// The config file and the filter it holds.
-    config: Option<(PathBuf, FilterConfig)>,
+    /// The config file, and `config-pipeline`, which picks a pipeline of a DLSPS
+    /// config.json.
+    config: Option<ConfigFile>,
+    config_pipeline: Option<String>,
+    /// The filter of the config file, as far as it can be picked: a config.json with
+    /// several pipelines may need the GStreamer pipeline's name, known at start.
+    config_filter: Option<FilterConfig>,
     drop_empty: bool,
     /// Rejected property values by property name; the element refuses to start while any
     /// is left (a later valid value for the same property clears it).
@@ -70,7 +75,7 @@ impl Settings {
             drop_unscored: self.drop_unscored,
             ..Filter::default()
         };
-        if let Some((_, file)) = &self.config {
+        if let Some(file) = &self.config_filter {
             file.apply(&mut filter);
         }
         if let Some(kind) = self.kind {
@@ -81,9 +86,52 @@ impl Settings {
         }
         self.filter = Arc::new(filter);
     }
+
+    /// Picks the filter out of the config file: with `gst_pipeline` (the name of the
+    /// GStreamer pipeline) at start, for good; before, as far as possible. Returns the
+    /// warnings for what the file holds that is ignored.
+    fn pick_config_filter(
+        &mut self,
+        gst_pipeline: Option<&str>,
+    ) -> Result<Vec<String>, SettingError> {
+        self.config_filter = None;
+        let Some(file) = &self.config else {
+            return match &self.config_pipeline {
+                Some(_) if gst_pipeline.is_some() => Err(SettingError::Invalid(
+                    "config-pipeline: is set but config is not: it picks a pipeline of a DLSPS \
+                     config.json"
+                        .into(),
+                )),
+                _ => Ok(Vec::new()),
+            };
+        };
+        let pick = Pick {
+            name: self.config_pipeline.as_deref(),
+            gst_pipeline,
+        };
+        let picked = file.filter(pick).map_err(|e| e.context("invalid config"))?;
+        let Some((filter, warnings)) = picked else {
+            return Ok(Vec::new());
+        };
+        self.config_filter = Some(filter);
+        let path = file.path.display();
+        Ok(warnings
+            .into_iter()
+            .map(|warning| format!("config: {path}: {warning}"))
+            .collect())
+    }
 }
 
 impl MetaFilter {
+    /// The name of the outermost bin holding this element: the GStreamer pipeline.
+    fn pipeline_name(&self) -> String {
+        let mut top: gst::Object = self.obj().clone().upcast();
+        while let Some(parent) = top.parent() {
+            top = parent;
+        }
+        top.name().to_string()
+    }
+
     /// Applies a change to the settings and puts the filter in effect together again, or
     /// records why the change was rejected.
     fn update_filter(
@@ -174,10 +222,25 @@ impl ObjectImpl for MetaFilter {
                     .nick("Configuration file")
                     .blurb(
                         "Path to a JSON file (the path, not JSON text) holding a DL Streamer \
-                         Pipeline Server filter ({\"type\":..,\"label_score\":..}), bare, under \
-                         \"filter\" or under \"mqtt_publisher\".\"filter\". It is read when set. The type and \
-                         label-score properties, when set, win over the file's values whichever \
-                         is set first; the file wins over their defaults.",
+                         Pipeline Server filter ({\"type\":..,\"label_score\":..}) where DLSPS \
+                         users have it: in a config.json ({\"config\": {\"pipelines\": \
+                         [{\"name\": .., \"mqtt_publisher\": {\"filter\": {..}}}, ..]}}; see \
+                         config-pipeline), in a REST request body ({\"destination\": \
+                         {\"metadata\": {\"type\": \"mqtt\", \"filter\": {..}}}}), under \
+                         \"mqtt_publisher\", under \"filter\", or bare. It is read when set. The type and label-score properties, when \
+                         set, win over the file's values whichever is set first; the file wins \
+                         over their defaults.",
+                    )
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecString::builder("config-pipeline")
+                    .nick("Configuration pipeline")
+                    .blurb(
+                        "The name of the pipeline entry to read when config is a DLSPS \
+                         config.json. Unset: the file's only pipeline, else the one named like \
+                         the GStreamer pipeline holding this element (e.g. gst-launch-1.0's \
+                         pipeline0); when none matches, the start fails with an error listing \
+                         the names found.",
                     )
                     .mutable_ready()
                     .build(),
@@ -236,20 +299,42 @@ impl ObjectImpl for MetaFilter {
             "config" => {
                 let path = value
                     .get::<Option<String>>()
-                    .expect("type checked upstream")
-                    .map(PathBuf::from);
+                    .expect("type checked upstream");
                 let loaded = path
-                    .map(|path| {
-                        config::load_filter_file(&path)
-                            .map(|file| (path, file))
-                            .map_err(|e| e.context("invalid config"))
-                    })
-                    .transpose();
+                    .map(|path| ConfigFile::read(Path::new(&path)))
+                    .transpose()
+                    .map_err(|e| e.context("invalid config"))
+                    .and_then(|file| {
+                        // A bad file is refused now, and the previous one kept.
+                        let mut with_file = Settings {
+                            config: file.clone(),
+                            config_pipeline: settings.config_pipeline.clone(),
+                            ..Settings::default()
+                        };
+                        with_file.pick_config_filter(None)?;
+                        Ok((file, with_file.config_filter))
+                    });
                 self.update_filter(
                     &mut settings,
                     "config",
-                    loaded.map(|config| move |s: &mut Settings| s.config = config),
+                    loaded.map(|(file, filter)| {
+                        move |s: &mut Settings| {
+                            s.config = file;
+                            s.config_filter = filter;
+                        }
+                    }),
                 );
+            }
+            "config-pipeline" => {
+                settings.config_pipeline = value
+                    .get::<Option<String>>()
+                    .expect("type checked upstream")
+                    .filter(|name| !name.is_empty());
+                // Checked for good at start.
+                if let Err(err) = settings.pick_config_filter(None) {
+                    gst::warning!(CAT, imp = self, "{err}");
+                }
+                settings.resolve();
             }
             other => unreachable!("unknown property {other}"),
         }
@@ -274,8 +359,9 @@ impl ObjectImpl for MetaFilter {
             "config" => settings
                 .config
                 .as_ref()
-                .map(|(path, _)| path.display().to_string())
+                .map(|file| file.path.display().to_string())
                 .to_value(),
+            "config-pipeline" => settings.config_pipeline.to_value(),
             "stats" => {
                 let stats = *self.stats.lock().unwrap();
                 gst::Structure::builder("metafilter-stats")
@@ -339,11 +425,20 @@ impl BaseTransformImpl for MetaFilter {
     const TRANSFORM_IP_ON_PASSTHROUGH: bool = false;
 
     fn start(&self) -> Result<(), gst::ErrorMessage> {
-        let settings = self.settings.lock().unwrap();
+        let pipeline_name = self.pipeline_name();
+        let mut settings = self.settings.lock().unwrap();
         if let Some(error) = SettingError::join(settings.rejected.values()) {
             return Err(error.to_error_message());
         }
+        let warnings = settings
+            .pick_config_filter(Some(&pipeline_name))
+            .map_err(|e| e.to_error_message())?;
+        settings.resolve();
         gst::debug!(CAT, imp = self, "Starting with {:?}", settings.filter);
+        drop(settings);
+        for warning in warnings {
+            gst::element_imp_warning!(self, gst::LibraryError::Settings, ("{}", warning));
+        }
         *self.stats.lock().unwrap() = Stats::default();
         Ok(())
     }

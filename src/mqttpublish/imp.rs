@@ -530,7 +530,8 @@ impl ObjectImpl for MqttPublish {
                     .nick("Pipeline version")
                     .blurb(
                         "pipeline.version in message-format=dlsps messages (DLSPS puts the \
-                         pipeline's name from its config.json there). Default: \"\".",
+                         pipeline's name from its config.json there). Default: the name of the \
+                         config.json pipeline entry config reads, else \"\".",
                     )
                     .mutable_ready()
                     .build(),
@@ -566,11 +567,28 @@ impl ObjectImpl for MqttPublish {
                 glib::ParamSpecString::builder("config")
                     .nick("Configuration file")
                     .blurb(
-                        "Path to a JSON file (the path, not JSON text) with a DL Streamer \
-                         Pipeline Server mqtt_publisher section (bare or under \
-                         \"mqtt_publisher\"): topic, qos, protocol, publish_frame, tls, filter, \
-                         and host, port, client_id, username, password. Read at start. Properties set explicitly win over the file; \
-                         the file wins over MQTT_HOST/MQTT_PORT.",
+                        "Path to a JSON file (the path, not JSON text) with DL Streamer Pipeline \
+                         Server MQTT settings, in any of the forms DLSPS users have: its \
+                         config.json ({\"config\": {\"pipelines\": [{\"name\": .., \
+                         \"mqtt_publisher\": {..}}, ..]}}; see config-pipeline), a REST request \
+                         body ({\"destination\": {\"metadata\": {\"type\": \"mqtt\", \"topic\": \
+                         ..}}}, or a list of such entries: the last mqtt one counts), \
+                         {\"mqtt_publisher\": {..}}, or the mqtt_publisher section itself. Keys: \
+                         topic, qos, protocol, publish_frame, tls, filter, and this element's \
+                         host, port, client_id, username, password. Read at start. Properties \
+                         set explicitly win over the file; the file wins over \
+                         MQTT_HOST/MQTT_PORT. Keys DLSPS ignores are ignored with a warning.",
+                    )
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecString::builder("config-pipeline")
+                    .nick("Configuration pipeline")
+                    .blurb(
+                        "The name of the pipeline entry to read when config is a DLSPS \
+                         config.json. Unset: the file's only pipeline, else the one named like \
+                         the GStreamer pipeline holding this element (e.g. gst-launch-1.0's \
+                         pipeline0, or the name an application gives its pipeline); when none \
+                         matches, the start fails with an error listing the names found.",
                     )
                     .mutable_ready()
                     .build(),
@@ -711,6 +729,7 @@ impl ObjectImpl for MqttPublish {
             "skip-empty" => settings.skip_empty = get(value),
             "add-sink-time" => settings.add_sink_time = get(value),
             "config" => settings.config = non_empty(),
+            "config-pipeline" => settings.config_pipeline = non_empty(),
             "max-queued-messages" => {
                 if let Some(number) = self.number(&mut settings, "max-queued-messages", value) {
                     settings.max_queued_messages = number;
@@ -771,6 +790,7 @@ impl ObjectImpl for MqttPublish {
             "skip-empty" => settings.skip_empty.to_value(),
             "add-sink-time" => settings.add_sink_time.to_value(),
             "config" => settings.config.to_value(),
+            "config-pipeline" => settings.config_pipeline.to_value(),
             "max-queued-messages" => settings.max_queued_messages.to_value(),
             "max-queued-bytes" => settings.max_queued_bytes.to_value(),
             "leaky" => settings.leaky.to_value(),
@@ -1026,7 +1046,7 @@ impl MqttPublish {
                 ("{}", reasons.join("; "))
             ));
         }
-        let resolved = settings::load_config(&settings)
+        let resolved = settings::load_config(&settings, &self.pipeline_name())
             .and_then(|file| settings::resolve(&settings, &file, |name| std::env::var(name).ok()))
             .map_err(|e| e.to_error_message())?;
         for warning in &resolved.warnings {

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use super::message::MessageOptions;
 use super::{MessageFormat, MetadataSource};
-use crate::config::{tcp_port, PublisherConfig};
+use crate::config::{tcp_port, ConfigFile, PublisherConfig};
 use crate::error::SettingError;
 use crate::filter::Filter;
 use crate::mqtt::{ConnectionConfig, Leaky, Limits, Protocol, QoS, Secret};
@@ -75,6 +75,7 @@ pub struct Settings {
     pub pipeline_name: Option<String>,
     pub pipeline_version: Option<String>,
     pub config: Option<String>,
+    pub config_pipeline: Option<String>,
     pub max_queued_messages: u32,
     pub max_queued_bytes: u64,
     pub leaky: Leaky,
@@ -114,6 +115,7 @@ impl Default for Settings {
             pipeline_name: None,
             pipeline_version: None,
             config: None,
+            config_pipeline: None,
             max_queued_messages: DEFAULT_MAX_QUEUED_MESSAGES,
             max_queued_bytes: DEFAULT_MAX_QUEUED_BYTES,
             leaky: Leaky::default(),
@@ -138,9 +140,21 @@ pub struct Resolved {
 }
 
 /// Reads the configuration file the settings name; an empty configuration without one.
-pub fn load_config(settings: &Settings) -> Result<PublisherConfig, SettingError> {
+/// `gst_pipeline` is the name of the GStreamer pipeline, which picks the pipeline entry of
+/// a DLSPS `config.json` when `config-pipeline` does not.
+pub fn load_config(
+    settings: &Settings,
+    gst_pipeline: &str,
+) -> Result<PublisherConfig, SettingError> {
     match &settings.config {
-        Some(path) => PublisherConfig::load(Path::new(path)).map_err(|e| e.context("config")),
+        Some(path) => ConfigFile::read(Path::new(path))
+            .and_then(|file| file.publisher(settings.config_pipeline.as_deref(), gst_pipeline))
+            .map_err(|e| e.context("config")),
+        None if settings.config_pipeline.is_some() => Err(
+            "config-pipeline: is set but config is not: it picks a pipeline of a DLSPS \
+                 config.json"
+                .into(),
+        ),
         None => Ok(PublisherConfig::default()),
     }
 }
@@ -153,13 +167,23 @@ pub fn resolve(
     env: impl Fn(&str) -> Option<String>,
 ) -> Result<Resolved, SettingError> {
     let mut warnings = Vec::new();
+    let path = settings.config.as_deref().unwrap_or_default();
+    let place = if file.place.is_empty() {
+        String::new()
+    } else {
+        format!(": {}", file.place)
+    };
     if !file.unknown_keys.is_empty() {
         warnings.push(format!(
-            "config: {} has keys this element does not know, ignored: {}",
-            settings.config.as_deref().unwrap_or_default(),
+            "config: {path}{place} has keys this element does not know, ignored: {}",
             file.unknown_keys.join(", ")
         ));
     }
+    warnings.extend(
+        file.warnings
+            .iter()
+            .map(|warning| format!("config: {path}: {warning}")),
+    );
 
     let host = match &settings.host {
         Some(host) => host.clone(),
@@ -284,7 +308,12 @@ pub fn resolve(
         skip_empty: settings.skip_empty,
         add_sink_time: settings.add_sink_time,
         pipeline_name: settings.pipeline_name.clone(),
-        pipeline_version: settings.pipeline_version.clone().unwrap_or_default(),
+        // DLSPS puts the name of the config.json pipeline there.
+        pipeline_version: settings
+            .pipeline_version
+            .clone()
+            .or_else(|| file.pipeline.clone())
+            .unwrap_or_default(),
     };
     Ok(Resolved {
         connection,
@@ -691,5 +720,77 @@ mod tests {
         assert!(parse_tags("{")
             .unwrap_err()
             .starts_with("tags: invalid JSON"));
+    }
+    #[test]
+    fn a_config_json_pipeline_names_the_version_and_the_warnings() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.json");
+        std::fs::write(
+            &path,
+            r#"{"config": {"pipelines": [
+                {"name": "dock", "pipeline": "..", "mqtt_publisher": {"topic": "dock/results", "qso": 1}},
+                {"name": "gate", "pipeline": ".."}
+            ]}}"#,
+        )
+        .unwrap();
+        let settings = Settings {
+            config: Some(path.display().to_string()),
+            ..Settings::default()
+        };
+        let file = load_config(&settings, "dock").unwrap();
+        let r = resolved(&settings, &file);
+        assert_eq!(r.connection.topic, "dock/results");
+        assert_eq!(r.message.pipeline_version, "dock");
+        assert_eq!(
+            r.warnings,
+            [format!(
+                "config: {}: pipeline \"dock\" has keys this element does not know, ignored: qso",
+                path.display()
+            )]
+        );
+        // The property wins over the entry's name.
+        let named = Settings {
+            pipeline_version: Some("v2".into()),
+            ..settings.clone()
+        };
+        assert_eq!(resolved(&named, &file).message.pipeline_version, "v2");
+
+        // The other entry has no mqtt_publisher: the defaults, and a warning.
+        let gate = Settings {
+            config_pipeline: Some("gate".into()),
+            ..settings.clone()
+        };
+        let file = load_config(&gate, "dock").unwrap();
+        let r = resolved(&gate, &file);
+        assert_eq!(r.connection.topic, DEFAULT_TOPIC);
+        assert!(
+            r.warnings[0].ends_with(
+                "pipeline \"gate\" has no \"mqtt_publisher\": DLSPS publishes \
+                 nothing over MQTT for it; only the element's properties and defaults apply"
+            ),
+            "{:?}",
+            r.warnings
+        );
+
+        // Neither config-pipeline nor the GStreamer pipeline's name picks one.
+        let err = load_config(&settings, "pipeline0").unwrap_err();
+        assert_eq!(
+            err,
+            SettingError::Invalid(format!(
+                "config: {}: config.pipelines has 2 pipelines (\"dock\", \"gate\") and none is \
+                 named like the GStreamer pipeline (\"pipeline0\"): set config-pipeline to the \
+                 one to use",
+                path.display()
+            ))
+        );
+        // config-pipeline without config.
+        let alone = Settings {
+            config_pipeline: Some("dock".into()),
+            ..Settings::default()
+        };
+        assert!(load_config(&alone, "p")
+            .unwrap_err()
+            .to_string()
+            .starts_with("config-pipeline: is set but config is not"));
     }
 }

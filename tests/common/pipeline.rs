@@ -54,11 +54,24 @@ pub struct Run {
 impl Run {
     /// Parses the gst-launch `description` and sets it to PLAYING.
     pub fn start(description: &str) -> Run {
+        Run::start_with_name(None, description)
+    }
+
+    /// [`Run::start`] with the pipeline called `name` (gst-launch names it `pipeline0`), as
+    /// an application names its pipeline.
+    pub fn start_named(name: &str, description: &str) -> Run {
+        Run::start_with_name(Some(name), description)
+    }
+
+    fn start_with_name(name: Option<&str>, description: &str) -> Run {
         init_plugin();
         let pipeline = gst::parse::launch(description)
             .unwrap()
             .downcast::<gst::Pipeline>()
             .unwrap();
+        if let Some(name) = name {
+            pipeline.set_property("name", name);
+        }
         let flow = Flow::default();
         if let Some(sink) = pipeline.by_name("sink") {
             flow.watch(&sink.static_pad("sink").unwrap());
