@@ -305,7 +305,10 @@ fn dlsps_certificate_recipe_with_a_v1_client_certificate() {
         &format!("{} flush-timeout=1000", tls(&recipe.other_ca)),
     );
     let error = run.wait_error(LONG);
-    assert!(error.contains("5 of 5 messages were not delivered"), "{error}");
+    assert!(
+        error.contains("5 of 5 messages were not delivered"),
+        "{error}"
+    );
     let warnings = run.warnings();
     let stats = run.stop();
     assert!(
