@@ -8,10 +8,13 @@
 //!
 //! All access to buffer metadata goes through the functions re-exported here
 //! ([`read_objects`], [`retain_objects`], [`retain_classifications`], [`attach_objects`]).
-//! Today they are backed by `GstVideoRegionOfInterestMeta` (the [`roi`] module); a reader for
-//! GStreamer >= 1.24's analytics relation meta can be added behind the same functions
-//! without touching the elements.
+//! They are backed by `GstVideoRegionOfInterestMeta` (the [`roi`] module) and, with the
+//! `analytics` feature, also by GStreamer >= 1.24's `GstAnalyticsRelationMeta` (the
+//! `analytics` module, which pairs the two forms of one object); the elements do not know
+//! which.
 
+#[cfg(feature = "analytics")]
+mod analytics;
 mod dlsps;
 mod json;
 mod roi;
@@ -27,8 +30,13 @@ static CAT: Lazy<gst::DebugCategory> = Lazy::new(|| {
     )
 });
 
+#[cfg(feature = "analytics")]
+pub use analytics::{
+    attach_objects, object_count, read_objects, retain_classifications, retain_objects,
+};
 pub use dlsps::{write_dlsps_metadata, DlspsFrame, PipelineInfo};
 pub use json::{parse_frame_line, write_frame_json, FrameContext, RecordedFrame};
+#[cfg(not(feature = "analytics"))]
 pub use roi::{attach_objects, object_count, read_objects, retain_classifications, retain_objects};
 
 /// A rectangle in pixels, as carried by a region-of-interest meta.
