@@ -49,6 +49,9 @@ ROOT_PACKAGES=(
     python3-gst-1.0
     gir1.2-gst-plugins-bad-1.0
     openssl
+    # meson's `analytics` option finds gstreamer-analytics-1.0 here
+    meson
+    ninja-build
 )
 
 DEBOOTSTRAP_MARKER=.gst126-debootstrap-done
@@ -220,6 +223,12 @@ run_lane() {
     local t
     in_root pkg-config --modversion gstreamer-1.0 gstreamer-analytics-1.0 >&2 ||
         die "gstreamer-analytics-1.0 not found by pkg-config in the root"
+
+    log "meson setup: -Danalytics=auto finds gstreamer-analytics-1.0"
+    # shellcheck disable=SC2016 # runs in the root
+    in_root /bin/sh -c 'rm -rf /build/meson && meson setup /build/meson >/build/meson-setup.log 2>&1 &&
+        grep -qi "analytics relation meta: *true" /build/meson-setup.log' ||
+        die "meson setup in the root did not enable the analytics feature (see $ROOT/build/meson-setup.log)"
 
     t=$SECONDS
     log "clippy --features analytics"
