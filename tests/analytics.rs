@@ -198,3 +198,99 @@ fn metafilter_removes_relation_meta_classifications_below_the_threshold() {
         assert_person(person);
     }
 }
+
+/// One object per frame, as `gvametapublish` records it: a tracked car in a 640x480 frame.
+const RECORDING_LINE: &str = r#"{"objects":[{"x":100,"y":100,"w":200,"h":100,"roi_type":"car","id":5,"region_id":0,"detection":{"confidence":0.9,"label":"car","label_id":1,"bounding_box":{"x_min":0.15625,"x_max":0.46875,"y_min":0.2083333333,"y_max":0.4166666667}}}],"resolution":{"width":640,"height":480},"timestamp":0}"#;
+
+#[test]
+fn metareplay_output_is_drawn_by_objectdetectionoverlay_and_published_once() {
+    use gst::prelude::*;
+
+    common::init_plugin();
+    let broker = Broker::new();
+    let dir = tempfile::tempdir().unwrap();
+    let recording = dir.path().join("car.jsonl");
+    std::fs::write(&recording, format!("{RECORDING_LINE}\n").repeat(3)).unwrap();
+    let topic = "analytics/replay";
+    let port = broker.port().to_string();
+    let sub = Command::new("mosquitto_sub")
+        .args(["-h", broker.host(), "-p", &port, "-t", topic, "-q", "1"])
+        .args(["-C", "3", "-W", "60"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("mosquitto_sub runs");
+    broker.wait_for_log("Received SUBSCRIBE", Duration::from_secs(10));
+
+    // Black frames; GStreamer's own overlay draws the ODMtds it finds, in red, without labels.
+    let pipeline = gst::parse::launch(&format!(
+        "videotestsrc num-buffers=3 pattern=black \
+         ! video/x-raw,format=RGBA,width=640,height=480,framerate=10/1 \
+         ! metareplay location={} \
+         ! objectdetectionoverlay draw-labels=false object-detection-outline-color=0xffff0000 \
+         ! tee name=t ! queue ! appsink name=frames sync=false \
+         t. ! queue ! mqttpublish host={} port={port} topic={topic} qos=1 leaky=none",
+        recording.display(),
+        broker.host()
+    ))
+    .expect("objectdetectionoverlay (gstreamer1.0-plugins-bad >= 1.24) and this plugin")
+    .downcast::<gst::Pipeline>()
+    .unwrap();
+    let appsink = pipeline
+        .by_name("frames")
+        .unwrap()
+        .downcast::<gst_app::AppSink>()
+        .unwrap();
+    pipeline.set_state(gst::State::Playing).unwrap();
+
+    let mut frames = 0;
+    while let Some(sample) = appsink.try_pull_sample(gst::ClockTime::from_seconds(10)) {
+        let buffer = sample.buffer().unwrap();
+        let map = buffer.map_readable().unwrap();
+        let stride = 640 * 4;
+        let red = |x: usize, y: usize| map[y * stride + x * 4];
+        let green = |x: usize, y: usize| map[y * stride + x * 4 + 1];
+        // The left edge of the box, halfway down, is drawn red; inside and far away is black.
+        assert!(
+            (97..=103).any(|x| red(x, 150) > 128 && green(x, 150) < 64),
+            "no red outline at x=100, y=150: {:?}",
+            (95..=105).map(|x| red(x, 150)).collect::<Vec<_>>()
+        );
+        assert_eq!((red(200, 150), green(200, 150)), (0, 0), "inside the box");
+        assert_eq!((red(500, 400), green(500, 400)), (0, 0), "outside the box");
+        frames += 1;
+        if frames == 3 {
+            break;
+        }
+    }
+    assert_eq!(frames, 3);
+    let bus = pipeline.bus().unwrap();
+    let msg = bus
+        .timed_pop_filtered(
+            gst::ClockTime::from_seconds(30),
+            &[gst::MessageType::Eos, gst::MessageType::Error],
+        )
+        .expect("end of stream");
+    assert!(matches!(msg.view(), gst::MessageView::Eos(_)), "{msg:?}");
+    pipeline.set_state(gst::State::Null).unwrap();
+
+    let received = sub.wait_with_output().unwrap();
+    assert!(received.status.success(), "mosquitto_sub: {received:?}");
+    let text = String::from_utf8(received.stdout).unwrap();
+    assert_eq!(text.lines().count(), 3, "{text}");
+    for line in text.lines() {
+        let message: Value = serde_json::from_str(line).unwrap();
+        let objects = message["objects"].as_array().unwrap();
+        // metareplay attached the car as an ODMtd and as an ROI meta of the same id.
+        let [car] = &objects[..] else {
+            panic!("the car once: {line}");
+        };
+        assert_eq!(car["roi_type"], "car");
+        assert_eq!(car["id"], 5);
+        assert_eq!(
+            (car["x"].as_u64(), car["w"].as_u64()),
+            (Some(100), Some(200))
+        );
+        assert_eq!(car["detection"]["label_id"], 1);
+        assert_close(&car["detection"]["confidence"], 0.9);
+    }
+}
