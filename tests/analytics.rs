@@ -24,6 +24,22 @@ const FRAMES: usize = 5;
 /// Runs the producer with `args` and returns the `objects` of each message a
 /// `mosquitto_sub` subscribed beforehand received.
 fn produce(args: &[&str]) -> Vec<Vec<Value>> {
+    produce_messages(args)
+        .iter()
+        .map(|message| {
+            // The metadata itself, or inside the envelope of message-format=dlsps.
+            let metadata = message.get("metadata").unwrap_or(message);
+            metadata["objects"]
+                .as_array()
+                .unwrap_or_else(|| panic!("objects in {message}"))
+                .clone()
+        })
+        .collect()
+}
+
+/// Runs the producer with `args` and returns the messages a `mosquitto_sub` subscribed
+/// beforehand received.
+fn produce_messages(args: &[&str]) -> Vec<Value> {
     let broker = Broker::new();
     let dir = tempfile::tempdir().unwrap();
     let plugins = plugin_dir(dir.path());
@@ -54,15 +70,9 @@ fn produce(args: &[&str]) -> Vec<Vec<Value>> {
     let received = sub.wait_with_output().unwrap();
     assert!(received.status.success(), "mosquitto_sub: {received:?}");
     let text = String::from_utf8(received.stdout).unwrap();
-    let messages: Vec<Vec<Value>> = text
+    let messages: Vec<Value> = text
         .lines()
-        .map(|line| {
-            let message: Value = serde_json::from_str(line).expect("a JSON message");
-            message["objects"]
-                .as_array()
-                .unwrap_or_else(|| panic!("objects in {line}"))
-                .clone()
-        })
+        .map(|line| serde_json::from_str(line).expect("a JSON message"))
         .collect();
     assert_eq!(messages.len(), FRAMES, "{text}");
     messages
@@ -196,6 +206,34 @@ fn metafilter_removes_relation_meta_classifications_below_the_threshold() {
             "red (0.8) is removed: {car}"
         );
         assert_person(person);
+    }
+}
+
+#[test]
+fn dlsps_gva_meta_comes_from_the_relation_meta() {
+    for message in produce_messages(&["--sink", "message-format=dlsps"]) {
+        let gva_meta = message["metadata"]["gva_meta"].as_array().unwrap();
+        let [car, person] = &gva_meta[..] else {
+            panic!("one gva_meta entry per object: {message}");
+        };
+        assert_eq!(
+            (car["x"].as_u64(), car["y"].as_u64()),
+            (Some(10), Some(20)),
+            "{car}"
+        );
+        assert_eq!(
+            (car["width"].as_u64(), car["height"].as_u64()),
+            (Some(100), Some(50))
+        );
+        assert_eq!(car["object_id"], 7);
+        let tensor = car["tensor"].as_array().unwrap();
+        assert_eq!(tensor.len(), 2, "detection and classification: {car}");
+        assert_eq!(tensor[0]["name"], "detection");
+        assert_eq!(tensor[0]["label"], "car");
+        assert_close(&tensor[0]["confidence"], 0.9);
+        assert_eq!(tensor[1]["name"], "classification");
+        assert_eq!(tensor[1]["label"], "red");
+        assert_eq!(person["object_id"], 8);
     }
 }
 

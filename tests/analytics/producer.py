@@ -14,7 +14,9 @@ ODMtd's id, laid out as DL Streamer's gvadetect/gvaclassify/gvatrack write it: a
 `detection` param (normalized box, confidence, label_id), an `object_id` param and, for
 the car, a `color` classification param (label "red", model_name "color_net").
 
-    producer.py HOST PORT TOPIC FRAMES [--legacy-roi] [--filter 'PROPS']
+    producer.py HOST PORT TOPIC FRAMES [--legacy-roi] [--filter 'PROPS'] [--sink 'PROPS']
+
+--filter puts a metafilter with PROPS before the sink; --sink adds PROPS to mqttpublish.
 
 mqttpublish and metafilter come from GST_PLUGIN_PATH. Exits 0 after end of stream.
 """
@@ -78,6 +80,9 @@ def main(argv):
     filter_props = None
     if "--filter" in args:
         filter_props = args[args.index("--filter") + 1]
+    sink_props = ""
+    if "--sink" in args:
+        sink_props = " " + args[args.index("--sink") + 1]
     host, port, topic, frames = args[0], int(args[1]), args[2], int(args[3])
 
     Gst.init(None)
@@ -87,7 +92,7 @@ def main(argv):
     )
     if filter_props is not None:
         desc += f"! metafilter {filter_props} "
-    desc += f"! mqttpublish host={host} port={port} topic={topic} qos=1 leaky=none"
+    desc += f"! mqttpublish host={host} port={port} topic={topic} qos=1 leaky=none{sink_props}"
     pipeline = Gst.parse_launch(desc)
     src = pipeline.get_by_name("src")
     pipeline.set_state(Gst.State.PLAYING)
