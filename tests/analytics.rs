@@ -196,16 +196,23 @@ fn metafilter_removes_relation_meta_objects_below_the_threshold() {
 
 #[test]
 fn metafilter_removes_relation_meta_classifications_below_the_threshold() {
-    for objects in produce(&["--filter", "type=classification threshold=0.9"]) {
-        let [car, person] = &objects[..] else {
-            panic!("the objects stay: {objects:?}");
-        };
-        assert_car(car);
-        assert!(
-            classifications(car).is_empty(),
-            "red (0.8) is removed: {car}"
-        );
-        assert_person(person);
+    let filter = "type=classification threshold=0.9";
+    for args in [
+        &["--filter", filter][..],
+        &["--legacy-roi", "--filter", filter],
+    ] {
+        for objects in produce(args) {
+            let [car, person] = &objects[..] else {
+                panic!("{args:?}: the objects stay: {objects:?}");
+            };
+            assert_car(car);
+            // With the legacy ROI meta, in both forms.
+            assert!(
+                classifications(car).is_empty(),
+                "{args:?}: red (0.8) is removed: {car}"
+            );
+            assert_person(person);
+        }
     }
 }
 

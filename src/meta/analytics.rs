@@ -54,6 +54,9 @@ struct Source {
     /// For each classification of the object: the ClsMtd it was read from, `None` for a
     /// param structure of the ROI meta.
     cls: Vec<Option<u32>>,
+    /// The ClsMtds left out because the ROI meta carries a result with the same label:
+    /// (label, ClsMtd id). Removing that result removes them too.
+    hidden_cls: Vec<(String, u32)>,
 }
 
 /// Reads every object on `buffer`: see the module documentation for the order and merging.
@@ -80,20 +83,21 @@ fn read_with_sources(buffer: &gst::BufferRef) -> Option<(Objects, Vec<Source>)> 
 
     let rois: Vec<_> = buffer.iter_meta::<VideoRegionOfInterestMeta>().collect();
     let mut paired = vec![false; rois.len()];
+    let mut by_id: HashMap<i32, Vec<usize>> = HashMap::new();
+    for (i, roi) in rois.iter().enumerate() {
+        by_id.entry(roi.id()).or_default().push(i);
+    }
 
     for od in meta.iter::<AnalyticsODMtd>() {
         let od_id = od.id();
         // Every ROI meta of this id is this object; the first one gives the parameters.
         let mut roi_object = None;
-        if let Ok(id) = i32::try_from(od_id) {
-            for (i, roi) in rois.iter().enumerate() {
-                if roi.id() == id {
-                    if roi_object.is_none() {
-                        roi_object = Some(roi::read_object(roi, &mut out.invalid_confidences));
-                    }
-                    paired[i] = true;
-                }
+        let same_id = i32::try_from(od_id).ok().and_then(|id| by_id.get(&id));
+        for &i in same_id.into_iter().flatten() {
+            if roi_object.is_none() {
+                roi_object = Some(roi::read_object(&rois[i], &mut out.invalid_confidences));
             }
+            paired[i] = true;
         }
         let (object, source) = read_od(&meta, &od, roi_object, &mut out.invalid_confidences);
         out.objects.push(object);
@@ -106,6 +110,7 @@ fn read_with_sources(buffer: &gst::BufferRef) -> Option<(Objects, Vec<Source>)> 
                 od: None,
                 roi_index: Some(i),
                 cls: vec![None; object.classifications.len()],
+                hidden_cls: Vec::new(),
             });
             out.objects.push(object);
         }
@@ -133,6 +138,7 @@ fn read_od(
         od: Some(od_id),
         roi_index: None,
         cls: vec![None; object.classifications.len()],
+        hidden_cls: Vec::new(),
     };
 
     if let Some(label) = od.obj_type() {
@@ -172,12 +178,9 @@ fn read_od(
     }
 
     // Tracking id: a TrackingMtd related either way.
-    for tracking in meta.iter::<AnalyticsTrackingMtd>() {
-        if related(meta, od_id, tracking.id()) {
-            let (id, _, _, _) = tracking.info();
-            object.tracking_id = Some(i64::try_from(id).unwrap_or(i64::MAX));
-            break;
-        }
+    if let Some(tracking) = tracking_of(meta, od_id) {
+        let (id, _, _, _) = tracking.info();
+        object.tracking_id = Some(i64::try_from(id).unwrap_or(i64::MAX));
     }
 
     // Classifications: the ClsMtds the ODMtd CONTAINs. A result the ROI meta already carries
@@ -193,6 +196,7 @@ fn read_od(
                 .iter()
                 .any(|c| c.label == classification.label)
         {
+            source.hidden_cls.push((classification.label, cls.id()));
             continue;
         }
         object.classifications.push(classification);
@@ -247,9 +251,17 @@ fn read_cls(
     })
 }
 
-/// Whether two records of the relation meta are related, in either direction.
-fn related(meta: &AnalyticsRelationMeta, a: u32, b: u32) -> bool {
-    !meta.relation(a, b).is_empty() || !meta.relation(b, a).is_empty()
+/// The first TrackingMtd related to the ODMtd `od`, in either direction.
+fn tracking_of<'a>(
+    meta: &'a gst::MetaRef<'a, AnalyticsRelationMeta>,
+    od: u32,
+) -> Option<AnalyticsMtdRef<'a, AnalyticsTrackingMtd>> {
+    meta.iter_direct_related::<AnalyticsTrackingMtd>(od, RelTypes::ANY)
+        .next()
+        .or_else(|| {
+            meta.iter::<AnalyticsTrackingMtd>()
+                .find(|t| !meta.relation(t.id(), od).is_empty())
+        })
 }
 
 /// A pixel box of the relation meta (signed, may reach outside the frame) as an ROI
@@ -363,10 +375,20 @@ pub fn retain_classifications(
                 (Some(cls), _, _) => {
                     doomed_cls.insert(*cls);
                 }
-                (None, Some(_), _) => doomed_params
-                    .entry(object.region_id)
-                    .or_default()
-                    .push(c.name.clone()),
+                (None, Some(_), _) => {
+                    doomed_params
+                        .entry(object.region_id)
+                        .or_default()
+                        .push(c.name.clone());
+                    // The same result as a ClsMtd would take its place.
+                    doomed_cls.extend(
+                        source
+                            .hidden_cls
+                            .iter()
+                            .filter(|(label, _)| *label == c.label)
+                            .map(|(_, id)| *id),
+                    );
+                }
                 (None, None, Some(i)) => doomed_roi_only.entry(i).or_default().push(c.name.clone()),
                 (None, None, None) => {}
             }
@@ -407,8 +429,11 @@ fn belonging_to(buffer: &gst::BufferRef, doomed_od: &HashSet<u32>) -> HashSet<u3
         for cls in meta.iter_direct_related::<AnalyticsClassificationMtd>(od, RelTypes::CONTAIN) {
             doomed.insert(cls.id());
         }
+        for tracking in meta.iter_direct_related::<AnalyticsTrackingMtd>(od, RelTypes::ANY) {
+            doomed.insert(tracking.id());
+        }
         for tracking in meta.iter::<AnalyticsTrackingMtd>() {
-            if related(&meta, od, tracking.id()) {
+            if !meta.relation(tracking.id(), od).is_empty() {
                 doomed.insert(tracking.id());
             }
         }
@@ -474,11 +499,18 @@ fn rebuild(buffer: &mut gst::BufferRef, doomed: &HashSet<u32>) {
         };
         kept.push((id, record));
     }
-    let relations: Vec<(u32, u32, RelTypes)> = kept
+    let mut relations: Vec<(u32, u32, RelTypes)> = Vec::new();
+    for (a, _) in &kept {
+        for b in meta.iter_direct_related::<AnalyticsAnyMtd>(*a, RelTypes::ANY) {
+            if !doomed.contains(&b.id()) {
+                relations.push((*a, b.id(), meta.relation(*a, b.id())));
+            }
+        }
+    }
+    let old_ods: HashSet<u32> = kept
         .iter()
-        .flat_map(|(a, _)| kept.iter().map(move |(b, _)| (*a, *b)))
-        .map(|(a, b)| (a, b, meta.relation(a, b)))
-        .filter(|(_, _, rel)| !rel.is_empty())
+        .filter(|(_, r)| matches!(r, Record::Od { .. }))
+        .map(|(id, _)| *id)
         .collect();
     let tracking_state: HashMap<u32, (gst::ClockTime, bool)> = meta
         .iter::<AnalyticsTrackingMtd>()
@@ -567,14 +599,31 @@ fn rebuild(buffer: &mut gst::BufferRef, doomed: &HashSet<u32>) {
         }
     }
 
-    // The ROI metas of kept objects follow their ODMtd's new id.
+    // The ROI metas of kept objects follow their ODMtd's new id. An ROI meta of no ODMtd
+    // whose id one of the new ids takes gets a fresh id, so it stays an object of its own.
     let remap = |id: i32| -> Option<i32> {
-        let old = u32::try_from(id).ok()?;
+        let old = u32::try_from(id).ok().filter(|id| old_ods.contains(id))?;
         new_ids.get(&old).and_then(|new| i32::try_from(*new).ok())
     };
+    let new_ods: HashSet<i32> = old_ods
+        .iter()
+        .filter_map(|old| new_ids.get(old))
+        .filter_map(|new| i32::try_from(*new).ok())
+        .collect();
+    let mut fresh = buffer
+        .iter_meta::<VideoRegionOfInterestMeta>()
+        .map(|r| r.id())
+        .chain(new_ods.iter().copied())
+        .max()
+        .unwrap_or(0)
+        .saturating_add(1);
     for mut roi in buffer.iter_meta_mut::<VideoRegionOfInterestMeta>() {
         if let Some(new) = remap(roi.id()) {
             roi.set_id(new);
+        } else if new_ods.contains(&roi.id()) {
+            gst::debug!(CAT, "ROI meta id {} renumbered to {fresh}", roi.id());
+            roi.set_id(fresh);
+            fresh = fresh.saturating_add(1);
         }
         if let Some(new) = remap(roi.parent_id()) {
             roi.set_parent_id(new);
@@ -857,6 +906,58 @@ mod tests {
         assert_eq!(meta.iter::<AnalyticsClassificationMtd>().count(), 0);
         assert_eq!(meta.iter::<AnalyticsTrackingMtd>().count(), 0);
         assert_eq!(meta.iter::<AnalyticsODMtd>().count(), 1);
+    }
+
+    #[test]
+    fn renumbered_odmtds_never_take_the_id_of_an_roi_meta_of_their_own() {
+        init();
+        let mut buffer = gst::Buffer::new();
+        {
+            let mut meta = AnalyticsRelationMeta::add(buffer.get_mut().unwrap());
+            let a = meta.add_od_mtd(q("a"), 0, 0, 1, 1, 0.1).unwrap().id();
+            let cls = meta.add_one_cls_mtd(0.5, q("x")).unwrap().id();
+            let b = meta.add_od_mtd(q("b"), 0, 0, 1, 1, 0.9).unwrap().id();
+            meta.set_relation(RelTypes::CONTAIN, b, cls).unwrap();
+            assert_eq!((a, cls, b), (0, 1, 2));
+        }
+        // An ROI meta of another producer, with the id the ClsMtd has.
+        let other = Object {
+            label: "box".into(),
+            region_id: 1,
+            ..Object::default()
+        };
+        roi::attach_objects(buffer.get_mut().unwrap(), &[other], 100, 100);
+        let (removed, _) = retain_objects(buffer.get_mut().unwrap(), |o| o.label != "a");
+        assert_eq!(removed, 1);
+        let objects = read_objects(&buffer).objects;
+        let labels: Vec<&str> = objects.iter().map(|o| o.label.as_str()).collect();
+        assert_eq!(labels, ["b", "box"], "{objects:?}");
+        assert_eq!(objects[0].classifications[0].label, "x");
+        assert_ne!(objects[0].region_id, objects[1].region_id);
+    }
+
+    #[test]
+    fn removing_a_result_carried_in_both_forms_removes_both() {
+        init();
+        let (mut buffer, car, _) = relation_only();
+        let roi_car = Object {
+            label: "car".into(),
+            region_id: car as i32,
+            classifications: vec![Classification {
+                name: "color".into(),
+                label: "red".into(),
+                confidence: Some(0.5),
+                ..Classification::default()
+            }],
+            ..Object::default()
+        };
+        roi::attach_objects(buffer.get_mut().unwrap(), &[roi_car], 100, 100);
+        assert_eq!(read_objects(&buffer).objects[0].classifications.len(), 1);
+        let (removed, _) =
+            retain_classifications(buffer.get_mut().unwrap(), |_, c| c.label != "red");
+        assert_eq!(removed, 1);
+        let objects = read_objects(&buffer).objects;
+        assert!(objects[0].classifications.is_empty(), "{objects:?}");
     }
 
     #[test]
