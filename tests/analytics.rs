@@ -339,3 +339,21 @@ fn metareplay_output_is_drawn_by_objectdetectionoverlay_and_published_once() {
         assert_close(&car["detection"]["confidence"], 0.9);
     }
 }
+
+#[test]
+fn gst_inspect_says_this_build_reads_relation_meta() {
+    common::init_plugin();
+    for name in ["mqttpublish", "metafilter"] {
+        let factory = gst::ElementFactory::find(name).unwrap();
+        let description = factory.metadata("description").unwrap();
+        assert!(
+            description.contains("Reads GstAnalyticsRelationMeta"),
+            "{name}: {description}"
+        );
+    }
+    let factory = gst::ElementFactory::find("metareplay").unwrap();
+    assert!(factory
+        .metadata("description")
+        .unwrap()
+        .contains("GstAnalyticsRelationMeta (ODMtd"));
+}

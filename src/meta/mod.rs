@@ -39,6 +39,23 @@ pub use json::{parse_frame_line, write_frame_json, FrameContext, RecordedFrame};
 #[cfg(not(feature = "analytics"))]
 pub use roi::{attach_objects, object_count, read_objects, retain_classifications, retain_objects};
 
+/// What this build reads, for the element descriptions that `gst-inspect-1.0` shows.
+#[cfg(feature = "analytics")]
+pub const READS: &str = "Reads GstAnalyticsRelationMeta (ODMtd with the ClsMtd it contains \
+     and its TrackingMtd) and GstVideoRegionOfInterestMeta; an object carried in both \
+     (same id) counts once.";
+#[cfg(not(feature = "analytics"))]
+pub const READS: &str = "Reads GstVideoRegionOfInterestMeta (built without the analytics \
+     feature, so not GstAnalyticsRelationMeta).";
+
+/// What `metareplay` attaches in this build, for its description.
+#[cfg(feature = "analytics")]
+pub const ATTACHES: &str = "region-of-interest metadata and GstAnalyticsRelationMeta (ODMtd, \
+     ClsMtd, TrackingMtd) laid out like DL Streamer's gvadetect/gvaclassify/gvatrack";
+#[cfg(not(feature = "analytics"))]
+pub const ATTACHES: &str =
+    "region-of-interest metadata laid out like DL Streamer's gvadetect/gvaclassify";
+
 /// A rectangle in pixels, as carried by a region-of-interest meta.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Rect {

@@ -650,9 +650,12 @@ impl ElementImpl for MqttPublish {
             gst::subclass::ElementMetadata::new(
                 "MQTT analytics publisher",
                 "Sink/Network/Video",
-                "Publishes the detections and classifications on each buffer as gvametaconvert \
-                 JSON, optionally with the frame as base64 JPEG, to an MQTT broker without \
-                 stalling the pipeline",
+                &format!(
+                    "Publishes the detections and classifications on each buffer as \
+                     gvametaconvert JSON, optionally with the frame as base64 JPEG, to an MQTT \
+                     broker without stalling the pipeline. {}",
+                    crate::meta::READS
+                ),
                 "gst-plugin-analyticsmqtt contributors",
             )
         });
