@@ -28,6 +28,8 @@ set -euo pipefail
 REPO_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 SUITE=trixie
 ROOT=${GST126_ROOT:-${CARGO_TARGET_DIR:-$REPO_DIR/target}/trixie-root}
+# chroot and the mounts below need an absolute path (CARGO_TARGET_DIR may be relative).
+ROOT=$(realpath -m "$ROOT")
 
 # What the root needs: GStreamer 1.26 development files (the analytics library is in
 # plugins-bad), the plugins the tests use, the broker and its clients, the encoder, a C
