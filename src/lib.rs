@@ -36,6 +36,8 @@ pub mod internals {
         Section as ConfigSection,
     };
     pub use crate::jpeg::{is_supported, JpegEncoder, JpegError, SUPPORTED_FORMATS};
+    /// Reading and attaching objects, for `examples/meta_read_bench.rs`.
+    pub use crate::meta::{attach_objects, read_objects};
     pub use crate::meta::{
         parse_frame_line, write_frame_json, BoundingBox, Classification, Detection, FrameContext,
         Object, RecordedFrame,
