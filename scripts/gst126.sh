@@ -245,6 +245,11 @@ run_lane() {
         die "unit tests with --features analytics failed in the root"
     in_root cargo test --locked --features analytics --test analytics ||
         die "the analytics tests failed in the root"
+    # Buffers with ROI meta only behave as in the default build (metareplay's ROI ids
+    # excepted: they become the ODMtd ids, see tests/metareplay.rs).
+    in_root cargo test --locked --features analytics --test harness --test metafilter \
+        --test metareplay ||
+        die "the ROI meta element tests failed with --features analytics in the root"
     log "tests took $((SECONDS - t))s"
 }
 
