@@ -17,6 +17,10 @@
 #                 so the dependencies are not built twice). That checks they
 #                 compile and link; fuzzing itself: see fuzz/README.md
 #   test          cargo test (unit, integration incl. tests/meson_install.rs, doc tests)
+#   gst126        scripts/gst126.sh: the `analytics` feature built, linted and tested
+#                 against GStreamer 1.26 in a Debian 13 root under the target directory
+#                 (made on the first run, a few minutes; needs root and the Debian
+#                 mirror, and fails saying so when it cannot run)
 #
 # Exits non-zero when any step failed.
 set -euo pipefail
@@ -84,6 +88,7 @@ else
     summary+=("SKIP  fuzz-build (no fuzz/ directory)")
 fi
 step test cargo test
+step gst126 scripts/gst126.sh
 
 printf '\n==> summary\n'
 printf '%s\n' "${summary[@]}"

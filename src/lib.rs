@@ -40,6 +40,8 @@ pub mod internals {
         attach_json_message, json_messages, parse_frame_line, write_frame_json, BoundingBox,
         Classification, Detection, FrameContext, Object, RecordedFrame,
     };
+    /// Reading and attaching objects, for `examples/meta_read_bench.rs`.
+    pub use crate::meta::{attach_objects, read_objects};
 }
 
 fn plugin_init(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {

@@ -8,10 +8,13 @@
 //!
 //! All access to buffer metadata goes through the functions re-exported here
 //! ([`read_objects`], [`retain_objects`], [`retain_classifications`], [`attach_objects`]).
-//! Today they are backed by `GstVideoRegionOfInterestMeta` (the [`roi`] module); a reader for
-//! GStreamer >= 1.24's analytics relation meta can be added behind the same functions
-//! without touching the elements.
+//! They are backed by `GstVideoRegionOfInterestMeta` (the [`roi`] module) and, with the
+//! `analytics` feature, also by GStreamer >= 1.24's `GstAnalyticsRelationMeta` (the
+//! `analytics` module, which pairs the two forms of one object); the elements do not know
+//! which.
 
+#[cfg(feature = "analytics")]
+mod analytics;
 mod dlsps;
 mod gva_json;
 mod json;
@@ -28,12 +31,34 @@ static CAT: Lazy<gst::DebugCategory> = Lazy::new(|| {
     )
 });
 
+#[cfg(feature = "analytics")]
+pub use analytics::{
+    attach_objects, object_count, read_objects, retain_classifications, retain_objects,
+};
 pub use dlsps::{write_dlsps_metadata, DlspsFrame, PipelineInfo};
 pub use gva_json::{attach as attach_json_message, json_messages, rewrite_json_messages};
 pub use json::{
     kind as json_kind, parse_frame_line, write_frame_json, FrameContext, RecordedFrame,
 };
+#[cfg(not(feature = "analytics"))]
 pub use roi::{attach_objects, object_count, read_objects, retain_classifications, retain_objects};
+
+/// What this build reads, for the element descriptions that `gst-inspect-1.0` shows.
+#[cfg(feature = "analytics")]
+pub const READS: &str = "Reads GstAnalyticsRelationMeta (ODMtd with the ClsMtd it contains \
+     and its TrackingMtd) and GstVideoRegionOfInterestMeta; an object carried in both \
+     (same id) counts once.";
+#[cfg(not(feature = "analytics"))]
+pub const READS: &str = "Reads GstVideoRegionOfInterestMeta (built without the analytics \
+     feature, so not GstAnalyticsRelationMeta).";
+
+/// What `metareplay` attaches in this build, for its description.
+#[cfg(feature = "analytics")]
+pub const ATTACHES: &str = "region-of-interest metadata and GstAnalyticsRelationMeta (ODMtd, \
+     ClsMtd, TrackingMtd) laid out like DL Streamer's gvadetect/gvaclassify/gvatrack";
+#[cfg(not(feature = "analytics"))]
+pub const ATTACHES: &str =
+    "region-of-interest metadata laid out like DL Streamer's gvadetect/gvaclassify";
 
 /// A rectangle in pixels, as carried by a region-of-interest meta.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

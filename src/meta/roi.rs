@@ -139,7 +139,7 @@ pub fn attach_objects(buffer: &mut gst::BufferRef, objects: &[Object], width: u3
     }
 }
 
-fn read_object(roi: &VideoRegionOfInterestMeta, invalid: &mut u32) -> Object {
+pub(super) fn read_object(roi: &VideoRegionOfInterestMeta, invalid: &mut u32) -> Object {
     let (x, y, w, h) = roi.rect();
     let mut object = Object {
         label: roi_type(roi),
@@ -291,7 +291,7 @@ fn integer_value(value: &glib::SendValue) -> Option<i64> {
 
 /// Removes the param structures of `roi` for which `keep` returns false and returns how
 /// many were removed.
-fn retain_params(
+pub(super) fn retain_params(
     roi: &mut VideoRegionOfInterestMeta,
     mut keep: impl FnMut(&gst::StructureRef) -> bool,
 ) -> u32 {

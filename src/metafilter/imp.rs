@@ -386,8 +386,11 @@ impl ElementImpl for MetaFilter {
             gst::subclass::ElementMetadata::new(
                 "Analytics metadata filter",
                 "Filter/Analyzer/Video",
-                "Removes detected objects and classification results whose confidence is below \
-                 a per-label threshold from the region-of-interest metadata of each buffer",
+                &format!(
+                    "Removes detected objects and classification results whose confidence is \
+                     below a per-label threshold from the analytics metadata of each buffer. {}",
+                    crate::meta::READS
+                ),
                 "gst-plugin-analyticsmqtt contributors",
             )
         });

@@ -277,8 +277,10 @@ impl ElementImpl for MetaReplay {
             gst::subclass::ElementMetadata::new(
                 "Analytics metadata replay",
                 "Filter/Analyzer/Video",
-                "Attaches detections recorded as gvametaconvert JSON lines to buffers as \
-                 region-of-interest metadata laid out like DL Streamer's gvadetect/gvaclassify",
+                &format!(
+                    "Attaches detections recorded as gvametaconvert JSON lines to buffers as {}",
+                    crate::meta::ATTACHES
+                ),
                 "gst-plugin-analyticsmqtt contributors",
             )
         });

@@ -854,9 +854,13 @@ impl ElementImpl for MqttPublish {
             gst::subclass::ElementMetadata::new(
                 "MQTT analytics publisher",
                 "Sink/Network/Video",
-                "Publishes the detections and classifications on each buffer as gvametaconvert \
-                 JSON, optionally with the frame as base64 JPEG, to an MQTT broker; a live \
-                 pipeline never waits for the broker, a file job never loses a message to it",
+                &format!(
+                    "Publishes the detections and classifications on each buffer as \
+                     gvametaconvert JSON, optionally with the frame as base64 JPEG, to an MQTT \
+                     broker; a live pipeline never waits for the broker, a file job never \
+                     loses a message to it. {}",
+                    crate::meta::READS
+                ),
                 "gst-plugin-analyticsmqtt contributors",
             )
         });
