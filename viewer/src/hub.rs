@@ -106,6 +106,8 @@ struct FrameEvent<'a> {
     latency_ms: Option<f64>,
     latency_from: Option<&'static str>,
     count: u64,
+    /// Messages of all sources.
+    messages_total: u64,
     labels: Vec<&'a LabelStats>,
     received_ms: u64,
 }
@@ -366,6 +368,7 @@ impl State {
             }
         };
         self.messages_total += 1;
+        let messages_total = self.messages_total;
         let now = Instant::now();
         let wall = SystemTime::now();
         let source = &mut self.sources[index];
@@ -422,6 +425,7 @@ impl State {
             latency_ms,
             latency_from,
             count: source.count,
+            messages_total,
             labels: source.labels.values().map(|l| &l.stats).collect(),
             received_ms: unix_ms(wall),
         };

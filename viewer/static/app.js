@@ -105,6 +105,7 @@ function renderFrame(f) {
   $('.frame-id', el).textContent = f.frame_id ?? '–';
   $('.object-count', el).textContent = String(f.objects.length);
   $('.message-count', el).textContent = String(f.count);
+  $('#totals').textContent = `${f.messages_total} messages`;
   $('.age', el).textContent = fmtAge(0);
   if (f.latency_ms != null) {
     s.latestLatency = f.latency_ms;
@@ -216,17 +217,44 @@ function drawChart(s) {
   g.clearRect(0, 0, cw, ch);
   const pad = { l: 28, r: 6, t: 8, b: 16 };
   const pw = cw - pad.l - pad.r, ph = ch - pad.t - pad.b;
+  // Stacked areas, one band per label (in the table's order): the total is the height.
   const labels = new Set();
   let max = 1;
   for (const p of s.history) {
     if (!p.counts) continue;
-    for (const [label, n] of Object.entries(p.counts)) { labels.add(label); if (n > max) max = n; }
+    let total = 0;
+    for (const [label, n] of Object.entries(p.counts)) { labels.add(label); total += n; }
+    if (total > max) max = total;
   }
+  const order = [...labels].sort();
   const yOf = n => pad.t + ph - (n / max) * ph;
   const xOf = i => pad.l + pw - ((s.history.length - 1 - i) / (HISTORY_SECONDS - 1)) * pw;
-  g.font = '11px "DejaVu Sans", sans-serif';
+  // Runs of seconds with messages; seconds without any are gaps.
+  const runs = [];
+  s.history.forEach((p, i) => {
+    if (!p.counts) return;
+    const run = runs[runs.length - 1];
+    if (run && run[run.length - 1] === i - 1) run.push(i); else runs.push([i]);
+  });
+  for (const run of runs) {
+    const base = run.map(() => 0);
+    for (const label of order) {
+      const top = run.map((i, k) => base[k] + (s.history[i].counts[label] || 0));
+      g.fillStyle = colorOf(label);
+      g.beginPath();
+      // A lone second is drawn one second wide.
+      const xs = run.length === 1 ? [xOf(run[0]) - pw / HISTORY_SECONDS, xOf(run[0])] : run.map(xOf);
+      const tops = run.length === 1 ? [top[0], top[0]] : top;
+      const bases = run.length === 1 ? [base[0], base[0]] : base;
+      xs.forEach((x, k) => (k ? g.lineTo(x, yOf(tops[k])) : g.moveTo(x, yOf(tops[k]))));
+      for (let k = xs.length - 1; k >= 0; k--) g.lineTo(xs[k], yOf(bases[k]));
+      g.closePath();
+      g.fill();
+      top.forEach((v, k) => { base[k] = v; });
+    }
+  }
   g.fillStyle = '#8d96a3';
-  g.strokeStyle = '#2c333d';
+  g.strokeStyle = 'rgba(17, 20, 24, 0.6)';
   g.lineWidth = 1;
   const step = Math.max(1, Math.ceil(max / 4));
   for (let n = 0; n <= max; n += step) {
@@ -236,18 +264,6 @@ function drawChart(s) {
   }
   g.fillText('5 min ago', pad.l, ch - 3);
   g.fillText('now', cw - pad.r - 22, ch - 3);
-  g.lineWidth = 2;
-  for (const label of labels) {
-    g.strokeStyle = colorOf(label);
-    g.beginPath();
-    let drawing = false;
-    s.history.forEach((p, i) => {
-      if (!p.counts) { drawing = false; return; }
-      const x = xOf(i), y = yOf(p.counts[label] || 0);
-      if (drawing) g.lineTo(x, y); else { g.moveTo(x, y); drawing = true; }
-    });
-    g.stroke();
-  }
 }
 
 function updateAges() {
