@@ -17,6 +17,10 @@
 #                 so the dependencies are not built twice). That checks they
 #                 compile and link; fuzzing itself: see fuzz/README.md
 #   test          cargo test (unit, integration incl. tests/meson_install.rs, doc tests)
+#   viewer        the viewer crate (viewer/, its own Cargo.lock, sharing target/):
+#                 cargo fmt --check, clippy -D warnings, and cargo test: unit tests
+#                 and tests/browser.rs (real mosquitto, gst-launch-1.0 with the
+#                 plugin built by the build step, the viewer, headless chromium)
 #
 # Exits non-zero when any step failed.
 set -euo pipefail
@@ -73,6 +77,15 @@ fuzz_build() {
     done
 }
 
+viewer_tests() {
+    local target_dir=${CARGO_TARGET_DIR:-$REPO_DIR/target}
+    cargo fmt --check --manifest-path viewer/Cargo.toml &&
+        cargo clippy --manifest-path viewer/Cargo.toml --all-targets \
+            --target-dir "$target_dir" -- -D warnings &&
+        ANALYTICSMQTT_PLUGIN_DIR="$target_dir/debug" \
+            cargo test --manifest-path viewer/Cargo.toml --target-dir "$target_dir"
+}
+
 step fmt cargo fmt --check
 step clippy cargo clippy --all-targets -- -D warnings
 step build cargo build
@@ -84,6 +97,7 @@ else
     summary+=("SKIP  fuzz-build (no fuzz/ directory)")
 fi
 step test cargo test
+step viewer viewer_tests
 
 printf '\n==> summary\n'
 printf '%s\n' "${summary[@]}"
