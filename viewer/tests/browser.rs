@@ -32,7 +32,7 @@ struct Expected {
     labels: BTreeMap<String, (u64, u64, BTreeSet<i64>)>,
 }
 
-fn expected(frames: usize) -> Expected {
+fn recorded(frames: usize) -> Expected {
     let text = std::fs::read_to_string(repo_dir().join("pipelines/sample.jsonl")).unwrap();
     let lines: Vec<Value> = text
         .lines()
@@ -142,7 +142,7 @@ fn the_page_shows_frames_boxes_and_counts_as_published_and_bad_messages_as_error
         DESCRIBE,
         TIMEOUT,
     );
-    let expected = expected(FRAMES);
+    let expected = recorded(FRAMES);
     // The last frame is drawn once its image has decoded.
     page.wait_for(
         "the last frame",
@@ -319,6 +319,41 @@ fn the_page_shows_frames_boxes_and_counts_as_published_and_bad_messages_as_error
         "a message without a frame shows an empty canvas"
     );
     assert!(viewer.process.is_running(), "the viewer stopped");
+
+    // A second source, in the `object` envelope: a card of its own with its frame and boxes.
+    let status = gst_launch(&format!(
+        "videotestsrc num-buffers=5 ! video/x-raw,width=640,height=480 \
+         ! metareplay location=pipelines/sample.jsonl \
+         ! mqttpublish host=127.0.0.1 port={} topic=cameras/gate source=gate qos=1 \
+           leaky=none publish-frame=true message-format=object",
+        broker.port
+    ))
+    .0
+    .wait()
+    .unwrap();
+    assert!(status.success(), "gst-launch-1.0: {status}");
+    let gate = "[...document.querySelectorAll('.source')].find(c => \
+                c.querySelector('.source-name').textContent === 'gate')";
+    page.wait_for(
+        "the second source's fifth frame",
+        &format!(
+            "{gate}.querySelector('.message-count').textContent === '5' && \
+             {gate}.querySelector('.image').naturalWidth === 640 && \
+             {gate}.querySelector('.frame-id').textContent === '4'"
+        ),
+        DESCRIBE,
+        TIMEOUT,
+    );
+    let shown = page.eval(&format!(
+        "({{ shape: {gate}.querySelector('.shape').textContent, \
+            topic: {gate}.querySelector('.topic').textContent, \
+            boxes: {gate}.querySelectorAll('.box').length, \
+            cards: document.querySelectorAll('.source').length }})"
+    ));
+    assert_eq!(shown["shape"], "object");
+    assert_eq!(shown["topic"], "cameras/gate");
+    assert_eq!(shown["boxes"], recorded(5).last.len());
+    assert_eq!(shown["cards"], 2);
     assert_eq!(
         page.eval("document.querySelector('#broker-state').dataset.state"),
         "connected"
@@ -330,11 +365,12 @@ fn the_page_shows_a_broker_restart_and_goes_live_again() {
     let mut broker = Broker::start();
     let viewer = Viewer::start(&broker, &["--topic", "cameras/+"]);
     let mut page = Browser::open(&viewer.url, WIDTH, HEIGHT);
-    // Metadata only, live: boxes on an empty canvas of the published resolution.
+    // Metadata only, live, as DLSPS publishes it: boxes on an empty canvas of the
+    // published resolution.
     let _pipeline = gst_launch(&format!(
         "videotestsrc is-live=true ! video/x-raw,width=640,height=480,framerate=20/1 \
          ! metareplay location=pipelines/sample.jsonl loop=true \
-         ! mqttpublish host=127.0.0.1 port={} topic=cameras/yard",
+         ! mqttpublish host=127.0.0.1 port={} topic=cameras/yard message-format=dlsps",
         broker.port
     ));
     let count = "+(document.querySelector('.source .message-count')?.textContent || 0)";
@@ -343,7 +379,9 @@ fn the_page_shows_a_broker_restart_and_goes_live_again() {
         &format!(
             "document.querySelector('#broker-state').dataset.state === 'connected' && {count} > 10 \
              && document.querySelector('.source .frame').classList.contains('empty') \
-             && document.querySelectorAll('.source .box').length === 5"
+             && document.querySelectorAll('.source .box').length === 5 \
+             && document.querySelector('.source .shape').textContent === 'dlsps' \
+             && document.querySelector('.source .frame').dataset.width === '640'"
         ),
         DESCRIBE,
         TIMEOUT,
