@@ -62,9 +62,12 @@ pub struct ViewerInfo {
 
 #[derive(Debug, Clone, Serialize)]
 struct ErrorLine {
+    /// When it last happened.
     time_ms: u64,
     topic: String,
     text: String,
+    /// How many times in a row (a stream of equally bad messages is one line).
+    repeat: u64,
 }
 
 #[derive(Debug, Default, Clone, Serialize)]
@@ -227,20 +230,29 @@ impl Hub {
 
     /// An error line on the page, for a message or for the connection.
     pub fn error(&self, topic: &str, text: String) {
-        let line = ErrorLine {
+        let mut line = ErrorLine {
             time_ms: unix_ms(SystemTime::now()),
             topic: payload::bounded(topic),
             text,
+            repeat: 1,
         };
-        let data = json(&line);
         let mut state = self.lock();
         state.errors_total += 1;
-        if state.errors.len() == MAX_ERRORS {
-            state.errors.pop_front();
+        match state.errors.back_mut() {
+            Some(last) if last.topic == line.topic && last.text == line.text => {
+                last.repeat += 1;
+                last.time_ms = line.time_ms;
+                line.repeat = last.repeat;
+            }
+            _ => {
+                if state.errors.len() == MAX_ERRORS {
+                    state.errors.pop_front();
+                }
+                state.errors.push_back(line.clone());
+            }
         }
-        state.errors.push_back(line);
         drop(state);
-        self.send("errorline", data);
+        self.send("errorline", json(&line));
     }
 
     /// One message from the broker.

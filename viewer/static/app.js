@@ -52,7 +52,9 @@ function setTotals(messages, errors) {
   $('#errors-total').textContent = String(errors);
 }
 
-function addError(line) {
+// `replaces`: the same error again, shown as the newest line with its count.
+function addError(line, replaces = line.repeat > 1) {
+  const list = $('#errors');
   const li = document.createElement('li');
   const time = document.createElement('time');
   time.textContent = fmtTime(line.time_ms);
@@ -64,7 +66,13 @@ function addError(line) {
     li.append(topic);
   }
   li.append(document.createTextNode(line.text));
-  const list = $('#errors');
+  if (line.repeat > 1) {
+    const repeat = document.createElement('span');
+    repeat.className = 'repeat';
+    repeat.textContent = `×${line.repeat}`;
+    li.append(repeat);
+  }
+  if (replaces) list.firstElementChild?.remove();
   list.prepend(li);
   while (list.children.length > 100) list.lastChild.remove();
 }
@@ -287,7 +295,7 @@ function onSnapshot(snap) {
   $('#subscription').textContent = `${v.topics.join(', ')} on ${v.broker}`;
   setConnection(snap.connection);
   setTotals(snap.messages_total, snap.errors_total);
-  for (const line of snap.errors) addError(line);
+  for (const line of snap.errors) addError(line, false);
   if (!snap.sources.length) {
     const p = document.createElement('p');
     p.id = 'waiting';
@@ -307,7 +315,7 @@ function connect() {
   events.addEventListener('snapshot', json(onSnapshot));
   events.addEventListener('frame', json(onFrame));
   events.addEventListener('tick', json(onTick));
-  events.addEventListener('errorline', json(addError));
+  events.addEventListener('errorline', json(line => addError(line)));
   events.addEventListener('connection', json(setConnection));
   // EventSource reconnects by itself; until then the page says the viewer is gone.
   events.onerror = () => {

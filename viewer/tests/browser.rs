@@ -268,7 +268,10 @@ fn the_page_shows_frames_boxes_and_counts_as_published_and_bad_messages_as_error
 
     // Bad input: a malformed payload and a 10 MiB message are error lines; a label made of
     // markup is shown as text; the viewer goes on.
-    mosquitto_pub(&broker, "cameras/dock-3", &["-m", "{\"objects\": [1,"]);
+    // The same bad message twice is one line, counted.
+    for _ in 0..2 {
+        mosquitto_pub(&broker, "cameras/dock-3", &["-m", "{\"objects\": [1,"]);
+    }
     let big = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(big.path(), vec![b'A'; 10 * 1024 * 1024]).unwrap();
     mosquitto_pub(
@@ -298,7 +301,9 @@ fn the_page_shows_frames_boxes_and_counts_as_published_and_bad_messages_as_error
         page.eval("[...document.querySelectorAll('#errors li')].map(li => li.textContent)");
     let errors: Vec<String> = serde_json::from_value(errors).unwrap();
     assert!(
-        errors[1].contains("cameras/dock-3") && errors[1].contains("not valid JSON"),
+        errors[1].contains("cameras/dock-3")
+            && errors[1].contains("not valid JSON")
+            && errors[1].ends_with("×2"),
         "{errors:?}"
     );
     assert!(
