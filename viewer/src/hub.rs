@@ -510,3 +510,132 @@ impl State {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hub() -> Hub {
+        Hub::new(ViewerInfo {
+            broker: "127.0.0.1:1883".into(),
+            topics: vec!["#".into()],
+            max_message_size: 100_000,
+            version: "test",
+        })
+    }
+
+    fn snapshot(hub: &Hub) -> serde_json::Value {
+        serde_json::from_str(&hub.subscribe().0.data).unwrap()
+    }
+
+    fn message(labels: &[(&str, i64)], source: &str) -> String {
+        let objects: Vec<String> = labels
+            .iter()
+            .map(|(label, id)| {
+                format!(
+                    r#"{{"x":1,"y":1,"w":2,"h":2,"id":{id},"detection":{{"label":"{label}","confidence":0.5}}}}"#
+                )
+            })
+            .collect();
+        format!(
+            r#"{{"objects":[{}],"resolution":{{"width":64,"height":48}},"source":"{source}"}}"#,
+            objects.join(",")
+        )
+    }
+
+    #[test]
+    fn labels_are_counted_per_source() {
+        let hub = hub();
+        hub.message(
+            "a",
+            message(&[("car", 1), ("car", 2), ("box", 3)], "cam").as_bytes(),
+        );
+        hub.message("a", message(&[("car", 1)], "cam").as_bytes());
+        hub.message("a", message(&[("car", 9)], "other").as_bytes());
+        let snap = snapshot(&hub);
+        assert_eq!(snap["messages_total"], 3);
+        assert_eq!(snap["sources"].as_array().unwrap().len(), 2);
+        let first = &snap["frames"][0];
+        assert_eq!(first["count"], 2);
+        let labels: Vec<(String, u64, u64, u64)> = first["labels"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| {
+                (
+                    l["label"].as_str().unwrap().into(),
+                    l["now"].as_u64().unwrap(),
+                    l["detections"].as_u64().unwrap(),
+                    l["tracks"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            labels,
+            vec![("box".into(), 0, 1, 1), ("car".into(), 1, 3, 2)]
+        );
+    }
+
+    #[test]
+    fn one_history_point_per_tick_with_the_most_objects_per_label() {
+        let hub = hub();
+        hub.tick();
+        hub.message("a", message(&[("car", 1), ("car", 2)], "cam").as_bytes());
+        hub.message("a", message(&[("car", 1)], "cam").as_bytes());
+        hub.tick();
+        hub.tick();
+        let history = snapshot(&hub)["sources"][0]["history"].clone();
+        // The source did not exist at the first tick; a second without messages is null.
+        assert_eq!(history.as_array().unwrap().len(), 2, "{history}");
+        assert_eq!(history[0]["counts"], serde_json::json!({"car": 2}));
+        assert_eq!(history[1]["counts"], serde_json::Value::Null);
+    }
+
+    #[test]
+    fn bad_messages_are_error_lines_and_repeats_are_counted() {
+        let hub = hub();
+        hub.message("t", b"{oops");
+        hub.message("t", b"{oops");
+        hub.message("t", &[b' '; 100_001]);
+        let snap = snapshot(&hub);
+        assert_eq!(snap["errors_total"], 3);
+        let errors = snap["errors"].as_array().unwrap();
+        assert_eq!(errors.len(), 2);
+        assert_eq!(errors[0]["repeat"], 2);
+        assert!(errors[0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("not valid JSON"));
+        assert!(errors[1]["text"].as_str().unwrap().contains("100001 bytes"));
+        assert_eq!(snap["messages_total"], 0);
+    }
+
+    #[test]
+    fn sources_and_labels_are_bounded() {
+        let hub = hub();
+        for i in 0..MAX_SOURCES + 3 {
+            hub.message("t", message(&[("car", 1)], &format!("cam-{i}")).as_bytes());
+        }
+        let labels: Vec<(String, i64)> =
+            (0..MAX_LABELS + 2).map(|i| (format!("l{i}"), 1)).collect();
+        let labels: Vec<(&str, i64)> = labels.iter().map(|(l, i)| (l.as_str(), *i)).collect();
+        hub.message("t", message(&labels, "cam-0").as_bytes());
+        let snap = snapshot(&hub);
+        assert_eq!(snap["sources"].as_array().unwrap().len(), MAX_SOURCES);
+        // Reported once, not for every refused message.
+        assert_eq!(
+            snap["errors"].as_array().unwrap().len(),
+            1,
+            "{}",
+            snap["errors"]
+        );
+        let shown = snap["frames"][0]["labels"].as_array().unwrap();
+        assert_eq!(
+            shown.len(),
+            MAX_LABELS + 1,
+            "{MAX_LABELS} labels and the others"
+        );
+        let other = shown.iter().find(|l| l["label"] == OTHER_LABELS).unwrap();
+        assert_eq!(other["now"], 3);
+    }
+}

@@ -419,4 +419,18 @@ fn the_page_shows_a_broker_restart_and_goes_live_again() {
             .contains("lost the broker connection"),
         "{errors}"
     );
+
+    // A page opened now starts from the viewer's snapshot: the source, the error lines.
+    let now = page.eval(count).as_f64().unwrap();
+    page.eval("location.reload()");
+    page.wait_for(
+        "the snapshot after a reload",
+        &format!(
+            "document.querySelector('#broker-state').dataset.state === 'connected' && \
+             {count} >= {now} && document.querySelectorAll('.source .box').length === 5 && \
+             document.querySelector('#errors').textContent.includes('lost the broker connection')"
+        ),
+        DESCRIBE,
+        TIMEOUT,
+    );
 }
