@@ -13,7 +13,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 use tokio::sync::broadcast;
 
-use crate::payload::{self, Frame, Object, Shape};
+use crate::payload::{self, Frame, Object, Pipeline, Shape};
 
 /// Sources (topic and `source` field pairs) shown; messages of further ones are errors.
 pub const MAX_SOURCES: usize = 64;
@@ -108,6 +108,7 @@ struct FrameEvent<'a> {
     image: Option<&'a str>,
     latency_ms: Option<f64>,
     latency_from: Option<&'static str>,
+    pipeline: Option<&'a Pipeline>,
     count: u64,
     /// Messages of all sources.
     messages_total: u64,
@@ -436,6 +437,7 @@ impl State {
             image: frame.image.as_deref(),
             latency_ms,
             latency_from,
+            pipeline: frame.pipeline.as_ref(),
             count: source.count,
             messages_total,
             labels: source.labels.values().map(|l| &l.stats).collect(),

@@ -78,8 +78,20 @@ pub struct Frame {
     pub sink_time_ns: Option<u64>,
     /// DLSPS `time`: wall clock (ns) when the message was published.
     pub publish_time_ns: Option<u64>,
+    /// DLSPS `pipeline`: the publishing pipeline as DLSPS's REST status describes it.
+    pub pipeline: Option<Pipeline>,
     /// Fields that were left out, each a sentence.
     pub warnings: Vec<String>,
+}
+
+/// What the page shows of DLSPS's `pipeline` key.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Pipeline {
+    pub name: Option<String>,
+    /// `status.state`, e.g. `RUNNING`.
+    pub state: Option<String>,
+    /// `status.avg_fps`.
+    pub avg_fps: Option<f64>,
 }
 
 /// Reads one payload.
@@ -162,6 +174,17 @@ pub fn parse(payload: &[u8]) -> Result<Frame, String> {
         image,
         sink_time_ns: metadata.get("sink_time").and_then(Value::as_u64),
         publish_time_ns: metadata.get("time").and_then(Value::as_u64),
+        pipeline: metadata
+            .get("pipeline")
+            .and_then(Value::as_object)
+            .map(|p| {
+                let status = p.get("status").and_then(Value::as_object);
+                Pipeline {
+                    name: text(p.get("name")),
+                    state: status.and_then(|s| text(s.get("state"))),
+                    avg_fps: status.and_then(|s| number(s.get("avg_fps"))),
+                }
+            }),
         warnings,
     })
 }
@@ -443,13 +466,22 @@ mod tests {
             "img_handle":"ABCDEFGHIJ","gva_meta":[{{"x":160,"y":120,"width":160,"height":120,"object_id":4,
             "tensor":[{{"name":"detection","confidence":0.92,"label_id":3,"label":"car"}},
             {{"name":"color","confidence":0.81,"label_id":3,"label":"red"}}]}}],
-            "pipeline":{{"name":"p"}},"frame_id":7,"time":1700000000000000001}},"blob":"{JPEG_B64}"}}"#
+            "pipeline":{{"name":"p","status":{{"state":"RUNNING","avg_fps":14.5}}}},"frame_id":7,
+            "time":1700000000000000001}},"blob":"{JPEG_B64}"}}"#
         );
         let frame = parse(payload.as_bytes()).unwrap();
         assert_eq!(frame.shape, Shape::Dlsps);
         assert_eq!(frame.objects, vec![car()]);
         assert_eq!(frame.resolution, Some((640, 480)));
         assert_eq!(frame.publish_time_ns, Some(1_700_000_000_000_000_001));
+        assert_eq!(
+            frame.pipeline,
+            Some(Pipeline {
+                name: Some("p".into()),
+                state: Some("RUNNING".into()),
+                avg_fps: Some(14.5)
+            })
+        );
         assert!(frame.image.is_some());
     }
 

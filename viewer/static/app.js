@@ -110,6 +110,9 @@ function renderFrame(f) {
   const s = sources.get(f.id);
   const el = s.el;
   $('.shape', el).textContent = f.shape;
+  const pipeline = f.pipeline;
+  $('.pipeline', el).textContent = pipeline ? ['pipeline', pipeline.name, pipeline.state,
+    pipeline.avg_fps != null ? pipeline.avg_fps.toFixed(1) + ' fps' : null].filter(x => x != null).join(' ') : '';
   $('.frame-id', el).textContent = f.frame_id ?? '–';
   $('.object-count', el).textContent = String(f.objects.length);
   $('.message-count', el).textContent = String(f.count);
@@ -135,7 +138,7 @@ function renderFrame(f) {
   } else {
     img.removeAttribute('src');
     frame.classList.add('empty');
-    note = 'no frame in the messages: boxes on an empty canvas of the published resolution';
+    note = `no frame in the messages: boxes on an empty canvas of the published resolution, ${w}x${h}`;
   }
   if (!w || !h) {
     w = 1280; h = 720;

@@ -386,6 +386,7 @@ fn the_page_shows_a_broker_restart_and_goes_live_again() {
              && document.querySelector('.source .frame').classList.contains('empty') \
              && document.querySelectorAll('.source .box').length === 5 \
              && document.querySelector('.source .shape').textContent === 'dlsps' \
+             && document.querySelector('.source .pipeline').textContent.includes(' RUNNING ') \
              && document.querySelector('.source .frame').dataset.width === '640'"
         ),
         DESCRIBE,
