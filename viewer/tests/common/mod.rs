@@ -7,6 +7,9 @@
 #![allow(dead_code)]
 
 pub mod browser;
+// The plugin's test certificates (openssl CLI, self-contained), shared rather than copied.
+#[path = "../../../tests/common/tls.rs"]
+pub mod tls;
 
 use std::io::{BufRead as _, BufReader};
 use std::net::{TcpListener, TcpStream};
@@ -56,6 +59,11 @@ pub struct Broker {
 
 impl Broker {
     pub fn start() -> Broker {
+        Broker::start_with("allow_anonymous true\n")
+    }
+
+    /// A broker whose listener has the configuration `lines` (TLS files, password file).
+    pub fn start_with(lines: &str) -> Broker {
         let dir = tempfile::Builder::new()
             .prefix("viewer-broker-")
             .tempdir()
@@ -63,9 +71,7 @@ impl Broker {
         let port = free_port();
         std::fs::write(
             dir.path().join("mosquitto.conf"),
-            format!(
-                "user root\nlistener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-            ),
+            format!("user root\npersistence false\nlistener {port} 127.0.0.1\n{lines}"),
         )
         .unwrap();
         let mut broker = Broker {
@@ -121,6 +127,37 @@ pub struct Viewer {
 }
 
 impl Viewer {
+    /// The Server-Sent Events the page gets, as (name, JSON data), read as they come.
+    pub fn events(&self) -> impl Iterator<Item = (String, serde_json::Value)> {
+        use std::io::Write as _;
+        let address = self
+            .url
+            .trim_start_matches("http://")
+            .split('/')
+            .next()
+            .unwrap();
+        let mut stream = TcpStream::connect(address).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        write!(stream, "GET /events HTTP/1.0\r\nHost: {address}\r\n\r\n").unwrap();
+        let mut lines = BufReader::new(stream)
+            .lines()
+            .map(|l| l.expect("event stream"));
+        std::iter::from_fn(move || {
+            let mut name = None;
+            for line in lines.by_ref() {
+                if let Some(n) = line.strip_prefix("event: ") {
+                    name = Some(n.to_owned());
+                } else if let (Some(data), Some(name)) = (line.strip_prefix("data: "), name.take())
+                {
+                    return Some((name, serde_json::from_str(data).expect("event data")));
+                }
+            }
+            None
+        })
+    }
+
     pub fn start(broker: &Broker, args: &[&str]) -> Viewer {
         let mut child = Command::new(env!("CARGO_BIN_EXE_analyticsmqtt-viewer"))
             .args(["--host", "127.0.0.1", "--listen", "127.0.0.1:0"])
