@@ -86,7 +86,7 @@ function sourceCard(id, topic, sourceName) {
   $('.topic', el).textContent = topic;
   $('.source-name', el).textContent = sourceName ?? '';
   $('#sources').append(el);
-  s = { el, history: [], lastLocal: null, labels: [] };
+  s = { el, history: [], lastLocal: null };
   sources.set(id, s);
   new ResizeObserver(() => drawChart(s)).observe($('.chart', el));
   return s;
@@ -119,7 +119,6 @@ function renderFrame(f) {
   $('#totals').textContent = `${f.messages_total} messages`;
   $('.age', el).textContent = fmtAge(0);
   if (f.latency_ms != null) {
-    s.latestLatency = f.latency_ms;
     $('.latency', el).textContent = fmtMs(f.latency_ms);
     $('.latency', el).title = `from ${f.latency_from}`;
   }
@@ -177,7 +176,6 @@ function renderFrame(f) {
   }
   boxes.replaceChildren(...nodes);
 
-  s.labels = f.labels;
   const rows = f.labels.map(l => {
     const tr = document.createElement('tr');
     tr.dataset.label = l.label;
