@@ -32,6 +32,9 @@ APT_PACKAGES=(
     openssl
     # the DLSPS-style application of the tests (paho, as DLSPS consumers use)
     python3-paho-mqtt
+    # the viewer's browser test (headless) and the fonts its screenshots show
+    chromium
+    fonts-dejavu-core
 )
 
 deps_log() { printf 'deps: %s\n' "$*" >&2; }

@@ -12,9 +12,26 @@
 #      and publishes every frame with mqttpublish
 #   7. the subscriber checks every message and prints a summary
 #
+#   8. with --viewer (or VIEWER=1): keeps a live pipeline publishing the
+#      recording with frames in a loop, serves the live viewer
+#      (viewer/, analyticsmqtt-viewer) on 127.0.0.1:${VIEWER_PORT:-8080}, prints
+#      its URL and runs until Ctrl-C
+#
 # Exits non-zero if any step fails or the subscriber saw a wrong message count
 # or a malformed message.
 set -euo pipefail
+
+VIEWER=${VIEWER:-0}
+VIEWER_PORT=${VIEWER_PORT:-8080}
+for arg in "$@"; do
+    case $arg in
+    --viewer) VIEWER=1 ;;
+    *)
+        echo "usage: scripts/run.sh [--viewer]  (VIEWER=1, VIEWER_PORT=8080)" >&2
+        exit 2
+        ;;
+    esac
+done
 
 REPO_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$REPO_DIR"
@@ -38,11 +55,21 @@ deps_main
 log "building the plugin"
 cargo build --release
 PLUGIN_DIR=${CARGO_TARGET_DIR:-$REPO_DIR/target}/release
+if [[ "$VIEWER" == 1 ]]; then
+    log "building the viewer"
+    # Its own crate and Cargo.lock (viewer/Cargo.toml), sharing the target directory.
+    cargo build --release --manifest-path viewer/Cargo.toml \
+        --target-dir "${CARGO_TARGET_DIR:-$REPO_DIR/target}"
+fi
 
 work=$(mktemp -d)
 subscriber_pid=
+viewer_pid=
+live_pid=
 cleanup() {
     stop_process "$subscriber_pid"
+    stop_process "$live_pid"
+    stop_process "$viewer_pid"
     if [[ -n "$broker_pid" ]]; then
         log "stopping the mosquitto started by this script (pid $broker_pid)"
         broker_stop
@@ -102,3 +129,27 @@ if ((subscriber_rc != 0)); then
     exit "$subscriber_rc"
 fi
 log "OK: $FRAMES frames published and verified"
+
+if [[ "$VIEWER" == 1 ]]; then
+    if port_open 127.0.0.1 "$VIEWER_PORT"; then
+        log "something listens on 127.0.0.1:$VIEWER_PORT already; set VIEWER_PORT"
+        exit 1
+    fi
+    "${CARGO_TARGET_DIR:-$REPO_DIR/target}/release/analyticsmqtt-viewer" \
+        --host "$MQTT_HOST" --port "$MQTT_PORT" --topic "$TOPIC" \
+        --listen "127.0.0.1:$VIEWER_PORT" &
+    viewer_pid=$!
+    log "running a live pipeline (the recording in a loop, 15 fps, with frames)"
+    GST_PLUGIN_PATH="$PLUGIN_DIR${GST_PLUGIN_PATH:+:$GST_PLUGIN_PATH}" \
+        gst-launch-1.0 -q \
+        videotestsrc is-live=true \
+        ! "video/x-raw,width=$WIDTH,height=$HEIGHT,framerate=15/1" \
+        ! metareplay location=pipelines/sample.jsonl loop=true \
+        ! mqttpublish host="$MQTT_HOST" port="$MQTT_PORT" topic="$TOPIC" \
+        publish-frame=true add-sink-time=true source=sample-camera &
+    live_pid=$!
+    log "viewer: open http://127.0.0.1:$VIEWER_PORT/ in a browser; Ctrl-C stops it all"
+    # Runs until Ctrl-C (or until the viewer or the pipeline stops).
+    wait -n "$viewer_pid" "$live_pid" || true
+    log "the viewer or the live pipeline stopped"
+fi

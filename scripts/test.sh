@@ -21,6 +21,10 @@
 #                 against GStreamer 1.26 in a Debian 13 root under the target directory
 #                 (made on the first run, a few minutes; needs root and the Debian
 #                 mirror, and fails saying so when it cannot run)
+#   viewer        the viewer crate (viewer/, its own Cargo.lock, sharing target/):
+#                 cargo fmt --check, clippy -D warnings, and cargo test: unit tests
+#                 and tests/browser.rs (real mosquitto, gst-launch-1.0 with the
+#                 plugin built by the build step, the viewer, headless chromium)
 #
 # Exits non-zero when any step failed.
 set -euo pipefail
@@ -77,6 +81,15 @@ fuzz_build() {
     done
 }
 
+viewer_tests() {
+    local target_dir=${CARGO_TARGET_DIR:-$REPO_DIR/target}
+    cargo fmt --check --manifest-path viewer/Cargo.toml &&
+        cargo clippy --manifest-path viewer/Cargo.toml --all-targets \
+            --target-dir "$target_dir" -- -D warnings &&
+        ANALYTICSMQTT_PLUGIN_DIR="$target_dir/debug" \
+            cargo test --manifest-path viewer/Cargo.toml --target-dir "$target_dir"
+}
+
 step fmt cargo fmt --check
 step clippy cargo clippy --all-targets -- -D warnings
 step build cargo build
@@ -89,6 +102,7 @@ else
 fi
 step test cargo test
 step gst126 scripts/gst126.sh
+step viewer viewer_tests
 
 printf '\n==> summary\n'
 printf '%s\n' "${summary[@]}"
