@@ -448,3 +448,189 @@ fn wait_connected(run: &mut Run, n: usize, timeout: Duration) -> bool {
     }
     false
 }
+
+/// Every frame id of `0..n` the subscriber received, waiting up to `LONG` for all; panics
+/// naming the missing ones.
+#[track_caller]
+fn assert_every_frame(sub: &Subscriber, n: u64) {
+    let expected: BTreeSet<u64> = (0..n).collect();
+    let mut got = BTreeSet::new();
+    let complete = common::wait_until(LONG, Duration::from_millis(100), || {
+        got = frame_ids(&sub.messages()).into_iter().collect();
+        got.is_superset(&expected)
+    });
+    let missing: Vec<&u64> = expected.difference(&got).collect();
+    assert!(
+        complete,
+        "{} of {n} frames missing: {missing:?}",
+        missing.len()
+    );
+}
+
+/// At least once with a broker that lost the session: mosquitto without persistence,
+/// frozen while QoS 1 messages are written and not acknowledged, killed and started again,
+/// answers with session-present=false. The element publishes the unacknowledged messages
+/// again (counted in `republished`, announced with `mqttpublish-republished`), the
+/// subscriber gets every frame, and nothing is counted or reported lost.
+#[test]
+fn unacknowledged_messages_are_published_again_when_the_broker_lost_the_session() {
+    let mut broker = Broker::new();
+    let sub = Subscriber::builder(&broker, "again")
+        .qos(QoS::AtLeastOnce)
+        .connect();
+    let mut run = Run::publish(
+        &replay(100_000, true),
+        &format!(
+            "host={} port={} topic=again qos=1 clean-session=false client-id=again-{}",
+            broker.host(),
+            broker.port(),
+            std::process::id()
+        ),
+    );
+    assert!(run.wait_element_message("mqttpublish-connected", LONG));
+    thread::sleep(Duration::from_secs(1));
+    broker.pause();
+    // Written while the broker is frozen: never acknowledged.
+    thread::sleep(Duration::from_millis(700));
+    let unacknowledged = stat(&run.stats(), "in-flight");
+    broker.kill();
+    broker.start();
+    assert!(wait_connected(&mut run, 2, LONG));
+    thread::sleep(Duration::from_secs(1));
+    run.pipeline.send_event(gst::event::Eos::new());
+    run.wait_eos(LONG);
+    let connected = posted(&run, "mqttpublish-connected");
+    let announced: u64 = posted(&run, "mqttpublish-republished")
+        .iter()
+        .map(|s| s.get::<u64>("count").unwrap())
+        .sum();
+    let warnings = run.warnings();
+    let gap = run.flow.longest_gap();
+    let stats = run.stop();
+
+    assert!(
+        unacknowledged > 5,
+        "messages were in flight: {unacknowledged}"
+    );
+    assert!(!connected[1].get::<bool>("session-present").unwrap());
+    let republished = stat(&stats, "republished");
+    assert!(republished >= unacknowledged, "{stats}");
+    assert_eq!(announced, republished);
+    let queued = stat(&stats, "messages-queued");
+    assert_eq!(stat(&stats, "messages-published"), queued, "{stats}");
+    assert_eq!(stat(&stats, "messages-dropped"), 0, "{stats}");
+    assert_accounted(&stats);
+    assert_every_frame(&sub, queued);
+    assert!(
+        gap < Duration::from_millis(500),
+        "the video stalled {gap:?}"
+    );
+    assert!(
+        warnings
+            .iter()
+            .all(|w| !w.contains("lost") && !w.contains("not delivered")),
+        "{warnings:?}"
+    );
+}
+
+/// Failover across a three-node NATS cluster (JetStream, MQTT sessions on every node),
+/// QoS 1, a live source, clean-session=false, `host` listing nodes 1 and 2. Killing node 2
+/// with SIGKILL while the element uses node 1 makes NATS reset the element's connection
+/// (JetStream moves its leaders), and then, once node 2 is back, the node in use is killed:
+/// nothing is lost (every frame reaches a persistent subscriber on node 3, none stays in
+/// flight), the video never stalls, and the element says which broker it moved to.
+#[test]
+fn nats_cluster_failover_loses_nothing() {
+    let mut nodes = Broker::nats_cluster(3);
+    let address = |b: &Broker| format!("{}:{}", b.host(), b.port());
+    let sub = Subscriber::builder(&nodes[2], "failover")
+        .qos(QoS::AtLeastOnce)
+        .persistent_session(&format!("failover-sub-{}", std::process::id()))
+        .connect();
+    let mut run = Run::publish(
+        &replay(100_000, true),
+        &format!(
+            "host={},{} topic=failover qos=1 clean-session=false client-id=failover-{} \
+             max-queued-messages=5000",
+            address(&nodes[0]),
+            address(&nodes[1]),
+            std::process::id()
+        ),
+    );
+    assert!(run.wait_element_message("mqttpublish-connected", LONG));
+    thread::sleep(Duration::from_secs(2));
+
+    // A node the element does not use.
+    nodes[1].kill();
+    thread::sleep(Duration::from_secs(3));
+    nodes[1].start();
+    nodes[1].wait_mqtt_ready(Duration::from_secs(60));
+    let in_use = settle(&mut run);
+
+    // The node in use.
+    let (used, other) = if in_use == address(&nodes[0]) {
+        (0, 1)
+    } else {
+        (1, 0)
+    };
+    let before = posted(&run, "mqttpublish-connected").len();
+    nodes[used].kill();
+    // A cluster that lost a node answers CONNECT only once JetStream has moved its leaders
+    // (up to ~30 s here when the killed node led).
+    assert!(wait_connected(
+        &mut run,
+        before + 1,
+        Duration::from_secs(90)
+    ));
+    assert_eq!(settle(&mut run), address(&nodes[other]));
+    run.pipeline.send_event(gst::event::Eos::new());
+    run.wait_eos(LONG);
+    let disconnected = posted(&run, "mqttpublish-disconnected");
+    let warnings = run.warnings();
+    let gap = run.flow.longest_gap();
+    let stats = run.stop();
+
+    assert!(
+        disconnected.iter().any(|d| {
+            d.get::<String>("broker").ok() == Some(address(&nodes[used]))
+                && d.get::<String>("next-broker").ok() == Some(address(&nodes[other]))
+        }),
+        "the move is reported: {disconnected:?}"
+    );
+    assert!(
+        warnings.iter().any(|w| w.contains(&address(&nodes[other]))),
+        "{warnings:?}"
+    );
+    let queued = stat(&stats, "messages-queued");
+    assert_eq!(stat(&stats, "messages-dropped"), 0, "{stats}");
+    assert_eq!(stat(&stats, "messages-published"), queued, "{stats}");
+    assert_accounted(&stats);
+    assert_every_frame(&sub, queued);
+    assert!(
+        gap < Duration::from_millis(500),
+        "the video stalled {gap:?}"
+    );
+}
+
+/// Waits until the element has been connected for a second with nothing left waiting
+/// (at most a few frames in flight); returns the broker it is connected to.
+fn settle(run: &mut Run) -> String {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut calm_since: Option<Instant> = None;
+    while Instant::now() < deadline {
+        run.pump(Duration::from_millis(100));
+        let stats = run.stats();
+        let calm = stats.get::<bool>("connected").unwrap()
+            && stat(&stats, "queue-depth") + stat(&stats, "in-flight") < 10;
+        match (calm, calm_since) {
+            (false, _) => calm_since = None,
+            (true, None) => calm_since = Some(Instant::now()),
+            (true, Some(since)) if since.elapsed() >= Duration::from_secs(1) => {
+                let connected = posted(run, "mqttpublish-connected");
+                return connected.last().unwrap().get::<String>("broker").unwrap();
+            }
+            (true, Some(_)) => {}
+        }
+    }
+    panic!("the element did not settle: {}", run.stats());
+}

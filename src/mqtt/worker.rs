@@ -846,6 +846,10 @@ async fn poll_connection(shared: &Shared, mut session: Session, config: &Connect
                     }
                     (shared.requeue(t.take_unwritten()), t.unacked.len())
                 });
+                gst::debug!(
+                    CAT,
+                    "Lost the connection with {unacked} unacknowledged; took back {unwritten} never written"
+                );
                 if unwritten != unsent as u64 {
                     gst::warning!(
                         CAT,
