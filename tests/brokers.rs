@@ -362,7 +362,7 @@ fn message_of_5_mb(broker: &mut Broker, topic: &str) {
 }
 
 /// QoS 1, `clean-session=false`, a fixed client id, a live source, the broker restarted
-/// mid-stream: a persistent subscriber gets every frame (at least once), the video never
+/// mid-stream (RabbitMQ stopped, NATS killed): a persistent subscriber gets every frame (at least once), the video never
 /// stalls, nothing is dropped or reported lost. RabbitMQ keeps no publisher session across
 /// its restart: what it had not acknowledged is published again (`republished`).
 fn persistent_session_across_restart(broker: &mut Broker, topic: &str) {
@@ -384,7 +384,13 @@ fn persistent_session_across_restart(broker: &mut Broker, topic: &str) {
     );
     assert!(run.wait_element_message("mqttpublish-connected", LONG));
     thread::sleep(Duration::from_secs(2));
-    broker.stop();
+    match broker.kind() {
+        // A crash. Stopped gracefully (SIGTERM), NATS 2.9.10 loses the message it
+        // acknowledged last before exiting (the same frame in 4 of 4 runs here): nothing a
+        // publisher can see or make up for; see README, Brokers.
+        Kind::Nats => broker.kill(),
+        _ => broker.stop(),
+    }
     thread::sleep(Duration::from_secs(1));
     broker.start();
     assert!(wait_connected(&mut run, 2, Duration::from_secs(60)));
@@ -412,6 +418,9 @@ fn persistent_session_across_restart(broker: &mut Broker, topic: &str) {
         got = frame_ids(&sub.messages()).into_iter().collect();
         got.is_superset(&expected)
     });
+    if !complete && std::env::var("BROKER_LOG").is_ok() {
+        eprintln!("{}", broker.log_text());
+    }
     assert!(
         complete,
         "missing frames: {:?}",

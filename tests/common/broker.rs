@@ -644,7 +644,12 @@ impl Broker {
                 root.join("jetstream").display()
             ),
         ];
-        let mut mqtt = format!("mqtt {{ listen: \"{LOCALHOST_V4}:{}\"", self.port);
+        // A message in flight to a persistent subscriber when the server stopped is
+        // delivered again after `ack_wait` (30 s by default): 2 s keeps tests short.
+        let mut mqtt = format!(
+            "mqtt {{ listen: \"{LOCALHOST_V4}:{}\", ack_wait: \"2s\"",
+            self.port
+        );
         if let Some(node) = &self.options.cluster {
             let routes: Vec<String> = node
                 .route_ports
