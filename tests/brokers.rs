@@ -386,7 +386,7 @@ fn persistent_session_across_restart(broker: &mut Broker, topic: &str) {
     thread::sleep(Duration::from_secs(2));
     match broker.kind() {
         // A crash. Stopped gracefully (SIGTERM), NATS 2.9.10 loses the message it
-        // acknowledged last before exiting (the same frame in 4 of 4 runs here): nothing a
+        // acknowledged last before exiting (the same frame in 8 of 8 runs here): nothing a
         // publisher can see or make up for; see README, Brokers.
         Kind::Nats => broker.kill(),
         _ => broker.stop(),
