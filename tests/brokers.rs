@@ -643,3 +643,64 @@ fn settle(run: &mut Run) -> String {
     }
     panic!("the element did not settle: {}", run.stats());
 }
+
+/// A resumed session after the connection was lost with rumqttc's in-flight window full
+/// (100 unacknowledged) and more publishes waiting in its request channel: the broker
+/// stops answering (SIGSTOP) while QoS 1 messages are written, rumqttc's keep-alive gives
+/// up, the broker resumes and the element resumes the session (session-present=true). The
+/// waiting publishes are taken back and queued again (`Session::take_unsent`), the
+/// unacknowledged ones resent by rumqttc: every frame arrives, none stays in flight, the
+/// counts add up. (mosquitto acknowledges the resent publishes at once, so rumqttc's own
+/// packet-id collisions, which this taking back avoids, do not happen here; they need a
+/// broker slow to acknowledge after the resume, as a NATS cluster moving its leaders.)
+#[test]
+fn a_resumed_session_with_a_full_window_loses_nothing() {
+    let mut broker = Broker::new();
+    let sub = Subscriber::builder(&broker, "resume")
+        .qos(QoS::AtLeastOnce)
+        .connect();
+    let mut run = Run::publish(
+        &format!(
+            "videotestsrc num-buffers=100000 is-live=true \
+             ! video/x-raw,width=64,height=48,framerate=100/1 ! metareplay location={} loop=true",
+            sample_recording()
+        ),
+        &format!(
+            "host={} port={} topic=resume qos=1 clean-session=false client-id=resume-{} \
+             keep-alive=1 max-queued-messages=5000",
+            broker.host(),
+            broker.port(),
+            std::process::id()
+        ),
+    );
+    assert!(run.wait_element_message("mqttpublish-connected", LONG));
+    thread::sleep(Duration::from_millis(500));
+    broker.pause();
+    // The window full and more waiting in the channel, then the keep-alive ends the
+    // connection.
+    let mut full = 0;
+    let dropped = common::wait_until(LONG, Duration::from_millis(50), || {
+        let stats = run.stats();
+        full = full.max(stat(&stats, "in-flight"));
+        !stats.get::<bool>("connected").unwrap()
+    });
+    assert!(dropped, "the keep-alive ends the connection");
+    broker.resume();
+    assert!(wait_connected(&mut run, 2, LONG));
+    thread::sleep(Duration::from_secs(2));
+    run.pipeline.send_event(gst::event::Eos::new());
+    run.wait_eos(LONG);
+    let connected = posted(&run, "mqttpublish-connected");
+    let stats = run.stop();
+
+    assert!(
+        full > 110,
+        "the window was full and more waited: {full} in flight"
+    );
+    assert!(connected[1].get::<bool>("session-present").unwrap());
+    let queued = stat(&stats, "messages-queued");
+    assert_eq!(stat(&stats, "in-flight"), 0, "{stats}");
+    assert_eq!(stat(&stats, "messages-published"), queued, "{stats}");
+    assert_accounted(&stats);
+    assert_every_frame(&sub, queued);
+}
