@@ -613,4 +613,37 @@ mod tests {
         let error = rumqttc::TlsError::Io(io::Error::from(io::ErrorKind::ConnectionRefused));
         assert_eq!(with_tls_hint("words".into(), &error, 8883), "words");
     }
+
+    /// Why [`Session::take_unsent`] exists, shown on rumqttc's own state machine: after a
+    /// lost connection with the in-flight window full, the resent publishes hold every
+    /// packet id, and the publishes that had waited in the request channel (packet id 0)
+    /// all collide; each collision replaces the publish parked before, so of 64 only the
+    /// last can ever be sent. If this fails, rumqttc changed (see bytebeamio/rumqtt#1056):
+    /// check whether the taking back is still needed.
+    #[test]
+    fn rumqttc_loses_waiting_publishes_that_collide_on_a_resumed_session() {
+        use rumqttc::{MqttState, Publish, QoS, Request};
+        let publish = || Request::Publish(Publish::new("t", QoS::AtLeastOnce, vec![0u8]));
+        let mut state = MqttState::new(QOS_INFLIGHT, false);
+        for _ in 0..QOS_INFLIGHT {
+            state.handle_outgoing_packet(publish()).unwrap();
+        }
+        // The connection is lost: rumqttc moves the unacknowledged publishes to `pending`
+        // (the event loop appends what waited in its channel), then resends them.
+        let resent = state.clean();
+        assert_eq!(resent.len(), usize::from(QOS_INFLIGHT));
+        for request in resent {
+            state.handle_outgoing_packet(request).unwrap();
+        }
+        let mut parked = Vec::new();
+        for _ in 0..REQUEST_CHANNEL {
+            state.handle_outgoing_packet(publish()).unwrap();
+            parked.push(state.collision.as_ref().map(|p| p.pkid));
+        }
+        // Every waiting publish collided; rumqttc holds the 100 resent and the one parked
+        // last: 63 of the 64 are gone, never to be sent.
+        assert!(parked.iter().all(Option::is_some), "{parked:?}");
+        let held = usize::from(state.inflight()) + usize::from(state.collision.is_some());
+        assert_eq!(usize::from(QOS_INFLIGHT) + REQUEST_CHANNEL - held, 63);
+    }
 }
