@@ -332,6 +332,41 @@ def outage_summary(rec):
     return s
 
 
+def report_w5(runs, params, targets):
+    out = [f"## W5: {params['W5_BRANCHES']} cameras in one process against a NATS cluster "
+           f"({params['W5_SECONDS']} s, 30 fps each, QoS 1)", ""]
+    base = runs.select(w="w5", row="baseline")
+    mq = runs.select(w="w5", row="mqttpublish")
+    if not base or not mq:
+        return out
+    b, m = base[0], mq[0]
+    share = 100 * (cpu(m) - cpu(b)) / m["pub"]["wall"]
+    queued = sum_sinks(m, "messages-queued")
+    acked = sum_sinks(m, "messages-acknowledged")
+    dropped = sum_sinks(m, "messages-dropped")
+    received = m["sub"].get("total", 0)
+    lat = m["sub"].get("latency_ms", {})
+    header = ["pipeline", "CPU s", "wall s", "CPU % of a core", "threads", "peak RSS MiB"]
+    rows = [[name, fmt(cpu(r), ".2f"), fmt(r["pub"]["wall"], ".1f"),
+             fmt(100 * cpu(r) / r["pub"]["wall"], ".1f"), str(r["pub"].get("threads_max", "-")),
+             fmt(r["time"]["max_rss_kib"] / 1024, ".0f")]
+            for name, r in ((f"{params['W5_BRANCHES']} x fakesink", b),
+                            (f"{params['W5_BRANCHES']} x mqttpublish qos=1", m))]
+    out.append(table(header, rows))
+    out.append("")
+    out.append(f"Publishing uses **{share:.1f}%** of one core ({share / params['W5_BRANCHES']:.2f}% per camera), "
+               f"{m['pub'].get('threads_max', 0) - b['pub'].get('threads_max', 0)} threads more than the fakesinks "
+               f"(one connection thread per sink). Latency from the sink to a subscriber on another node: "
+               f"p50 {fmt(lat.get('p50'))} ms, p99 {fmt(lat.get('p99'))} ms, max {fmt(lat.get('max'))} ms. "
+               f"Messages: {queued} made, {acked} acknowledged, {dropped} dropped by the sinks, "
+               f"{received} received by the subscriber.")
+    out.append("")
+    lost = queued - received
+    targets.append(("W5: nothing lost at QoS 1 (64 cameras, NATS cluster)",
+                    f"{lost} lost of {queued}, {dropped} dropped", lost <= 0 and dropped == 0))
+    return out
+
+
 def report_mem(runs, params, targets):
     out = [f"## Memory: broker down for {params['OUTAGE_SECONDS']} s, 720p frames at 30 fps "
            f"(max-queued-bytes={params['MEM_QUEUE_BYTES'] // MIB} MiB, QoS 1)", ""]
@@ -408,6 +443,8 @@ def cmd_report(path):
         sections += report_w4(runs, params, targets)
     if runs.select(w="mem"):
         sections += report_mem(runs, params, targets)
+    if runs.select(w="w5"):
+        sections += report_w5(runs, params, targets)
     out.append("## Targets")
     out.append("")
     out.append(table(["target", "measured", "verdict"], [[t, m, verdict(ok)] for t, m, ok in targets]))

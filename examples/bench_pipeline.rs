@@ -147,7 +147,10 @@ fn main() {
     let mut timeline = Vec::new();
     let mut next_sample = Duration::ZERO;
     let mut eos_sent = false;
+    // Most threads the process had while streaming (the connection threads of the sinks).
+    let mut threads_max = 0;
     loop {
+        threads_max = threads_max.max(proc_status_kib("Threads"));
         let elapsed = start.elapsed();
         if timeline_on && elapsed >= next_sample {
             timeline.push(sample(&sinks, elapsed.as_secs_f64()));
@@ -188,6 +191,7 @@ fn main() {
         "wall": wall,
         "start_unix": start_unix,
         "peak_rss_kib": proc_status_kib("VmHWM"),
+        "threads_max": threads_max,
         "sinks": sink_stats,
     });
     if timeline_on {

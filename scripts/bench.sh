@@ -25,11 +25,17 @@
 #        same into fakesink: CPU share of one core, messages lost
 #   mem  720p frames with the broker down for OUTAGE_SECONDS: peak RSS against
 #        max-queued-bytes, and the queue draining after the broker returns
+#   w5   W5_BRANCHES live 30 fps sources, each with its own mqttpublish (QoS 1,
+#        add-sink-time), in one process against a three-node NATS cluster (JetStream,
+#        MQTT; its own, on free loopback ports) for W5_SECONDS, vs the same into
+#        fakesink: CPU, threads, peak RSS, p99 latency at a subscriber on another node,
+#        messages lost
 #
 # Knobs (environment): W1_N=20000 W2_N=300 W3_SECONDS=60 W3_QOS=0 W4_SECONDS=60
 # W4_BRANCHES=16 OUTAGE_SECONDS=60 MEM_BEFORE=10 MEM_AFTER=30 MEM_QUEUE_BYTES=33554432
-# MEM_SLACK_MIB=16 REPEAT=5 (w1/w2 runs per row; the median is reported)
-# WORKLOADS="w1 w2 w3 w4 mem" BENCH_DIR=target/bench (results.jsonl, RESULTS.md, logs).
+# MEM_SLACK_MIB=16 REPEAT=5 (w1/w2 runs per row; the median is reported) W5_SECONDS=60
+# W5_BRANCHES=64
+# WORKLOADS="w1 w2 w3 w4 mem w5" BENCH_DIR=target/bench (results.jsonl, RESULTS.md, logs).
 #
 # Prints the result tables (also written to $BENCH_DIR/RESULTS.md) and whether each
 # target is met. Exits non-zero only when the benchmark itself could not run.
@@ -50,7 +56,9 @@ MEM_AFTER=${MEM_AFTER:-30}
 MEM_QUEUE_BYTES=${MEM_QUEUE_BYTES:-33554432}
 MEM_SLACK_MIB=${MEM_SLACK_MIB:-16}
 REPEAT=${REPEAT:-5}
-WORKLOADS=${WORKLOADS:-"w1 w2 w3 w4 mem"}
+W5_SECONDS=${W5_SECONDS:-60}
+W5_BRANCHES=${W5_BRANCHES:-64}
+WORKLOADS=${WORKLOADS:-"w1 w2 w3 w4 mem w5"}
 BENCH_DIR=${BENCH_DIR:-target/bench}
 VENV=target/bench-venv
 
@@ -101,9 +109,10 @@ mkdir -p "$LOGS"
 
 sub_pid=
 pub_pid=
+nats_pids=()
 cleanup() {
     local pid
-    for pid in "$pub_pid" "$sub_pid" "$broker_pid"; do
+    for pid in "$pub_pid" "$sub_pid" "$broker_pid" "${nats_pids[@]}"; do
         stop_process "$pid"
     done
     rm -rf "$WORK"
@@ -131,7 +140,7 @@ start_subscriber() {
     local filter=$1
     shift
     rm -f "$WORK/sub.ready" "$WORK/sub.stop"
-    "$EXAMPLES/bench_subscriber" --port="$PORT" --topic="$filter" \
+    "$EXAMPLES/bench_subscriber" --port="${SUB_PORT:-$PORT}" --topic="$filter" \
         --ready-file="$WORK/sub.ready" --stop-file="$WORK/sub.stop" "$@" \
         >"$WORK/sub.json" 2>>"$LOGS/subscriber.log" &
     sub_pid=$!
@@ -148,6 +157,7 @@ stop_subscriber() {
 }
 
 # measure KEY-JSON TOPIC-FILTER [--sub-opts "OPTS"] -- COMMAND...
+# (the subscriber connects to $SUB_PORT, the local mosquitto unless a workload says)
 # Runs COMMAND (a publisher printing one JSON object) under GNU time with a subscriber
 # on TOPIC-FILTER, and appends one record to results.jsonl.
 measure() {
@@ -195,8 +205,8 @@ MQTT="port=$PORT"
 start_broker
 log "mosquitto $(mosquitto -h 2>/dev/null | head -1 | awk '{print $3}') on 127.0.0.1:$PORT"
 /usr/bin/python3 bench/report.py meta \
-    "$(printf '{"W1_N":%s,"W2_N":%s,"W3_SECONDS":%s,"W3_QOS":%s,"W4_SECONDS":%s,"W4_BRANCHES":%s,"OUTAGE_SECONDS":%s,"MEM_QUEUE_BYTES":%s,"MEM_SLACK_MIB":%s,"REPEAT":%s}' \
-        "$W1_N" "$W2_N" "$W3_SECONDS" "$W3_QOS" "$W4_SECONDS" "$W4_BRANCHES" "$OUTAGE_SECONDS" "$MEM_QUEUE_BYTES" "$MEM_SLACK_MIB" "$REPEAT")" \
+    "$(printf '{"W1_N":%s,"W2_N":%s,"W3_SECONDS":%s,"W3_QOS":%s,"W4_SECONDS":%s,"W4_BRANCHES":%s,"OUTAGE_SECONDS":%s,"MEM_QUEUE_BYTES":%s,"MEM_SLACK_MIB":%s,"REPEAT":%s,"W5_SECONDS":%s,"W5_BRANCHES":%s}' \
+        "$W1_N" "$W2_N" "$W3_SECONDS" "$W3_QOS" "$W4_SECONDS" "$W4_BRANCHES" "$OUTAGE_SECONDS" "$MEM_QUEUE_BYTES" "$MEM_SLACK_MIB" "$REPEAT" "$W5_SECONDS" "$W5_BRANCHES")" \
     "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD -- src 2>/dev/null || echo '+dirty')" \
     >>"$RESULTS"
 
@@ -345,14 +355,82 @@ mem() {
     done
 }
 
+# --- W5: many cameras against a NATS cluster ----------------------------------------
+
+# Starts three NATS servers (JetStream, MQTT, sessions on all three) on free loopback
+# ports in $WORK; NATS_MQTT holds their MQTT ports.
+nats_cluster_start() {
+    local i _ routes=() cports=() mports=()
+    for i in 0 1 2; do
+        cports+=("$(free_port)")
+        mports+=("$(free_port)")
+    done
+    for i in 0 1 2; do
+        routes+=("\"nats-route://127.0.0.1:${cports[$i]}\"")
+    done
+    for i in 0 1 2; do
+        mkdir -p "$WORK/nats$i"
+        cat >"$WORK/nats$i/nats.conf" <<EOF
+server_name: n$((i + 1))
+listen: "127.0.0.1:-1"
+jetstream { store_dir: "$WORK/nats$i/js" }
+cluster { name: bench, listen: "127.0.0.1:${cports[$i]}", routes: [$(IFS=,; echo "${routes[*]}")] }
+mqtt { listen: "127.0.0.1:${mports[$i]}", stream_replicas: 3 }
+EOF
+        nats-server -c "$WORK/nats$i/nats.conf" 2>>"$LOGS/nats$i.log" &
+        nats_pids+=($!)
+    done
+    NATS_MQTT=("${mports[@]}")
+    for i in 0 1 2; do
+        for _ in $(seq 200); do
+            port_open 127.0.0.1 "${mports[$i]}" && break
+            sleep 0.1
+        done
+    done
+    # JetStream elects its leaders before MQTT sessions work.
+    sleep 5
+}
+
+w5() {
+    local sink row i desc
+    nats_cluster_start
+    log "NATS cluster: MQTT on 127.0.0.1 ports ${NATS_MQTT[*]}"
+    for row in baseline mqttpublish; do
+        desc=()
+        for i in $(seq 0 $((W5_BRANCHES - 1))); do
+            if [[ $row == baseline ]]; then
+                sink="fakesink"
+            else
+                # The sinks alternate between the first two nodes (each failing over to
+                # the other); the subscriber is on the third.
+                if ((i % 2)); then
+                    sink="127.0.0.1:${NATS_MQTT[1]},127.0.0.1:${NATS_MQTT[0]}"
+                else
+                    sink="127.0.0.1:${NATS_MQTT[0]},127.0.0.1:${NATS_MQTT[1]}"
+                fi
+                sink="mqttpublish name=m$i host=$sink qos=1 add-sink-time=true topic=bench/w5/$i"
+            fi
+            desc+=(videotestsrc is-live=true ! video/x-raw,format=I420,width=64,height=48,framerate=30/1
+                ! metareplay location="$SAMPLE" loop=true ! $sink)
+        done
+        SUB_PORT=${NATS_MQTT[2]} measure "{\"w\":\"w5\",\"row\":\"$row\",\"branches\":$W5_BRANCHES}" \
+            'bench/w5/#' --sub-opts --latency \
+            -- "$EXAMPLES/bench_pipeline" --duration="$W5_SECONDS" "${desc[@]}"
+    done
+    for i in "${nats_pids[@]}"; do
+        stop_process "$i"
+    done
+    nats_pids=()
+}
+
 for workload in $WORKLOADS; do
     case $workload in
-    w1 | w2 | w3 | w4 | mem)
+    w1 | w2 | w3 | w4 | mem | w5)
         log "=== $workload"
         "$workload"
         ;;
     *)
-        log "unknown workload $workload (use w1 w2 w3 w4 mem)"
+        log "unknown workload $workload (use w1 w2 w3 w4 mem w5)"
         exit 2
         ;;
     esac

@@ -27,6 +27,10 @@ APT_PACKAGES=(
     # MQTT broker and clients used by the tests and scripts/run.sh
     mosquitto
     mosquitto-clients
+    # the other real brokers of the broker matrix (tests/brokers.rs): RabbitMQ with its
+    # MQTT plugin (shipped in the package) and NATS (JetStream + MQTT)
+    rabbitmq-server
+    nats-server
     # the subscriber's virtualenv, test certificates
     python3-venv
     openssl

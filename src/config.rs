@@ -509,7 +509,18 @@ impl PublisherConfig {
                         format!("{key}: expected true or false, got {}", shown(v))
                     })?)
                 }
-                "host" => config.host = Some(string(key, v)?),
+                // One broker, or a list of them for failover: "h1:p1,h2:p2" or a JSON
+                // array of such strings.
+                "host" => {
+                    config.host = Some(match v.as_array() {
+                        Some(list) => list
+                            .iter()
+                            .map(|item| string(key, item))
+                            .collect::<Result<Vec<_>, _>>()?
+                            .join(","),
+                        None => string(key, v)?,
+                    })
+                }
                 "port" => {
                     let port = integer(key, v)?;
                     config.port =

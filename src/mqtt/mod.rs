@@ -52,7 +52,7 @@ impl Protocol {
 /// Quality of service of the publishes.
 // The names MQTT gives the three levels.
 #[allow(clippy::enum_variant_names)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
 pub enum QoS {
     #[default]
     AtMostOnce,
@@ -72,6 +72,11 @@ impl QoS {
 
     pub fn level(self) -> u32 {
         self as u32
+    }
+
+    /// The QoS of a level a broker announced (MQTT 5 Maximum QoS), if valid.
+    pub fn from_granted(level: u8) -> Option<Self> {
+        QoS::from_level(i64::from(level)).ok()
     }
 
     fn v4(self) -> rumqttc::QoS {
@@ -113,11 +118,28 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// One broker to connect to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Broker {
+    pub host: String,
+    pub port: u16,
+}
+
+impl fmt::Display for Broker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
 /// Everything the worker needs to connect and publish.
 #[derive(Debug, Clone)]
 pub struct ConnectionConfig {
-    pub host: String,
-    pub port: u16,
+    /// The brokers, tried in turn (failover); at least one.
+    pub brokers: Vec<Broker>,
     pub client_id: String,
     pub clean_session: bool,
     pub keep_alive: Duration,

@@ -309,6 +309,17 @@ impl Queue {
         Some((message, ended))
     }
 
+    /// Puts `messages` back at the head of the queue, in their order, whatever the bounds:
+    /// they were queued before and taken back from the connection (never written, or
+    /// not acknowledged in a session the broker lost).
+    pub fn requeue_front(&self, messages: Vec<Message>) {
+        let mut inner = self.inner.lock().unwrap();
+        for message in messages.into_iter().rev() {
+            inner.bytes += message.payload.len();
+            inner.messages.push_front(message);
+        }
+    }
+
     /// Ends the drop episode under way, if any (end of stream).
     pub fn end_episode(&self) -> Option<DropEpisode> {
         self.inner.lock().unwrap().episode.take()

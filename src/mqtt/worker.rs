@@ -16,19 +16,32 @@
 //! Every message is accounted for: `queued = published + dropped + still queued + in flight`,
 //! and every drop is reported: drops of a full queue as episodes ([`Notice::Dropping`] at
 //! the first, [`Notice::Dropped`] with the count at the end), the others as they happen
-//! ([`Notice::Oversize`], [`Notice::Discarded`]).
+//! ([`Notice::Oversize`]).
+//!
+//! At least once, whatever the broker keeps: a QoS 1/2 message stays in the worker's hands
+//! (shared with rumqttc's copy, not duplicated) until it is acknowledged. When a broker
+//! answers a reconnection with a new session (it kept none, or `clean-session`), what it
+//! had not acknowledged is queued again, first, and counted in `republished`; what rumqttc
+//! held but never wrote is always taken back and queued again (see
+//! [`Session::take_unsent`] for why).
+//!
+//! With several brokers ([`ConnectionConfig::brokers`]), each failure moves to the next
+//! one, with the same backoff.
 
-use std::collections::{HashSet, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use once_cell::sync::Lazy;
 use tokio::sync::Notify;
 
-use super::session::{Event, Publisher, Session, REQUEST_CHANNEL};
-use super::{ConnectionConfig, DropEpisode, Leaky, Limits, Message, Overflow, Pushed, Queue};
+use super::session::{Event, Failure, Publisher, Refusal, Session, REQUEST_CHANNEL};
+use super::{
+    Broker, ConnectionConfig, DropEpisode, Leaky, Limits, Message, Overflow, Pushed, QoS, Queue,
+};
 
 /// Connection, backoff and hand-over decisions: `GST_DEBUG=mqttpublish-connection:6`.
 static CAT: Lazy<gst::DebugCategory> = Lazy::new(|| {
@@ -55,6 +68,9 @@ const CONNECTION_HELD: Duration = Duration::from_secs(10);
 const SHORT_CONNECTIONS_WARNING: u32 = 3;
 /// How long a stop waits for DISCONNECT to go out.
 const DISCONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+/// Connections in a row that the broker closed after a QoS 2 publish, never answering one
+/// with PUBREC, that mean it does not take QoS 2 (NATS).
+const QOS2_CLOSES: u32 = 2;
 
 /// Connection events for the element to post on the bus.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,16 +80,29 @@ pub enum Notice {
         session_present: bool,
     },
     Disconnected {
+        /// What happened, and for a refusal what to change.
         reason: String,
         /// Failed attempts in a row, 1 for the first failure after a connection.
         attempt: u32,
         retry_in: Duration,
+        /// The broker the next attempt goes to, when it is another one (failover).
+        next: Option<Broker>,
+    },
+    /// The broker refused something a retry will not change (protocol version, user name
+    /// or password, authorization, client id); the worker keeps retrying.
+    Refused { reason: String },
+    /// The broker does not take the configured QoS: messages go at `granted` from now on.
+    QosDowngraded {
+        requested: QoS,
+        granted: QoS,
+        reason: String,
     },
     /// The broker keeps dropping the connection soon after accepting it, or said another
     /// client took the session over.
     ClientIdConflict { reason: String },
-    /// The broker did not keep the session: rumqttc discarded messages in flight.
-    Discarded { count: u64 },
+    /// The broker answered a reconnection with a new session: the messages it had not
+    /// acknowledged are published again.
+    Republished { count: u64 },
     /// The first message dropped for its size; later ones are only counted.
     Oversize { size: usize, limit: SizeLimit },
     /// The queue was full and its policy dropped a message: the first drop of an episode.
@@ -110,6 +139,9 @@ pub struct Stats {
     pub dropped_oversize: u64,
     pub dropped_disconnected: u64,
     pub dropped_stopped: u64,
+    /// QoS 1/2 messages published again because the broker lost the session before
+    /// acknowledging them (each also counts once in `published` when acknowledged).
+    pub republished: u64,
     pub reconnects: u64,
     pub bytes_sent: u64,
     pub connected: bool,
@@ -154,15 +186,17 @@ pub enum Flushed {
 
 /// Per-message bookkeeping between the mover and the poller. Every message handed to
 /// rumqttc is `in_flight` until it is complete: written to the socket for QoS 0,
-/// acknowledged for QoS 1/2; then it counts as `published`, or as `dropped_disconnected`
-/// if the broker started a new session first. So each message is in exactly one bucket.
+/// acknowledged for QoS 1/2; then it counts as `published`. A message taken back (never
+/// written, or not acknowledged in a session the broker lost) goes back to the queue. So
+/// each message is in exactly one bucket.
 #[derive(Debug, Default)]
 struct Tracker {
     stats: Stats,
-    /// Sizes of messages handed over and not yet written, in hand-over order.
-    unwritten: VecDeque<usize>,
-    /// Packet ids written and not yet acknowledged (QoS 1/2).
-    unacked: HashSet<u16>,
+    /// Messages handed over and not yet written, in hand-over order.
+    unwritten: VecDeque<Bytes>,
+    /// Messages written and not yet acknowledged (QoS 1/2), in write order: packet id,
+    /// payload, and whether the broker received it (PUBREC: it owns a QoS 2 message).
+    unacked: VecDeque<(u16, Bytes, bool)>,
     /// Threads waiting on `Shared::progress` (in `flush`). Notifying a condition variable
     /// is a system call even when nobody waits, so updates only notify when one does.
     waiters: usize,
@@ -184,48 +218,87 @@ impl Tracker {
         !std::mem::replace(&mut self.oversize_seen, true)
     }
 
-    fn handed(&mut self, size: usize) {
-        self.unwritten.push_back(size);
+    fn handed(&mut self, payload: Bytes) {
+        self.unwritten.push_back(payload);
         self.stats.in_flight += 1;
+    }
+
+    /// rumqttc refused the last hand-over (it is stopping).
+    fn not_handed(&mut self) {
+        self.unwritten.pop_back();
+        self.stats.in_flight -= 1;
+        self.stats.dropped_stopped += 1;
     }
 
     fn written(&mut self, pkid: u16) {
         // A retransmission of a packet id already written is not a new message.
-        if pkid != 0 && self.unacked.contains(&pkid) {
+        if pkid != 0 && self.unacked.iter().any(|(id, ..)| *id == pkid) {
             return;
         }
-        // rumqttc can report a write it then lost with the connection, after the new
-        // connection is up; what was discarded with the session is not written again.
-        let Some(size) = self.unwritten.pop_front() else {
+        let Some(payload) = self.unwritten.pop_front() else {
             return;
         };
-        self.stats.bytes_sent += size as u64;
+        self.stats.bytes_sent += payload.len() as u64;
         if pkid == 0 {
             self.stats.published += 1;
             self.stats.in_flight = self.stats.in_flight.saturating_sub(1);
         } else {
-            self.unacked.insert(pkid);
+            self.unacked.push_back((pkid, payload, false));
+        }
+    }
+
+    fn received(&mut self, pkid: u16) {
+        if let Some(entry) = self.unacked.iter_mut().find(|(id, ..)| *id == pkid) {
+            entry.2 = true;
         }
     }
 
     fn completed(&mut self, pkid: u16) {
-        if self.unacked.remove(&pkid) {
+        if let Some(at) = self.unacked.iter().position(|(id, ..)| *id == pkid) {
+            self.unacked.remove(at);
             self.stats.acknowledged += 1;
             self.stats.published += 1;
             self.stats.in_flight = self.stats.in_flight.saturating_sub(1);
         }
     }
 
-    /// The broker started a new session: rumqttc dropped everything in flight.
-    fn discard_in_flight(&mut self) -> u64 {
-        let lost = self.stats.in_flight;
-        self.stats.dropped_disconnected += lost;
-        self.stats.in_flight = 0;
-        self.unwritten.clear();
-        self.unacked.clear();
-        lost
+    fn apply(&mut self, event: &Event) {
+        match *event {
+            Event::Written { pkid } => self.written(pkid),
+            Event::Received { pkid } => self.received(pkid),
+            Event::Completed { pkid, .. } => self.completed(pkid),
+            _ => {}
+        }
+    }
+
+    /// Takes back the messages handed over and never written, to queue again.
+    fn take_unwritten(&mut self) -> Vec<Bytes> {
+        let taken: Vec<Bytes> = self.unwritten.drain(..).collect();
+        self.stats.in_flight -= taken.len() as u64;
+        taken
+    }
+
+    /// The broker lost the session: takes back the messages it had not acknowledged, to
+    /// publish again. A QoS 2 message the broker had received (PUBREC) is its own now: it
+    /// counts as published.
+    fn take_unacked(&mut self) -> Vec<Bytes> {
+        let mut taken = Vec::new();
+        for (_, payload, received) in self.unacked.drain(..) {
+            self.stats.in_flight -= 1;
+            if received {
+                self.stats.acknowledged += 1;
+                self.stats.published += 1;
+            } else {
+                taken.push(payload);
+            }
+        }
+        self.stats.republished += taken.len() as u64;
+        taken
     }
 }
+
+/// Posts a [`Notice`] about a broker.
+type NotifyFn = dyn Fn(&Broker, Notice) + Send + Sync;
 
 struct Shared {
     queue: Queue,
@@ -233,8 +306,13 @@ struct Shared {
     max_message_size: usize,
     /// The topic published to, for packet sizes.
     topic: String,
-    /// Posts connection events; called from the worker and the streaming thread.
-    notify: Box<dyn Fn(Notice) + Send + Sync>,
+    /// Posts connection events with the broker they concern; called from the worker and
+    /// the streaming thread.
+    notify: Box<NotifyFn>,
+    /// The broker connected to, or tried next.
+    broker: Mutex<Broker>,
+    /// The QoS messages are published at: the configured one, or what the broker grants.
+    qos: AtomicU32,
     tracker: Mutex<Tracker>,
     /// Signalled whenever messages complete or the connection state changes.
     progress: Condvar,
@@ -249,6 +327,42 @@ struct Shared {
 }
 
 impl Shared {
+    fn notify(&self, notice: Notice) {
+        let broker = self.broker.lock().unwrap().clone();
+        (self.notify)(&broker, notice);
+    }
+
+    fn qos(&self) -> QoS {
+        match self.qos.load(Ordering::Relaxed) {
+            0 => QoS::AtMostOnce,
+            1 => QoS::AtLeastOnce,
+            _ => QoS::ExactlyOnce,
+        }
+    }
+
+    /// Queues `payloads` again, ahead of everything queued; returns how many. Called with
+    /// the tracker locked, so that a [`Worker::flush`] never sees them neither in flight
+    /// nor queued.
+    fn requeue(&self, payloads: Vec<Bytes>) -> u64 {
+        let count = payloads.len() as u64;
+        if payloads.is_empty() {
+            return 0;
+        }
+        let now = Instant::now();
+        self.queue.requeue_front(
+            payloads
+                .into_iter()
+                .map(|payload| Message {
+                    // Shared with nobody any more (rumqttc let go), so this does not copy.
+                    payload: Vec::from(payload),
+                    queued_at: now,
+                })
+                .collect(),
+        );
+        self.queued.notify_one();
+        count
+    }
+
     fn update<R>(&self, f: impl FnOnce(&mut Tracker) -> R) -> R {
         let mut tracker = self.tracker.lock().unwrap();
         let r = f(&mut tracker);
@@ -273,13 +387,16 @@ impl Worker {
     pub fn start(
         config: ConnectionConfig,
         limits: Limits,
-        notify: impl Fn(Notice) + Send + Sync + 'static,
+        notify: impl Fn(&Broker, Notice) + Send + Sync + 'static,
     ) -> std::io::Result<Worker> {
+        assert!(!config.brokers.is_empty(), "at least one broker");
         let shared = Arc::new(Shared {
             queue: Queue::new(limits),
             max_message_size: config.max_message_size,
             topic: config.topic.clone(),
             notify: Box::new(notify),
+            broker: Mutex::new(config.brokers[0].clone()),
+            qos: AtomicU32::new(config.qos.level()),
             tracker: Mutex::default(),
             progress: Condvar::new(),
             queued: Notify::new(),
@@ -306,7 +423,7 @@ impl Worker {
                         .unwrap_or_else(|| "unknown panic".into());
                     thread_shared.update(|t| t.stats.connected = false);
                     gst::error!(CAT, "Connection thread panicked: {reason}");
-                    (thread_shared.notify)(Notice::Failed { reason });
+                    thread_shared.notify(Notice::Failed { reason });
                 }
             })?;
         Ok(Worker {
@@ -327,7 +444,7 @@ impl Worker {
                 "Dropped a message of {size} bytes: over the size limit"
             );
             if first {
-                (self.shared.notify)(Notice::Oversize {
+                self.shared.notify(Notice::Oversize {
                     size,
                     limit: SizeLimit::Configured(self.shared.max_message_size),
                 });
@@ -372,7 +489,7 @@ impl Worker {
                 overflow.bound,
                 overflow.policy
             );
-            (self.shared.notify)(Notice::Dropping {
+            self.shared.notify(Notice::Dropping {
                 overflow,
                 leaky: self.shared.queue.leaky(),
                 connected,
@@ -406,7 +523,7 @@ impl Worker {
     /// [`Notice::Dropped`].
     pub fn end_drop_episode(&self) {
         if let Some(episode) = self.shared.queue.end_episode() {
-            (self.shared.notify)(Notice::Dropped {
+            self.shared.notify(Notice::Dropped {
                 episode,
                 at_end: true,
             });
@@ -518,7 +635,7 @@ impl Drop for Worker {
 }
 
 async fn run(shared: &Shared, config: ConnectionConfig) {
-    let session = Session::new(&config);
+    let session = Session::new(&config, &config.brokers[0]);
     let publisher = session.publisher();
     tokio::join!(
         poll_connection(shared, session, &config),
@@ -586,7 +703,7 @@ async fn hand_over(shared: &Shared, publisher: &Publisher, config: &ConnectionCo
                 episode.dropped,
                 episode.duration()
             );
-            (shared.notify)(Notice::Dropped {
+            shared.notify(Notice::Dropped {
                 episode,
                 at_end: false,
             });
@@ -600,20 +717,23 @@ async fn hand_over(shared: &Shared, publisher: &Publisher, config: &ConnectionCo
                 "Dropped a message of {size} bytes: over the broker's limit"
             );
             if shared.update(Tracker::drop_oversize) {
-                (shared.notify)(Notice::Oversize {
+                shared.notify(Notice::Oversize {
                     size,
                     limit: SizeLimit::Broker(max),
                 });
             }
             continue;
         }
-        // The channel has room, so this completes without waiting.
-        match publisher
-            .publish(topic, config.qos, config.retain, message.payload)
+        // Counted before it is handed over, so that the poller never sees it written
+        // first. The channel has room, so this completes without waiting.
+        let payload = Bytes::from(message.payload);
+        shared.update(|t| t.handed(payload.clone()));
+        if publisher
+            .publish(topic, shared.qos(), config.retain, payload)
             .await
+            .is_err()
         {
-            Ok(()) => shared.update(|t| t.handed(size)),
-            Err(_) => shared.update(|t| t.stats.dropped_stopped += 1),
+            shared.update(Tracker::not_handed);
         }
     }
 }
@@ -624,14 +744,21 @@ fn packet_size(topic: &str, payload_size: usize) -> usize {
     payload_size + topic.len() + 16
 }
 
-/// Drives the event loop: connection state, acknowledgements, backoff, clean disconnect.
+/// Drives the event loop: connection state, acknowledgements, backoff, failover, what the
+/// broker refused, clean disconnect.
 async fn poll_connection(shared: &Shared, mut session: Session, config: &ConnectionConfig) {
-    let notify = &shared.notify;
     let mut backoff = FIRST_BACKOFF;
     let mut failures = 0u32;
     let mut short_connections = 0u32;
     let mut connected_since: Option<Instant> = None;
     let mut ever_connected = false;
+    let mut broker_index = 0;
+    // The refusal the last failure looked like (a guess needs a repeat), and those reported.
+    let mut last_refusal: Option<Refusal> = None;
+    let mut reported: Vec<Refusal> = Vec::new();
+    // QoS 2 on MQTT 3.1.1: connections closed after a QoS 2 publish with no PUBREC ever.
+    let mut qos2_closes = 0u32;
+    let mut pubrec_seen = false;
 
     loop {
         let event = tokio::select! {
@@ -642,10 +769,24 @@ async fn poll_connection(shared: &Shared, mut session: Session, config: &Connect
             Ok(Event::Connected {
                 session_present,
                 max_packet_size,
+                max_qos,
             }) => {
                 failures = 0;
+                last_refusal = None;
                 connected_since = Some(Instant::now());
-                let discarded = shared.update(|t| {
+                if let Some(granted) = max_qos.and_then(QoS::from_granted) {
+                    if granted < shared.qos() {
+                        downgrade(
+                            shared,
+                            granted,
+                            format!(
+                                "the broker accepts QoS {} at most (MQTT 5 CONNACK Maximum QoS)",
+                                granted.level()
+                            ),
+                        );
+                    }
+                }
+                let again = shared.update(|t| {
                     t.stats.connected = true;
                     t.stats.broker_max_packet = max_packet_size;
                     if ever_connected {
@@ -654,19 +795,18 @@ async fn poll_connection(shared: &Shared, mut session: Session, config: &Connect
                     if session_present {
                         0
                     } else {
-                        t.discard_in_flight()
+                        shared.requeue(t.take_unacked())
                     }
                 });
                 ever_connected = true;
+                let broker = shared.broker.lock().unwrap().clone();
                 gst::debug!(
                     CAT,
-                    "Connected to {}:{} (session present: {session_present}, broker packet limit: {max_packet_size:?}); {discarded} in flight discarded",
-                    config.host,
-                    config.port
+                    "Connected to {broker} (session present: {session_present}, broker packet limit: {max_packet_size:?}); {again} unacknowledged to publish again"
                 );
-                notify(Notice::Connected { session_present });
-                if discarded > 0 {
-                    notify(Notice::Discarded { count: discarded });
+                shared.notify(Notice::Connected { session_present });
+                if again > 0 {
+                    shared.notify(Notice::Republished { count: again });
                 }
                 shared.room.notify_one();
             }
@@ -674,15 +814,90 @@ async fn poll_connection(shared: &Shared, mut session: Session, config: &Connect
                 shared.update(|t| t.written(pkid));
                 shared.room.notify_one();
             }
-            Ok(Event::Completed { pkid }) => shared.update(|t| t.completed(pkid)),
+            Ok(Event::Received { pkid }) => {
+                pubrec_seen = true;
+                shared.update(|t| t.received(pkid));
+            }
+            Ok(Event::Completed { pkid, puback }) => {
+                if puback && shared.qos() == QoS::ExactlyOnce {
+                    downgrade(
+                        shared,
+                        QoS::AtLeastOnce,
+                        "the broker acknowledged a QoS 2 message with PUBACK, as for QoS 1 \
+                         (RabbitMQ does)"
+                            .into(),
+                    );
+                }
+                shared.update(|t| t.completed(pkid));
+            }
             Ok(Event::DisconnectSent | Event::Other) => {}
-            Err(reason) => {
-                shared.update(|t| t.stats.connected = false);
+            Err(failure) => {
+                let Failure {
+                    reason,
+                    refusal,
+                    stale,
+                    unsent,
+                    was_connected,
+                } = failure;
+                let (unwritten, unacked) = shared.update(|t| {
+                    t.stats.connected = false;
+                    for event in &stale {
+                        t.apply(event);
+                    }
+                    (shared.requeue(t.take_unwritten()), t.unacked.len())
+                });
+                gst::debug!(
+                    CAT,
+                    "Lost the connection with {unacked} unacknowledged; took back {unwritten} never written"
+                );
+                if unwritten != unsent as u64 {
+                    gst::warning!(
+                        CAT,
+                        "Took back {unsent} unsent publishes from rumqttc, {unwritten} expected"
+                    );
+                }
+
+                // A broker that closes the connection on QoS 2 publishes (NATS).
+                let qos2_closed = was_connected
+                    && shared.qos() == QoS::ExactlyOnce
+                    && !pubrec_seen
+                    && unacked > 0;
+                qos2_closes = if qos2_closed { qos2_closes + 1 } else { 0 };
+                pubrec_seen = false;
+                if qos2_closes >= QOS2_CLOSES {
+                    downgrade(
+                        shared,
+                        QoS::AtLeastOnce,
+                        "the broker closed the connection after each QoS 2 message instead of \
+                         acknowledging it (NATS does not take QoS 2)"
+                            .into(),
+                    );
+                    // What rumqttc would resend at QoS 2 goes again at QoS 1.
+                    session.take_resends();
+                    let count = shared.update(|t| shared.requeue(t.take_unacked()));
+                    if count > 0 {
+                        shared.notify(Notice::Republished { count });
+                    }
+                }
+
+                let mut reason = reason;
+                if let Some(refusal) = refusal {
+                    reason = refusal.describe(config);
+                    let concluded = refusal.definitive() || last_refusal == Some(refusal);
+                    if concluded && !reported.contains(&refusal) {
+                        reported.push(refusal);
+                        shared.notify(Notice::Refused {
+                            reason: reason.clone(),
+                        });
+                    }
+                }
+                last_refusal = refusal;
+
                 if let Some(since) = connected_since.take() {
                     if since.elapsed() >= CONNECTION_HELD {
                         backoff = FIRST_BACKOFF;
                         short_connections = 0;
-                    } else {
+                    } else if !qos2_closed {
                         short_connections += 1;
                     }
                 }
@@ -690,7 +905,7 @@ async fn poll_connection(shared: &Shared, mut session: Session, config: &Connect
                     || short_connections >= SHORT_CONNECTIONS_WARNING
                 {
                     short_connections = 0;
-                    notify(Notice::ClientIdConflict {
+                    shared.notify(Notice::ClientIdConflict {
                         reason: format!(
                             "the broker keeps closing the connection soon after accepting it \
                              ({reason}); another client may be using the client id {:?}",
@@ -701,17 +916,26 @@ async fn poll_connection(shared: &Shared, mut session: Session, config: &Connect
                 failures += 1;
                 let retry_in = backoff;
                 backoff = (backoff * 2).min(MAX_BACKOFF);
+                let next = (config.brokers.len() > 1).then(|| {
+                    broker_index = (broker_index + 1) % config.brokers.len();
+                    config.brokers[broker_index].clone()
+                });
                 gst::debug!(
                     CAT,
-                    "Connection to {}:{} failed ({reason}), attempt {failures}, retrying in {retry_in:?}",
-                    config.host,
-                    config.port
+                    "Connection to {} failed ({reason}), attempt {failures}, retrying in {retry_in:?}{}",
+                    shared.broker.lock().unwrap(),
+                    next.as_ref().map(|b| format!(" with {b}")).unwrap_or_default()
                 );
-                notify(Notice::Disconnected {
+                shared.notify(Notice::Disconnected {
                     reason,
                     attempt: failures,
                     retry_in,
+                    next: next.clone(),
                 });
+                if let Some(next) = next {
+                    session.set_broker(config, &next);
+                    *shared.broker.lock().unwrap() = next;
+                }
                 tokio::select! {
                     _ = tokio::time::sleep(retry_in) => {}
                     _ = shared.stop.notified() => return,
@@ -735,6 +959,26 @@ async fn poll_connection(shared: &Shared, mut session: Session, config: &Connect
     }
 }
 
+/// Publishes at `granted` from now on, and says so once.
+fn downgrade(shared: &Shared, granted: QoS, reason: String) {
+    let requested = shared.qos();
+    if granted >= requested {
+        return;
+    }
+    shared.qos.store(granted.level(), Ordering::Relaxed);
+    gst::debug!(
+        CAT,
+        "QoS {} -> {}: {reason}",
+        requested.level(),
+        granted.level()
+    );
+    shared.notify(Notice::QosDowngraded {
+        requested,
+        granted,
+        reason,
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -748,7 +992,7 @@ mod tests {
     fn queued(t: &mut Tracker, n: u64) {
         for _ in 0..n {
             t.stats.queued += 1;
-            t.handed(100);
+            t.handed(Bytes::from(vec![0u8; 100]));
         }
     }
 
@@ -783,16 +1027,39 @@ mod tests {
     }
 
     #[test]
-    fn a_new_session_discards_what_was_in_flight() {
+    fn a_lost_connection_takes_back_what_was_never_written() {
         let mut t = Tracker::default();
         queued(&mut t, 3);
         t.written(1);
-        assert_eq!(t.discard_in_flight(), 3);
-        assert_eq!((t.stats.dropped_disconnected, t.stats.in_flight), (3, 0));
-        // rumqttc reporting the lost write after the new connection changes nothing.
+        let unwritten = t.take_unwritten();
+        assert_eq!(unwritten.len(), 2);
+        // Queued again: neither in flight nor counted twice.
+        assert_eq!(t.stats.in_flight, 1);
+        assert_eq!(t.stats.republished, 0);
+        t.stats.queued -= 2; // as if still queued
+        assert_accounted(&t);
+    }
+
+    #[test]
+    fn a_new_session_publishes_again_what_was_not_acknowledged() {
+        let mut t = Tracker::default();
+        queued(&mut t, 4);
+        t.written(1);
         t.written(2);
+        t.written(3);
         t.completed(1);
-        assert_eq!(t.stats.published, 0);
+        // QoS 2: the broker has message 3 (PUBREC), so it is not sent again.
+        t.received(3);
+        let again = t.take_unacked();
+        assert_eq!(again.len(), 1, "message 2");
+        assert_eq!(t.stats.republished, 1);
+        assert_eq!((t.stats.published, t.stats.acknowledged), (2, 2));
+        // Message 4 was never written; it stays in flight until taken back or written.
+        assert_eq!(t.stats.in_flight, 1);
+        // A late acknowledgement of the old packet id changes nothing.
+        t.completed(2);
+        assert_eq!(t.stats.published, 2);
+        t.stats.queued -= 1; // message 2 is queued again
         assert_accounted(&t);
     }
 
@@ -803,8 +1070,7 @@ mod tests {
         assert!(!t.drop_oversize_new());
         queued(&mut t, 1);
         // Handed-over messages the broker cannot take are counted the same way.
-        t.unwritten.pop_front();
-        t.stats.in_flight -= 1;
+        t.take_unwritten();
         assert!(!t.drop_oversize());
         assert_eq!((t.stats.queued, t.stats.dropped_oversize), (3, 3));
         assert_eq!(t.stats.dropped(), 3);
@@ -821,8 +1087,10 @@ mod tests {
         let notices = Arc::new(Mutex::new(Vec::new()));
         let seen = notices.clone();
         let config = ConnectionConfig {
-            host: "127.0.0.1".into(),
-            port: 9,
+            brokers: vec![Broker {
+                host: "127.0.0.1".into(),
+                port: 9,
+            }],
             client_id: "worker-test".into(),
             clean_session: true,
             keep_alive: Duration::from_secs(60),
@@ -834,7 +1102,7 @@ mod tests {
             retain: false,
             max_message_size,
         };
-        let worker = Worker::start(config, limits, move |notice| {
+        let worker = Worker::start(config, limits, move |_, notice| {
             if keep(&notice) {
                 seen.lock().unwrap().push(notice);
             }

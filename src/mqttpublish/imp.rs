@@ -29,6 +29,7 @@ use crate::mqtt::{
     Bound, ConnectionConfig, Flushed, Leaky, Limits, Notice, Pushed, Secret, SizeLimit, Stats,
     Worker,
 };
+use std::sync::atomic::AtomicU8;
 
 static CAT: Lazy<gst::DebugCategory> = Lazy::new(|| {
     gst::DebugCategory::new(
@@ -76,17 +77,59 @@ pub struct MqttPublish {
     /// Ask upstream whether it is live before the next buffer: set by a new stream, caps,
     /// segment or latency, which is when liveness can change.
     check_live: AtomicBool,
+    /// What the broker refused for good in this run, in words (see [`Notice::Refused`]).
+    refusal: Mutex<Option<String>>,
+    /// [`RefusalState`]: whether the refusal ended the run yet.
+    refusal_state: AtomicU8,
+}
+
+/// Whether a refusal ended the run with an error (it does when the upstream is not live).
+#[repr(u8)]
+enum RefusalState {
+    None = 0,
+    ErrorPosted = 1,
 }
 
 impl MqttPublish {
     fn start_worker(&self, config: ConnectionConfig, limits: Limits) -> std::io::Result<Worker> {
         let element = self.obj().downgrade();
-        let broker = format!("{}:{}", config.host, config.port);
-        Worker::start(config, limits, move |notice| {
+        *self.refusal.lock().unwrap() = None;
+        self.refusal_state
+            .store(RefusalState::None as u8, Ordering::SeqCst);
+        Worker::start(config, limits, move |broker, notice| {
             if let Some(element) = element.upgrade() {
-                element.imp().post_notice(&broker, notice);
+                element.imp().post_notice(&broker.to_string(), notice);
             }
         })
+    }
+
+    /// Ends the run with an error if the broker refused something for good and the upstream
+    /// is not live (a file job: nothing would ever be delivered); returns whether it did.
+    /// A live pipeline keeps retrying.
+    fn fail_on_refusal(&self) -> bool {
+        let Some(reason) = self.refusal.lock().unwrap().clone() else {
+            return false;
+        };
+        let live = match &*self.state.lock().unwrap() {
+            State::Started(started) => started.delivery.upstream_live,
+            State::Stopped => None,
+        };
+        if live != Some(false) {
+            return false;
+        }
+        if self
+            .refusal_state
+            .swap(RefusalState::ErrorPosted as u8, Ordering::SeqCst)
+            == RefusalState::None as u8
+        {
+            gst::element_imp_error!(
+                self,
+                gst::ResourceError::OpenWrite,
+                ("The MQTT broker refused the connection: {}.", reason),
+                ["The upstream is not live, so nothing would ever be delivered: stopping."]
+            );
+        }
+        true
     }
 
     /// Posts a connection event: an element message always, and a warning for trouble the
@@ -104,28 +147,92 @@ impl MqttPublish {
                 reason,
                 attempt,
                 retry_in,
+                next,
             } => {
+                let next_text = next
+                    .as_ref()
+                    .map(|next| format!(" with the next broker, {next}"))
+                    .unwrap_or_default();
                 gst::info!(
                     CAT,
                     imp = self,
-                    "Not connected to {broker} ({reason}), attempt {attempt}, retrying in {retry_in:?}"
+                    "Not connected to {broker} ({reason}), attempt {attempt}, retrying in {retry_in:?}{next_text}"
                 );
                 if *attempt == 1 {
                     gst::element_imp_warning!(
                         self,
                         gst::ResourceError::OpenWrite,
                         (
-                            "Not connected to the MQTT broker at {}: {}. Retrying with backoff; messages wait in the queue.",
+                            "Not connected to the MQTT broker at {}: {}. Retrying with backoff{}; messages wait in the queue.",
                             broker,
-                            reason
+                            reason,
+                            next_text
                         )
                     );
                 }
-                gst::Structure::builder("mqttpublish-disconnected")
+                let mut builder = gst::Structure::builder("mqttpublish-disconnected")
                     .field("broker", broker)
                     .field("reason", reason.as_str())
                     .field("attempt", *attempt)
-                    .field("retry-in-ms", retry_in.as_millis() as u64)
+                    .field("retry-in-ms", retry_in.as_millis() as u64);
+                if let Some(next) = next {
+                    builder = builder.field("next-broker", next.to_string());
+                }
+                builder.build()
+            }
+            Notice::Refused { reason } => {
+                gst::info!(CAT, imp = self, "{broker} refused: {reason}");
+                *self.refusal.lock().unwrap() = Some(reason.clone());
+                // The message first: the error it may cause ends the run.
+                let structure = gst::Structure::builder("mqttpublish-refused")
+                    .field("broker", broker)
+                    .field("reason", reason.as_str())
+                    .build();
+                let _ = self.obj().post_message(
+                    gst::message::Element::builder(structure)
+                        .src(&*self.obj())
+                        .build(),
+                );
+                self.fail_on_refusal();
+                return;
+            }
+            Notice::QosDowngraded {
+                requested,
+                granted,
+                reason,
+            } => {
+                gst::element_imp_warning!(
+                    self,
+                    gst::ResourceError::Settings,
+                    (
+                        "MQTT broker at {}: {}. Publishing at QoS {} instead of {}{}.",
+                        broker,
+                        reason,
+                        granted.level(),
+                        requested.level(),
+                        if granted.level() == 1 {
+                            " (at least once: a message can arrive twice)"
+                        } else {
+                            ""
+                        }
+                    )
+                );
+                gst::Structure::builder("mqttpublish-qos-downgraded")
+                    .field("broker", broker)
+                    .field("requested", requested.level())
+                    .field("granted", granted.level())
+                    .field("reason", reason.as_str())
+                    .build()
+            }
+            Notice::Republished { count } => {
+                gst::info!(
+                    CAT,
+                    imp = self,
+                    "{broker} started a new session: publishing {count} unacknowledged messages again"
+                );
+                gst::Structure::builder("mqttpublish-republished")
+                    .field("broker", broker)
+                    .field("count", *count)
                     .build()
             }
             Notice::ClientIdConflict { reason } => {
@@ -148,21 +255,6 @@ impl MqttPublish {
                 gst::Structure::builder("mqttpublish-failed")
                     .field("broker", broker)
                     .field("reason", reason.as_str())
-                    .build()
-            }
-            Notice::Discarded { count } => {
-                gst::element_imp_warning!(
-                    self,
-                    gst::ResourceError::Write,
-                    (
-                        "MQTT broker at {} started a new session: {} messages in flight were lost (use clean-session=false and a fixed client-id to keep them)",
-                        broker,
-                        count
-                    )
-                );
-                gst::Structure::builder("mqttpublish-discarded")
-                    .field("broker", broker)
-                    .field("count", *count)
                     .build()
             }
             Notice::Oversize { size, limit } => {
@@ -307,6 +399,7 @@ impl MqttPublish {
             .field("dropped-oversize", stats.dropped_oversize)
             .field("dropped-disconnected", stats.dropped_disconnected)
             .field("dropped-stopped", stats.dropped_stopped)
+            .field("republished", stats.republished)
             .field("frames-skipped", frames.skipped)
             .field("json-invalid", frames.json_invalid)
             .field("frames-unencoded", frames.unencoded())
@@ -346,9 +439,12 @@ impl ObjectImpl for MqttPublish {
                 glib::ParamSpecString::builder("host")
                     .nick("Broker host")
                     .blurb(
-                        "Host name or IP address of the MQTT broker. When not set, the \
-                         configuration file's \"host\", then the MQTT_HOST environment variable, \
-                         then localhost is used.",
+                        "Host name or IP address of the MQTT broker, or several brokers for \
+                         failover, separated by commas, each with its own port if needed \
+                         (\"h1:1883,h2:1884\", IPv6 as [::1]:1883): a failed attempt or a lost \
+                         connection moves to the next one, with the same backoff. When not set, \
+                         the configuration file's \"host\" (a string or a JSON array of them), \
+                         then the MQTT_HOST environment variable, then localhost is used.",
                     )
                     .default_value(Some(DEFAULT_HOST))
                     .mutable_ready()
@@ -658,8 +754,9 @@ impl ObjectImpl for MqttPublish {
                          dropped-queue-full + dropped-oversize + dropped-disconnected + \
                          dropped-stopped), frames-skipped (skip-empty or emptied by the config's \
                          filter), frames-unencoded (sent without an image because encoding \
-                         failed), reconnects, bytes-sent, in-flight, queue-depth, queue-bytes and \
-                         connected. messages-queued = published + \
+                         failed), reconnects, republished (QoS 1/2 messages published again because the \
+                         broker lost the session before acknowledging them), bytes-sent, \
+                         in-flight, queue-depth, queue-bytes and connected. messages-queued = published + \
                          dropped + in-flight + queue-depth.",
                     )
                     .read_only()
@@ -980,6 +1077,9 @@ impl BaseSinkImpl for MqttPublish {
         if self.check_live.swap(false, Ordering::Relaxed) {
             self.check_upstream_live();
         }
+        if self.fail_on_refusal() {
+            return Err(gst::FlowError::Error);
+        }
         let timestamp = self
             .obj()
             .segment()
@@ -1070,9 +1170,13 @@ impl MqttPublish {
         gst::info!(
             CAT,
             imp = self,
-            "Publishing to {}:{} topic {:?} as {:?} (QoS {}, MQTT level {}, TLS {})",
-            connection.host,
-            connection.port,
+            "Publishing to {} topic {:?} as {:?} (QoS {}, MQTT level {}, TLS {})",
+            connection
+                .brokers
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
             connection.topic,
             connection.client_id,
             connection.qos.level(),

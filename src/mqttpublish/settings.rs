@@ -18,7 +18,7 @@ use super::{MessageFormat, MetadataSource};
 use crate::config::{tcp_port, ConfigFile, PublisherConfig};
 use crate::error::SettingError;
 use crate::filter::Filter;
-use crate::mqtt::{ConnectionConfig, Leaky, Limits, Protocol, QoS, Secret};
+use crate::mqtt::{Broker, ConnectionConfig, Leaky, Limits, Protocol, QoS, Secret};
 use crate::tls::TlsFiles;
 
 pub const DEFAULT_HOST: &str = "localhost";
@@ -269,8 +269,7 @@ pub fn resolve(
 
     let max_message_size = settings.max_message_size as usize;
     let connection = ConnectionConfig {
-        host,
-        port,
+        brokers: parse_brokers(&host, port)?,
         client_id: client_id
             .filter(|id| !id.is_empty())
             .unwrap_or_else(unique_client_id),
@@ -323,6 +322,48 @@ pub fn resolve(
         flush_timeout: Duration::from_millis(u64::from(settings.flush_timeout_ms)),
         warnings,
     })
+}
+
+/// The brokers of a `host` value: `host`, `host:port`, `[v6 address]:port`, or several of
+/// them separated by commas (failover); a broker without a port uses `port`.
+pub fn parse_brokers(text: &str, port: u16) -> Result<Vec<Broker>, SettingError> {
+    let mut brokers = Vec::new();
+    for entry in text.split(',').map(str::trim) {
+        if entry.is_empty() {
+            return Err(format!("host: {text:?} has an empty entry").into());
+        }
+        let (host, port) = if let Some(rest) = entry.strip_prefix('[') {
+            let Some((host, after)) = rest.split_once(']') else {
+                return Err(format!("host: {entry:?} lacks the closing ]").into());
+            };
+            match after.strip_prefix(':') {
+                Some(p) => (host, parse_port(entry, p)?),
+                None if after.is_empty() => (host, port),
+                None => return Err(format!("host: {entry:?} is not [address]:port").into()),
+            }
+        } else {
+            match entry.rsplit_once(':') {
+                // A bare IPv6 address has several colons and no port.
+                Some((host, p)) if !host.contains(':') => (host, parse_port(entry, p)?),
+                _ => (entry, port),
+            }
+        };
+        if host.is_empty() {
+            return Err(format!("host: {entry:?} has no host name").into());
+        }
+        brokers.push(Broker {
+            host: host.to_owned(),
+            port,
+        });
+    }
+    Ok(brokers)
+}
+
+fn parse_port(entry: &str, text: &str) -> Result<u16, SettingError> {
+    text.parse()
+        .ok()
+        .and_then(tcp_port)
+        .ok_or_else(|| format!("host: {entry:?}: {text:?} is not a TCP port (1..65535)").into())
 }
 
 /// The value of a [`Layered`] setting: the property's when it was set, else the file's.
@@ -445,7 +486,10 @@ mod tests {
     fn defaults_without_properties_file_or_environment() {
         let r = resolved(&Settings::default(), &PublisherConfig::default());
         let c = &r.connection;
-        assert_eq!((c.host.as_str(), c.port), (DEFAULT_HOST, 1883));
+        assert_eq!(
+            (c.brokers[0].host.as_str(), c.brokers[0].port),
+            (DEFAULT_HOST, 1883)
+        );
         assert_eq!(c.topic, DEFAULT_TOPIC);
         assert_eq!((c.qos, c.protocol), (QoS::AtMostOnce, Protocol::V311));
         assert!(c.client_id.starts_with("gstmqtt-"), "{}", c.client_id);
@@ -459,7 +503,10 @@ mod tests {
         let vars = env(&[("MQTT_HOST", "broker.example"), ("MQTT_PORT", "1884")]);
         let r = resolve(&Settings::default(), &PublisherConfig::default(), vars).unwrap();
         assert_eq!(
-            (r.connection.host.as_str(), r.connection.port),
+            (
+                r.connection.brokers[0].host.as_str(),
+                r.connection.brokers[0].port
+            ),
             ("broker.example", 1884)
         );
 
@@ -467,7 +514,10 @@ mod tests {
         let vars = env(&[("MQTT_HOST", ""), ("MQTT_PORT", "")]);
         let r = resolve(&Settings::default(), &PublisherConfig::default(), vars).unwrap();
         assert_eq!(
-            (r.connection.host.as_str(), r.connection.port),
+            (
+                r.connection.brokers[0].host.as_str(),
+                r.connection.brokers[0].port
+            ),
             (DEFAULT_HOST, 1883)
         );
     }
@@ -478,7 +528,10 @@ mod tests {
         let f = file(json!({"host": "from-file", "port": 1885}));
         let r = resolve(&Settings::default(), &f, vars).unwrap();
         assert_eq!(
-            (r.connection.host.as_str(), r.connection.port),
+            (
+                r.connection.brokers[0].host.as_str(),
+                r.connection.brokers[0].port
+            ),
             ("from-file", 1885)
         );
     }
@@ -504,7 +557,10 @@ mod tests {
         };
         let r = resolve(&settings, &f, vars).unwrap();
         let c = &r.connection;
-        assert_eq!((c.host.as_str(), c.port), ("from-property", 1886));
+        assert_eq!(
+            (c.brokers[0].host.as_str(), c.brokers[0].port),
+            ("from-property", 1886)
+        );
         assert_eq!(c.topic, "property/topic");
         assert_eq!((c.qos, c.protocol), (QoS::AtLeastOnce, Protocol::V311));
         assert_eq!(c.client_id, "property-id");
@@ -626,7 +682,7 @@ mod tests {
             ..Settings::default()
         };
         let r = resolve(&settings, &PublisherConfig::default(), bad_env).unwrap();
-        assert_eq!(r.connection.port, 1884);
+        assert_eq!(r.connection.brokers[0].port, 1884);
     }
 
     #[test]
@@ -792,5 +848,32 @@ mod tests {
             .unwrap_err()
             .to_string()
             .starts_with("config-pipeline: is set but config is not"));
+    }
+
+    #[test]
+    fn host_takes_a_list_of_brokers_for_failover() {
+        let b = |host: &str, port| Broker {
+            host: host.into(),
+            port,
+        };
+        assert_eq!(parse_brokers("h1", 1883).unwrap(), [b("h1", 1883)]);
+        assert_eq!(
+            parse_brokers("h1:1884, h2 ,[::1]:1885,::1", 1883).unwrap(),
+            [b("h1", 1884), b("h2", 1883), b("::1", 1885), b("::1", 1883)]
+        );
+        for (bad, words) in [
+            ("h1:abc", "\"abc\" is not a TCP port"),
+            ("h1,,h2", "empty entry"),
+            ("[::1", "closing ]"),
+            (":1883", "no host name"),
+            ("h1:70000", "not a TCP port"),
+        ] {
+            let error = parse_brokers(bad, 1883).unwrap_err().to_string();
+            assert!(error.contains(words), "{bad}: {error}");
+        }
+        // A JSON array in the configuration file.
+        let f = file(json!({"host": ["n1:4001", "n2:4002"]}));
+        let r = resolve(&Settings::default(), &f, no_env).unwrap();
+        assert_eq!(r.connection.brokers, [b("n1", 4001), b("n2", 4002)]);
     }
 }

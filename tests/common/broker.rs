@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: MPL-2.0
 
-//! A real mosquitto broker per test.
+//! A real broker per test: mosquitto, RabbitMQ (with `rabbitmq_mqtt`) or NATS (JetStream and
+//! MQTT), each in its own temporary directory on free loopback ports, with the same
+//! start / stop / kill / pause / restart and log access.
 
 use std::fmt::Write as _;
 use std::fs;
@@ -16,10 +18,17 @@ use tempfile::TempDir;
 
 use super::{free_port, wait_until, TlsFiles, LOCALHOST_V4, LOCALHOST_V6};
 
-/// The broker binary.
+/// The broker binaries.
 const MOSQUITTO: &str = "/usr/sbin/mosquitto";
-/// How long a start may take before the test fails (generous: loaded CI).
+/// The server script itself, not Debian's wrapper in /usr/sbin, which switches to the
+/// rabbitmq user (who cannot read the temporary directory).
+const RABBITMQ: &str = "/usr/lib/rabbitmq/bin/rabbitmq-server";
+const EPMD: &str = "/usr/bin/epmd";
+const NATS: &str = "/usr/sbin/nats-server";
+/// How long a start may take before the test fails (generous: loaded CI). RabbitMQ takes
+/// 10 to 20 s on two busy cores.
 const START_TIMEOUT: Duration = Duration::from_secs(15);
+const RABBITMQ_START_TIMEOUT: Duration = Duration::from_secs(90);
 /// How long `stop()` waits after SIGTERM before it falls back to SIGKILL.
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Interval of the readiness and exit polls.
@@ -27,10 +36,44 @@ const POLL: Duration = Duration::from_millis(10);
 /// How many times a first start picks new ports after a bind failure.
 const PORT_ATTEMPTS: usize = 5;
 
-/// Options of [`Broker`]; create with [`Broker::builder`], finish with
-/// [`BrokerBuilder::start`].
+/// Which broker a [`Broker`] runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Kind {
+    #[default]
+    Mosquitto,
+    /// RabbitMQ 3.10 with `rabbitmq_mqtt`: MQTT 3.1.1 only, keeps no publisher session
+    /// across its own restart.
+    RabbitMq,
+    /// NATS 2.9 with JetStream and MQTT: MQTT 3.1.1, QoS 0 and 1 only, sessions in
+    /// JetStream.
+    Nats,
+}
+
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Mosquitto => "mosquitto",
+            Kind::RabbitMq => "RabbitMQ",
+            Kind::Nats => "NATS",
+        }
+    }
+}
+
+/// One node of a NATS cluster: its route port and the route ports of all nodes.
+#[derive(Debug, Clone)]
+struct ClusterNode {
+    index: usize,
+    route_ports: Vec<u16>,
+    /// MQTT port, chosen with the cluster.
+    port: u16,
+}
+
+/// Options of [`Broker`]; create with [`Broker::builder`] (mosquitto), [`Broker::rabbitmq`]
+/// or [`Broker::nats`], finish with [`BrokerBuilder::start`].
 #[derive(Debug, Clone, Default)]
 pub struct BrokerBuilder {
+    kind: Kind,
+    cluster: Option<ClusterNode>,
     ipv6: bool,
     persistence: bool,
     tls: Option<TlsListener>,
@@ -97,7 +140,8 @@ impl BrokerBuilder {
     }
 
     /// Adds a user to the password file (generated with `mosquitto_passwd`)
-    /// and turns anonymous access off. May be called several times.
+    /// and turns anonymous access off. May be called several times (RabbitMQ: once, as its
+    /// default user).
     pub fn user(mut self, name: &str, password: &str) -> Self {
         self.users.push((name.to_owned(), password.to_owned()));
         self
@@ -149,7 +193,7 @@ impl BrokerBuilder {
                 require_certificate: tls.require_certificate,
             }
         });
-        let password_file = (!self.users.is_empty()).then(|| {
+        let password_file = (self.kind == Kind::Mosquitto && !self.users.is_empty()).then(|| {
             let file = root.join("passwords");
             write_password_file(&file, &self.users);
             file
@@ -157,16 +201,31 @@ impl BrokerBuilder {
         if self.persistence {
             fs::create_dir(root.join("persistence")).expect("create persistence dir");
         }
+        assert!(
+            self.kind == Kind::Mosquitto || (self.tls.is_none() && !self.ipv6),
+            "TLS and IPv6 listeners are only set up for mosquitto"
+        );
+        assert!(
+            self.kind != Kind::RabbitMq || self.users.len() <= 1,
+            "RabbitMQ gets one user, its default user"
+        );
+        let config_name = match self.kind {
+            Kind::Mosquitto => "mosquitto.conf",
+            Kind::RabbitMq => "rabbitmq.conf",
+            Kind::Nats => "nats.conf",
+        };
         let mut broker = Broker {
-            config_path: root.join("mosquitto.conf"),
-            log_path: root.join("mosquitto.log"),
+            config_path: root.join(config_name),
+            log_path: root.join("broker.log"),
+            epmd: None,
+            aux_ports: Vec::new(),
             port: 0,
             tls_port: None,
             options: self,
             tls,
             password_file,
             child: None,
-            stderr_reader: None,
+            readers: Vec::new(),
             lines: Arc::new(Mutex::new(Vec::new())),
             probe_addrs: Vec::new(),
             dir,
@@ -174,12 +233,20 @@ impl BrokerBuilder {
 
         let mut last_failure = String::new();
         for _ in 0..PORT_ATTEMPTS {
-            broker.port = free_port(broker.options.ipv6);
+            match &broker.options.cluster {
+                Some(node) => broker.port = node.port,
+                None => broker.port = free_port(broker.options.ipv6),
+            }
             broker.tls_port = broker.tls.as_ref().map(|_| free_port(broker.options.ipv6));
+            // RabbitMQ: Erlang distribution and epmd.
+            broker.aux_ports = match broker.options.kind {
+                Kind::RabbitMq => vec![free_port(false), free_port(false)],
+                _ => Vec::new(),
+            };
             broker.write_config();
             match broker.launch() {
                 Ok(()) => return broker,
-                Err(failure) if failure.contains("Address already in use") => {
+                Err(failure) if is_port_clash(&failure) && broker.options.cluster.is_none() => {
                     last_failure = failure;
                 }
                 Err(failure) => panic!("{failure}"),
@@ -187,6 +254,12 @@ impl BrokerBuilder {
         }
         panic!("no free port after {PORT_ATTEMPTS} attempts: {last_failure}");
     }
+}
+
+/// Whether a start failed because a port was taken meanwhile.
+fn is_port_clash(failure: &str) -> bool {
+    let failure = failure.to_ascii_lowercase();
+    failure.contains("address already in use") || failure.contains("eaddrinuse")
 }
 
 /// One line mosquitto logged (captured from its standard error).
@@ -213,6 +286,10 @@ pub struct LogLine {
 /// anonymous clients unless users were added.
 pub struct Broker {
     options: BrokerBuilder,
+    /// RabbitMQ's own epmd (Erlang port mapper), on a loopback port of its own.
+    epmd: Option<Child>,
+    /// RabbitMQ: the Erlang distribution port and epmd's port.
+    aux_ports: Vec<u16>,
     tls: Option<TlsListener>,
     password_file: Option<PathBuf>,
     port: u16,
@@ -220,7 +297,7 @@ pub struct Broker {
     config_path: PathBuf,
     log_path: PathBuf,
     child: Option<Child>,
-    stderr_reader: Option<JoinHandle<()>>,
+    readers: Vec<JoinHandle<()>>,
     lines: Arc<Mutex<Vec<LogLine>>>,
     /// Local addresses of the readiness probes, to tell them from clients.
     probe_addrs: Vec<SocketAddr>,
@@ -234,9 +311,87 @@ impl Broker {
         Broker::builder().start()
     }
 
-    /// Options for a broker; see [`BrokerBuilder`].
+    /// Options for a mosquitto broker; see [`BrokerBuilder`].
     pub fn builder() -> BrokerBuilder {
         BrokerBuilder::default()
+    }
+
+    /// Options for a RabbitMQ node with `rabbitmq_mqtt` (its own node name, ports, epmd
+    /// and directories). Only [`BrokerBuilder::user`] applies.
+    pub fn rabbitmq() -> BrokerBuilder {
+        BrokerBuilder {
+            kind: Kind::RabbitMq,
+            ..BrokerBuilder::default()
+        }
+    }
+
+    /// Options for a NATS server with JetStream and MQTT. [`BrokerBuilder::user`] and
+    /// [`BrokerBuilder::extra`] (a line of its configuration) apply.
+    pub fn nats() -> BrokerBuilder {
+        BrokerBuilder {
+            kind: Kind::Nats,
+            ..BrokerBuilder::default()
+        }
+    }
+
+    /// A NATS cluster of `nodes` servers with JetStream and MQTT sessions replicated on
+    /// every node (`stream_replicas`), started together; returns once each node accepts
+    /// MQTT connections.
+    pub fn nats_cluster(nodes: usize) -> Vec<Broker> {
+        let route_ports: Vec<u16> = (0..nodes).map(|_| free_port(false)).collect();
+        let handles: Vec<_> = (0..nodes)
+            .map(|index| {
+                let builder = BrokerBuilder {
+                    kind: Kind::Nats,
+                    cluster: Some(ClusterNode {
+                        index,
+                        route_ports: route_ports.clone(),
+                        port: free_port(false),
+                    }),
+                    ..BrokerBuilder::default()
+                };
+                thread::spawn(move || builder.start())
+            })
+            .collect();
+        let brokers: Vec<Broker> = handles
+            .into_iter()
+            .map(|h| h.join().expect("a NATS node starts"))
+            .collect();
+        for broker in &brokers {
+            broker.wait_mqtt_ready(Duration::from_secs(60));
+        }
+        brokers
+    }
+
+    /// Which broker this is.
+    pub fn kind(&self) -> Kind {
+        self.options.kind
+    }
+
+    /// Waits until an MQTT 3.1.1 CONNECT gets CONNACK "accepted" (a NATS cluster answers
+    /// only once JetStream has a leader); panics with the log after `timeout`.
+    #[track_caller]
+    pub fn wait_mqtt_ready(&self, timeout: Duration) {
+        let addr = SocketAddr::new(self.host().parse().unwrap(), self.port);
+        let mut last = String::new();
+        let ready = wait_until(
+            timeout,
+            Duration::from_millis(200),
+            || match mqtt_connect_probe(addr) {
+                Ok(()) => true,
+                Err(e) => {
+                    last = e;
+                    false
+                }
+            },
+        );
+        assert!(
+            ready,
+            "{} on port {} did not accept an MQTT connection within {timeout:?} ({last}); log:\n{}",
+            self.kind().name(),
+            self.port,
+            self.log_text()
+        );
     }
 
     /// The host clients connect to: `127.0.0.1`.
@@ -289,7 +444,7 @@ impl Broker {
     /// Whether the broker process is alive (a paused broker is alive).
     pub fn is_running(&mut self) -> bool {
         match self.child.as_mut() {
-            Some(child) => child.try_wait().expect("poll mosquitto").is_none(),
+            Some(child) => child.try_wait().expect("poll the broker").is_none(),
             None => false,
         }
     }
@@ -328,9 +483,12 @@ impl Broker {
         };
         signal(pid, libc::SIGTERM);
         signal(pid, libc::SIGCONT);
-        let exited = wait_until(STOP_TIMEOUT, POLL, || !self.is_running());
+        let exited = wait_until(STOP_TIMEOUT * 3, POLL, || !self.is_running());
         if !exited {
-            eprintln!("mosquitto ignored SIGTERM for {STOP_TIMEOUT:?}; killing it");
+            eprintln!(
+                "{} ignored SIGTERM for {STOP_TIMEOUT:?}; killing it",
+                self.kind().name()
+            );
             signal(pid, libc::SIGKILL);
         }
         self.reap();
@@ -365,7 +523,11 @@ impl Broker {
     /// probes of each start show up as connections that send nothing;
     /// [`Broker::connection_attempts`] leaves them out.
     pub fn log(&self) -> String {
-        fs::read_to_string(&self.log_path).unwrap_or_default()
+        match self.kind() {
+            Kind::Mosquitto => fs::read_to_string(&self.log_path).unwrap_or_default(),
+            // RabbitMQ and NATS log to their output only.
+            _ => self.log_text(),
+        }
     }
 
     /// All lines logged so far (all runs), captured from the broker's
@@ -415,7 +577,7 @@ impl Broker {
     }
 
     /// Captured log as text, for failure messages.
-    fn log_text(&self) -> String {
+    pub fn log_text(&self) -> String {
         self.lines
             .lock()
             .unwrap()
@@ -426,8 +588,98 @@ impl Broker {
             })
     }
 
-    /// Writes `mosquitto.conf` for the current ports.
+    /// Writes the broker's configuration for the current ports.
     fn write_config(&self) {
+        match self.options.kind {
+            Kind::Mosquitto => self.write_mosquitto_config(),
+            Kind::RabbitMq => self.write_rabbitmq_config(),
+            Kind::Nats => self.write_nats_config(),
+        }
+    }
+
+    /// `rabbitmq.conf`: only the MQTT listener (no AMQP), logs to the console (captured),
+    /// the plugin file naming `rabbitmq_mqtt`.
+    fn write_rabbitmq_config(&self) {
+        let root = self.dir.path();
+        let mut conf = vec![
+            "# Written by the integration test harness (tests/common).".to_string(),
+            "listeners.tcp = none".into(),
+            format!("mqtt.listeners.tcp.default = {LOCALHOST_V4}:{}", self.port),
+            "log.console = true".into(),
+            "log.console.level = info".into(),
+            "log.file = false".into(),
+            // Our clients all come from loopback anyway.
+            "loopback_users = none".into(),
+        ];
+        match self.options.users.first() {
+            Some((user, password)) => {
+                conf.push(format!("default_user = {user}"));
+                conf.push(format!("default_pass = {password}"));
+                conf.push("mqtt.allow_anonymous = false".into());
+            }
+            None => conf.push("mqtt.allow_anonymous = true".into()),
+        }
+        conf.extend(self.options.extra.iter().cloned());
+        fs::write(&self.config_path, conf.join("\n") + "\n").expect("write rabbitmq.conf");
+        fs::write(root.join("enabled_plugins"), "[rabbitmq_mqtt].\n")
+            .expect("write enabled_plugins");
+    }
+
+    /// `nats.conf`: the client port picked by the server, JetStream in the broker's
+    /// directory (so sessions survive a restart), MQTT on our port; in a cluster the routes
+    /// to every node and sessions replicated on all of them.
+    fn write_nats_config(&self) {
+        let root = self.dir.path();
+        let name = match &self.options.cluster {
+            Some(node) => format!("n{}", node.index + 1),
+            None => "harness".into(),
+        };
+        let mut conf = vec![
+            "# Written by the integration test harness (tests/common).".to_string(),
+            format!("server_name: {name}"),
+            format!("listen: \"{LOCALHOST_V4}:-1\""),
+            "logtime: true".into(),
+            format!(
+                "jetstream {{ store_dir: \"{}\" }}",
+                root.join("jetstream").display()
+            ),
+        ];
+        // A message in flight to a persistent subscriber when the server stopped is
+        // delivered again after `ack_wait` (30 s by default): 2 s keeps tests short.
+        let mut mqtt = format!(
+            "mqtt {{ listen: \"{LOCALHOST_V4}:{}\", ack_wait: \"2s\"",
+            self.port
+        );
+        if let Some(node) = &self.options.cluster {
+            let routes: Vec<String> = node
+                .route_ports
+                .iter()
+                .map(|port| format!("\"nats-route://{LOCALHOST_V4}:{port}\""))
+                .collect();
+            conf.push(format!(
+                "cluster {{ name: harness, listen: \"{LOCALHOST_V4}:{}\", routes: [{}] }}",
+                node.route_ports[node.index],
+                routes.join(", ")
+            ));
+            mqtt.push_str(&format!(", stream_replicas: {}", node.route_ports.len()));
+        }
+        mqtt.push_str(" }");
+        conf.push(mqtt);
+        if !self.options.users.is_empty() {
+            let users: Vec<String> = self
+                .options
+                .users
+                .iter()
+                .map(|(user, password)| format!("{{ user: \"{user}\", password: \"{password}\" }}"))
+                .collect();
+            conf.push(format!("authorization {{ users: [{}] }}", users.join(", ")));
+        }
+        conf.extend(self.options.extra.iter().cloned());
+        fs::write(&self.config_path, conf.join("\n") + "\n").expect("write nats.conf");
+    }
+
+    /// Writes `mosquitto.conf` for the current ports.
+    fn write_mosquitto_config(&self) {
         let root = self.dir.path();
         let options = &self.options;
         let mut conf = String::new();
@@ -511,27 +763,39 @@ impl Broker {
     /// connection. On failure the process is gone and the error text
     /// contains its output.
     fn launch(&mut self) -> Result<(), String> {
-        let mut child = Command::new(MOSQUITTO)
-            .arg("-c")
-            .arg(&self.config_path)
+        let program = match self.options.kind {
+            Kind::Mosquitto => MOSQUITTO,
+            Kind::RabbitMq => RABBITMQ,
+            Kind::Nats => NATS,
+        };
+        let mut command = Command::new(program);
+        match self.options.kind {
+            Kind::Mosquitto | Kind::Nats => {
+                command.arg("-c").arg(&self.config_path);
+            }
+            Kind::RabbitMq => self.rabbitmq_environment(&mut command),
+        }
+        let mut child = command
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .unwrap_or_else(|e| panic!("spawn {MOSQUITTO} (is mosquitto installed?): {e}"));
+            .unwrap_or_else(|e| panic!("spawn {program} (run scripts/deps.sh): {e}"));
+        let first_line = self.lines.lock().unwrap().len();
+        let stdout = child.stdout.take().expect("piped stdout");
         let stderr = child.stderr.take().expect("piped stderr");
-        let lines = Arc::clone(&self.lines);
-        let first_line = lines.lock().unwrap().len();
-        self.stderr_reader = Some(thread::spawn(move || {
-            for text in BufReader::new(stderr).lines() {
-                let Ok(text) = text else { break };
-                lines.lock().unwrap().push(parse_log_line(&text));
-            }
-        }));
+        self.readers = vec![
+            read_lines(stdout, Arc::clone(&self.lines)),
+            read_lines(stderr, Arc::clone(&self.lines)),
+        ];
         self.child = Some(child);
 
         let mut pending = self.listener_addrs();
-        let deadline = Instant::now() + START_TIMEOUT;
+        let timeout = match self.options.kind {
+            Kind::RabbitMq => RABBITMQ_START_TIMEOUT,
+            _ => START_TIMEOUT,
+        };
+        let deadline = Instant::now() + timeout;
         while !pending.is_empty() {
             if !self.is_running() {
                 self.reap();
@@ -566,21 +830,105 @@ impl Broker {
             .map(|l| l.text.as_str())
             .collect();
         format!(
-            "mosquitto {what}\nconfig {}:\n{}\noutput:\n{}",
+            "{} {what}\nconfig {}:\n{}\noutput:\n{}",
+            self.kind().name(),
             self.config_path.display(),
             fs::read_to_string(&self.config_path).unwrap_or_default(),
             output.join("\n")
         )
     }
 
-    /// Waits for the exited (or killed) process and its log reader.
+    /// Waits for the exited (or killed) process and its log readers.
     fn reap(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.wait();
         }
-        if let Some(reader) = self.stderr_reader.take() {
+        for reader in self.readers.drain(..) {
             let _ = reader.join();
         }
+    }
+
+    /// RabbitMQ's environment: node name, directories, ports, and an epmd of its own on
+    /// loopback (started here, on the first launch). `RUNNING_UNDER_SYSTEMD` makes the
+    /// script exec the Erlang VM, so that the child is the broker itself and signals reach
+    /// it.
+    fn rabbitmq_environment(&mut self, command: &mut Command) {
+        let root = self.dir.path().to_path_buf();
+        let (dist_port, epmd_port) = (self.aux_ports[0], self.aux_ports[1]);
+        if self.epmd.is_none() {
+            let epmd = Command::new(EPMD)
+                .args(["-address", LOCALHOST_V4, "-port", &epmd_port.to_string()])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| panic!("spawn {EPMD} (run scripts/deps.sh): {e}"));
+            self.epmd = Some(epmd);
+            let addr = SocketAddr::new(LOCALHOST_V4.parse().unwrap(), epmd_port);
+            wait_until(START_TIMEOUT, POLL, || {
+                TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok()
+            });
+        }
+        let path = |name: &str| root.join(name).display().to_string();
+        command
+            .env("HOME", &root)
+            .env(
+                "RABBITMQ_NODENAME",
+                format!("harness{}@localhost", self.port),
+            )
+            .env("RABBITMQ_CONFIG_FILE", &self.config_path)
+            .env("RABBITMQ_ENABLED_PLUGINS_FILE", path("enabled_plugins"))
+            .env("RABBITMQ_MNESIA_BASE", path("mnesia"))
+            .env("RABBITMQ_LOG_BASE", path("log"))
+            .env("RABBITMQ_PLUGINS_EXPAND_DIR", path("plugins-expand"))
+            .env("RABBITMQ_PID_FILE", path("rabbitmq.pid"))
+            .env("RABBITMQ_DIST_PORT", dist_port.to_string())
+            .env("ERL_EPMD_PORT", epmd_port.to_string())
+            .env("ERL_EPMD_ADDRESS", LOCALHOST_V4)
+            .env(
+                "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS",
+                "-kernel inet_dist_use_interface {127,0,0,1}",
+            )
+            .env("RUNNING_UNDER_SYSTEMD", "1");
+    }
+}
+
+/// Reads a broker's output into `lines`, one [`LogLine`] each.
+fn read_lines(
+    stream: impl std::io::Read + Send + 'static,
+    lines: Arc<Mutex<Vec<LogLine>>>,
+) -> JoinHandle<()> {
+    thread::spawn(move || {
+        for text in BufReader::new(stream).lines() {
+            let Ok(text) = text else { break };
+            lines.lock().unwrap().push(parse_log_line(&text));
+        }
+    })
+}
+
+/// One MQTT 3.1.1 CONNECT (clean session, no credentials) and its CONNACK: `Ok` when the
+/// broker accepts it, else what went wrong.
+fn mqtt_connect_probe(addr: SocketAddr) -> Result<(), String> {
+    use std::io::{Read, Write};
+    let mut stream =
+        TcpStream::connect_timeout(&addr, Duration::from_secs(1)).map_err(|e| e.to_string())?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .map_err(|e| e.to_string())?;
+    let id = b"harness-probe";
+    let mut packet = vec![0x10, (10 + 2 + id.len()) as u8];
+    packet.extend_from_slice(&[0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 10]);
+    packet.extend_from_slice(&[0, id.len() as u8]);
+    packet.extend_from_slice(id);
+    stream.write_all(&packet).map_err(|e| e.to_string())?;
+    let mut connack = [0u8; 4];
+    stream
+        .read_exact(&mut connack)
+        .map_err(|e| format!("no CONNACK: {e}"))?;
+    let _ = stream.write_all(&[0xe0, 0]);
+    match connack {
+        [0x20, 2, _, 0] => Ok(()),
+        other => Err(format!("CONNACK {other:?}")),
     }
 }
 
@@ -593,6 +941,10 @@ impl Default for Broker {
 impl Drop for Broker {
     fn drop(&mut self) {
         self.kill();
+        if let Some(mut epmd) = self.epmd.take() {
+            let _ = epmd.kill();
+            let _ = epmd.wait();
+        }
     }
 }
 
