@@ -288,6 +288,15 @@ fn wrong_password(broker: &mut Broker, topic: &str) {
         ),
     );
     let error = run.wait_error(LONG);
+    // The refusal ends the run first; the disconnection it came with is posted right after.
+    assert!(
+        common::wait_until(LONG, Duration::from_millis(20), || !posted(
+            &run,
+            "mqttpublish-disconnected"
+        )
+        .is_empty()),
+        "no mqttpublish-disconnected"
+    );
     let warnings = run.warnings();
     let disconnected = posted(&run, "mqttpublish-disconnected");
     run.stop();
