@@ -73,6 +73,15 @@ fn posted(run: &Run, name: &str) -> Vec<gst::Structure> {
         .collect()
 }
 
+/// Element messages called `name`, waiting for the first: a refusal ends a file job with an
+/// error, and the connection thread posts the disconnection it came with right after.
+fn posted_soon(run: &Run, name: &str) -> Vec<gst::Structure> {
+    common::wait_until(LONG, Duration::from_millis(20), || {
+        !posted(run, name).is_empty()
+    });
+    posted(run, name)
+}
+
 /// The broker for a matrix: one user, and for NATS room for the 5 MB message (its default
 /// `max_payload` is 1 MB).
 fn matrix_broker(kind: Kind) -> Broker {
@@ -231,7 +240,7 @@ fn protocol_5_is_refused(broker: &mut Broker, topic: &str, qos: u32) {
         &props(broker, topic, &format!("qos={qos} protocol=5")),
     );
     let error = run.wait_error(LONG);
-    let disconnected = posted(&run, "mqttpublish-disconnected");
+    let disconnected = posted_soon(&run, "mqttpublish-disconnected");
     let refused = posted(&run, "mqttpublish-refused");
     let stats = run.stop();
 
@@ -288,17 +297,8 @@ fn wrong_password(broker: &mut Broker, topic: &str) {
         ),
     );
     let error = run.wait_error(LONG);
-    // The refusal ends the run first; the disconnection it came with is posted right after.
-    assert!(
-        common::wait_until(LONG, Duration::from_millis(20), || !posted(
-            &run,
-            "mqttpublish-disconnected"
-        )
-        .is_empty()),
-        "no mqttpublish-disconnected"
-    );
     let warnings = run.warnings();
-    let disconnected = posted(&run, "mqttpublish-disconnected");
+    let disconnected = posted_soon(&run, "mqttpublish-disconnected");
     run.stop();
     assert!(error.contains("check username and password"), "{error}");
     let reason = disconnected[0].get::<String>("reason").unwrap();
