@@ -226,7 +226,7 @@ impl Tracker {
     /// rumqttc refused the last hand-over (it is stopping).
     fn not_handed(&mut self) {
         self.unwritten.pop_back();
-        self.stats.in_flight -= 1;
+        self.stats.in_flight = self.stats.in_flight.saturating_sub(1);
         self.stats.dropped_stopped += 1;
     }
 
@@ -531,8 +531,11 @@ impl Worker {
     }
 
     pub fn stats(&self) -> Stats {
+        // The depth read under the tracker lock, as in `flush`: a message being handed
+        // over counts once.
+        let tracker = self.shared.tracker.lock().unwrap();
         let (depth, bytes) = self.shared.queue.depth();
-        let mut stats = self.shared.tracker.lock().unwrap().stats;
+        let mut stats = tracker.stats;
         stats.queue_depth = depth as u64;
         stats.queue_bytes = bytes as u64;
         stats
@@ -683,18 +686,33 @@ async fn gather_batch(shared: &Shared) {
 async fn hand_over(shared: &Shared, publisher: &Publisher, config: &ConnectionConfig) -> Blocked {
     let topic = config.topic.as_str();
     loop {
-        let (room, broker_max) = {
-            let tracker = shared.tracker.lock().unwrap();
-            (
-                tracker.stats.connected && tracker.unwritten.len() < REQUEST_CHANNEL,
-                tracker.stats.broker_max_packet,
-            )
-        };
-        if !room {
-            return Blocked::NoRoom;
-        }
-        let Some((message, ended)) = shared.queue.pop() else {
-            return Blocked::Empty;
+        // Take the message from the queue and count it (in flight, or dropped for its size)
+        // in one step under the tracker lock, under which `flush` and `stats` read the queue
+        // depth: a message is always queued or counted, never between the two, where a
+        // flush at end of stream would find nothing left and stop waiting. Counted before
+        // it is handed over, so that the poller never sees it written first.
+        let taken = shared.update(|t| {
+            if !t.stats.connected || t.unwritten.len() >= REQUEST_CHANNEL {
+                return Err(Blocked::NoRoom);
+            }
+            let (message, ended) = shared.queue.pop().ok_or(Blocked::Empty)?;
+            let size = message.payload.len();
+            // A packet over the broker's limit would cost the connection (and, in a
+            // persistent session, be retried after every reconnect): drop it here.
+            let oversize = t
+                .stats
+                .broker_max_packet
+                .filter(|max| packet_size(topic, size) > *max as usize)
+                .map(|max| (max, t.drop_oversize()));
+            let payload = Bytes::from(message.payload);
+            if oversize.is_none() {
+                t.handed(payload.clone());
+            }
+            Ok((payload, ended, oversize))
+        });
+        let (payload, ended, oversize) = match taken {
+            Ok(taken) => taken,
+            Err(blocked) => return blocked,
         };
         if let Some(episode) = ended {
             gst::debug!(
@@ -708,15 +726,13 @@ async fn hand_over(shared: &Shared, publisher: &Publisher, config: &ConnectionCo
                 at_end: false,
             });
         }
-        let size = message.payload.len();
-        // A packet over the broker's limit would cost the connection (and, in a
-        // persistent session, be retried after every reconnect): drop it here.
-        if let Some(max) = broker_max.filter(|max| packet_size(topic, size) > *max as usize) {
+        let size = payload.len();
+        if let Some((max, first)) = oversize {
             gst::debug!(
                 CAT,
                 "Dropped a message of {size} bytes: over the broker's limit"
             );
-            if shared.update(Tracker::drop_oversize) {
+            if first {
                 shared.notify(Notice::Oversize {
                     size,
                     limit: SizeLimit::Broker(max),
@@ -724,10 +740,7 @@ async fn hand_over(shared: &Shared, publisher: &Publisher, config: &ConnectionCo
             }
             continue;
         }
-        // Counted before it is handed over, so that the poller never sees it written
-        // first. The channel has room, so this completes without waiting.
-        let payload = Bytes::from(message.payload);
-        shared.update(|t| t.handed(payload.clone()));
+        // The channel has room, so this completes without waiting.
         if publisher
             .publish(topic, shared.qos(), config.retain, payload)
             .await
@@ -1084,12 +1097,22 @@ mod tests {
         limits: Limits,
         keep: fn(&Notice) -> bool,
     ) -> (Worker, Arc<Mutex<Vec<Notice>>>) {
+        worker_for(9, max_message_size, limits, keep)
+    }
+
+    /// A worker publishing to `port` on 127.0.0.1 with QoS 0.
+    fn worker_for(
+        port: u16,
+        max_message_size: usize,
+        limits: Limits,
+        keep: fn(&Notice) -> bool,
+    ) -> (Worker, Arc<Mutex<Vec<Notice>>>) {
         let notices = Arc::new(Mutex::new(Vec::new()));
         let seen = notices.clone();
         let config = ConnectionConfig {
             brokers: vec![Broker {
                 host: "127.0.0.1".into(),
-                port: 9,
+                port,
             }],
             client_id: "worker-test".into(),
             clean_session: true,
@@ -1228,5 +1251,78 @@ mod tests {
         let stats = worker.stats();
         assert_eq!((stats.queued, stats.dropped()), (2, 0), "{stats:?}");
         assert!(notices.lock().unwrap().is_empty());
+    }
+
+    /// A real mosquitto on a free loopback port, killed on drop.
+    struct Mosquitto {
+        child: std::process::Child,
+        port: u16,
+    }
+
+    impl Mosquitto {
+        fn start() -> Mosquitto {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let child = std::process::Command::new("/usr/sbin/mosquitto")
+                .args(["-p", &port.to_string()])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("mosquitto in /usr/sbin");
+            let broker = Mosquitto { child, port };
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+                assert!(Instant::now() < deadline, "mosquitto did not start");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            broker
+        }
+    }
+
+    impl Drop for Mosquitto {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    /// End of stream pushes a last message and flushes at once, while the worker thread
+    /// may be handing that message over: a flush that says `Delivered` must have nothing
+    /// in flight. The delay before each flush varies, so that its check falls at every
+    /// point of the hand-over.
+    #[test]
+    fn a_flush_does_not_miss_a_message_being_handed_over() {
+        let broker = Mosquitto::start();
+        let limits = Limits {
+            max_messages: 8,
+            max_bytes: 1 << 20,
+            leaky: Leaky::No,
+        };
+        let (worker, _) = worker_for(broker.port, 1024, limits, |_| false);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !worker.stats().connected {
+            assert!(Instant::now() < deadline, "not connected");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        for round in 0..1000u64 {
+            worker.push(vec![0; 100]);
+            let spin = Instant::now() + Duration::from_micros(round % 80);
+            while Instant::now() < spin {
+                std::hint::spin_loop();
+            }
+            let flushed = worker.flush(Duration::from_secs(5), None);
+            let stats = worker.stats();
+            assert_eq!(flushed, Flushed::Delivered, "round {round}: {stats:?}");
+            assert_eq!(
+                (stats.published, stats.in_flight, stats.queue_depth),
+                (round + 1, 0, 0),
+                "round {round}: flushed with a message on its way: {stats:?}"
+            );
+        }
+        let stats = worker.stop();
+        assert_eq!(stats.queued, stats.published + stats.dropped(), "{stats:?}");
     }
 }
