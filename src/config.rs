@@ -665,6 +665,17 @@ pub fn filter_config_from_value(value: &Value) -> Result<FilterConfig, String> {
 }
 
 /// A TCP port: 1 to 65535.
+/// The outermost bin holding `element`: the GStreamer pipeline, whose name picks the
+/// config.json entry when `config-pipeline` is not set.
+pub fn outermost_bin(element: &gst::Object) -> gst::Object {
+    use gst::prelude::*;
+    let mut top = element.clone();
+    while let Some(parent) = top.parent() {
+        top = parent;
+    }
+    top
+}
+
 pub fn tcp_port(value: i64) -> Option<u16> {
     u16::try_from(value).ok().filter(|p| *p > 0)
 }

@@ -123,15 +123,6 @@ impl Settings {
 }
 
 impl MetaFilter {
-    /// The name of the outermost bin holding this element: the GStreamer pipeline.
-    fn pipeline_name(&self) -> String {
-        let mut top: gst::Object = self.obj().clone().upcast();
-        while let Some(parent) = top.parent() {
-            top = parent;
-        }
-        top.name().to_string()
-    }
-
     /// Applies a change to the settings and puts the filter in effect together again, or
     /// records why the change was rejected.
     fn update_filter(
@@ -428,7 +419,9 @@ impl BaseTransformImpl for MetaFilter {
     const TRANSFORM_IP_ON_PASSTHROUGH: bool = false;
 
     fn start(&self) -> Result<(), gst::ErrorMessage> {
-        let pipeline_name = self.pipeline_name();
+        let pipeline_name = config::outermost_bin(self.obj().upcast_ref())
+            .name()
+            .to_string();
         let mut settings = self.settings.lock().unwrap();
         if let Some(error) = SettingError::join(settings.rejected.values()) {
             return Err(error.to_error_message());

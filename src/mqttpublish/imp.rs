@@ -24,6 +24,7 @@ use super::settings::{
     DEFAULT_TOPIC,
 };
 use super::{MessageFormat, MetadataSource};
+use crate::config;
 use crate::jpeg;
 use crate::mqtt::{
     Bound, ConnectionConfig, Flushed, Leaky, Limits, Notice, Pushed, Secret, SizeLimit, Stats,
@@ -364,23 +365,12 @@ impl MqttPublish {
         );
     }
 
-    /// The outermost bin holding this element: the pipeline.
-    fn pipeline(&self) -> gst::Object {
-        let mut top: gst::Object = self.obj().clone().upcast();
-        while let Some(parent) = top.parent() {
-            top = parent;
-        }
-        top
-    }
-
-    fn pipeline_name(&self) -> String {
-        self.pipeline().name().to_string()
-    }
-
     /// The `quality` of a `jpegenc` in the pipeline, which made the JPEG frames arriving
     /// here (DLSPS reads it from its pipeline string the same way).
     fn upstream_jpeg_quality(&self) -> Option<u8> {
-        let bin = self.pipeline().downcast::<gst::Bin>().ok()?;
+        let bin = config::outermost_bin(self.obj().upcast_ref())
+            .downcast::<gst::Bin>()
+            .ok()?;
         bin.iterate_recurse()
             .into_iter()
             .flatten()
@@ -1150,7 +1140,10 @@ impl MqttPublish {
                 ("{}", reasons.join("; "))
             ));
         }
-        let resolved = settings::load_config(&settings, &self.pipeline_name())
+        let pipeline_name = config::outermost_bin(self.obj().upcast_ref())
+            .name()
+            .to_string();
+        let resolved = settings::load_config(&settings, &pipeline_name)
             .and_then(|file| settings::resolve(&settings, &file, |name| std::env::var(name).ok()))
             .map_err(|e| e.to_error_message())?;
         for warning in &resolved.warnings {
@@ -1158,7 +1151,7 @@ impl MqttPublish {
         }
         let mut message = resolved.message;
         if message.pipeline_name.is_none() {
-            message.pipeline_name = Some(self.pipeline_name());
+            message.pipeline_name = Some(pipeline_name);
         }
         let mut connection = resolved.connection;
         connection.tls = resolved
