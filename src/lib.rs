@@ -59,6 +59,7 @@ gst::plugin_define!(
     "MPL-2.0",
     env!("CARGO_PKG_NAME"),
     env!("CARGO_PKG_NAME"),
-    env!("CARGO_PKG_REPOSITORY"),
+    // GStreamer refuses a plugin without an origin; the project has no public address.
+    env!("CARGO_PKG_NAME"),
     env!("BUILD_REL_DATE")
 );

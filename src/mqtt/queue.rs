@@ -21,41 +21,25 @@ use std::collections::VecDeque;
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use gst::glib;
-
 /// The most messages that make a batch.
 pub const MAX_BATCH: usize = 32;
 
 /// A drop episode ends only when nothing was dropped for this long.
 pub const EPISODE_QUIET: Duration = Duration::from_secs(1);
 
-/// What to do with a new message when the queue is full.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, glib::Enum)]
-#[repr(u32)]
-#[enum_type(name = "GstMqttPublishLeaky")]
+/// What to do with a new message when the queue is full (the element's `leaky` property
+/// maps onto it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Leaky {
     /// Wait for room, blocking the streaming thread (lossless, for file processing).
-    #[enum_value(
-        name = "None: wait for room, blocking the pipeline (lossless)",
-        nick = "none"
-    )]
     No,
     /// Drop the new message.
-    #[enum_value(name = "Upstream: drop the new message", nick = "upstream")]
     Upstream,
     /// Drop the oldest queued message to make room.
-    #[enum_value(
-        name = "Downstream: drop the oldest queued message",
-        nick = "downstream"
-    )]
     Downstream,
     /// [`Leaky::No`] when the upstream is not live (a file), [`Leaky::Downstream`] when it
     /// is (a camera), as [`Queue::set_upstream_live`] says.
     #[default]
-    #[enum_value(
-        name = "Auto: wait for room when the upstream is not live, drop the oldest when it is",
-        nick = "auto"
-    )]
     Auto,
 }
 
@@ -63,7 +47,7 @@ impl Leaky {
     /// The nick, as a user sets it.
     pub fn nick(self) -> &'static str {
         match self {
-            Leaky::No => "none",
+            Leaky::No => "no",
             Leaky::Upstream => "upstream",
             Leaky::Downstream => "downstream",
             Leaky::Auto => "auto",

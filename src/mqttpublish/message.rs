@@ -148,8 +148,8 @@ enum Images {
     Unavailable(NoImage),
 }
 
-/// The negotiated input.
-struct Input {
+/// The negotiated input, read off the caps with [`Input::from_caps`].
+pub struct Input {
     width: u32,
     height: u32,
     /// The caps as text and their `format`, for the `dlsps` metadata.
@@ -159,7 +159,9 @@ struct Input {
 }
 
 impl Input {
-    fn from_caps(caps: &gst::CapsRef, jpeg_quality: impl FnOnce() -> Option<u8>) -> Input {
+    /// `jpeg_quality` tells, for JPEG input, the quality of the encoder upstream (for
+    /// `dlsps`'s `encoding_level`); it is asked only for JPEG input.
+    pub fn from_caps(caps: &gst::CapsRef, jpeg_quality: impl FnOnce() -> Option<u8>) -> Input {
         let s = caps.structure(0);
         let dimension = |name| {
             s.and_then(|s| s.get::<i32>(name).ok())
@@ -258,18 +260,13 @@ impl Assembler {
         self.counters
     }
 
-    /// Takes the negotiated caps, whatever they are; `jpeg_quality` tells, for JPEG input,
-    /// the quality of the encoder upstream (for `dlsps`'s `encoding_level`). Returns a
-    /// warning when frames are published but these caps give no images.
-    pub fn set_caps(
-        &mut self,
-        caps: &gst::CapsRef,
-        jpeg_quality: impl FnOnce() -> Option<u8>,
-    ) -> Option<String> {
-        let input = Input::from_caps(caps, jpeg_quality);
+    /// Takes the negotiated input, whatever it is. Returns a warning when frames are
+    /// published but this input gives no images.
+    pub fn set_input(&mut self, input: Input) -> Option<String> {
         let warning = match input.images {
             Images::Unavailable(reason) if self.options.publish_frame => Some(format!(
-                "Frames in {caps} {}: publishing the metadata without images",
+                "Frames in {} {}: publishing the metadata without images",
+                input.caps,
                 reason.describe()
             )),
             _ => None,
@@ -340,7 +337,7 @@ impl Assembler {
                 Ok(jpeg) => image = Some(jpeg),
                 Err(reason) => {
                     let first = self.counters.no_image(reason);
-                    // Reasons that come with the caps were warned about in `set_caps`.
+                    // Reasons that come with the caps were warned about in `set_input`.
                     if !reason.known_from_caps() {
                         warnings.extend(first);
                     }
@@ -610,7 +607,10 @@ mod tests {
     fn assembler(options: MessageOptions) -> Assembler {
         gst::init().unwrap();
         let mut assembler = Assembler::new(options);
-        assert_eq!(assembler.set_caps(&raw_caps(), || None), None);
+        assert_eq!(
+            assembler.set_input(Input::from_caps(&raw_caps(), || None)),
+            None
+        );
         assembler
     }
 
@@ -745,7 +745,7 @@ mod tests {
             .field("width", 640)
             .field("height", 480)
             .build();
-        assert_eq!(a.set_caps(&caps, || None), None);
+        assert_eq!(a.set_input(Input::from_caps(&caps, || None)), None);
         let bytes = vec![0xff, 0xd8, 1, 2, 3, 0xff, 0xd9];
         let payload = build(&mut a, &gst::Buffer::from_mut_slice(bytes.clone()));
         assert_eq!(payload[0]["resolution"]["width"], 640);
@@ -772,14 +772,14 @@ mod tests {
                 ..options()
             });
             let warning = a
-                .set_caps(&caps, || None)
+                .set_input(Input::from_caps(&caps, || None))
                 .expect("a warning naming the caps");
             assert!(warning.contains(&caps.to_string()), "{warning}");
             for _ in 0..3 {
                 let built = a
                     .build(&frame(&[object("box", 0.9)]), None, NO_LIMIT)
                     .unwrap();
-                // Warned at set_caps already.
+                // Warned at set_input already.
                 assert_eq!(built.warnings, [] as [String; 0]);
                 let payload = json(&built.payload);
                 assert_eq!(payload[1], "", "{payload}");
@@ -795,12 +795,12 @@ mod tests {
         // Without publish-frame nothing is missing: no warning.
         let mut a = Assembler::new(options());
         assert_eq!(
-            a.set_caps(
+            a.set_input(Input::from_caps(
                 &gst::Caps::builder("video/x-raw")
                     .features(["memory:DMABuf"])
                     .build(),
                 || None
-            ),
+            )),
             None
         );
     }

@@ -11,6 +11,19 @@
 //! The streaming thread only builds the message and queues it; a worker thread owns the
 //! connection (see [`crate::mqtt`]), so a slow or absent broker never holds up live video;
 //! a source that is not live (a file) waits for room in the queue instead of losing messages.
+//!
+//! `leaky` says what happens when the queue is full: `no` waits for room (back-pressure,
+//! never blocking flushing or state changes), `upstream` drops the new message,
+//! `downstream` the oldest, and `auto` (the default) waits when the upstream is not live and
+//! drops the oldest when it is. Drops are counted in `stats` and announced: a warning and an
+//! `mqttpublish-dropping` message at the first drop, `mqttpublish-dropped` with the count
+//! once the queue has room again. At end of stream, messages lost by a job that was to
+//! deliver everything (`auto` or `no`, upstream not live) are an error, otherwise a warning.
+//!
+//! `config` reads the `mqtt_publisher` settings DL Streamer Pipeline Server users write (a
+//! bare section, a `config.json` entry picked by `config-pipeline` or the pipeline's name,
+//! or a REST request body) at start; properties set explicitly win over it, and it wins over
+//! `MQTT_HOST` / `MQTT_PORT`. docs/elements.md and docs/dlsps.md tell the whole of both.
 
 use gst::glib;
 use gst::prelude::*;
@@ -18,6 +31,8 @@ use gst::prelude::*;
 mod attached;
 mod imp;
 mod message;
+mod notices;
+mod report;
 mod settings;
 
 /// The shape of the messages. With a frame that has no image (`frame-interval`, GPU memory,
@@ -68,12 +83,58 @@ pub enum MetadataSource {
     Metas,
 }
 
+/// What to do when the queue is full: GStreamer `queue`'s words for it, and `auto`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, glib::Enum)]
+#[repr(u32)]
+#[enum_type(name = "GstMqttPublishLeaky")]
+pub enum Leaky {
+    #[enum_value(
+        name = "No: wait for room, blocking the pipeline (lossless)",
+        nick = "no"
+    )]
+    No = 0,
+    #[enum_value(name = "Upstream: drop the new message", nick = "upstream")]
+    Upstream = 1,
+    #[enum_value(
+        name = "Downstream: drop the oldest queued message",
+        nick = "downstream"
+    )]
+    Downstream = 2,
+    #[default]
+    #[enum_value(
+        name = "Auto: wait for room when the upstream is not live, drop the oldest when it is",
+        nick = "auto"
+    )]
+    Auto = 3,
+    /// The name `no` had before; reads back as `no`.
+    #[enum_value(name = "None: the same as no", nick = "none")]
+    None = 4,
+}
+
+impl From<Leaky> for crate::mqtt::Leaky {
+    fn from(leaky: Leaky) -> Self {
+        match leaky {
+            Leaky::No | Leaky::None => crate::mqtt::Leaky::No,
+            Leaky::Upstream => crate::mqtt::Leaky::Upstream,
+            Leaky::Downstream => crate::mqtt::Leaky::Downstream,
+            Leaky::Auto => crate::mqtt::Leaky::Auto,
+        }
+    }
+}
+
 glib::wrapper! {
     pub struct MqttPublish(ObjectSubclass<imp::MqttPublish>)
         @extends gst_base::BaseSink, gst::Element, gst::Object;
 }
 
 pub fn register(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
+    for enum_type in [
+        Leaky::static_type(),
+        MessageFormat::static_type(),
+        MetadataSource::static_type(),
+    ] {
+        enum_type.mark_as_plugin_api(gst::PluginAPIFlags::empty());
+    }
     gst::Element::register(
         Some(plugin),
         "mqttpublish",

@@ -7,8 +7,6 @@
 //! variables (as DLSPS reads them), the defaults. [`resolve`] is a pure function of the
 //! three sources; it returns its warnings instead of posting them.
 
-use std::collections::BTreeMap;
-use std::ops::RangeInclusive;
 use std::path::Path;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
@@ -18,26 +16,90 @@ use super::{MessageFormat, MetadataSource};
 use crate::config::{tcp_port, ConfigFile, PublisherConfig};
 use crate::error::SettingError;
 use crate::filter::Filter;
-use crate::mqtt::{Broker, ConnectionConfig, Leaky, Limits, Protocol, QoS, Secret};
+use crate::mqtt::{Broker, ConnectionConfig, Limits, Protocol, QoS, Secret};
 use crate::tls::TlsFiles;
 
 pub const DEFAULT_HOST: &str = "localhost";
-pub const DEFAULT_PORT: u32 = 1883;
 pub const DEFAULT_TOPIC: &str = "dlstreamer_pipeline_results";
-pub const DEFAULT_QOS: u32 = 0;
 pub const DEFAULT_RETAIN: bool = false;
-pub const DEFAULT_PROTOCOL: u32 = 4;
 pub const DEFAULT_CLEAN_SESSION: bool = true;
-pub const DEFAULT_KEEP_ALIVE: u32 = 60;
 pub const DEFAULT_PUBLISH_FRAME: bool = false;
-pub const DEFAULT_JPEG_QUALITY: u32 = 85;
-pub const DEFAULT_FRAME_INTERVAL: u32 = 1;
 pub const DEFAULT_SKIP_EMPTY: bool = false;
 pub const DEFAULT_ADD_SINK_TIME: bool = false;
-pub const DEFAULT_MAX_QUEUED_MESSAGES: u32 = 256;
-pub const DEFAULT_MAX_QUEUED_BYTES: u64 = 64 * 1024 * 1024;
-pub const DEFAULT_MAX_MESSAGE_SIZE: u32 = 4 * 1024 * 1024;
-pub const DEFAULT_FLUSH_TIMEOUT_MS: u32 = 5000;
+
+/// A numeric property's range and default, stated once: its `ParamSpec` declares them
+/// (gst-inspect-1.0 shows them, and GLib refuses a value outside the range, naming the
+/// property and the value).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Number<T> {
+    pub name: &'static str,
+    pub min: T,
+    pub max: T,
+    pub default: T,
+}
+
+pub const PORT: Number<u32> = Number {
+    name: "port",
+    min: 1,
+    max: 65535,
+    default: 1883,
+};
+pub const QOS: Number<u32> = Number {
+    name: "qos",
+    min: 0,
+    max: 2,
+    default: 0,
+};
+/// MQTT 3.1 (level 3) is not supported.
+pub const PROTOCOL: Number<u32> = Number {
+    name: "protocol",
+    min: 4,
+    max: 5,
+    default: 4,
+};
+pub const KEEP_ALIVE: Number<u32> = Number {
+    name: "keep-alive",
+    min: 0,
+    max: 65535,
+    default: 60,
+};
+pub const JPEG_QUALITY: Number<u32> = Number {
+    name: "jpeg-quality",
+    min: 1,
+    max: 100,
+    default: 85,
+};
+pub const FRAME_INTERVAL: Number<u32> = Number {
+    name: "frame-interval",
+    min: 1,
+    max: u32::MAX,
+    default: 1,
+};
+pub const MAX_QUEUED_MESSAGES: Number<u32> = Number {
+    name: "max-queued-messages",
+    min: 1,
+    max: u32::MAX,
+    default: 256,
+};
+pub const MAX_QUEUED_BYTES: Number<u64> = Number {
+    name: "max-queued-bytes",
+    min: 1,
+    max: u64::MAX,
+    default: 64 * 1024 * 1024,
+};
+pub const MAX_MESSAGE_SIZE: Number<u32> = Number {
+    name: "max-message-size",
+    min: 1024,
+    max: 256 * 1024 * 1024,
+    default: 4 * 1024 * 1024,
+};
+/// Milliseconds.
+pub const FLUSH_TIMEOUT: Number<u32> = Number {
+    name: "flush-timeout",
+    min: 0,
+    max: 600_000,
+    default: 5000,
+};
 
 /// A setting the configuration file can also provide, as a property left it: `None` when
 /// the property was never set, `Some(None)` when it was set to nothing, which hides the
@@ -78,12 +140,11 @@ pub struct Settings {
     pub config_pipeline: Option<String>,
     pub max_queued_messages: u32,
     pub max_queued_bytes: u64,
-    pub leaky: Leaky,
+    pub leaky: super::Leaky,
     pub max_message_size: u32,
     pub flush_timeout_ms: u32,
-    /// Rejected property values by property name; the element refuses to start while any
-    /// is left.
-    pub rejected: BTreeMap<&'static str, String>,
+    /// Why the `tags` value set last cannot be used; the element refuses to start with it.
+    pub rejected_tags: Option<String>,
 }
 
 impl Default for Settings {
@@ -97,15 +158,15 @@ impl Default for Settings {
             protocol: None,
             client_id: None,
             clean_session: DEFAULT_CLEAN_SESSION,
-            keep_alive: DEFAULT_KEEP_ALIVE,
+            keep_alive: KEEP_ALIVE.default,
             username: None,
             password: None,
             tls_ca_file: None,
             tls_cert_file: None,
             tls_key_file: None,
             publish_frame: None,
-            jpeg_quality: DEFAULT_JPEG_QUALITY,
-            frame_interval: DEFAULT_FRAME_INTERVAL,
+            jpeg_quality: JPEG_QUALITY.default,
+            frame_interval: FRAME_INTERVAL.default,
             message_format: MessageFormat::default(),
             metadata_source: MetadataSource::default(),
             source: None,
@@ -116,12 +177,12 @@ impl Default for Settings {
             pipeline_version: None,
             config: None,
             config_pipeline: None,
-            max_queued_messages: DEFAULT_MAX_QUEUED_MESSAGES,
-            max_queued_bytes: DEFAULT_MAX_QUEUED_BYTES,
-            leaky: Leaky::default(),
-            max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
-            flush_timeout_ms: DEFAULT_FLUSH_TIMEOUT_MS,
-            rejected: BTreeMap::new(),
+            max_queued_messages: MAX_QUEUED_MESSAGES.default,
+            max_queued_bytes: MAX_QUEUED_BYTES.default,
+            leaky: super::Leaky::default(),
+            max_message_size: MAX_MESSAGE_SIZE.default,
+            flush_timeout_ms: FLUSH_TIMEOUT.default,
+            rejected_tags: None,
         }
     }
 }
@@ -206,7 +267,7 @@ pub fn resolve(
                 .ok()
                 .and_then(tcp_port)
                 .ok_or_else(|| format!("MQTT_PORT: {text:?} is not a TCP port (1..65535)"))?,
-            (None, None) => DEFAULT_PORT as u16,
+            (None, None) => PORT.default as u16,
         },
     };
 
@@ -286,7 +347,7 @@ pub fn resolve(
     let limits = Limits {
         max_messages: settings.max_queued_messages.max(1) as usize,
         max_bytes: settings.max_queued_bytes as usize,
-        leaky: settings.leaky,
+        leaky: settings.leaky.into(),
     };
     let message = MessageOptions {
         filter: file.filter.as_ref().map(|config| {
@@ -383,48 +444,6 @@ pub fn unique_client_id() -> String {
         COUNTER.fetch_add(1, Ordering::Relaxed),
         nanos
     )
-}
-
-/// The values a numeric property takes, as its blurb states them.
-///
-/// The properties' `ParamSpec`s accept the whole range of their type: GLib would answer a
-/// value outside a `ParamSpec`'s range with a warning on the console and keep the default,
-/// so that a mistyped `port=188300` would publish to localhost:1883. The element checks the
-/// range itself with [`check_number`] and refuses to start.
-pub fn number_range(property: &str) -> Option<RangeInclusive<u64>> {
-    Some(match property {
-        "port" => 1..=65535,
-        "qos" => 0..=2,
-        "protocol" => 4..=5,
-        "keep-alive" => 0..=65535,
-        "jpeg-quality" => 1..=100,
-        "frame-interval" => 1..=u64::from(u32::MAX),
-        "max-queued-messages" => 1..=u64::from(u32::MAX),
-        "max-queued-bytes" => 1..=u64::MAX,
-        "max-message-size" => 1024..=256 * 1024 * 1024,
-        "flush-timeout" => 0..=600_000,
-        _ => return None,
-    })
-}
-
-/// Checks the value of a numeric property against [`number_range`]. Errors name the
-/// property and the value, e.g. `port: 188300 is not a TCP port (1..65535)`.
-pub fn check_number(property: &str, value: u64) -> Result<(), String> {
-    let range = number_range(property).unwrap_or_else(|| panic!("{property} is not numeric"));
-    if range.contains(&value) {
-        return Ok(());
-    }
-    let level = i64::try_from(value).unwrap_or(i64::MAX);
-    Err(match property {
-        "port" => format!("port: {value} is not a TCP port (1..65535)"),
-        "qos" => format!("qos: {}", QoS::from_level(level).unwrap_err()),
-        "protocol" => format!("protocol: {}", Protocol::from_level(level).unwrap_err()),
-        _ => format!(
-            "{property}: {value} is outside {}..{}",
-            range.start(),
-            range.end()
-        ),
-    })
 }
 
 /// Checks a `tags` value: a JSON object, stored in compact form.
@@ -704,64 +723,6 @@ mod tests {
         // A fixed id from the file is enough.
         let r = resolved(&settings, &file(json!({"client_id": "cam-1"})));
         assert!(r.warnings.is_empty(), "{:?}", r.warnings);
-    }
-
-    #[test]
-    fn numbers_outside_their_range_name_the_property_and_the_value() {
-        let cases = [
-            ("port", 188300, "port: 188300 is not a TCP port (1..65535)"),
-            ("port", 0, "port: 0 is not a TCP port (1..65535)"),
-            ("qos", 3, "qos: QoS 3 does not exist: use 0, 1 or 2"),
-            (
-                "protocol",
-                6,
-                "protocol: unknown protocol 6: use 4 (MQTT 3.1.1) or 5 (MQTT 5)",
-            ),
-            (
-                "protocol",
-                3,
-                "protocol: MQTT 3.1 (protocol 3) is not supported: use 4 (MQTT 3.1.1) or 5 (MQTT 5)",
-            ),
-            ("keep-alive", 65536, "keep-alive: 65536 is outside 0..65535"),
-            ("jpeg-quality", 0, "jpeg-quality: 0 is outside 1..100"),
-            ("jpeg-quality", 101, "jpeg-quality: 101 is outside 1..100"),
-            ("frame-interval", 0, "frame-interval: 0 is outside 1..4294967295"),
-            (
-                "max-queued-messages",
-                0,
-                "max-queued-messages: 0 is outside 1..4294967295",
-            ),
-            (
-                "max-queued-bytes",
-                0,
-                "max-queued-bytes: 0 is outside 1..18446744073709551615",
-            ),
-            (
-                "max-message-size",
-                1023,
-                "max-message-size: 1023 is outside 1024..268435456",
-            ),
-            (
-                "flush-timeout",
-                600_001,
-                "flush-timeout: 600001 is outside 0..600000",
-            ),
-        ];
-        for (property, value, expected) in cases {
-            assert_eq!(check_number(property, value).unwrap_err(), expected);
-        }
-        for (property, value) in [
-            ("port", 1),
-            ("port", 65535),
-            ("qos", 2),
-            ("protocol", 4),
-            ("keep-alive", 0),
-            ("jpeg-quality", 100),
-            ("max-message-size", 1024),
-            ("flush-timeout", 0),
-        ] {
-            assert_eq!(check_number(property, value), Ok(()), "{property}={value}");
-        }
     }
 
     #[test]
