@@ -126,7 +126,7 @@ def report_w1(runs, params, targets):
                f"{fmt(base_rate, ',.0f')} buffers/s: the most any sink can be fed.")
     out.append("")
     names = {
-        "mqttpublish": "mqttpublish leaky=none",
+        "mqttpublish": "mqttpublish leaky=no",
         "mqttpublish-default": "mqttpublish (default leaky=auto)",
         "raw": "raw rumqttc (examples/raw_publisher.rs)",
         "python": "Python: appsink + json.dumps + paho",
@@ -184,7 +184,7 @@ def report_w1(runs, params, targets):
             if recs:
                 share[row] = min(r["sub"].get("total", 0) for r in recs) / n
         if share.get("raw"):
-            for row, label in (("mqttpublish", "leaky=none"), ("mqttpublish-default", "default leaky")):
+            for row, label in (("mqttpublish", "leaky=no"), ("mqttpublish-default", "default leaky")):
                 if row in share:
                     targets.append((f"W1 QoS {qos}: share of messages delivered ({label}) >= 80% of raw's",
                                     f"{100 * share[row] / share['raw']:.0f}%",

@@ -16,7 +16,7 @@
 #
 # Workloads (bench/README.md explains the measurements):
 #   w1   metadata only, W1_N buffers of 64x48 video with 5 objects, QoS 0 and 1:
-#        fakesink baseline, mqttpublish (leaky=none and default), raw rumqttc, Python
+#        fakesink baseline, mqttpublish (leaky=no and default), raw rumqttc, Python
 #   w2   W2_N 1280x720 frames, I420 and BGRx, publish-frame: baseline, jpegenc !
 #        mqttpublish, mqttpublish encoding itself, Python with OpenCV
 #   w3   latency at 30 fps for W3_SECONDS: metadata only and with 720p frames,
@@ -226,7 +226,7 @@ w1() {
             -- "$EXAMPLES/bench_pipeline" $src ! fakesink
         for qos in 0 1; do
             measure "{\"w\":\"w1\",\"row\":\"mqttpublish\",\"qos\":$qos,\"rep\":$rep}" "bench/w1/m$qos" \
-                -- "$EXAMPLES/bench_pipeline" $src ! mqttpublish $MQTT qos=$qos topic=bench/w1/m$qos leaky=none
+                -- "$EXAMPLES/bench_pipeline" $src ! mqttpublish $MQTT qos=$qos topic=bench/w1/m$qos leaky=no
             measure "{\"w\":\"w1\",\"row\":\"mqttpublish-default\",\"qos\":$qos,\"rep\":$rep}" "bench/w1/d$qos" \
                 -- "$EXAMPLES/bench_pipeline" $src ! mqttpublish $MQTT qos=$qos topic=bench/w1/d$qos
             measure "{\"w\":\"w1\",\"row\":\"raw\",\"qos\":$qos,\"rep\":$rep}" "bench/w1/r$qos" \
@@ -250,10 +250,10 @@ w2() {
                 -- "$EXAMPLES/bench_pipeline" $src ! fakesink
             measure "{\"w\":\"w2\",\"row\":\"jpegenc\",\"format\":\"$fmt\",\"rep\":$rep}" bench/w2/j \
                 -- "$EXAMPLES/bench_pipeline" $src ! jpegenc quality=85 \
-                ! mqttpublish $MQTT publish-frame=true leaky=none topic=bench/w2/j
+                ! mqttpublish $MQTT publish-frame=true leaky=no topic=bench/w2/j
             measure "{\"w\":\"w2\",\"row\":\"internal\",\"format\":\"$fmt\",\"rep\":$rep}" bench/w2/i \
                 -- "$EXAMPLES/bench_pipeline" $src \
-                ! mqttpublish $MQTT publish-frame=true jpeg-quality=85 leaky=none topic=bench/w2/i
+                ! mqttpublish $MQTT publish-frame=true jpeg-quality=85 leaky=no topic=bench/w2/i
             measure "{\"w\":\"w2\",\"row\":\"python\",\"format\":\"$fmt\",\"rep\":$rep}" bench/w2/p \
                 -- "$PYTHON" bench/reference_publisher.py --port "$PORT" --topic bench/w2/p --publish-frame \
                 $src ! appsink name=sink

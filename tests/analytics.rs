@@ -273,7 +273,7 @@ fn metareplay_output_is_drawn_by_objectdetectionoverlay_and_published_once() {
          ! metareplay location={} \
          ! objectdetectionoverlay draw-labels=false object-detection-outline-color=0xffff0000 \
          ! tee name=t ! queue ! appsink name=frames sync=false \
-         t. ! queue ! mqttpublish host={} port={port} topic={topic} qos=1 leaky=none",
+         t. ! queue ! mqttpublish host={} port={port} topic={topic} qos=1 leaky=no",
         recording.display(),
         broker.host()
     ))

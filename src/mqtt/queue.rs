@@ -493,7 +493,7 @@ mod tests {
         assert_eq!(payload(&q), [1]);
         assert_eq!(dropped(pusher.join().unwrap()), 0, "nothing dropped");
 
-        // A waiting push gives up when flushing, as with leaky=none.
+        // A waiting push gives up when flushing, as with leaky=no.
         let pusher = push_from_thread(&q, 3);
         settle();
         q.set_flushing(true);

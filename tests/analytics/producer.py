@@ -92,7 +92,7 @@ def main(argv):
     )
     if filter_props is not None:
         desc += f"! metafilter {filter_props} "
-    desc += f"! mqttpublish host={host} port={port} topic={topic} qos=1 leaky=none{sink_props}"
+    desc += f"! mqttpublish host={host} port={port} topic={topic} qos=1 leaky=no{sink_props}"
     pipeline = Gst.parse_launch(desc)
     src = pipeline.get_by_name("src")
     pipeline.set_state(Gst.State.PLAYING)

@@ -131,7 +131,7 @@ fn the_page_shows_frames_boxes_and_counts_as_published_and_bad_messages_as_error
         "videotestsrc num-buffers={FRAMES} ! video/x-raw,width=640,height=480,framerate=30/1 \
          ! metareplay location=pipelines/sample.jsonl \
          ! mqttpublish host=127.0.0.1 port={} topic=cameras/dock-3 source=dock-3 qos=1 \
-           leaky=none publish-frame=true add-sink-time=true",
+           leaky=no publish-frame=true add-sink-time=true",
         broker.port
     ));
     let status = pipeline.0.wait().unwrap();
@@ -330,7 +330,7 @@ fn the_page_shows_frames_boxes_and_counts_as_published_and_bad_messages_as_error
         "videotestsrc num-buffers=5 ! video/x-raw,width=640,height=480 \
          ! metareplay location=pipelines/sample.jsonl \
          ! mqttpublish host=127.0.0.1 port={} topic=cameras/gate source=gate qos=1 \
-           leaky=none publish-frame=true message-format=object",
+           leaky=no publish-frame=true message-format=object",
         broker.port
     ))
     .0

@@ -85,7 +85,7 @@ fn tls_with_a_client_certificate_and_a_password() {
     let mut pipeline = gst_launch(&format!(
         "videotestsrc num-buffers=3 ! video/x-raw,width=320,height=240 \
          ! metareplay location=pipelines/sample.jsonl \
-         ! mqttpublish host=localhost port={} topic=cameras/tls qos=1 leaky=none \
+         ! mqttpublish host=localhost port={} topic=cameras/tls qos=1 leaky=no \
            tls-ca-file={} tls-cert-file={} tls-key-file={} username=camera password=camera-secret",
         broker.port,
         tls.ca.display(),
