@@ -8,8 +8,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{
-    assert_accounted, init_plugin, plugin_dir, sample_recording, stat, to, Broker, QoS, Run,
-    Subscriber, TlsFiles,
+    assert_accounted, init_plugin, plugin_dir, sample_recording, stat, to, wait_until, Broker, QoS,
+    Run, Subscriber, TlsFiles,
 };
 use gst::prelude::*;
 use gst_video::VideoRegionOfInterestMeta;
@@ -134,8 +134,9 @@ fn broker_kill_with_qos0_accounts_for_everything() {
 fn broker_absent_at_start_retries_with_backoff() {
     let mut broker = Broker::new();
     broker.stop();
-    // 20 s of video at 10 fps: the broker comes back after ~10 s, the sink at its next
-    // retry (~15 s), with ~150 messages queued (the default queue holds 256).
+    // 20 s of video at 10 fps: the broker comes back after the sink's fourth attempt (~7 s),
+    // the sink at its next retry (~15 s), with ~150 messages queued (the default queue holds
+    // 256).
     let frames = 200;
     let started = Instant::now();
     let mut run = Run::publish(
@@ -152,8 +153,16 @@ fn broker_absent_at_start_retries_with_backoff() {
     assert_eq!(state, gst::State::Playing);
     assert!(started.elapsed() < Duration::from_secs(2));
 
-    // Let the broker stay away ~10 s, then read when each failed attempt was reported.
-    std::thread::sleep(Duration::from_secs(10).saturating_sub(started.elapsed()));
+    // The broker stays away for four attempts (0, 1, 3 and 7 s after the start); then read
+    // when each failed attempt was reported.
+    let four_failed = wait_until(Duration::from_secs(15), Duration::from_millis(50), || {
+        run.element_messages("mqttpublish-disconnected").len() >= 4
+    });
+    assert!(
+        four_failed,
+        "the sink did not report four failed attempts within 15 s: {:?}",
+        run.element_messages("mqttpublish-disconnected")
+    );
     let attempts: Vec<(u32, u64, Instant)> = run
         .element_messages("mqttpublish-disconnected")
         .into_iter()
@@ -244,11 +253,21 @@ fn frozen_broker_blocking_queue_unblocks_on_seek_and_null() {
             ),
             &format!("{} qos=1 {leaky} max-queued-messages=10", to(&broker)),
         );
-        std::thread::sleep(Duration::from_millis(300));
+        run.wait_stats(&format!("{leaky:?}: publishing"), LONG, |s| {
+            stat(s, "messages-published") > 0
+        });
         broker.pause();
-        // Let the queue fill and the streaming thread block.
-        std::thread::sleep(Duration::from_secs(1));
+        // The queue fills and the streaming thread blocks: a buffer reached the sink and waits
+        // for room (every buffer is one message).
+        run.wait_stats(
+            &format!("{leaky:?}: the queue full and a buffer waiting for room"),
+            LONG,
+            |s| {
+                stat(s, "queue-depth") == 10 && run.flow.count() as u64 > stat(s, "messages-queued")
+            },
+        );
         let flowing = run.flow.count();
+        // The check itself: nothing flows for half a second.
         std::thread::sleep(Duration::from_millis(500));
         assert_eq!(
             run.flow.count(),
@@ -308,7 +327,13 @@ fn live_drops_are_announced_counted_and_match_stats() {
         ),
     );
     // The sink's first attempt fails at once; its retry 1 s later finds the broker.
-    std::thread::sleep(Duration::from_millis(300));
+    let first_failed = wait_until(LONG, Duration::from_millis(20), || {
+        !run.element_messages("mqttpublish-disconnected").is_empty()
+    });
+    assert!(
+        first_failed,
+        "the sink's first attempt was not reported failed"
+    );
     broker.start();
     let sub = Subscriber::builder(&broker, TOPIC)
         .qos(QoS::AtLeastOnce)
@@ -549,6 +574,7 @@ fn password_never_appears_in_debug_output() {
     let sub = Subscriber::builder(&broker, TOPIC)
         .credentials("camera", "pa55-w0rd-xyzzy")
         .connect();
+    let mut expected = 0;
     for (password, delivered) in [("pa55-w0rd-xyzzy", 5), ("wrong-pa55-xyzzy", 0)] {
         let config = broker.dir().join("secret.json");
         std::fs::write(
@@ -586,8 +612,11 @@ fn password_never_appears_in_debug_output() {
                 &output[output.len().saturating_sub(3000)..]
             );
         }
-        std::thread::sleep(Duration::from_millis(300));
-        assert_eq!(sub.count() % 5, 0);
+        expected += delivered;
+        sub.wait_for(expected, LONG);
+        // And no more: a settle in which nothing may arrive.
+        sub.assert_count_after(expected, Duration::from_millis(300));
+        assert_eq!(sub.count() % 5, 0, "{password}");
     }
     assert_eq!(sub.count(), 5, "only the right password published");
 
@@ -859,8 +888,19 @@ fn null_interrupts_an_end_of_stream_flush() {
         ),
         &format!("{} flush-timeout=8000", to(&broker)),
     );
-    // The five buffers are queued and the sink sits in its EOS flush.
-    std::thread::sleep(Duration::from_millis(500));
+    // The five buffers are queued and the sink sits in its EOS flush: the end of the stream
+    // has left the element before it.
+    let upstream = run
+        .element("sink")
+        .static_pad("sink")
+        .unwrap()
+        .peer()
+        .unwrap();
+    run.wait_stats(
+        "five messages queued and the end of the stream at the sink",
+        LONG,
+        |s| stat(s, "queue-depth") == 5 && upstream.sticky_event::<gst::event::Eos>(0).is_some(),
+    );
     assert_eq!(stat(&run.stats(), "queue-depth"), 5);
     let stopping = Instant::now();
     run.stop();
