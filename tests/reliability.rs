@@ -5,11 +5,12 @@
 
 mod common;
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::{
-    assert_accounted, init_plugin, plugin_dir, sample_recording, stat, to, wait_until, Broker, QoS,
-    Run, Subscriber, TlsFiles,
+    assert_accounted, case, init_plugin, plugin_dir, sample_recording, stat, to, wait_until,
+    Broker, QoS, Run, Subscriber, TlsFiles,
 };
 use gst::prelude::*;
 use gst_video::VideoRegionOfInterestMeta;
@@ -202,38 +203,37 @@ fn broker_absent_at_start_retries_with_backoff() {
 #[test]
 fn frozen_broker_never_blocks_leaky_queues() {
     for leaky in ["downstream", "upstream"] {
-        let mut broker = Broker::new();
-        // Up to rumqttc's in-flight window (100) plus its request channel (64) can go out
-        // before the queue (20) fills: 2,000 buffers as fast as they come overflow it.
-        let mut run = Run::publish(
-            &format!(
-                "videotestsrc num-buffers=2000 ! video/x-raw,width=64,height=48 \
-                 ! metareplay location={} loop=true",
-                sample_recording()
-            ),
-            &format!(
-                "{} qos=1 leaky={leaky} max-queued-messages=20 flush-timeout=100",
-                to(&broker)
-            ),
-        );
-        broker.pause();
-        run.wait_eos(LONG);
-        let gap = run.flow.longest_gap();
-        let stats = run.stats();
-        let stopping = Instant::now();
-        run.stop();
-        let stop_took = stopping.elapsed();
-        broker.resume();
-        assert!(
-            gap < Duration::from_millis(500),
-            "{leaky}: stalled for {gap:?}"
-        );
-        assert!(stat(&stats, "dropped-queue-full") > 0, "{leaky}: {stats}");
-        assert_accounted(&stats);
-        assert!(
-            stop_took < Duration::from_secs(3),
-            "{leaky}: stop took {stop_took:?}"
-        );
+        case(leaky, || {
+            let mut broker = Broker::new();
+            // Up to rumqttc's in-flight window (100) plus its request channel (64) can go out
+            // before the queue (20) fills: 2,000 buffers as fast as they come overflow it.
+            let mut run = Run::publish(
+                &format!(
+                    "videotestsrc num-buffers=2000 ! video/x-raw,width=64,height=48 \
+                     ! metareplay location={} loop=true",
+                    sample_recording()
+                ),
+                &format!(
+                    "{} qos=1 leaky={leaky} max-queued-messages=20 flush-timeout=100",
+                    to(&broker)
+                ),
+            );
+            broker.pause();
+            run.wait_eos(LONG);
+            let gap = run.flow.longest_gap();
+            let stats = run.stats();
+            let stopping = Instant::now();
+            run.stop();
+            let stop_took = stopping.elapsed();
+            broker.resume();
+            assert!(gap < Duration::from_millis(500), "stalled for {gap:?}");
+            assert!(stat(&stats, "dropped-queue-full") > 0, "{stats}");
+            assert_accounted(&stats);
+            assert!(
+                stop_took < Duration::from_secs(3),
+                "stop took {stop_took:?}"
+            );
+        });
     }
 }
 
@@ -242,70 +242,61 @@ fn frozen_broker_never_blocks_leaky_queues() {
 /// change to NULL still finish at once.
 #[test]
 fn frozen_broker_blocking_queue_unblocks_on_seek_and_null() {
-    // "": the default, auto.
-    for leaky in ["leaky=none", ""] {
-        let mut broker = Broker::new();
-        let run = Run::publish(
-            &format!(
-                "videotestsrc num-buffers=100000 ! video/x-raw,width=64,height=48 \
-                 ! metareplay location={} loop=true",
-                sample_recording()
-            ),
-            &format!("{} qos=1 {leaky} max-queued-messages=10", to(&broker)),
-        );
-        run.wait_stats(&format!("{leaky:?}: publishing"), LONG, |s| {
-            stat(s, "messages-published") > 0
-        });
-        broker.pause();
-        // The queue fills and the streaming thread blocks: a buffer reached the sink and waits
-        // for room (every buffer is one message).
-        run.wait_stats(
-            &format!("{leaky:?}: the queue full and a buffer waiting for room"),
-            LONG,
-            |s| {
+    for (name, leaky) in [("leaky=none", "leaky=none"), ("the default leaky=auto", "")] {
+        case(name, || {
+            let mut broker = Broker::new();
+            let run = Run::publish(
+                &format!(
+                    "videotestsrc num-buffers=100000 ! video/x-raw,width=64,height=48 \
+                     ! metareplay location={} loop=true",
+                    sample_recording()
+                ),
+                &format!("{} qos=1 {leaky} max-queued-messages=10", to(&broker)),
+            );
+            run.wait_stats("publishing", LONG, |s| stat(s, "messages-published") > 0);
+            broker.pause();
+            // The queue fills and the streaming thread blocks: a buffer reached the sink and waits
+            // for room (every buffer is one message).
+            run.wait_stats("the queue full and a buffer waiting for room", LONG, |s| {
                 stat(s, "queue-depth") == 10 && run.flow.count() as u64 > stat(s, "messages-queued")
-            },
-        );
-        let flowing = run.flow.count();
-        // The check itself: nothing flows for half a second.
-        std::thread::sleep(Duration::from_millis(500));
-        assert_eq!(
-            run.flow.count(),
-            flowing,
-            "{leaky:?}: blocked: lossless mode waits for room"
-        );
-        assert_eq!(
-            stat(&run.stats(), "queue-depth"),
-            10,
-            "{leaky:?}: the queue is full"
-        );
+            });
+            let flowing = run.flow.count();
+            // The check itself: nothing flows for half a second.
+            std::thread::sleep(Duration::from_millis(500));
+            assert_eq!(
+                run.flow.count(),
+                flowing,
+                "blocked: lossless mode waits for room"
+            );
+            assert_eq!(stat(&run.stats(), "queue-depth"), 10, "the queue is full");
 
-        let seeking = Instant::now();
-        assert!(run
-            .pipeline
-            .seek_simple(gst::SeekFlags::FLUSH, gst::ClockTime::ZERO)
-            .is_ok());
-        let _ = run.pipeline.state(gst::ClockTime::from_seconds(1));
-        assert!(
-            seeking.elapsed() < Duration::from_secs(1),
-            "{leaky:?}: seek took {:?}",
-            seeking.elapsed()
-        );
+            let seeking = Instant::now();
+            assert!(run
+                .pipeline
+                .seek_simple(gst::SeekFlags::FLUSH, gst::ClockTime::ZERO)
+                .is_ok());
+            let _ = run.pipeline.state(gst::ClockTime::from_seconds(1));
+            assert!(
+                seeking.elapsed() < Duration::from_secs(1),
+                "seek took {:?}",
+                seeking.elapsed()
+            );
 
-        let stopping = Instant::now();
-        let stats = run.stop();
-        assert!(
-            stopping.elapsed() < Duration::from_secs(1),
-            "{leaky:?}: NULL took {:?}",
-            stopping.elapsed()
-        );
-        broker.resume();
-        assert_eq!(
-            stat(&stats, "dropped-queue-full"),
-            0,
-            "{leaky:?}: lossless mode never drops"
-        );
-        assert_accounted(&stats);
+            let stopping = Instant::now();
+            let stats = run.stop();
+            assert!(
+                stopping.elapsed() < Duration::from_secs(1),
+                "NULL took {:?}",
+                stopping.elapsed()
+            );
+            broker.resume();
+            assert_eq!(
+                stat(&stats, "dropped-queue-full"),
+                0,
+                "lossless mode never drops"
+            );
+            assert_accounted(&stats);
+        });
     }
 }
 
@@ -448,80 +439,100 @@ fn duplicate_client_ids_are_reported() {
     );
 }
 
+/// A TLS failure: the broker's certificate and what the sink trusts and presents.
+#[derive(Clone, Copy)]
+struct TlsFailure<'a> {
+    name: &'a str,
+    server_cert: &'a Path,
+    server_key: &'a Path,
+    /// The CA the sink trusts.
+    ca: &'a Path,
+    /// Whether the sink presents the client certificate the broker requires.
+    client_cert: bool,
+    /// What a warning names.
+    cause: &'a str,
+}
+
 /// 8. TLS failures: no connection, a warning naming the cause, no plaintext fallback.
 #[test]
 fn tls_failures_name_the_cause_and_never_fall_back() {
     let tls = TlsFiles::generate();
+    // What connects; each case breaks one thing of it.
+    let valid = TlsFailure {
+        name: "",
+        server_cert: &tls.server_cert,
+        server_key: &tls.server_key,
+        ca: &tls.ca,
+        client_cert: true,
+        cause: "",
+    };
     let cases = [
-        (
-            "wrong CA",
-            tls.server_cert.clone(),
-            tls.server_key.clone(),
-            tls.other_ca.clone(),
-            true,
-            "UnknownIssuer",
-        ),
-        (
-            "expired",
-            tls.expired_server_cert.clone(),
-            tls.expired_server_key.clone(),
-            tls.ca.clone(),
-            true,
-            "certificate expired",
-        ),
-        (
-            "other host",
-            tls.wrong_host_server_cert.clone(),
-            tls.wrong_host_server_key.clone(),
-            tls.ca.clone(),
-            true,
-            "not valid for name",
-        ),
-        (
-            "no client cert",
-            tls.server_cert.clone(),
-            tls.server_key.clone(),
-            tls.ca.clone(),
-            false,
-            "CertificateRequired",
-        ),
+        TlsFailure {
+            name: "wrong CA",
+            ca: &tls.other_ca,
+            cause: "UnknownIssuer",
+            ..valid
+        },
+        TlsFailure {
+            name: "expired",
+            server_cert: &tls.expired_server_cert,
+            server_key: &tls.expired_server_key,
+            cause: "certificate expired",
+            ..valid
+        },
+        TlsFailure {
+            name: "other host",
+            server_cert: &tls.wrong_host_server_cert,
+            server_key: &tls.wrong_host_server_key,
+            cause: "not valid for name",
+            ..valid
+        },
+        TlsFailure {
+            name: "no client cert",
+            client_cert: false,
+            cause: "CertificateRequired",
+            ..valid
+        },
     ];
-    for (case, server_cert, server_key, ca, with_client_cert, cause) in cases {
-        let broker = Broker::builder()
-            .tls_with(&tls.ca, &server_cert, &server_key, true)
-            .start();
-        let sub = Subscriber::new(&broker, TOPIC);
-        let client = if with_client_cert {
-            format!(
-                "tls-cert-file={} tls-key-file={}",
-                tls.client_cert.display(),
-                tls.client_key.display()
-            )
-        } else {
-            String::new()
-        };
-        let mut run = Run::publish(
-            &live_source(15),
-            &format!(
-                "host=localhost port={} tls-ca-file={} {client} flush-timeout=200",
-                broker.tls_port(),
-                ca.display()
-            ),
-        );
-        run.wait_eos(LONG);
-        let warnings = run.warnings();
-        let stats = run.stats();
-        run.stop();
-        assert_eq!(stat(&stats, "messages-published"), 0, "{case}");
-        assert!(
-            warnings.iter().any(|w| w.contains("Not connected")),
-            "{case}: a warning says why: {warnings:?}"
-        );
-        assert!(
-            warnings.iter().any(|w| w.contains(cause)),
-            "{case}: a warning names {cause:?}: {warnings:?}"
-        );
-        sub.assert_count_after(0, Duration::from_millis(300));
+    for failure in cases {
+        case(failure.name, || {
+            let broker = Broker::builder()
+                .tls_with(&tls.ca, failure.server_cert, failure.server_key, true)
+                .start();
+            let sub = Subscriber::new(&broker, TOPIC);
+            let client = if failure.client_cert {
+                format!(
+                    "tls-cert-file={} tls-key-file={}",
+                    tls.client_cert.display(),
+                    tls.client_key.display()
+                )
+            } else {
+                String::new()
+            };
+            let mut run = Run::publish(
+                &live_source(15),
+                &format!(
+                    "host=localhost port={} tls-ca-file={} {client} flush-timeout=200",
+                    broker.tls_port(),
+                    failure.ca.display()
+                ),
+            );
+            run.wait_eos(LONG);
+            let warnings = run.warnings();
+            let stats = run.stats();
+            run.stop();
+            assert_eq!(stat(&stats, "messages-published"), 0);
+            assert!(
+                warnings.iter().any(|w| w.contains("Not connected")),
+                "a warning says why: {warnings:?}"
+            );
+            assert!(
+                warnings.iter().any(|w| w.contains(failure.cause)),
+                "a warning names {:?}: {warnings:?}",
+                failure.cause
+            );
+            sub.assert_count_after(0, Duration::from_millis(300));
+        });
     }
 }
 
@@ -576,47 +587,51 @@ fn password_never_appears_in_debug_output() {
         .connect();
     let mut expected = 0;
     for (password, delivered) in [("pa55-w0rd-xyzzy", 5), ("wrong-pa55-xyzzy", 0)] {
-        let config = broker.dir().join("secret.json");
-        std::fs::write(
-            &config,
-            format!(r#"{{"mqtt_publisher": {{"username": "camera", "password": "{password}"}}}}"#),
-        )
-        .unwrap();
-        let out = std::process::Command::new("gst-launch-1.0")
-            .args([
-                "videotestsrc",
-                "num-buffers=5",
-                "!",
-                "metareplay",
-                &format!("location={}", sample_recording()),
-                "!",
-                "mqttpublish",
-                "host=127.0.0.1",
-                &format!("port={}", broker.port()),
-                &format!("config={}", config.display()),
-                "flush-timeout=1000",
-            ])
-            .env("GST_PLUGIN_PATH", &plugin_dir)
-            .env("GST_DEBUG", "*:9")
-            .env("GST_DEBUG_NO_COLOR", "1")
-            .output()
-            .expect("gst-launch-1.0 runs");
-        let output = String::from_utf8_lossy(&out.stdout).to_string()
-            + &String::from_utf8_lossy(&out.stderr);
-        assert!(output.contains("mqttpublish"), "debug output captured");
-        assert!(!output.contains("xyzzy"), "{password} leaked");
-        if delivered == 0 {
-            assert!(
-                output.contains("Not connected"),
-                "the refusal is reported: {}",
-                &output[output.len().saturating_sub(3000)..]
-            );
-        }
-        expected += delivered;
-        sub.wait_for(expected, LONG);
-        // And no more: a settle in which nothing may arrive.
-        sub.assert_count_after(expected, Duration::from_millis(300));
-        assert_eq!(sub.count() % 5, 0, "{password}");
+        case(password, || {
+            let config = broker.dir().join("secret.json");
+            std::fs::write(
+                &config,
+                format!(
+                    r#"{{"mqtt_publisher": {{"username": "camera", "password": "{password}"}}}}"#
+                ),
+            )
+            .unwrap();
+            let out = std::process::Command::new("gst-launch-1.0")
+                .args([
+                    "videotestsrc",
+                    "num-buffers=5",
+                    "!",
+                    "metareplay",
+                    &format!("location={}", sample_recording()),
+                    "!",
+                    "mqttpublish",
+                    "host=127.0.0.1",
+                    &format!("port={}", broker.port()),
+                    &format!("config={}", config.display()),
+                    "flush-timeout=1000",
+                ])
+                .env("GST_PLUGIN_PATH", &plugin_dir)
+                .env("GST_DEBUG", "*:9")
+                .env("GST_DEBUG_NO_COLOR", "1")
+                .output()
+                .expect("gst-launch-1.0 runs");
+            let output = String::from_utf8_lossy(&out.stdout).to_string()
+                + &String::from_utf8_lossy(&out.stderr);
+            assert!(output.contains("mqttpublish"), "debug output captured");
+            assert!(!output.contains("xyzzy"), "{password} leaked");
+            if delivered == 0 {
+                assert!(
+                    output.contains("Not connected"),
+                    "the refusal is reported: {}",
+                    &output[output.len().saturating_sub(3000)..]
+                );
+            }
+            expected += delivered;
+            sub.wait_for(expected, LONG);
+            // And no more: a settle in which nothing may arrive.
+            sub.assert_count_after(expected, Duration::from_millis(300));
+            assert_eq!(sub.count() % 5, 0);
+        });
     }
     assert_eq!(sub.count(), 5, "only the right password published");
 
