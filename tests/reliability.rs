@@ -647,6 +647,19 @@ fn password_never_appears_in_debug_output() {
     );
 }
 
+/// Waits for the end of the stream of `pipeline`; fails at an error or after `LONG`.
+fn wait_eos(pipeline: &gst::Pipeline) {
+    let msg = pipeline
+        .bus()
+        .unwrap()
+        .timed_pop_filtered(
+            gst::ClockTime::from_seconds(LONG.as_secs()),
+            &[gst::MessageType::Eos, gst::MessageType::Error],
+        )
+        .unwrap_or_else(|| panic!("no end of the stream within {LONG:?}"));
+    assert!(matches!(msg.view(), gst::MessageView::Eos(_)), "{msg:?}");
+}
+
 /// 10. Hostile label and tag text: always valid JSON.
 #[test]
 fn hostile_labels_produce_valid_json() {
@@ -721,15 +734,7 @@ fn hostile_labels_produce_valid_json() {
     }
     appsrc.push_buffer(buffer).unwrap();
     appsrc.end_of_stream().unwrap();
-    let msg = pipeline
-        .bus()
-        .unwrap()
-        .timed_pop_filtered(
-            gst::ClockTime::from_seconds(30),
-            &[gst::MessageType::Eos, gst::MessageType::Error],
-        )
-        .unwrap();
-    assert!(matches!(msg.view(), gst::MessageView::Eos(_)), "{msg:?}");
+    wait_eos(&pipeline);
     pipeline.set_state(gst::State::Null).unwrap();
 
     let messages = sub.wait_for(labels.len() + 1, LONG);
@@ -835,15 +840,7 @@ fn misbehaving_producers_never_crash_the_sink() {
         .unwrap();
     appsrc.end_of_stream().unwrap();
 
-    let msg = pipeline
-        .bus()
-        .unwrap()
-        .timed_pop_filtered(
-            gst::ClockTime::from_seconds(30),
-            &[gst::MessageType::Eos, gst::MessageType::Error],
-        )
-        .unwrap();
-    assert!(matches!(msg.view(), gst::MessageView::Eos(_)), "{msg:?}");
+    wait_eos(&pipeline);
     let filter_stats = pipeline
         .by_name("filter")
         .unwrap()
