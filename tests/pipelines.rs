@@ -13,7 +13,8 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use common::{
-    plugin_dir, sample_recording, start_gerror, stat, to, Broker, Message, QoS, Run, Subscriber,
+    case, plugin_dir, sample_recording, start_gerror, stat, to, Broker, Message, QoS, Run,
+    Subscriber,
 };
 use gst::prelude::*;
 use serde_json::Value;
@@ -340,27 +341,31 @@ fn without_a_pipeline_to_pick_the_start_fails_listing_the_names() {
         &["mqttpublish", &config_arg][..],
         &["metafilter", &config_arg, "!", "fakesink"],
     ] {
-        let mut args = vec!["fakesrc", "num-buffers=1", "!"];
-        args.extend(tail);
-        let out = gst_launch(&plugins, &broker, &args);
-        assert!(!out.status.success(), "{args:?} must fail");
-        let printed = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            printed.contains("ERROR: from element") && printed.contains(&expected),
-            "{printed}"
-        );
+        case(tail[0], || {
+            let mut args = vec!["fakesrc", "num-buffers=1", "!"];
+            args.extend(tail);
+            let out = gst_launch(&plugins, &broker, &args);
+            assert!(!out.status.success(), "{args:?} must fail");
+            let printed = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                printed.contains("ERROR: from element") && printed.contains(&expected),
+                "{printed}"
+            );
+        });
     }
     // In the domain an application checks.
     for description in [
         format!("fakesrc ! mqttpublish config={config}"),
         format!("fakesrc ! metafilter config={config} ! fakesink"),
     ] {
-        let err = start_gerror(&description);
-        assert!(err.matches(gst::LibraryError::Settings), "{err}");
-        // This process numbers its pipelines: pipeline0, pipeline1, ...
-        let (head, tail) = expected.split_once("pipeline0").unwrap();
-        let text = err.to_string();
-        assert!(text.contains(head) && text.ends_with(tail), "{text}");
+        case(&description, || {
+            let err = start_gerror(&description);
+            assert!(err.matches(gst::LibraryError::Settings), "{err}");
+            // This process numbers its pipelines: pipeline0, pipeline1, ...
+            let (head, tail) = expected.split_once("pipeline0").unwrap();
+            let text = err.to_string();
+            assert!(text.contains(head) && text.ends_with(tail), "{text}");
+        });
     }
     // A name that is not there is named, with the ones that are.
     let err = start_gerror(&format!(
