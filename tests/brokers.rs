@@ -392,7 +392,8 @@ fn persistent_session_across_restart(broker: &mut Broker, topic: &str) {
         ),
     );
     assert!(run.wait_element_message("mqttpublish-connected", LONG));
-    thread::sleep(Duration::from_secs(2));
+    // Two seconds of frames arrive before the restart.
+    sub.wait_for(60, LONG);
     match broker.kind() {
         // A crash. Stopped gracefully (SIGTERM), NATS 2.9.10 loses the message it
         // acknowledged last before exiting (the same frame in 8 of 8 runs here): nothing a
@@ -400,10 +401,11 @@ fn persistent_session_across_restart(broker: &mut Broker, topic: &str) {
         Kind::Nats => broker.kill(),
         _ => broker.stop(),
     }
+    // The outage itself: the broker stays down for a second.
     thread::sleep(Duration::from_secs(1));
     broker.start();
     assert!(wait_connected(&mut run, 2, Duration::from_secs(60)));
-    thread::sleep(Duration::from_secs(2));
+    wait_published_after_reconnection(&run, 60);
     run.pipeline.send_event(gst::event::Eos::new());
     run.wait_eos(LONG);
     let connected = posted(&run, "mqttpublish-connected");
@@ -467,6 +469,17 @@ fn wait_connected(run: &mut Run, n: usize, timeout: Duration) -> bool {
     false
 }
 
+/// Waits, right after a reconnection, until the element has published every message queued
+/// until then and `more` after them; panics after `LONG` naming what did not go out.
+fn wait_published_after_reconnection(run: &Run, more: u64) {
+    let queued = stat(&run.stats(), "messages-queued");
+    run.wait_stats(
+        &format!("the {queued} messages queued before the reconnection and {more} more published"),
+        LONG,
+        |s| stat(s, "messages-published") >= queued + more,
+    );
+}
+
 /// Every frame id of `0..n` the subscriber received, waiting up to `LONG` for all; panics
 /// naming the missing ones.
 #[track_caller]
@@ -506,15 +519,18 @@ fn unacknowledged_messages_are_published_again_when_the_broker_lost_the_session(
         ),
     );
     assert!(run.wait_element_message("mqttpublish-connected", LONG));
-    thread::sleep(Duration::from_secs(1));
+    // A second of frames arrives before the freeze.
+    sub.wait_for(30, LONG);
     broker.pause();
-    // Written while the broker is frozen: never acknowledged.
-    thread::sleep(Duration::from_millis(700));
+    // Written while the broker is frozen: never acknowledged (0.7 s of frames).
+    run.wait_stats("20 messages in flight to the frozen broker", LONG, |s| {
+        stat(s, "in-flight") >= 20
+    });
     let unacknowledged = stat(&run.stats(), "in-flight");
     broker.kill();
     broker.start();
     assert!(wait_connected(&mut run, 2, LONG));
-    thread::sleep(Duration::from_secs(1));
+    wait_published_after_reconnection(&run, 30);
     run.pipeline.send_event(gst::event::Eos::new());
     run.wait_eos(LONG);
     let connected = posted(&run, "mqttpublish-connected");
@@ -576,9 +592,10 @@ fn nats_cluster_failover_loses_nothing() {
         ),
     );
     assert!(run.wait_element_message("mqttpublish-connected", LONG));
-    thread::sleep(Duration::from_secs(2));
+    // Two seconds of frames arrive first.
+    sub.wait_for(60, LONG);
 
-    // A node the element does not use.
+    // A node the element does not use, down for three seconds.
     nodes[1].kill();
     thread::sleep(Duration::from_secs(3));
     nodes[1].start();
@@ -683,7 +700,8 @@ fn a_resumed_session_with_a_full_window_loses_nothing() {
         ),
     );
     assert!(run.wait_element_message("mqttpublish-connected", LONG));
-    thread::sleep(Duration::from_millis(500));
+    // Half a second of frames arrives before the freeze.
+    sub.wait_for(50, LONG);
     broker.pause();
     // The window full and more waiting in the channel, then the keep-alive ends the
     // connection.
@@ -696,7 +714,7 @@ fn a_resumed_session_with_a_full_window_loses_nothing() {
     assert!(dropped, "the keep-alive ends the connection");
     broker.resume();
     assert!(wait_connected(&mut run, 2, LONG));
-    thread::sleep(Duration::from_secs(2));
+    wait_published_after_reconnection(&run, 200);
     run.pipeline.send_event(gst::event::Eos::new());
     run.wait_eos(LONG);
     let connected = posted(&run, "mqttpublish-connected");
