@@ -115,12 +115,7 @@ fn run_matrix(broker: &mut Broker, cases: &[Case]) {
             started.elapsed()
         );
         if let Err(panic) = outcome {
-            let text = panic
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_default();
-            failures.push(format!("{name}: {text}"));
+            failures.push(format!("{name}: {}", common::panic_text(&*panic)));
         }
     }
     assert!(
