@@ -115,12 +115,7 @@ fn run_matrix(broker: &mut Broker, cases: &[Case]) {
             started.elapsed()
         );
         if let Err(panic) = outcome {
-            let text = panic
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_default();
-            failures.push(format!("{name}: {text}"));
+            failures.push(format!("{name}: {}", common::panic_text(&*panic)));
         }
     }
     assert!(
@@ -392,7 +387,8 @@ fn persistent_session_across_restart(broker: &mut Broker, topic: &str) {
         ),
     );
     assert!(run.wait_element_message("mqttpublish-connected", LONG));
-    thread::sleep(Duration::from_secs(2));
+    // Two seconds of frames arrive before the restart.
+    sub.wait_for(60, LONG);
     match broker.kind() {
         // A crash. Stopped gracefully (SIGTERM), NATS 2.9.10 loses the message it
         // acknowledged last before exiting (the same frame in 8 of 8 runs here): nothing a
@@ -400,45 +396,18 @@ fn persistent_session_across_restart(broker: &mut Broker, topic: &str) {
         Kind::Nats => broker.kill(),
         _ => broker.stop(),
     }
+    // The outage itself: the broker stays down for a second.
     thread::sleep(Duration::from_secs(1));
     broker.start();
     assert!(wait_connected(&mut run, 2, Duration::from_secs(60)));
-    thread::sleep(Duration::from_secs(2));
-    run.pipeline.send_event(gst::event::Eos::new());
-    run.wait_eos(LONG);
-    let connected = posted(&run, "mqttpublish-connected");
-    let republished: u64 = posted(&run, "mqttpublish-republished")
-        .iter()
-        .map(|s| s.get::<u64>("count").unwrap())
-        .sum();
-    let warnings = run.warnings();
-    let gap = run.flow.longest_gap();
-    let stats = run.stop();
+    wait_published_after_reconnection(&run, 60);
+    let ended = end_of_stream(run);
+    let stats = &ended.stats;
 
-    let queued = stat(&stats, "messages-queued");
-    assert!(queued > 60, "{stats}");
-    assert_eq!(stat(&stats, "messages-dropped"), 0, "{stats}");
-    assert_eq!(stat(&stats, "messages-published"), queued, "{stats}");
-    assert_eq!(stat(&stats, "republished"), republished, "{stats}");
-    assert_accounted(&stats);
-    let expected: BTreeSet<u64> = (0..queued).collect();
-    let mut got = BTreeSet::new();
-    let complete = common::wait_until(LONG, Duration::from_millis(100), || {
-        got = frame_ids(&sub.messages()).into_iter().collect();
-        got.is_superset(&expected)
-    });
-    if !complete && std::env::var("BROKER_LOG").is_ok() {
-        eprintln!("{}", broker.log_text());
-    }
-    assert!(
-        complete,
-        "missing frames: {:?}",
-        expected.difference(&got).collect::<Vec<_>>()
-    );
-    assert!(
-        gap < Duration::from_millis(500),
-        "the video stalled for {gap:?}"
-    );
+    assert!(stat(stats, "messages-queued") > 60, "{stats}");
+    assert_eq!(stat(stats, "republished"), ended.republished, "{stats}");
+    assert_lossless(&ended, &sub, broker);
+    let connected = &ended.connected;
     assert_eq!(connected.len(), 2, "{connected:?}");
     let resumed = connected[1].get::<bool>("session-present").unwrap();
     match broker.kind() {
@@ -447,12 +416,7 @@ fn persistent_session_across_restart(broker: &mut Broker, topic: &str) {
         // NATS keeps sessions in JetStream.
         _ => assert!(resumed),
     }
-    assert!(
-        warnings
-            .iter()
-            .all(|w| !w.contains("lost") && !w.contains("not delivered")),
-        "{warnings:?}"
-    );
+    assert_no_loss_reported(&ended.warnings);
 }
 
 /// Waits until the run posted `n` `mqttpublish-connected` messages.
@@ -467,21 +431,92 @@ fn wait_connected(run: &mut Run, n: usize, timeout: Duration) -> bool {
     false
 }
 
-/// Every frame id of `0..n` the subscriber received, waiting up to `LONG` for all; panics
-/// naming the missing ones.
+/// Waits, right after a reconnection, until the element has published every message queued
+/// until then and `more` after them; panics after `LONG` naming what did not go out.
+fn wait_published_after_reconnection(run: &Run, more: u64) {
+    let queued = stat(&run.stats(), "messages-queued");
+    run.wait_stats(
+        &format!("the {queued} messages queued before the reconnection and {more} more published"),
+        LONG,
+        |s| stat(s, "messages-published") >= queued + more,
+    );
+}
+
+/// What a live run said and counted, ended by an end of stream.
+struct Ended {
+    connected: Vec<gst::Structure>,
+    disconnected: Vec<gst::Structure>,
+    /// The messages the `mqttpublish-republished` messages announced, in all.
+    republished: u64,
+    warnings: Vec<String>,
+    /// The longest time between two buffers reaching the sink.
+    gap: Duration,
+    stats: gst::Structure,
+}
+
+/// Ends a live run with an end of stream and returns what it said and counted.
+fn end_of_stream(mut run: Run) -> Ended {
+    run.pipeline.send_event(gst::event::Eos::new());
+    run.wait_eos(LONG);
+    Ended {
+        connected: posted(&run, "mqttpublish-connected"),
+        disconnected: posted(&run, "mqttpublish-disconnected"),
+        republished: posted(&run, "mqttpublish-republished")
+            .iter()
+            .map(|s| s.get::<u64>("count").unwrap())
+            .sum(),
+        warnings: run.warnings(),
+        gap: run.flow.longest_gap(),
+        stats: run.stop(),
+    }
+}
+
+/// Nothing lost: nothing dropped, every message queued published, every frame at the
+/// subscriber, and the video never stalled.
 #[track_caller]
-fn assert_every_frame(sub: &Subscriber, n: u64) {
+fn assert_lossless(ended: &Ended, sub: &Subscriber, broker: &Broker) {
+    let stats = &ended.stats;
+    let queued = stat(stats, "messages-queued");
+    assert_eq!(stat(stats, "messages-dropped"), 0, "{stats}");
+    assert_eq!(stat(stats, "messages-published"), queued, "{stats}");
+    assert_accounted(stats);
+    assert_every_frame(sub, queued, broker);
+    let gap = ended.gap;
+    assert!(
+        gap < Duration::from_millis(500),
+        "the video stalled for {gap:?}"
+    );
+}
+
+/// Every frame id of `0..n` the subscriber received, waiting up to `LONG` for all; panics
+/// naming the missing ones (BROKER_LOG=1 prints the log of `broker` then).
+#[track_caller]
+fn assert_every_frame(sub: &Subscriber, n: u64, broker: &Broker) {
     let expected: BTreeSet<u64> = (0..n).collect();
     let mut got = BTreeSet::new();
     let complete = common::wait_until(LONG, Duration::from_millis(100), || {
         got = frame_ids(&sub.messages()).into_iter().collect();
         got.is_superset(&expected)
     });
+    if !complete && std::env::var("BROKER_LOG").is_ok() {
+        eprintln!("{}", broker.log_text());
+    }
     let missing: Vec<&u64> = expected.difference(&got).collect();
     assert!(
         complete,
         "{} of {n} frames missing: {missing:?}",
         missing.len()
+    );
+}
+
+/// No warning says that messages were lost or not delivered.
+#[track_caller]
+fn assert_no_loss_reported(warnings: &[String]) {
+    assert!(
+        warnings
+            .iter()
+            .all(|w| !w.contains("lost") && !w.contains("not delivered")),
+        "{warnings:?}"
     );
 }
 
@@ -506,49 +541,31 @@ fn unacknowledged_messages_are_published_again_when_the_broker_lost_the_session(
         ),
     );
     assert!(run.wait_element_message("mqttpublish-connected", LONG));
-    thread::sleep(Duration::from_secs(1));
+    // A second of frames arrives before the freeze.
+    sub.wait_for(30, LONG);
     broker.pause();
-    // Written while the broker is frozen: never acknowledged.
-    thread::sleep(Duration::from_millis(700));
+    // Written while the broker is frozen: never acknowledged (0.7 s of frames).
+    run.wait_stats("20 messages in flight to the frozen broker", LONG, |s| {
+        stat(s, "in-flight") >= 20
+    });
     let unacknowledged = stat(&run.stats(), "in-flight");
     broker.kill();
     broker.start();
     assert!(wait_connected(&mut run, 2, LONG));
-    thread::sleep(Duration::from_secs(1));
-    run.pipeline.send_event(gst::event::Eos::new());
-    run.wait_eos(LONG);
-    let connected = posted(&run, "mqttpublish-connected");
-    let announced: u64 = posted(&run, "mqttpublish-republished")
-        .iter()
-        .map(|s| s.get::<u64>("count").unwrap())
-        .sum();
-    let warnings = run.warnings();
-    let gap = run.flow.longest_gap();
-    let stats = run.stop();
+    wait_published_after_reconnection(&run, 30);
+    let ended = end_of_stream(run);
+    let stats = &ended.stats;
 
     assert!(
         unacknowledged > 5,
         "messages were in flight: {unacknowledged}"
     );
-    assert!(!connected[1].get::<bool>("session-present").unwrap());
-    let republished = stat(&stats, "republished");
+    assert!(!ended.connected[1].get::<bool>("session-present").unwrap());
+    let republished = stat(stats, "republished");
     assert!(republished >= unacknowledged, "{stats}");
-    assert_eq!(announced, republished);
-    let queued = stat(&stats, "messages-queued");
-    assert_eq!(stat(&stats, "messages-published"), queued, "{stats}");
-    assert_eq!(stat(&stats, "messages-dropped"), 0, "{stats}");
-    assert_accounted(&stats);
-    assert_every_frame(&sub, queued);
-    assert!(
-        gap < Duration::from_millis(500),
-        "the video stalled {gap:?}"
-    );
-    assert!(
-        warnings
-            .iter()
-            .all(|w| !w.contains("lost") && !w.contains("not delivered")),
-        "{warnings:?}"
-    );
+    assert_eq!(ended.republished, republished);
+    assert_lossless(&ended, &sub, &broker);
+    assert_no_loss_reported(&ended.warnings);
 }
 
 /// Failover across a three-node NATS cluster (JetStream, MQTT sessions on every node),
@@ -576,9 +593,10 @@ fn nats_cluster_failover_loses_nothing() {
         ),
     );
     assert!(run.wait_element_message("mqttpublish-connected", LONG));
-    thread::sleep(Duration::from_secs(2));
+    // Two seconds of frames arrive first.
+    sub.wait_for(60, LONG);
 
-    // A node the element does not use.
+    // A node the element does not use, down for three seconds.
     nodes[1].kill();
     thread::sleep(Duration::from_secs(3));
     nodes[1].start();
@@ -601,13 +619,9 @@ fn nats_cluster_failover_loses_nothing() {
         Duration::from_secs(90)
     ));
     assert_eq!(settle(&mut run), address(&nodes[other]));
-    run.pipeline.send_event(gst::event::Eos::new());
-    run.wait_eos(LONG);
-    let disconnected = posted(&run, "mqttpublish-disconnected");
-    let warnings = run.warnings();
-    let gap = run.flow.longest_gap();
-    let stats = run.stop();
+    let ended = end_of_stream(run);
 
+    let disconnected = &ended.disconnected;
     assert!(
         disconnected.iter().any(|d| {
             d.get::<String>("broker").ok() == Some(address(&nodes[used]))
@@ -615,19 +629,12 @@ fn nats_cluster_failover_loses_nothing() {
         }),
         "the move is reported: {disconnected:?}"
     );
+    let warnings = &ended.warnings;
     assert!(
         warnings.iter().any(|w| w.contains(&address(&nodes[other]))),
         "{warnings:?}"
     );
-    let queued = stat(&stats, "messages-queued");
-    assert_eq!(stat(&stats, "messages-dropped"), 0, "{stats}");
-    assert_eq!(stat(&stats, "messages-published"), queued, "{stats}");
-    assert_accounted(&stats);
-    assert_every_frame(&sub, queued);
-    assert!(
-        gap < Duration::from_millis(500),
-        "the video stalled {gap:?}"
-    );
+    assert_lossless(&ended, &sub, &nodes[2]);
 }
 
 /// Waits until the element has been connected for a second with nothing left waiting
@@ -683,7 +690,8 @@ fn a_resumed_session_with_a_full_window_loses_nothing() {
         ),
     );
     assert!(run.wait_element_message("mqttpublish-connected", LONG));
-    thread::sleep(Duration::from_millis(500));
+    // Half a second of frames arrives before the freeze.
+    sub.wait_for(50, LONG);
     broker.pause();
     // The window full and more waiting in the channel, then the keep-alive ends the
     // connection.
@@ -696,20 +704,18 @@ fn a_resumed_session_with_a_full_window_loses_nothing() {
     assert!(dropped, "the keep-alive ends the connection");
     broker.resume();
     assert!(wait_connected(&mut run, 2, LONG));
-    thread::sleep(Duration::from_secs(2));
-    run.pipeline.send_event(gst::event::Eos::new());
-    run.wait_eos(LONG);
-    let connected = posted(&run, "mqttpublish-connected");
-    let stats = run.stop();
+    wait_published_after_reconnection(&run, 200);
+    let ended = end_of_stream(run);
+    let (connected, stats) = (&ended.connected, &ended.stats);
 
     assert!(
         full > 110,
         "the window was full and more waited: {full} in flight"
     );
     assert!(connected[1].get::<bool>("session-present").unwrap());
-    let queued = stat(&stats, "messages-queued");
-    assert_eq!(stat(&stats, "in-flight"), 0, "{stats}");
-    assert_eq!(stat(&stats, "messages-published"), queued, "{stats}");
-    assert_accounted(&stats);
-    assert_every_frame(&sub, queued);
+    let queued = stat(stats, "messages-queued");
+    assert_eq!(stat(stats, "in-flight"), 0, "{stats}");
+    assert_eq!(stat(stats, "messages-published"), queued, "{stats}");
+    assert_accounted(stats);
+    assert_every_frame(&sub, queued, &broker);
 }

@@ -13,7 +13,8 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use common::{
-    plugin_dir, sample_recording, start_gerror, stat, to, Broker, Message, QoS, Run, Subscriber,
+    case, plugin_dir, sample_recording, start_gerror, stat, to, Broker, Message, QoS, Run,
+    Subscriber,
 };
 use gst::prelude::*;
 use serde_json::Value;
@@ -212,109 +213,114 @@ fn video_file(dir: &Path, frames: u32) -> PathBuf {
     path
 }
 
-#[test]
-fn the_file_job_script_publishes_as_the_config_json_pallet_pipeline_says() {
+/// An example run as a user runs it: `run`, given a directory of its own, the plugin
+/// directory and the broker, publishes `frames` frames of the recording, and the subscriber
+/// gets them as `expected` says, and no more.
+fn example_publishes(
+    frames: usize,
+    expected: &Expected,
+    run: impl FnOnce(&Path, &Path, &Broker) -> Output,
+) {
     let dir = tempfile::tempdir().unwrap();
     let plugins = plugin_dir(dir.path());
-    let video = video_file(dir.path(), 40);
     let broker = Broker::new();
     let sub = subscriber(&broker);
-    let out = user_command(example("file-job.sh"), &plugins, &broker)
-        .arg(&video)
-        .output()
-        .unwrap();
-    succeeded(&out);
-    check(&sub.wait_for(40, LONG), 40, &PALLETS);
-    sub.assert_count_after(40, Duration::from_millis(300));
+    succeeded(&run(dir.path(), &plugins, &broker));
+    check(&sub.wait_for(frames, LONG), frames, expected);
+    sub.assert_count_after(frames, Duration::from_millis(300));
+}
+
+#[test]
+fn the_file_job_script_publishes_as_the_config_json_pallet_pipeline_says() {
+    example_publishes(40, &PALLETS, |dir, plugins, broker| {
+        let video = video_file(dir, 40);
+        user_command(example("file-job.sh"), plugins, broker)
+            .arg(&video)
+            .output()
+            .unwrap()
+    });
 }
 
 #[test]
 fn the_live_camera_script_publishes_as_the_bare_section_says() {
-    let dir = tempfile::tempdir().unwrap();
-    let plugins = plugin_dir(dir.path());
-    let broker = Broker::new();
-    let sub = subscriber(&broker);
-    // No camera here: a live test source in its place.
-    let out = user_command(example("live-camera.sh"), &plugins, &broker)
-        .env("SOURCE", "videotestsrc is-live=true num-buffers=30")
-        .output()
-        .unwrap();
-    succeeded(&out);
-    check(&sub.wait_for(30, LONG), 30, &SECTION);
-    sub.assert_count_after(30, Duration::from_millis(300));
+    example_publishes(30, &SECTION, |_, plugins, broker| {
+        // No camera here: a live test source in its place.
+        user_command(example("live-camera.sh"), plugins, broker)
+            .env("SOURCE", "videotestsrc is-live=true num-buffers=30")
+            .output()
+            .unwrap()
+    });
 }
 
 #[test]
 fn the_rest_request_body_publishes_as_its_mqtt_destination_says() {
-    let dir = tempfile::tempdir().unwrap();
-    let plugins = plugin_dir(dir.path());
-    let broker = Broker::new();
-    let sub = subscriber(&broker);
-    let location = format!("location={}", sample_recording());
-    let config = format!("config={}", example("request.json"));
-    let out = gst_launch(
-        &plugins,
-        &broker,
-        &[
-            "-e",
-            "videotestsrc",
-            "num-buffers=25",
-            "!",
-            "video/x-raw,width=640,height=480",
-            "!",
-            "metareplay",
-            &location,
-            "!",
-            "mqttpublish",
-            &config,
-        ],
-    );
-    succeeded(&out);
-    check(&sub.wait_for(25, LONG), 25, &REQUEST);
+    example_publishes(25, &REQUEST, |_, plugins, broker| {
+        let location = format!("location={}", sample_recording());
+        let config = format!("config={}", example("request.json"));
+        gst_launch(
+            plugins,
+            broker,
+            &[
+                "-e",
+                "videotestsrc",
+                "num-buffers=25",
+                "!",
+                "video/x-raw,width=640,height=480",
+                "!",
+                "metareplay",
+                &location,
+                "!",
+                "mqttpublish",
+                &config,
+            ],
+        )
+    });
 }
 
-#[test]
-fn the_gstreamer_pipeline_name_picks_the_config_json_pipeline() {
+/// 30 frames of the recording through `tail` (given the broker) in a pipeline an application
+/// names after the config.json entry `vehicle_color_gpu`: no warning, and the subscriber
+/// gets them as that entry says. Returns the final stats of the element named `sink`.
+fn vehicle_pipeline_publishes(tail: impl FnOnce(&Broker) -> String) -> gst::Structure {
     let broker = Broker::new();
     let sub = subscriber(&broker);
-    // An application names its pipeline as the config.json entry.
     let mut run = Run::start_named(
         "vehicle_color_gpu",
         &format!(
             "videotestsrc num-buffers=30 ! video/x-raw,width=640,height=480 \
-             ! metareplay location={} ! mqttpublish name=sink {} config={}",
+             ! metareplay location={} ! {}",
             sample_recording(),
-            to(&broker),
-            example("config.json")
+            tail(&broker)
         ),
     );
     run.wait_eos(LONG);
     assert_eq!(run.warnings(), Vec::<String>::new());
     let stats = run.stop();
-    assert_eq!(stat(&stats, "messages-acknowledged"), 30);
     check(&sub.wait_for(30, LONG), 30, &VEHICLES);
+    stats
+}
+
+#[test]
+fn the_gstreamer_pipeline_name_picks_the_config_json_pipeline() {
+    let stats = vehicle_pipeline_publishes(|broker| {
+        format!(
+            "mqttpublish name=sink {} config={}",
+            to(broker),
+            example("config.json")
+        )
+    });
+    assert_eq!(stat(&stats, "messages-acknowledged"), 30);
 }
 
 #[test]
 fn metafilter_reads_the_filter_of_the_config_json_pipeline() {
-    let broker = Broker::new();
-    let sub = subscriber(&broker);
     // metafilter filters by the config.json entry; mqttpublish only publishes (no config).
-    let mut run = Run::start_named(
-        "vehicle_color_gpu",
-        &format!(
-            "videotestsrc num-buffers=30 ! video/x-raw,width=640,height=480 \
-             ! metareplay location={} ! metafilter config={} \
-             ! mqttpublish name=sink {} topic=gate/vehicles qos=2",
-            sample_recording(),
+    vehicle_pipeline_publishes(|broker| {
+        format!(
+            "metafilter config={} ! mqttpublish name=sink {} topic=gate/vehicles qos=2",
             example("config.json"),
-            to(&broker),
-        ),
-    );
-    run.wait_eos(LONG);
-    assert_eq!(run.warnings(), Vec::<String>::new());
-    run.stop();
-    check(&sub.wait_for(30, LONG), 30, &VEHICLES);
+            to(broker)
+        )
+    });
 }
 
 #[test]
@@ -335,27 +341,31 @@ fn without_a_pipeline_to_pick_the_start_fails_listing_the_names() {
         &["mqttpublish", &config_arg][..],
         &["metafilter", &config_arg, "!", "fakesink"],
     ] {
-        let mut args = vec!["fakesrc", "num-buffers=1", "!"];
-        args.extend(tail);
-        let out = gst_launch(&plugins, &broker, &args);
-        assert!(!out.status.success(), "{args:?} must fail");
-        let printed = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            printed.contains("ERROR: from element") && printed.contains(&expected),
-            "{printed}"
-        );
+        case(tail[0], || {
+            let mut args = vec!["fakesrc", "num-buffers=1", "!"];
+            args.extend(tail);
+            let out = gst_launch(&plugins, &broker, &args);
+            assert!(!out.status.success(), "{args:?} must fail");
+            let printed = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                printed.contains("ERROR: from element") && printed.contains(&expected),
+                "{printed}"
+            );
+        });
     }
     // In the domain an application checks.
     for description in [
         format!("fakesrc ! mqttpublish config={config}"),
         format!("fakesrc ! metafilter config={config} ! fakesink"),
     ] {
-        let err = start_gerror(&description);
-        assert!(err.matches(gst::LibraryError::Settings), "{err}");
-        // This process numbers its pipelines: pipeline0, pipeline1, ...
-        let (head, tail) = expected.split_once("pipeline0").unwrap();
-        let text = err.to_string();
-        assert!(text.contains(head) && text.ends_with(tail), "{text}");
+        case(&description, || {
+            let err = start_gerror(&description);
+            assert!(err.matches(gst::LibraryError::Settings), "{err}");
+            // This process numbers its pipelines: pipeline0, pipeline1, ...
+            let (head, tail) = expected.split_once("pipeline0").unwrap();
+            let text = err.to_string();
+            assert!(text.contains(head) && text.ends_with(tail), "{text}");
+        });
     }
     // A name that is not there is named, with the ones that are.
     let err = start_gerror(&format!(

@@ -92,6 +92,25 @@ pub fn wait_until(
     }
 }
 
+/// Runs the case `name` of a table of cases: a failure inside it, from an assertion of the
+/// test or a wait of the harness alike, names the case.
+#[track_caller]
+pub fn case<T>(name: &str, body: impl FnOnce() -> T) -> T {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)) {
+        Ok(value) => value,
+        Err(panic) => panic!("{name}: {}", panic_text(&*panic)),
+    }
+}
+
+/// The text a panic was raised with.
+pub fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_default()
+}
+
 /// Returns a TCP port that is currently free on 127.0.0.1 (and on ::1 too
 /// when `ipv6` is set).
 ///

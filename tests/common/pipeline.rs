@@ -114,6 +114,24 @@ impl Run {
         self.element("sink").property::<gst::Structure>("stats")
     }
 
+    /// Waits until the `stats` of the element named `sink` satisfy `condition` and returns
+    /// them; panics after `timeout` saying that `what` did not happen, with the last stats.
+    #[track_caller]
+    pub fn wait_stats(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut condition: impl FnMut(&gst::Structure) -> bool,
+    ) -> gst::Structure {
+        let mut stats = self.stats();
+        let met = super::wait_until(timeout, Duration::from_millis(20), || {
+            stats = self.stats();
+            condition(&stats)
+        });
+        assert!(met, "{what}: not within {timeout:?}; stats: {stats}");
+        stats
+    }
+
     /// Takes bus messages until `done` says stop (true) or `timeout` passes (false).
     pub fn watch(
         &mut self,
