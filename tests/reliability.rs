@@ -237,12 +237,12 @@ fn frozen_broker_never_blocks_leaky_queues() {
     }
 }
 
-/// `leaky=none`, and the default `leaky=auto` with a source that is not live, wait for room:
+/// `leaky=no`, and the default `leaky=auto` with a source that is not live, wait for room:
 /// with the broker frozen the streaming thread blocks, and a flushing seek and a state
 /// change to NULL still finish at once.
 #[test]
 fn frozen_broker_blocking_queue_unblocks_on_seek_and_null() {
-    for (name, leaky) in [("leaky=none", "leaky=none"), ("the default leaky=auto", "")] {
+    for (name, leaky) in [("leaky=no", "leaky=no"), ("the default leaky=auto", "")] {
         case(name, || {
             let mut broker = Broker::new();
             let run = Run::publish(
