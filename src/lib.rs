@@ -32,9 +32,9 @@ mod tls;
 #[doc(hidden)]
 pub mod internals {
     pub use crate::config::{
-        filter_config_from_value, parse_label_score, section as config_section, Pick as ConfigPick,
-        PublisherConfig, Section as ConfigSection,
+        section as config_section, Pick as ConfigPick, PublisherConfig, Section as ConfigSection,
     };
+    pub use crate::filter::{filter_config_from_value, parse_label_score};
     pub use crate::jpeg::{is_supported, JpegEncoder, JpegError, SUPPORTED_FORMATS};
     pub use crate::meta::{
         attach_json_message, json_messages, parse_frame_line, write_frame_json, BoundingBox,

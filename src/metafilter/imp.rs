@@ -10,9 +10,9 @@ use gst::subclass::prelude::*;
 use gst_base::subclass::prelude::*;
 use once_cell::sync::Lazy;
 
-use crate::config::{self, ConfigFile, FilterConfig, Pick};
+use crate::config::{self, ConfigFile, Pick};
 use crate::error::SettingError;
-use crate::filter::{Filter, FilterType};
+use crate::filter::{check_threshold, parse_label_score, Filter, FilterConfig, FilterType};
 use crate::meta;
 
 static CAT: Lazy<gst::DebugCategory> = Lazy::new(|| {
@@ -256,7 +256,7 @@ impl ObjectImpl for MetaFilter {
                 let text = value
                     .get::<Option<String>>()
                     .expect("type checked upstream");
-                let parsed = config::parse_label_score(text.as_deref().unwrap_or("{}"))
+                let parsed = parse_label_score(text.as_deref().unwrap_or("{}"))
                     .map_err(|e| SettingError::Invalid(format!("invalid label-score: {e}")));
                 self.update_filter(
                     &mut settings,
@@ -266,7 +266,7 @@ impl ObjectImpl for MetaFilter {
             }
             "threshold" => {
                 let value = value.get::<f64>().expect("type checked upstream");
-                let checked = config::check_threshold("threshold", value)
+                let checked = check_threshold("threshold", value)
                     .map_err(|e| SettingError::Invalid(format!("invalid {e}")));
                 self.update_filter(
                     &mut settings,
