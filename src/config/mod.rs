@@ -1,0 +1,170 @@
+// SPDX-License-Identifier: MPL-2.0
+
+//! The JSON configuration files users share with DL Streamer Pipeline Server: the
+//! `mqtt_publisher` section `mqttpublish` reads, and its `filter`, which `metafilter`
+//! reads too, found in a DLSPS `config.json` (by pipeline), a REST request body, or a file
+//! of their own. [`section()`] finds the section in a document, [`PublisherConfig`] reads
+//! the publisher settings, [`crate::filter::FilterConfig`] the filter; [`ConfigFile`] puts
+//! the three together for the elements. Errors name the key and show a value only when it
+//! cannot hold a secret. What DLSPS refuses is refused; what it ignores is ignored with a
+//! warning.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use crate::error::SettingError;
+use crate::filter::{filter_config_from_value, FilterConfig};
+
+mod publisher;
+mod section;
+
+pub use publisher::PublisherConfig;
+pub use section::{section, Found, Pick, Section};
+
+/// Reads and parses a JSON file. Errors name the file, and the line and column for bad JSON.
+/// A value that looks like JSON text rather than a path, and a file that does not exist, get
+/// an error saying that the setting takes the path to a JSON file.
+pub fn read_json_file(path: &Path) -> Result<Value, SettingError> {
+    let shown_path = path.display().to_string();
+    if path.is_dir() {
+        return Err(SettingError::Unreadable(format!(
+            "{shown_path}: is a directory, not a JSON file"
+        )));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        match shown_path.trim_start().chars().next() {
+            // Not shown: the JSON may hold a password.
+            Some(first @ ('{' | '[')) if e.kind() == std::io::ErrorKind::NotFound => {
+                SettingError::Invalid(format!(
+                    "takes the path to a JSON file, not JSON text (the value starts with \
+                     {first:?})"
+                ))
+            }
+            _ if e.kind() == std::io::ErrorKind::NotFound => SettingError::NotFound(format!(
+                "cannot read {shown_path}: {e}; the value must be the path to an existing \
+                 JSON file"
+            )),
+            _ => SettingError::io(format!("cannot read {shown_path}: {e}"), &e),
+        }
+    })?;
+    serde_json::from_str(&text)
+        .map_err(|e| SettingError::Invalid(format!("{shown_path}: invalid JSON: {e}")))
+}
+
+/// A configuration file as read, in any of the forms [`section()`] knows.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfigFile {
+    pub path: PathBuf,
+    pub document: Value,
+}
+
+impl ConfigFile {
+    pub fn read(path: &Path) -> Result<Self, SettingError> {
+        Ok(ConfigFile {
+            path: path.to_owned(),
+            document: read_json_file(path)?,
+        })
+    }
+
+    fn invalid(&self, message: impl fmt::Display) -> SettingError {
+        SettingError::Invalid(format!("{}: {message}", self.path.display()))
+    }
+
+    fn section(&self, section: Section, pick: Pick) -> Result<Option<Found>, SettingError> {
+        self::section(&self.document, section, pick).map_err(|e| self.invalid(e))
+    }
+
+    /// The `mqtt_publisher` section `pick` picks. `gst_pipeline` is known when this is
+    /// called, so the choice is always made.
+    pub fn publisher(
+        &self,
+        name: Option<&str>,
+        gst_pipeline: &str,
+    ) -> Result<PublisherConfig, SettingError> {
+        let pick = Pick {
+            name,
+            gst_pipeline: Some(gst_pipeline),
+        };
+        let found = self
+            .section(Section::Publisher, pick)?
+            .ok_or_else(|| self.invalid("several pipelines: set config-pipeline"))?;
+        let mut config = match &found.value {
+            Some(value) => {
+                PublisherConfig::from_value(value).map_err(|e| self.invalid(found.here(e)))?
+            }
+            None => PublisherConfig::default(),
+        };
+        let mut warnings = found.warnings.clone();
+        warnings.extend(config.warnings.drain(..).map(|w| found.here(w)));
+        config.warnings = warnings;
+        config.place = found.place;
+        config.pipeline = found.pipeline;
+        Ok(config)
+    }
+
+    /// The filter `pick` picks, with warnings for what is ignored in it; `None` while the
+    /// pipeline entry cannot be chosen yet (see [`Pick::gst_pipeline`]).
+    pub fn filter(&self, pick: Pick) -> Result<Option<(FilterConfig, Vec<String>)>, SettingError> {
+        let Some(found) = self.section(Section::Filter, pick)? else {
+            return Ok(None);
+        };
+        let value = found.value.as_ref().unwrap_or(&Value::Null);
+        let filter = filter_config_from_value(value).map_err(|e| self.invalid(found.here(e)))?;
+        let mut warnings = found.warnings.clone();
+        if !filter.unknown_keys.is_empty() {
+            warnings.push(found.here(format!(
+                "filter has keys DLSPS and this element ignore: {}",
+                filter.unknown_keys.join(", ")
+            )));
+        }
+        Ok(Some((filter, warnings)))
+    }
+}
+
+/// A TCP port: 1 to 65535.
+/// The outermost bin holding `element`: the GStreamer pipeline, whose name picks the
+/// config.json entry when `config-pipeline` is not set.
+pub fn outermost_bin(element: &gst::Object) -> gst::Object {
+    use gst::prelude::*;
+    let mut top = element.clone();
+    while let Some(parent) = top.parent() {
+        top = parent;
+    }
+    top
+}
+
+pub fn tcp_port(value: i64) -> Option<u16> {
+    u16::try_from(value).ok().filter(|p| *p > 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_text_or_a_missing_file_is_told_to_be_a_path() {
+        let err = read_json_file(Path::new(r#"{"qos":1,"password":"s3cr3t"}"#)).unwrap_err();
+        assert_eq!(
+            err,
+            SettingError::Invalid(
+                "takes the path to a JSON file, not JSON text (the value starts with '{')".into()
+            )
+        );
+        let err = read_json_file(Path::new(" [1]")).unwrap_err();
+        assert!(
+            err.message().ends_with("(the value starts with '[')"),
+            "{err}"
+        );
+        let err = read_json_file(Path::new("/nonexistent/pipeline.json")).unwrap_err();
+        assert_eq!(
+            err,
+            SettingError::NotFound(
+                "cannot read /nonexistent/pipeline.json: No such file or directory (os error 2); \
+                 the value must be the path to an existing JSON file"
+                    .into()
+            )
+        );
+    }
+}
