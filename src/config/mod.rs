@@ -123,18 +123,11 @@ impl ConfigFile {
     }
 }
 
-/// A TCP port: 1 to 65535.
-/// The outermost bin holding `element`: the GStreamer pipeline, whose name picks the
-/// config.json entry when `config-pipeline` is not set.
-pub fn outermost_bin(element: &gst::Object) -> gst::Object {
-    use gst::prelude::*;
-    let mut top = element.clone();
-    while let Some(parent) = top.parent() {
-        top = parent;
-    }
-    top
-}
+/// The GStreamer pipeline, whose name picks the `config.json` entry when `config-pipeline`
+/// is not set (see [`Pick::gst_pipeline`]).
+pub use crate::pipeline::outermost_bin;
 
+/// A TCP port: 1 to 65535.
 pub fn tcp_port(value: i64) -> Option<u16> {
     u16::try_from(value).ok().filter(|p| *p > 0)
 }

@@ -10,10 +10,11 @@ use gst::subclass::prelude::*;
 use gst_base::subclass::prelude::*;
 use once_cell::sync::Lazy;
 
-use crate::config::{self, ConfigFile, Pick};
+use crate::config::{ConfigFile, Pick};
 use crate::error::SettingError;
 use crate::filter::{check_threshold, parse_label_score, Filter, FilterConfig, FilterType};
 use crate::meta;
+use crate::pipeline;
 
 static CAT: Lazy<gst::DebugCategory> = Lazy::new(|| {
     gst::DebugCategory::new(
@@ -419,7 +420,7 @@ impl BaseTransformImpl for MetaFilter {
     const TRANSFORM_IP_ON_PASSTHROUGH: bool = false;
 
     fn start(&self) -> Result<(), gst::ErrorMessage> {
-        let pipeline_name = config::outermost_bin(self.obj().upcast_ref())
+        let pipeline_name = pipeline::outermost_bin(self.obj().upcast_ref())
             .name()
             .to_string();
         let mut settings = self.settings.lock().unwrap();
