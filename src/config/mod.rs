@@ -127,14 +127,51 @@ impl ConfigFile {
 /// is not set (see [`Pick::gst_pipeline`]).
 pub use crate::pipeline::outermost_bin;
 
-/// A TCP port: 1 to 65535.
-pub fn tcp_port(value: i64) -> Option<u16> {
-    u16::try_from(value).ok().filter(|p| *p > 0)
+/// A TCP port: 1 to 65535. Errors name `what` and show the value, e.g. `port: 0 is not a
+/// TCP port (1..65535)`.
+pub fn tcp_port<T>(what: impl fmt::Display, value: T) -> Result<u16, String>
+where
+    T: TryInto<u16> + fmt::Display + Copy,
+{
+    let port = value.try_into().ok().filter(|port| *port > 0);
+    port.ok_or_else(|| not_a_tcp_port(what, value))
+}
+
+/// A TCP port written as text, e.g. in `MQTT_PORT`. Errors show the text quoted, e.g.
+/// `MQTT_PORT: "99999" is not a TCP port (1..65535)`.
+pub fn parse_tcp_port(what: impl fmt::Display, text: &str) -> Result<u16, String> {
+    let port = text.parse::<u16>().ok().filter(|port| *port > 0);
+    port.ok_or_else(|| not_a_tcp_port(what, format_args!("{text:?}")))
+}
+
+fn not_a_tcp_port(what: impl fmt::Display, value: impl fmt::Display) -> String {
+    format!("{what}: {value} is not a TCP port (1..65535)")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tcp_port_is_1_to_65535_and_errors_show_the_value_as_given() {
+        assert_eq!(tcp_port("port", 1883u32), Ok(1883));
+        assert_eq!(tcp_port("port", 65535i64), Ok(65535));
+        assert_eq!(
+            tcp_port("port", 0u64),
+            Err("port: 0 is not a TCP port (1..65535)".into())
+        );
+        assert_eq!(
+            tcp_port("port", -1i64),
+            Err("port: -1 is not a TCP port (1..65535)".into())
+        );
+        assert_eq!(parse_tcp_port("MQTT_PORT", "8883"), Ok(8883));
+        for text in ["0", "65536", "-1", "", "1883 ", "abc"] {
+            assert_eq!(
+                parse_tcp_port("MQTT_PORT", text),
+                Err(format!("MQTT_PORT: {text:?} is not a TCP port (1..65535)")),
+            );
+        }
+    }
 
     #[test]
     fn json_text_or_a_missing_file_is_told_to_be_a_path() {

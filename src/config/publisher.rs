@@ -75,13 +75,7 @@ impl PublisherConfig {
                         None => string(key, v)?,
                     })
                 }
-                "port" => {
-                    let port = integer(key, v)?;
-                    config.port =
-                        Some(tcp_port(port).ok_or_else(|| {
-                            format!("{key}: {port} is not a TCP port (1..65535)")
-                        })?);
-                }
+                "port" => config.port = Some(tcp_port(key, integer(key, v)?)?),
                 "client_id" => config.client_id = Some(string(key, v)?),
                 "username" => config.username = Some(string(key, v)?),
                 "password" => {
