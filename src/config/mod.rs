@@ -72,24 +72,30 @@ impl ConfigFile {
         SettingError::Invalid(format!("{}: {message}", self.path.display()))
     }
 
-    fn section(&self, section: Section, pick: Pick) -> Result<Option<Found>, SettingError> {
-        self::section(&self.document, section, pick).map_err(|e| self.invalid(e))
+    /// The section picked by `name` (`config-pipeline`), else by `gst_pipeline` (the name of
+    /// the GStreamer pipeline, known once the element starts), so the choice is always made.
+    fn section(
+        &self,
+        section: Section,
+        name: Option<&str>,
+        gst_pipeline: &str,
+    ) -> Result<Found, SettingError> {
+        let pick = Pick {
+            name,
+            gst_pipeline: Some(gst_pipeline),
+        };
+        self::section(&self.document, section, pick)
+            .map_err(|e| self.invalid(e))?
+            .ok_or_else(|| self.invalid("several pipelines: set config-pipeline"))
     }
 
-    /// The `mqtt_publisher` section `pick` picks. `gst_pipeline` is known when this is
-    /// called, so the choice is always made.
+    /// The `mqtt_publisher` section of the pipeline entry `name`, else `gst_pipeline`, picks.
     pub fn publisher(
         &self,
         name: Option<&str>,
         gst_pipeline: &str,
     ) -> Result<PublisherConfig, SettingError> {
-        let pick = Pick {
-            name,
-            gst_pipeline: Some(gst_pipeline),
-        };
-        let found = self
-            .section(Section::Publisher, pick)?
-            .ok_or_else(|| self.invalid("several pipelines: set config-pipeline"))?;
+        let found = self.section(Section::Publisher, name, gst_pipeline)?;
         let mut config = match &found.value {
             Some(value) => {
                 PublisherConfig::from_value(value).map_err(|e| self.invalid(found.here(e)))?
@@ -104,12 +110,14 @@ impl ConfigFile {
         Ok(config)
     }
 
-    /// The filter `pick` picks, with warnings for what is ignored in it; `None` while the
-    /// pipeline entry cannot be chosen yet (see [`Pick::gst_pipeline`]).
-    pub fn filter(&self, pick: Pick) -> Result<Option<(FilterConfig, Vec<String>)>, SettingError> {
-        let Some(found) = self.section(Section::Filter, pick)? else {
-            return Ok(None);
-        };
+    /// The filter of the pipeline entry `name`, else `gst_pipeline`, picks, with warnings for
+    /// what is ignored in it.
+    pub fn filter(
+        &self,
+        name: Option<&str>,
+        gst_pipeline: &str,
+    ) -> Result<(FilterConfig, Vec<String>), SettingError> {
+        let found = self.section(Section::Filter, name, gst_pipeline)?;
         let value = found.value.as_ref().unwrap_or(&Value::Null);
         let filter = filter_config_from_value(value).map_err(|e| self.invalid(found.here(e)))?;
         let mut warnings = found.warnings.clone();
@@ -119,7 +127,7 @@ impl ConfigFile {
                 filter.unknown_keys.join(", ")
             )));
         }
-        Ok(Some((filter, warnings)))
+        Ok((filter, warnings))
     }
 }
 

@@ -10,7 +10,7 @@ use gst::subclass::prelude::*;
 use gst_base::subclass::prelude::*;
 use once_cell::sync::Lazy;
 
-use crate::config::{ConfigFile, Pick};
+use crate::config::ConfigFile;
 use crate::error::SettingError;
 use crate::filter::{check_threshold, parse_label_score, Filter, FilterConfig, FilterType};
 use crate::meta;
@@ -40,11 +40,11 @@ struct Settings {
     threshold: f64,
     drop_unscored: bool,
     /// The config file, and `config-pipeline`, which picks a pipeline of a DLSPS
-    /// config.json.
-    config: Option<ConfigFile>,
+    /// config.json. The file is read at start.
+    config: Option<String>,
     config_pipeline: Option<String>,
-    /// The filter of the config file, as far as it can be picked: a config.json with
-    /// several pipelines may need the GStreamer pipeline's name, known at start.
+    /// The filter of the config file as the last start read it; dropped when `config` or
+    /// `config-pipeline` changes, until the next start reads the file again.
     config_filter: Option<FilterConfig>,
     drop_empty: bool,
     /// Rejected property values by property name; the element refuses to start while any
@@ -87,40 +87,34 @@ impl Settings {
         }
         self.filter = Arc::new(filter);
     }
+}
 
-    /// Picks the filter out of the config file: with `gst_pipeline` (the name of the
-    /// GStreamer pipeline) at start, for good; before, as far as possible. Returns the
-    /// warnings for what the file holds that is ignored.
-    fn pick_config_filter(
-        &mut self,
-        gst_pipeline: Option<&str>,
-    ) -> Result<Vec<String>, SettingError> {
-        self.config_filter = None;
-        let Some(file) = &self.config else {
-            return match &self.config_pipeline {
-                Some(_) if gst_pipeline.is_some() => Err(SettingError::Invalid(
-                    "config-pipeline: is set but config is not: it picks a pipeline of a DLSPS \
-                     config.json"
-                        .into(),
-                )),
-                _ => Ok(Vec::new()),
-            };
+/// Reads the filter of the config file `config` names, in the pipeline entry
+/// `config_pipeline` names, else the one `gst_pipeline` (the name of the GStreamer pipeline)
+/// picks. Returns the warnings for what the file holds that is ignored.
+fn read_config_filter(
+    config: Option<&str>,
+    config_pipeline: Option<&str>,
+    gst_pipeline: &str,
+) -> Result<(Option<FilterConfig>, Vec<String>), SettingError> {
+    let Some(path) = config else {
+        return match config_pipeline {
+            Some(_) => Err(SettingError::Invalid(
+                "config-pipeline: is set but config is not: it picks a pipeline of a DLSPS \
+                 config.json"
+                    .into(),
+            )),
+            None => Ok((None, Vec::new())),
         };
-        let pick = Pick {
-            name: self.config_pipeline.as_deref(),
-            gst_pipeline,
-        };
-        let picked = file.filter(pick).map_err(|e| e.context("invalid config"))?;
-        let Some((filter, warnings)) = picked else {
-            return Ok(Vec::new());
-        };
-        self.config_filter = Some(filter);
-        let path = file.path.display();
-        Ok(warnings
-            .into_iter()
-            .map(|warning| format!("config: {path}: {warning}"))
-            .collect())
-    }
+    };
+    let (filter, warnings) = ConfigFile::read(Path::new(path))
+        .and_then(|file| file.filter(config_pipeline, gst_pipeline))
+        .map_err(|e| e.context("invalid config"))?;
+    let warnings = warnings
+        .into_iter()
+        .map(|warning| format!("config: {path}: {warning}"))
+        .collect();
+    Ok((Some(filter), warnings))
 }
 
 impl MetaFilter {
@@ -289,43 +283,17 @@ impl ObjectImpl for MetaFilter {
                 settings.drop_empty = value.get().expect("type checked upstream");
             }
             "config" => {
-                let path = value
-                    .get::<Option<String>>()
-                    .expect("type checked upstream");
-                let loaded = path
-                    .map(|path| ConfigFile::read(Path::new(&path)))
-                    .transpose()
-                    .map_err(|e| e.context("invalid config"))
-                    .and_then(|file| {
-                        // A bad file is refused now, and the previous one kept.
-                        let mut with_file = Settings {
-                            config: file.clone(),
-                            config_pipeline: settings.config_pipeline.clone(),
-                            ..Settings::default()
-                        };
-                        with_file.pick_config_filter(None)?;
-                        Ok((file, with_file.config_filter))
-                    });
-                self.update_filter(
-                    &mut settings,
-                    "config",
-                    loaded.map(|(file, filter)| {
-                        move |s: &mut Settings| {
-                            s.config = file;
-                            s.config_filter = filter;
-                        }
-                    }),
-                );
+                settings.config = value.get().expect("type checked upstream");
+                // The file is read at start; what was read from it no longer applies.
+                settings.config_filter = None;
+                settings.resolve();
             }
             "config-pipeline" => {
                 settings.config_pipeline = value
                     .get::<Option<String>>()
                     .expect("type checked upstream")
                     .filter(|name| !name.is_empty());
-                // Checked for good at start.
-                if let Err(err) = settings.pick_config_filter(None) {
-                    gst::warning!(CAT, imp = self, "{err}");
-                }
+                settings.config_filter = None;
                 settings.resolve();
             }
             other => unreachable!("unknown property {other}"),
@@ -348,11 +316,7 @@ impl ObjectImpl for MetaFilter {
             "type" => settings.filter.kind.to_value(),
             "drop-unscored" => settings.filter.drop_unscored.to_value(),
             "drop-empty" => settings.drop_empty.to_value(),
-            "config" => settings
-                .config
-                .as_ref()
-                .map(|file| file.path.display().to_string())
-                .to_value(),
+            "config" => settings.config.to_value(),
             "config-pipeline" => settings.config_pipeline.to_value(),
             "stats" => {
                 let stats = *self.stats.lock().unwrap();
@@ -423,13 +387,23 @@ impl BaseTransformImpl for MetaFilter {
         let pipeline_name = pipeline::outermost_bin(self.obj().upcast_ref())
             .name()
             .to_string();
+        let (config, config_pipeline) = {
+            let settings = self.settings.lock().unwrap();
+            (settings.config.clone(), settings.config_pipeline.clone())
+        };
+        // Not under the settings lock: reading a file may block.
+        let read = read_config_filter(
+            config.as_deref(),
+            config_pipeline.as_deref(),
+            &pipeline_name,
+        );
         let mut settings = self.settings.lock().unwrap();
-        if let Some(error) = SettingError::join(settings.rejected.values()) {
+        let errors = read.as_ref().err().into_iter();
+        if let Some(error) = SettingError::join(errors.chain(settings.rejected.values())) {
             return Err(error.to_error_message());
         }
-        let warnings = settings
-            .pick_config_filter(Some(&pipeline_name))
-            .map_err(|e| e.to_error_message())?;
+        let (config_filter, warnings) = read.unwrap_or_default();
+        settings.config_filter = config_filter;
         settings.resolve();
         gst::debug!(CAT, imp = self, "Starting with {:?}", settings.filter);
         drop(settings);
