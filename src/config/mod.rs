@@ -12,6 +12,8 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use gst::glib;
+use gst::prelude::*;
 use serde_json::Value;
 
 use crate::error::SettingError;
@@ -129,6 +131,31 @@ impl ConfigFile {
         }
         Ok((filter, warnings))
     }
+}
+
+/// The `config` property of the elements that read a configuration file, `metafilter` and
+/// `mqttpublish`.
+pub fn config_property() -> glib::ParamSpec {
+    glib::ParamSpecString::builder("config")
+        .nick("Configuration file")
+        .blurb(
+            "Path to a DL Streamer Pipeline Server JSON file (a config.json, a REST request body \
+             or an mqtt_publisher section), read at start; properties set explicitly win over it.",
+        )
+        .mutable_ready()
+        .build()
+}
+
+/// The `config-pipeline` property that goes with [`config_property`].
+pub fn config_pipeline_property() -> glib::ParamSpec {
+    glib::ParamSpecString::builder("config-pipeline")
+        .nick("Configuration pipeline")
+        .blurb(
+            "The config.json pipeline entry to read; unset, the only one, else the one named like \
+             the GStreamer pipeline holding the element.",
+        )
+        .mutable_ready()
+        .build()
 }
 
 /// The GStreamer pipeline, whose name picks the `config.json` entry when `config-pipeline`

@@ -10,7 +10,7 @@ use gst::subclass::prelude::*;
 use gst_base::subclass::prelude::*;
 use once_cell::sync::Lazy;
 
-use crate::config::ConfigFile;
+use crate::config::{self, ConfigFile};
 use crate::error::SettingError;
 use crate::filter::{check_threshold, parse_label_score, Filter, FilterConfig, FilterType};
 use crate::meta;
@@ -204,32 +204,8 @@ impl ObjectImpl for MetaFilter {
                     .default_value(DEFAULT_DROP_EMPTY)
                     .mutable_playing()
                     .build(),
-                glib::ParamSpecString::builder("config")
-                    .nick("Configuration file")
-                    .blurb(
-                        "Path to a JSON file (the path, not JSON text) holding a DL Streamer \
-                         Pipeline Server filter ({\"type\":..,\"label_score\":..}) where DLSPS \
-                         users have it: in a config.json ({\"config\": {\"pipelines\": \
-                         [{\"name\": .., \"mqtt_publisher\": {\"filter\": {..}}}, ..]}}; see \
-                         config-pipeline), in a REST request body ({\"destination\": \
-                         {\"metadata\": {\"type\": \"mqtt\", \"filter\": {..}}}}), under \
-                         \"mqtt_publisher\", under \"filter\", or bare. It is read when set. The type and label-score properties, when \
-                         set, win over the file's values whichever is set first; the file wins \
-                         over their defaults.",
-                    )
-                    .mutable_ready()
-                    .build(),
-                glib::ParamSpecString::builder("config-pipeline")
-                    .nick("Configuration pipeline")
-                    .blurb(
-                        "The name of the pipeline entry to read when config is a DLSPS \
-                         config.json. Unset: the file's only pipeline, else the one named like \
-                         the GStreamer pipeline holding this element (e.g. gst-launch-1.0's \
-                         pipeline0); when none matches, the start fails with an error listing \
-                         the names found.",
-                    )
-                    .mutable_ready()
-                    .build(),
+                config::config_property(),
+                config::config_pipeline_property(),
                 glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
                     .nick("Statistics")
                     .blurb(
