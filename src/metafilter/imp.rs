@@ -154,11 +154,8 @@ impl ObjectImpl for MetaFilter {
                 glib::ParamSpecString::builder("label-score")
                     .nick("Label thresholds")
                     .blurb(
-                        "A JSON object mapping labels to their minimum confidence (0 to 1), \
-                         e.g. '{\"box\":0.4,\"shipping label\":0.4}'. Results of a listed label \
-                         below its threshold are removed. Set, it replaces the config file's \
-                         label_score, whichever is set first. Invalid JSON or thresholds are \
-                         ignored with a warning and the element then refuses to start.",
+                        "JSON object mapping labels to their minimum confidence (0 to 1), e.g. \
+                         '{\"box\":0.4,\"shipping label\":0.4}'; results below it are removed.",
                     )
                     .default_value(Some("{}"))
                     .mutable_playing()
@@ -166,9 +163,8 @@ impl ObjectImpl for MetaFilter {
                 glib::ParamSpecDouble::builder("threshold")
                     .nick("Default threshold")
                     .blurb(
-                        "The minimum confidence, from 0 to 1, for labels not listed in \
-                         label-score; 0 lets every unlisted label pass. A value outside 0..1 is \
-                         ignored with a warning and the element then refuses to start.",
+                        "Minimum confidence (0 to 1) for labels not listed in label-score; 0 \
+                         lets them all pass.",
                     )
                     // Any number reaches the element, which names it when it refuses to start;
                     // a 0..1 range here would have GLib warn and keep the previous value.
@@ -180,27 +176,23 @@ impl ObjectImpl for MetaFilter {
                 glib::ParamSpecEnum::builder_with_default("type", FilterType::default())
                     .nick("Filter type")
                     .blurb(
-                        "What the thresholds apply to: whole detected objects (detection) or \
-                         the classification results attached to objects (classification). Set, \
-                         it wins over the config file's type, whichever is set first.",
+                        "What the thresholds apply to: whole detected objects or the \
+                         classification results attached to them.",
                     )
                     .mutable_playing()
                     .build(),
                 glib::ParamSpecBoolean::builder("drop-unscored")
                     .nick("Drop unscored")
                     .blurb(
-                        "Also remove results that carry no confidence (or an invalid one) when a \
-                         threshold applies to their label. By default they are kept.",
+                        "Also remove results without a valid confidence when a threshold applies \
+                         to their label.",
                     )
                     .default_value(DEFAULT_DROP_UNSCORED)
                     .mutable_playing()
                     .build(),
                 glib::ParamSpecBoolean::builder("drop-empty")
                     .nick("Drop emptied buffers")
-                    .blurb(
-                        "Drop buffers that carried objects and have none left after filtering \
-                         (for a metadata-only branch). Buffers that had no objects pass.",
-                    )
+                    .blurb("Drop buffers that carried objects and have none left after filtering.")
                     .default_value(DEFAULT_DROP_EMPTY)
                     .mutable_playing()
                     .build(),
@@ -210,8 +202,7 @@ impl ObjectImpl for MetaFilter {
                     .nick("Statistics")
                     .blurb(
                         "Counters since the element started: buffers, buffers-dropped, \
-                         objects-removed, classifications-removed and invalid-confidences \
-                         (NaN, infinite or outside 0..1, treated as no confidence).",
+                         objects-removed, classifications-removed and invalid-confidences.",
                     )
                     .read_only()
                     .build(),
