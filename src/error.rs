@@ -6,6 +6,8 @@
 use std::fmt;
 use std::io;
 
+use serde_json::Value;
+
 /// A setting that cannot be used. The message names the setting and the value (never a
 /// secret); the variant picks the GStreamer error domain.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,6 +73,18 @@ impl SettingError {
             SettingError::NotFound(m) => located(gst::ResourceError::NotFound, m),
             SettingError::Unreadable(m) => located(gst::ResourceError::OpenRead, m),
         }
+    }
+}
+
+/// A value as an error message shows it: a string, number, boolean or null as written, an
+/// object or an array only by its kind. A container can hold a secret at any depth, e.g.
+/// `"tls": {"client_key": {"path": "..", "password": ".."}}`, and a password must never
+/// reach an error message (found by the `config_file` fuzz target).
+pub fn shown(v: &Value) -> String {
+    match v {
+        Value::Object(_) => "an object".to_owned(),
+        Value::Array(_) => "an array".to_owned(),
+        scalar => scalar.to_string(),
     }
 }
 

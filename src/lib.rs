@@ -10,8 +10,9 @@
 //!
 //! Code shared by the elements lives in modules named for what it is: `meta` (the metadata
 //! model), `filter` (confidence thresholds), `config` (DLSPS configuration files), `mqtt`
-//! (the connection), `jpeg` (frame encoding), `tls` (TLS files) and `error` (setting
-//! errors and their GStreamer error domains).
+//! (the connection), `jpeg` (frame encoding), `tls` (TLS files), `pipeline` (the GStreamer
+//! pipeline an element is in) and `error` (setting errors and their GStreamer error
+//! domains).
 
 use gst::glib;
 
@@ -24,6 +25,7 @@ mod metafilter;
 mod metareplay;
 mod mqtt;
 mod mqttpublish;
+mod pipeline;
 mod tls;
 
 /// What the project's own fuzz targets, integration tests and benchmarks drive directly:
@@ -32,9 +34,9 @@ mod tls;
 #[doc(hidden)]
 pub mod internals {
     pub use crate::config::{
-        filter_config_from_value, parse_label_score, section as config_section, Pick as ConfigPick,
-        PublisherConfig, Section as ConfigSection,
+        section as config_section, Pick as ConfigPick, PublisherConfig, Section as ConfigSection,
     };
+    pub use crate::filter::{filter_config_from_value, parse_label_score};
     pub use crate::jpeg::{is_supported, JpegEncoder, JpegError, SUPPORTED_FORMATS};
     pub use crate::meta::{
         attach_json_message, json_messages, parse_frame_line, write_frame_json, BoundingBox,

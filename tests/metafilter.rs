@@ -86,11 +86,17 @@ fn objects(buffer: &gst::BufferRef) -> Vec<(String, Option<f64>)> {
 
 fn harness(props: &[(&str, &dyn ToValue)]) -> gst_check::Harness {
     init_plugin();
-    let mut h = gst_check::Harness::new("metafilter");
-    let filter = h.element().unwrap();
+    let filter = gst::ElementFactory::make("metafilter").build().unwrap();
     for (name, value) in props {
         filter.set_property_from_value(name, &value.to_value());
     }
+    started(&filter)
+}
+
+/// A harness around `filter`, which it starts: the properties set before are in effect, the
+/// config file is read.
+fn started(filter: &gst::Element) -> gst_check::Harness {
+    let mut h = gst_check::Harness::with_element(filter, Some("sink"), Some("src"));
     h.set_src_caps_str("video/x-raw,format=RGB,width=640,height=480,framerate=30/1");
     h
 }
@@ -240,6 +246,25 @@ fn config_file_in_every_dlsps_shape() {
     }
 }
 
+#[test]
+fn the_config_file_is_read_at_start() {
+    init_plugin();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("filter.json");
+    let filter = gst::ElementFactory::make("metafilter")
+        .property("config", path.to_str().unwrap())
+        .build()
+        .unwrap();
+    // Written after the property was set: what counts is the file as the start finds it.
+    std::fs::write(&path, r#"{"type":"detection","label_score":{"box":0.9}}"#).unwrap();
+    let mut h = started(&filter);
+    assert_eq!(filter.property::<String>("label-score"), r#"{"box":0.9}"#);
+    let out = h
+        .push_and_pull(buffer_with(&[det("box", 0.5), det("box", 0.95)]))
+        .unwrap();
+    assert_eq!(objects(&out), [("box".to_string(), Some(0.95))]);
+}
+
 /// Objects left by a metafilter whose properties were set from text as gst-launch-1.0
 /// sets them: `first`, then `second`.
 fn filtered_in_order(
@@ -247,11 +272,12 @@ fn filtered_in_order(
     second: (&str, &str),
     objects_in: &[Det],
 ) -> Vec<(String, Option<f64>)> {
-    let mut h = harness(&[]);
-    let filter = h.element().unwrap();
+    init_plugin();
+    let filter = gst::ElementFactory::make("metafilter").build().unwrap();
     for (name, value) in [first, second] {
         filter.set_property_from_str(name, value);
     }
+    let mut h = started(&filter);
     let out = h.push_and_pull(buffer_with(objects_in)).unwrap();
     objects(&out)
 }
@@ -314,8 +340,19 @@ fn assert_rejected(property: &str, good: &dyn ToValue, bad: &dyn ToValue, expect
         after.serialize().unwrap(),
         "{property} keeps its old value"
     );
+    assert_refused_at_start(property, good, bad, expected);
+}
 
-    // The same two settings, in the same order, on the element of a pipeline.
+/// Sets `property` to a bad value after a good one on the element of a pipeline and checks
+/// that the element refuses to start with an error naming the property. For `config`, which
+/// is read at start, this is where a bad value shows.
+fn assert_refused_at_start(
+    property: &str,
+    good: &dyn ToValue,
+    bad: &dyn ToValue,
+    expected: &[&str],
+) {
+    init_plugin();
     let [good, bad] = [good, bad].map(|v| v.to_value().serialize().unwrap());
     let text = start_error(&format!(
         "fakesrc ! metafilter {property}={good} {property}={bad} ! fakesink"
@@ -348,17 +385,30 @@ fn invalid_label_score_is_rejected_and_named() {
 }
 
 #[test]
-fn invalid_threshold_is_rejected_and_named() {
-    assert_rejected("threshold", &0.2f64, &1.5f64, &["threshold", "1.5"]);
-    assert_rejected("threshold", &0.2f64, &-0.1f64, &["threshold", "-0.1"]);
-    // Beyond the largest double (1e309 on a command line): refused too, not left to GLib.
-    assert_rejected("threshold", &0.2f64, &f64::INFINITY, &["threshold", "inf"]);
-    assert_rejected(
-        "threshold",
-        &0.2f64,
-        &f64::NEG_INFINITY,
-        &["threshold", "-inf"],
-    );
+fn invalid_threshold_is_refused_and_the_old_value_kept() {
+    // The range is the ParamSpec's (gst-inspect-1.0 shows it): GLib refuses a value outside
+    // it, NaN included, and the property keeps its value.
+    init_plugin();
+    let spec = gst::ElementFactory::make("metafilter")
+        .build()
+        .unwrap()
+        .find_property("threshold")
+        .unwrap()
+        .downcast::<glib::ParamSpecDouble>()
+        .unwrap();
+    assert_eq!((spec.minimum(), spec.maximum()), (0.0, 1.0));
+    for bad in ["1.5", "-0.1", "1e309", "-1e309", "nan"] {
+        let pipeline = gst::parse::launch(&format!(
+            "fakesrc ! metafilter name=f threshold=0.2 threshold={bad} ! fakesink"
+        ))
+        .unwrap();
+        let filter = pipeline
+            .downcast_ref::<gst::Bin>()
+            .unwrap()
+            .by_name("f")
+            .unwrap();
+        assert_eq!(filter.property::<f64>("threshold"), 0.2, "threshold={bad}");
+    }
 }
 
 #[test]
@@ -366,7 +416,7 @@ fn invalid_config_files_are_rejected_and_named() {
     let good = config_file(r#"{"type":"detection"}"#);
     let good = good.path().to_str().unwrap();
     let unknown_type = config_file(r#"{"filter":{"type":"segmentation"}}"#);
-    assert_rejected(
+    assert_refused_at_start(
         "config",
         &good,
         &unknown_type.path().to_str().unwrap(),
@@ -379,7 +429,7 @@ fn invalid_config_files_are_rejected_and_named() {
         r#"{"mqtt_publisher":{"filter":{"label_score":{"box":0.4}}}}"#,
     ] {
         let no_type = config_file(text);
-        assert_rejected(
+        assert_refused_at_start(
             "config",
             &good,
             &no_type.path().to_str().unwrap(),
@@ -392,13 +442,13 @@ fn invalid_config_files_are_rejected_and_named() {
         );
     }
     let bad_json = config_file("{\n  \"type\": detection\n}");
-    assert_rejected(
+    assert_refused_at_start(
         "config",
         &good,
         &bad_json.path().to_str().unwrap(),
         &["config", "invalid JSON", "line 2"],
     );
-    assert_rejected(
+    assert_refused_at_start(
         "config",
         &good,
         &"/nonexistent/filter.json",
@@ -408,14 +458,14 @@ fn invalid_config_files_are_rejected_and_named() {
             "the value must be the path to an existing JSON file",
         ],
     );
-    assert_rejected(
+    assert_refused_at_start(
         "config",
         &good,
         &r#"{"type":"detection","label_score":{"box":0.4}}"#,
         &["config: takes the path to a JSON file, not JSON text (the value starts with '{')"],
     );
     let dir = tempfile::tempdir().unwrap();
-    assert_rejected(
+    assert_refused_at_start(
         "config",
         &good,
         &dir.path().to_str().unwrap(),
@@ -441,6 +491,8 @@ fn config_pipeline_picks_the_config_json_entry_in_either_order() {
             for (name, value) in order {
                 filter.set_property_from_str(name, value);
             }
+            // The file is read at start.
+            let _h = started(&filter);
             let shown: serde_json::Value =
                 serde_json::from_str(&filter.property::<String>("label-score")).unwrap();
             let expected: serde_json::Value = serde_json::from_str(label_score).unwrap();

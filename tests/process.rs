@@ -151,7 +151,7 @@ fn a_bad_setting_is_reported_once() {
     for (element, bad) in [
         ("mqttpublish", "topic=a/#"),
         ("mqttpublish", "config=/nonexistent/pipeline.json"),
-        ("metafilter", "threshold=2"),
+        ("metafilter", "label-score={oops}"),
     ] {
         let sink = if element == "mqttpublish" {
             ""

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MPL-2.0
 
-//! Fuzzes the `label-score` property parser, `config::parse_label_score`.
+//! Fuzzes the `label-score` property parser, `filter::parse_label_score`.
 //!
 //! Checks besides "no panic": errors are non-empty; every accepted threshold is within
 //! 0..1; the property and the configuration file's `filter.label_score` agree on what

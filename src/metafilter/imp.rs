@@ -10,10 +10,11 @@ use gst::subclass::prelude::*;
 use gst_base::subclass::prelude::*;
 use once_cell::sync::Lazy;
 
-use crate::config::{self, ConfigFile, FilterConfig, Pick};
+use crate::config::{self, ConfigFile};
 use crate::error::SettingError;
-use crate::filter::{Filter, FilterType};
+use crate::filter::{check_threshold, parse_label_score, Filter, FilterConfig, FilterType};
 use crate::meta;
+use crate::pipeline;
 
 static CAT: Lazy<gst::DebugCategory> = Lazy::new(|| {
     gst::DebugCategory::new(
@@ -39,11 +40,11 @@ struct Settings {
     threshold: f64,
     drop_unscored: bool,
     /// The config file, and `config-pipeline`, which picks a pipeline of a DLSPS
-    /// config.json.
-    config: Option<ConfigFile>,
+    /// config.json. The file is read at start.
+    config: Option<String>,
     config_pipeline: Option<String>,
-    /// The filter of the config file, as far as it can be picked: a config.json with
-    /// several pipelines may need the GStreamer pipeline's name, known at start.
+    /// The filter of the config file as the last start read it; dropped when `config` or
+    /// `config-pipeline` changes, until the next start reads the file again.
     config_filter: Option<FilterConfig>,
     drop_empty: bool,
     /// Rejected property values by property name; the element refuses to start while any
@@ -86,40 +87,34 @@ impl Settings {
         }
         self.filter = Arc::new(filter);
     }
+}
 
-    /// Picks the filter out of the config file: with `gst_pipeline` (the name of the
-    /// GStreamer pipeline) at start, for good; before, as far as possible. Returns the
-    /// warnings for what the file holds that is ignored.
-    fn pick_config_filter(
-        &mut self,
-        gst_pipeline: Option<&str>,
-    ) -> Result<Vec<String>, SettingError> {
-        self.config_filter = None;
-        let Some(file) = &self.config else {
-            return match &self.config_pipeline {
-                Some(_) if gst_pipeline.is_some() => Err(SettingError::Invalid(
-                    "config-pipeline: is set but config is not: it picks a pipeline of a DLSPS \
-                     config.json"
-                        .into(),
-                )),
-                _ => Ok(Vec::new()),
-            };
+/// Reads the filter of the config file `config` names, in the pipeline entry
+/// `config_pipeline` names, else the one `gst_pipeline` (the name of the GStreamer pipeline)
+/// picks. Returns the warnings for what the file holds that is ignored.
+fn read_config_filter(
+    config: Option<&str>,
+    config_pipeline: Option<&str>,
+    gst_pipeline: &str,
+) -> Result<(Option<FilterConfig>, Vec<String>), SettingError> {
+    let Some(path) = config else {
+        return match config_pipeline {
+            Some(_) => Err(SettingError::Invalid(
+                "config-pipeline: is set but config is not: it picks a pipeline of a DLSPS \
+                 config.json"
+                    .into(),
+            )),
+            None => Ok((None, Vec::new())),
         };
-        let pick = Pick {
-            name: self.config_pipeline.as_deref(),
-            gst_pipeline,
-        };
-        let picked = file.filter(pick).map_err(|e| e.context("invalid config"))?;
-        let Some((filter, warnings)) = picked else {
-            return Ok(Vec::new());
-        };
-        self.config_filter = Some(filter);
-        let path = file.path.display();
-        Ok(warnings
-            .into_iter()
-            .map(|warning| format!("config: {path}: {warning}"))
-            .collect())
-    }
+    };
+    let (filter, warnings) = ConfigFile::read(Path::new(path))
+        .and_then(|file| file.filter(config_pipeline, gst_pipeline))
+        .map_err(|e| e.context("invalid config"))?;
+    let warnings = warnings
+        .into_iter()
+        .map(|warning| format!("config: {path}: {warning}"))
+        .collect();
+    Ok((Some(filter), warnings))
 }
 
 impl MetaFilter {
@@ -159,11 +154,8 @@ impl ObjectImpl for MetaFilter {
                 glib::ParamSpecString::builder("label-score")
                     .nick("Label thresholds")
                     .blurb(
-                        "A JSON object mapping labels to their minimum confidence (0 to 1), \
-                         e.g. '{\"box\":0.4,\"shipping label\":0.4}'. Results of a listed label \
-                         below its threshold are removed. Set, it replaces the config file's \
-                         label_score, whichever is set first. Invalid JSON or thresholds are \
-                         ignored with a warning and the element then refuses to start.",
+                        "JSON object mapping labels to their minimum confidence (0 to 1), e.g. \
+                         '{\"box\":0.4,\"shipping label\":0.4}'; results below it are removed.",
                     )
                     .default_value(Some("{}"))
                     .mutable_playing()
@@ -171,76 +163,44 @@ impl ObjectImpl for MetaFilter {
                 glib::ParamSpecDouble::builder("threshold")
                     .nick("Default threshold")
                     .blurb(
-                        "The minimum confidence, from 0 to 1, for labels not listed in \
-                         label-score; 0 lets every unlisted label pass. A value outside 0..1 is \
-                         ignored with a warning and the element then refuses to start.",
+                        "Minimum confidence (0 to 1) for labels not listed in label-score; 0 \
+                         lets them all pass.",
                     )
-                    // Any number reaches the element, which names it when it refuses to start;
-                    // a 0..1 range here would have GLib warn and keep the previous value.
-                    .minimum(f64::NEG_INFINITY)
-                    .maximum(f64::INFINITY)
+                    .minimum(0.0)
+                    .maximum(1.0)
                     .default_value(DEFAULT_THRESHOLD)
                     .mutable_playing()
                     .build(),
                 glib::ParamSpecEnum::builder_with_default("type", FilterType::default())
                     .nick("Filter type")
                     .blurb(
-                        "What the thresholds apply to: whole detected objects (detection) or \
-                         the classification results attached to objects (classification). Set, \
-                         it wins over the config file's type, whichever is set first.",
+                        "What the thresholds apply to: whole detected objects or the \
+                         classification results attached to them.",
                     )
                     .mutable_playing()
                     .build(),
                 glib::ParamSpecBoolean::builder("drop-unscored")
                     .nick("Drop unscored")
                     .blurb(
-                        "Also remove results that carry no confidence (or an invalid one) when a \
-                         threshold applies to their label. By default they are kept.",
+                        "Also remove results without a valid confidence when a threshold applies \
+                         to their label.",
                     )
                     .default_value(DEFAULT_DROP_UNSCORED)
                     .mutable_playing()
                     .build(),
                 glib::ParamSpecBoolean::builder("drop-empty")
                     .nick("Drop emptied buffers")
-                    .blurb(
-                        "Drop buffers that carried objects and have none left after filtering \
-                         (for a metadata-only branch). Buffers that had no objects pass.",
-                    )
+                    .blurb("Drop buffers that carried objects and have none left after filtering.")
                     .default_value(DEFAULT_DROP_EMPTY)
                     .mutable_playing()
                     .build(),
-                glib::ParamSpecString::builder("config")
-                    .nick("Configuration file")
-                    .blurb(
-                        "Path to a JSON file (the path, not JSON text) holding a DL Streamer \
-                         Pipeline Server filter ({\"type\":..,\"label_score\":..}) where DLSPS \
-                         users have it: in a config.json ({\"config\": {\"pipelines\": \
-                         [{\"name\": .., \"mqtt_publisher\": {\"filter\": {..}}}, ..]}}; see \
-                         config-pipeline), in a REST request body ({\"destination\": \
-                         {\"metadata\": {\"type\": \"mqtt\", \"filter\": {..}}}}), under \
-                         \"mqtt_publisher\", under \"filter\", or bare. It is read when set. The type and label-score properties, when \
-                         set, win over the file's values whichever is set first; the file wins \
-                         over their defaults.",
-                    )
-                    .mutable_ready()
-                    .build(),
-                glib::ParamSpecString::builder("config-pipeline")
-                    .nick("Configuration pipeline")
-                    .blurb(
-                        "The name of the pipeline entry to read when config is a DLSPS \
-                         config.json. Unset: the file's only pipeline, else the one named like \
-                         the GStreamer pipeline holding this element (e.g. gst-launch-1.0's \
-                         pipeline0); when none matches, the start fails with an error listing \
-                         the names found.",
-                    )
-                    .mutable_ready()
-                    .build(),
+                config::config_property(),
+                config::config_pipeline_property(),
                 glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
                     .nick("Statistics")
                     .blurb(
                         "Counters since the element started: buffers, buffers-dropped, \
-                         objects-removed, classifications-removed and invalid-confidences \
-                         (NaN, infinite or outside 0..1, treated as no confidence).",
+                         objects-removed, classifications-removed and invalid-confidences.",
                     )
                     .read_only()
                     .build(),
@@ -256,7 +216,7 @@ impl ObjectImpl for MetaFilter {
                 let text = value
                     .get::<Option<String>>()
                     .expect("type checked upstream");
-                let parsed = config::parse_label_score(text.as_deref().unwrap_or("{}"))
+                let parsed = parse_label_score(text.as_deref().unwrap_or("{}"))
                     .map_err(|e| SettingError::Invalid(format!("invalid label-score: {e}")));
                 self.update_filter(
                     &mut settings,
@@ -266,7 +226,7 @@ impl ObjectImpl for MetaFilter {
             }
             "threshold" => {
                 let value = value.get::<f64>().expect("type checked upstream");
-                let checked = config::check_threshold("threshold", value)
+                let checked = check_threshold("threshold", value)
                     .map_err(|e| SettingError::Invalid(format!("invalid {e}")));
                 self.update_filter(
                     &mut settings,
@@ -288,43 +248,17 @@ impl ObjectImpl for MetaFilter {
                 settings.drop_empty = value.get().expect("type checked upstream");
             }
             "config" => {
-                let path = value
-                    .get::<Option<String>>()
-                    .expect("type checked upstream");
-                let loaded = path
-                    .map(|path| ConfigFile::read(Path::new(&path)))
-                    .transpose()
-                    .map_err(|e| e.context("invalid config"))
-                    .and_then(|file| {
-                        // A bad file is refused now, and the previous one kept.
-                        let mut with_file = Settings {
-                            config: file.clone(),
-                            config_pipeline: settings.config_pipeline.clone(),
-                            ..Settings::default()
-                        };
-                        with_file.pick_config_filter(None)?;
-                        Ok((file, with_file.config_filter))
-                    });
-                self.update_filter(
-                    &mut settings,
-                    "config",
-                    loaded.map(|(file, filter)| {
-                        move |s: &mut Settings| {
-                            s.config = file;
-                            s.config_filter = filter;
-                        }
-                    }),
-                );
+                settings.config = value.get().expect("type checked upstream");
+                // The file is read at start; what was read from it no longer applies.
+                settings.config_filter = None;
+                settings.resolve();
             }
             "config-pipeline" => {
                 settings.config_pipeline = value
                     .get::<Option<String>>()
                     .expect("type checked upstream")
                     .filter(|name| !name.is_empty());
-                // Checked for good at start.
-                if let Err(err) = settings.pick_config_filter(None) {
-                    gst::warning!(CAT, imp = self, "{err}");
-                }
+                settings.config_filter = None;
                 settings.resolve();
             }
             other => unreachable!("unknown property {other}"),
@@ -347,11 +281,7 @@ impl ObjectImpl for MetaFilter {
             "type" => settings.filter.kind.to_value(),
             "drop-unscored" => settings.filter.drop_unscored.to_value(),
             "drop-empty" => settings.drop_empty.to_value(),
-            "config" => settings
-                .config
-                .as_ref()
-                .map(|file| file.path.display().to_string())
-                .to_value(),
+            "config" => settings.config.to_value(),
             "config-pipeline" => settings.config_pipeline.to_value(),
             "stats" => {
                 let stats = *self.stats.lock().unwrap();
@@ -419,16 +349,26 @@ impl BaseTransformImpl for MetaFilter {
     const TRANSFORM_IP_ON_PASSTHROUGH: bool = false;
 
     fn start(&self) -> Result<(), gst::ErrorMessage> {
-        let pipeline_name = config::outermost_bin(self.obj().upcast_ref())
+        let pipeline_name = pipeline::outermost_bin(self.obj().upcast_ref())
             .name()
             .to_string();
+        let (config, config_pipeline) = {
+            let settings = self.settings.lock().unwrap();
+            (settings.config.clone(), settings.config_pipeline.clone())
+        };
+        // Not under the settings lock: reading a file may block.
+        let read = read_config_filter(
+            config.as_deref(),
+            config_pipeline.as_deref(),
+            &pipeline_name,
+        );
         let mut settings = self.settings.lock().unwrap();
-        if let Some(error) = SettingError::join(settings.rejected.values()) {
+        let errors = read.as_ref().err().into_iter();
+        if let Some(error) = SettingError::join(errors.chain(settings.rejected.values())) {
             return Err(error.to_error_message());
         }
-        let warnings = settings
-            .pick_config_filter(Some(&pipeline_name))
-            .map_err(|e| e.to_error_message())?;
+        let (config_filter, warnings) = read.unwrap_or_default();
+        settings.config_filter = config_filter;
         settings.resolve();
         gst::debug!(CAT, imp = self, "Starting with {:?}", settings.filter);
         drop(settings);

@@ -11,6 +11,8 @@
 use gst::glib;
 use gst::prelude::*;
 
+use crate::filter::FilterType;
+
 mod imp;
 
 glib::wrapper! {
@@ -19,6 +21,7 @@ glib::wrapper! {
 }
 
 pub fn register(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
+    FilterType::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
     gst::Element::register(
         Some(plugin),
         "metafilter",

@@ -177,18 +177,14 @@ impl ObjectImpl for MetaReplay {
                 glib::ParamSpecString::builder("location")
                     .nick("Recording")
                     .blurb(
-                        "Path to a JSON-lines file with one gvametaconvert JSON object per line, \
-                         as written by gvametapublish method=file file-format=json-lines. \
-                         The whole file is read and checked when the element starts.",
+                        "Path to a JSON-lines file with one gvametaconvert JSON object per line \
+                         (gvametapublish method=file file-format=json-lines), read at start.",
                     )
                     .mutable_ready()
                     .build(),
                 glib::ParamSpecBoolean::builder("loop")
                     .nick("Loop")
-                    .blurb(
-                        "Start again from the first line after the last one. Otherwise buffers \
-                         after the end of the recording pass with no objects attached.",
-                    )
+                    .blurb("Start again from the first line after the last one.")
                     .default_value(DEFAULT_LOOP)
                     .mutable_ready()
                     .build(),
@@ -196,27 +192,21 @@ impl ObjectImpl for MetaReplay {
                     .nick("Attach JSON")
                     .blurb(
                         "Also attach each line, as recorded, as the JSON meta DL Streamer's \
-                         gvametaconvert attaches (GstGVAJSONMeta), so that mqttpublish \
-                         publishes it as gvametapublish would. DL Streamer's registration of \
-                         the meta is used when it is loaded.",
+                         gvametaconvert attaches (GstGVAJSONMeta).",
                     )
                     .default_value(DEFAULT_ATTACH_JSON)
                     .mutable_ready()
                     .build(),
                 glib::ParamSpecEnum::builder_with_default("match", ReplayMatch::default())
                     .nick("Match")
-                    .blurb(
-                        "How lines are matched to buffers: by position (index) or by the \
-                         line's timestamp against the buffer's stream time, within half a \
-                         frame (timestamp).",
-                    )
+                    .blurb("How recorded lines are matched to buffers.")
                     .mutable_ready()
                     .build(),
                 glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
                     .nick("Statistics")
                     .blurb(
-                        "Counters since the element started: buffers, buffers-unmatched (no \
-                         line for them) and objects-attached.",
+                        "Counters since the element started: buffers, buffers-unmatched and \
+                         objects-attached.",
                     )
                     .read_only()
                     .build(),

@@ -29,6 +29,7 @@ use super::{Leaky, MessageFormat, MetadataSource};
 use crate::config;
 use crate::jpeg;
 use crate::mqtt::{self, Flushed, Notice, Pushed, Secret, Stats, Worker};
+use crate::pipeline;
 
 static CAT: Lazy<gst::DebugCategory> = Lazy::new(|| {
     gst::DebugCategory::new(
@@ -307,22 +308,8 @@ impl ObjectImpl for MqttPublish {
                      arrived, for latency measurements",
                     DEFAULT_ADD_SINK_TIME,
                 ),
-                glib::ParamSpecString::builder("config")
-                    .nick("Configuration file")
-                    .blurb(
-                        "Path to a JSON file with DL Streamer Pipeline Server MQTT settings \
-                         (config.json, a REST request body or an mqtt_publisher section)",
-                    )
-                    .mutable_ready()
-                    .build(),
-                glib::ParamSpecString::builder("config-pipeline")
-                    .nick("Configuration pipeline")
-                    .blurb(
-                        "The pipeline entry of a DLSPS config.json to read; unset: the only \
-                         one, else the one named like the GStreamer pipeline",
-                    )
-                    .mutable_ready()
-                    .build(),
+                config::config_property(),
+                config::config_pipeline_property(),
                 uint(
                     MAX_QUEUED_MESSAGES,
                     "Queue limit (messages)",
@@ -701,7 +688,7 @@ impl MqttPublish {
         if let Some(reason) = &settings.rejected_tags {
             return Err(gst::error_msg!(gst::LibraryError::Settings, ("{}", reason)));
         }
-        let pipeline_name = config::outermost_bin(self.obj().upcast_ref())
+        let pipeline_name = pipeline::outermost_bin(self.obj().upcast_ref())
             .name()
             .to_string();
         let resolved = settings::load_config(&settings, &pipeline_name)
@@ -902,7 +889,7 @@ impl MqttPublish {
     /// The `quality` of a `jpegenc` in the pipeline, which made the JPEG frames arriving
     /// here (DLSPS reads it from its pipeline string the same way).
     fn upstream_jpeg_quality(&self) -> Option<u8> {
-        let bin = config::outermost_bin(self.obj().upcast_ref())
+        let bin = pipeline::outermost_bin(self.obj().upcast_ref())
             .downcast::<gst::Bin>()
             .ok()?;
         bin.iterate_recurse()

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use super::message::MessageOptions;
 use super::{MessageFormat, MetadataSource};
-use crate::config::{tcp_port, ConfigFile, PublisherConfig};
+use crate::config::{parse_tcp_port, tcp_port, ConfigFile, PublisherConfig};
 use crate::error::SettingError;
 use crate::filter::Filter;
 use crate::mqtt::{Broker, ConnectionConfig, Limits, Protocol, QoS, Secret};
@@ -258,15 +258,10 @@ pub fn resolve(
         return Err("host: the broker host is empty".into());
     }
     let port = match settings.port {
-        Some(port) => tcp_port(i64::from(port))
-            .ok_or_else(|| format!("port: {port} is not a TCP port (1..65535)"))?,
+        Some(port) => tcp_port("port", port)?,
         None => match (file.port, env("MQTT_PORT").filter(|p| !p.is_empty())) {
             (Some(port), _) => port,
-            (None, Some(text)) => text
-                .parse()
-                .ok()
-                .and_then(tcp_port)
-                .ok_or_else(|| format!("MQTT_PORT: {text:?} is not a TCP port (1..65535)"))?,
+            (None, Some(text)) => parse_tcp_port("MQTT_PORT", &text)?,
             (None, None) => PORT.default as u16,
         },
     };
@@ -421,10 +416,7 @@ pub fn parse_brokers(text: &str, port: u16) -> Result<Vec<Broker>, SettingError>
 }
 
 fn parse_port(entry: &str, text: &str) -> Result<u16, SettingError> {
-    text.parse()
-        .ok()
-        .and_then(tcp_port)
-        .ok_or_else(|| format!("host: {entry:?}: {text:?} is not a TCP port (1..65535)").into())
+    parse_tcp_port(format_args!("host: {entry:?}"), text).map_err(Into::into)
 }
 
 /// The value of a [`Layered`] setting: the property's when it was set, else the file's.

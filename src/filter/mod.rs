@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: MPL-2.0
 
 //! The confidence filter shared by `metafilter` and `mqttpublish`: per-label thresholds
-//! applied to the metadata on a buffer or to objects already read off one. Its DLSPS
-//! configuration form is parsed in [`crate::config`].
+//! applied to the metadata on a buffer or to objects already read off one, and (in
+//! [`config`]) its form in DLSPS configurations.
 
 use std::collections::HashMap;
 
@@ -10,6 +10,10 @@ use gst::glib;
 use serde_json::Value;
 
 use crate::meta::{self, Classification, Object};
+
+mod config;
+
+pub use config::{check_threshold, filter_config_from_value, parse_label_score, FilterConfig};
 
 /// What a filter removes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, glib::Enum)]
