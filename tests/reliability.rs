@@ -260,6 +260,17 @@ fn frozen_broker_blocking_queue_unblocks_on_seek_and_null() {
             run.wait_stats("the queue full and a buffer waiting for room", LONG, |s| {
                 stat(s, "queue-depth") == 10 && run.flow.count() as u64 > stat(s, "messages-queued")
             });
+            // Messages go on into rumqttc's channel and the socket's buffers until those are
+            // full too, and the queue refills behind them: wait until nothing moves.
+            let (mut last, mut since) = (run.flow.count(), Instant::now());
+            let settled = wait_until(LONG, Duration::from_millis(50), || {
+                let now = run.flow.count();
+                if now != last {
+                    (last, since) = (now, Instant::now());
+                }
+                since.elapsed() >= Duration::from_secs(1)
+            });
+            assert!(settled, "the flow never stopped with the broker frozen");
             let flowing = run.flow.count();
             // The check itself: nothing flows for half a second.
             std::thread::sleep(Duration::from_millis(500));
