@@ -24,6 +24,7 @@ mod metafilter;
 mod metareplay;
 mod mqtt;
 mod mqttpublish;
+mod spool;
 mod tls;
 
 /// What the project's own fuzz targets, integration tests and benchmarks drive directly:
