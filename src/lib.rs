@@ -26,6 +26,7 @@ mod metareplay;
 mod mqtt;
 mod mqttpublish;
 mod pipeline;
+mod spool;
 mod tls;
 
 /// What the project's own fuzz targets, integration tests and benchmarks drive directly:
