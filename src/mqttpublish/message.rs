@@ -329,7 +329,7 @@ impl Assembler {
         }
 
         let wants_image =
-            self.options.publish_frame && self.messages % self.options.frame_interval == 0;
+            self.options.publish_frame && self.messages.is_multiple_of(self.options.frame_interval);
         self.messages += 1;
         let mut image = None;
         if wants_image {

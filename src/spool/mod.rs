@@ -56,10 +56,6 @@
 //! After a failed `fdatasync` the kernel may have dropped the data it could not write: the
 //! error is returned, and what was written before it is not known to be durable.
 
-// The mqttpublish element (spool-location) is the user of this module; until it is wired
-// in, nothing outside the tests calls it.
-#![allow(dead_code)]
-
 mod error;
 mod format;
 mod ledger;
@@ -601,6 +597,16 @@ impl Spool {
         &self.dir
     }
 
+    /// The lowest sequence not yet released.
+    pub fn watermark(&self) -> u64 {
+        self.watermark
+    }
+
+    /// The sequence the next `append` gets.
+    pub fn next_sequence(&self) -> u64 {
+        self.next_sequence
+    }
+
     /// Appends a message; returns its sequence. When this returns the record is in the
     /// page cache (and on disk under `SyncPolicy::Always`). An error from writing leaves
     /// the spool as it was (no partial record), and later appends work once the cause is
@@ -1052,8 +1058,10 @@ impl Spool {
         }
     }
 
-    /// Reading starts again at the watermark: for a reconnection that publishes again what
-    /// was not acknowledged. Damage is not reported a second time.
+    /// Reading starts again at the watermark. Damage is not reported a second time. (The
+    /// element never reads a record twice: what it takes back from the connection stays in
+    /// memory; the tests read again.)
+    #[cfg(test)]
     pub fn rewind(&mut self) {
         self.cursor = self.release;
     }

@@ -13,7 +13,7 @@
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use bytes::Bytes;
 
@@ -77,7 +77,6 @@ pub enum Step {
 #[derive(Debug)]
 pub struct SegmentReader {
     pub segment: u64,
-    path: PathBuf,
     file: File,
     buf: Vec<u8>,
     buf_start: u64,
@@ -87,15 +86,10 @@ impl SegmentReader {
     pub fn open(path: &Path, segment: u64) -> io::Result<Self> {
         Ok(SegmentReader {
             segment,
-            path: path.to_owned(),
             file: File::open(path)?,
             buf: Vec::new(),
             buf_start: 0,
         })
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 
     /// The bytes `offset..offset + len`, which the caller has checked lie below `limit`.
