@@ -3,6 +3,7 @@
 //! The MQTT connection: a bounded queue fed by the streaming thread and a worker thread
 //! that owns rumqttc's event loop, reconnects with backoff and accounts for every message.
 
+mod backlog;
 mod queue;
 mod session;
 mod worker;

@@ -1,0 +1,430 @@
+// SPDX-License-Identifier: MPL-2.0
+
+//! What a spooling worker still has to deliver, in the order it hands it over.
+//!
+//! With a spool, every message is on disk (a sequence number) before the connection sees
+//! it, and leaves the spool once delivered. The worker hands over from four places, all
+//! kept here in sequence order:
+//! - `retry`: taken back from the connection (never written, or not acknowledged in a
+//!   session the broker lost): first, before anything else;
+//! - `replay`: read back from the spool (the previous run's undelivered messages, or what
+//!   did not fit in memory during an outage), a few at a time;
+//! - `disk`: the sequence numbers still only on disk, after `replay`;
+//! - `ready`: written to the spool in this run and still in memory, newest last.
+//!
+//! `disk` and `ready` are contiguous: when `ready` outgrows its memory bounds, its oldest
+//! message becomes disk-only, extending `disk`. So the backlog on disk is always one range,
+//! read back in order.
+//!
+//! Live messages never wait behind hours of backlog: while both the backlog (`replay`,
+//! `disk`) and `ready` have messages, they take turns by the replay share (out of 100
+//! hand-overs, how many go to the backlog). When live messages are idle, the backlog gets
+//! every hand-over.
+//!
+//! The *watermark* is the lowest sequence number not yet delivered, here or in flight:
+//! everything below it can leave the spool.
+
+use std::collections::VecDeque;
+use std::ops::Range;
+use std::time::Instant;
+
+use bytes::Bytes;
+
+/// One message to hand over; `seq` is its place in the spool, `None` when it could not be
+/// written there (the spool failed) and lives in memory only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pending {
+    pub seq: Option<u64>,
+    pub payload: Bytes,
+    pub queued_at: Instant,
+}
+
+/// Where a handed-over message came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    Retry,
+    /// Read back from the spool.
+    Replay,
+    Ready,
+}
+
+/// Messages the spool dropped by its full or age policy, reconciled with what is pending.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Reconciled {
+    /// Pending messages removed (counted as dropped).
+    pub dropped: u64,
+    /// Of those, disk-only ones (never read back).
+    pub dropped_on_disk: u64,
+}
+
+#[derive(Debug)]
+pub struct Backlog {
+    retry: VecDeque<Pending>,
+    replay: VecDeque<Pending>,
+    disk: Range<u64>,
+    ready: VecDeque<Pending>,
+    ready_bytes: usize,
+    max_ready_messages: usize,
+    max_ready_bytes: usize,
+    /// Read back from the spool ahead of the connection: at most this many.
+    max_replay: usize,
+    /// Out of 100 hand-overs while both wait, how many go to the backlog.
+    replay_share: u32,
+    /// Credit for the share: the backlog's turn while it is >= 100.
+    credit: u32,
+}
+
+impl Backlog {
+    /// `disk`: what the spool held at open (the previous run's undelivered messages).
+    pub fn new(
+        disk: Range<u64>,
+        max_ready_messages: usize,
+        max_ready_bytes: usize,
+        replay_share: u32,
+    ) -> Self {
+        Backlog {
+            retry: VecDeque::new(),
+            replay: VecDeque::new(),
+            disk,
+            ready: VecDeque::new(),
+            ready_bytes: 0,
+            max_ready_messages: max_ready_messages.max(1),
+            max_ready_bytes: max_ready_bytes.max(1),
+            max_replay: max_ready_messages.clamp(1, 64),
+            replay_share: replay_share.clamp(1, 100),
+            credit: 0,
+        }
+    }
+
+    /// Messages waiting: in memory, and disk-only.
+    pub fn depth(&self) -> (usize, u64) {
+        (
+            self.retry.len() + self.replay.len() + self.ready.len(),
+            self.disk.end - self.disk.start,
+        )
+    }
+
+    /// Messages waiting that are not in the spool (it failed when they came).
+    pub fn memory_only(&self) -> usize {
+        self.retry
+            .iter()
+            .chain(&self.ready)
+            .filter(|p| p.seq.is_none())
+            .count()
+    }
+
+    /// Takes the messages that are not in the spool out (at stop: they are lost); returns
+    /// how many.
+    pub fn take_memory_only(&mut self) -> usize {
+        let before = self.retry.len() + self.ready.len();
+        self.retry.retain(|p| p.seq.is_some());
+        self.ready.retain(|p| p.seq.is_some());
+        self.ready_bytes = self.ready.iter().map(|p| p.payload.len()).sum();
+        before - self.retry.len() - self.ready.len()
+    }
+
+    /// Bytes waiting in memory.
+    pub fn memory_bytes(&self) -> usize {
+        self.ready_bytes
+            + self.retry.iter().map(|p| p.payload.len()).sum::<usize>()
+            + self.replay.iter().map(|p| p.payload.len()).sum::<usize>()
+    }
+
+    /// Whether `ready` can take a message that is not on disk (the spool failed): it then
+    /// stays in memory, under the same bounds.
+    pub fn has_room(&self) -> bool {
+        self.ready.len() < self.max_ready_messages && self.ready_bytes < self.max_ready_bytes
+    }
+
+    /// A message just written to the spool (or, with `seq` `None`, that could not be).
+    /// Beyond the memory bounds, the oldest spooled messages of `ready` become disk-only.
+    pub fn push_ready(&mut self, pending: Pending) {
+        self.ready_bytes += pending.payload.len();
+        self.ready.push_back(pending);
+        while self.ready.len() > self.max_ready_messages || self.ready_bytes > self.max_ready_bytes
+        {
+            let Some(seq) = self.ready.front().and_then(|p| p.seq) else {
+                break;
+            };
+            let evicted = self.ready.pop_front().expect("front exists");
+            self.ready_bytes -= evicted.payload.len();
+            if self.disk.is_empty() {
+                self.disk = seq..seq + 1;
+            } else {
+                debug_assert_eq!(self.disk.end, seq, "disk and ready are contiguous");
+                self.disk.end = seq + 1;
+            }
+        }
+    }
+
+    /// The next disk-only sequence number to read back, when `replay` wants more.
+    pub fn wants_replay(&self) -> Option<u64> {
+        (self.replay.len() < self.max_replay && !self.disk.is_empty()).then_some(self.disk.start)
+    }
+
+    /// Whether `seq` is disk-only (to read back).
+    pub fn disk_holds(&self, seq: u64) -> bool {
+        self.disk.contains(&seq)
+    }
+
+    pub fn disk_end(&self) -> u64 {
+        self.disk.end
+    }
+
+    /// A message read back from the spool. Returns false when it is not the one wanted
+    /// (no longer pending: dropped meanwhile, or already delivered), and it is left out.
+    pub fn push_replay(&mut self, pending: Pending) -> bool {
+        let Some(seq) = pending.seq else {
+            return false;
+        };
+        if !self.disk.contains(&seq) {
+            return false;
+        }
+        // Whatever the spool skipped before it (corrupt records) is no longer pending.
+        self.disk.start = seq + 1;
+        self.replay.push_back(pending);
+        true
+    }
+
+    /// Disk-only messages the spool could not read back (corrupt) up to `next`: no longer
+    /// pending. Returns how many.
+    pub fn skip_disk_to(&mut self, next: u64) -> u64 {
+        let next = next.clamp(self.disk.start, self.disk.end.max(self.disk.start));
+        let skipped = next - self.disk.start;
+        self.disk.start = next;
+        skipped
+    }
+
+    /// Messages taken back from the connection, to hand over first, in their order.
+    pub fn requeue_front(&mut self, pendings: Vec<Pending>) {
+        for pending in pendings.into_iter().rev() {
+            self.retry.push_front(pending);
+        }
+    }
+
+    /// The next message to hand over: `retry` first; then, while both wait, the backlog
+    /// and `ready` by the replay share. `None` when nothing can go now (what is left is on
+    /// disk and not read back yet).
+    pub fn pop(&mut self) -> Option<(Pending, Origin)> {
+        if let Some(pending) = self.retry.pop_front() {
+            return Some((pending, Origin::Retry));
+        }
+        let backlog_waits = !self.replay.is_empty() || !self.disk.is_empty();
+        let backlog_turn = if self.ready.is_empty() {
+            true
+        } else if !backlog_waits {
+            false
+        } else {
+            self.credit += self.replay_share;
+            if self.credit >= 100 {
+                self.credit -= 100;
+                true
+            } else {
+                false
+            }
+        };
+        if backlog_turn {
+            if let Some(pending) = self.replay.pop_front() {
+                return Some((pending, Origin::Replay));
+            }
+            // The backlog's turn, but nothing read back yet: live goes meanwhile.
+        }
+        let pending = self.ready.pop_front()?;
+        self.ready_bytes -= pending.payload.len();
+        Some((pending, Origin::Ready))
+    }
+
+    /// The lowest sequence number still pending here, or in flight (`in_flight`).
+    pub fn watermark(&self, in_flight: Option<u64>) -> Option<u64> {
+        let seqs = self.retry.iter().chain(&self.replay).filter_map(|p| p.seq);
+        let disk = (!self.disk.is_empty()).then_some(self.disk.start);
+        let ready = self.ready.iter().find_map(|p| p.seq);
+        seqs.chain(disk).chain(ready).chain(in_flight).min()
+    }
+
+    /// The spool dropped everything below `next` (its full or age policy): what is pending
+    /// here below it is dropped too. Messages in flight stay in flight (in memory only).
+    pub fn drop_below(&mut self, next: u64) -> Reconciled {
+        let mut reconciled = Reconciled::default();
+        let below = |p: &Pending| p.seq.is_some_and(|seq| seq < next);
+        for queue in [&mut self.retry, &mut self.replay] {
+            let before = queue.len();
+            queue.retain(|p| !below(p));
+            reconciled.dropped += (before - queue.len()) as u64;
+        }
+        if !self.disk.is_empty() && self.disk.start < next {
+            let end = next.min(self.disk.end);
+            reconciled.dropped_on_disk = end - self.disk.start;
+            reconciled.dropped += reconciled.dropped_on_disk;
+            self.disk.start = end;
+        }
+        while self.ready.front().is_some_and(below) {
+            let dropped = self.ready.pop_front().expect("front exists");
+            self.ready_bytes -= dropped.payload.len();
+            reconciled.dropped += 1;
+        }
+        reconciled
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pending(seq: u64) -> Pending {
+        Pending {
+            seq: Some(seq),
+            payload: Bytes::from(vec![0u8; 10]),
+            queued_at: Instant::now(),
+        }
+    }
+
+    fn seqs(backlog: &mut Backlog) -> Vec<(u64, Origin)> {
+        std::iter::from_fn(|| backlog.pop())
+            .map(|(p, origin)| (p.seq.unwrap(), origin))
+            .collect()
+    }
+
+    #[test]
+    fn beyond_its_bounds_ready_spills_to_one_contiguous_disk_range() {
+        let mut b = Backlog::new(0..0, 3, 1000, 50);
+        for seq in 0..5 {
+            b.push_ready(pending(seq));
+        }
+        assert_eq!(b.depth(), (3, 2));
+        assert_eq!(b.wants_replay(), Some(0));
+        assert_eq!(b.watermark(None), Some(0));
+        // The bytes bound too.
+        let mut b = Backlog::new(0..0, 100, 25, 50);
+        for seq in 0..4 {
+            b.push_ready(pending(seq));
+        }
+        assert_eq!(b.depth(), (2, 2));
+    }
+
+    #[test]
+    fn live_and_backlog_take_turns_by_the_share_and_retry_goes_first() {
+        // A previous run left 10..20 on disk; this run spools 20..30.
+        let mut b = Backlog::new(10..20, 100, 1 << 20, 50);
+        for seq in 20..30 {
+            b.push_ready(pending(seq));
+        }
+        for seq in 10..14 {
+            assert_eq!(b.wants_replay(), Some(seq));
+            assert!(b.push_replay(pending(seq)));
+        }
+        b.requeue_front(vec![pending(5), pending(6)]);
+        let order = seqs(&mut b);
+        assert_eq!(
+            &order[..8],
+            [
+                (5, Origin::Retry),
+                (6, Origin::Retry),
+                (20, Origin::Ready),
+                (10, Origin::Replay),
+                (21, Origin::Ready),
+                (11, Origin::Replay),
+                (22, Origin::Ready),
+                (12, Origin::Replay),
+            ]
+        );
+        // Once nothing is read back, live goes on alone; the backlog's order is kept.
+        let replayed: Vec<u64> = order
+            .iter()
+            .filter(|(_, o)| *o == Origin::Replay)
+            .map(|(s, _)| *s)
+            .collect();
+        assert_eq!(replayed, [10, 11, 12, 13]);
+        assert_eq!(order.len(), 2 + 10 + 4);
+        // 14..20 still on disk.
+        assert_eq!(b.depth(), (0, 6));
+        assert_eq!(b.watermark(Some(30)), Some(14));
+    }
+
+    #[test]
+    fn a_share_of_100_drains_the_backlog_first_and_an_idle_live_side_leaves_it_all() {
+        let mut b = Backlog::new(0..3, 100, 1 << 20, 100);
+        for seq in 0..3 {
+            b.push_replay(pending(seq));
+        }
+        b.push_ready(pending(3));
+        let order: Vec<u64> = seqs(&mut b).into_iter().map(|(s, _)| s).collect();
+        assert_eq!(order, [0, 1, 2, 3]);
+
+        let mut b = Backlog::new(0..3, 100, 1 << 20, 10);
+        for seq in 0..3 {
+            b.push_replay(pending(seq));
+        }
+        // Nothing live: the backlog gets every hand-over whatever the share.
+        let order: Vec<u64> = seqs(&mut b).into_iter().map(|(s, _)| s).collect();
+        assert_eq!(order, [0, 1, 2]);
+    }
+
+    #[test]
+    fn the_watermark_is_the_lowest_pending_anywhere() {
+        let mut b = Backlog::new(0..0, 100, 1 << 20, 50);
+        assert_eq!(b.watermark(None), None);
+        for seq in 0..3 {
+            b.push_ready(pending(seq));
+        }
+        let (first, _) = b.pop().unwrap();
+        assert_eq!(b.watermark(None), Some(1));
+        // In flight, it holds the watermark.
+        assert_eq!(b.watermark(first.seq), Some(0));
+        b.requeue_front(vec![first]);
+        assert_eq!(b.watermark(None), Some(0));
+    }
+
+    #[test]
+    fn dropping_below_a_sequence_counts_each_pending_message_once() {
+        let mut b = Backlog::new(0..10, 3, 1 << 20, 50);
+        b.push_replay(pending(0));
+        b.push_replay(pending(1));
+        for seq in 10..15 {
+            b.push_ready(pending(seq));
+        }
+        // ready holds 12..15, disk 2..12.
+        assert_eq!(b.depth(), (5, 10));
+        b.requeue_front(vec![pending(9)]);
+        let r = b.drop_below(13);
+        // retry 9, replay 0 and 1, disk 2..12 (10), ready 12.
+        assert_eq!(
+            r,
+            Reconciled {
+                dropped: 1 + 2 + 10 + 1,
+                dropped_on_disk: 10
+            }
+        );
+        assert_eq!(b.depth(), (2, 0));
+        assert_eq!(b.watermark(None), Some(13));
+        // A record read back after the drop is no longer wanted.
+        assert!(!b.push_replay(pending(5)));
+    }
+
+    #[test]
+    fn corrupt_records_skipped_leave_the_disk_range() {
+        let mut b = Backlog::new(0..10, 100, 1 << 20, 50);
+        // The spool skipped 0..3 and returned 3.
+        assert!(b.push_replay(pending(3)));
+        assert_eq!(b.depth(), (1, 6));
+        assert_eq!(b.skip_disk_to(6), 2);
+        assert_eq!(b.wants_replay(), Some(6));
+        assert_eq!(b.skip_disk_to(100), 4);
+        assert_eq!(b.depth(), (1, 0));
+    }
+
+    #[test]
+    fn memory_only_messages_are_never_evicted() {
+        let mut b = Backlog::new(0..0, 2, 1 << 20, 50);
+        for _ in 0..3 {
+            b.push_ready(Pending {
+                seq: None,
+                payload: Bytes::from_static(b"x"),
+                queued_at: Instant::now(),
+            });
+        }
+        assert_eq!(b.depth(), (3, 0));
+        assert!(!b.has_room());
+        assert_eq!(b.watermark(None), None);
+    }
+}
