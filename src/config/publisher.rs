@@ -27,6 +27,8 @@ pub struct PublisherConfig {
     pub tls_cert_file: Option<String>,
     pub tls_key_file: Option<String>,
     pub filter: Option<FilterConfig>,
+    /// This plugin's key: the directory of the disk spool.
+    pub spool_location: Option<String>,
     /// Keys this plugin does not know, for a warning.
     pub unknown_keys: Vec<String>,
     /// Where in its file the section is (see `Found::place`); empty when it is the file or
@@ -77,6 +79,7 @@ impl PublisherConfig {
                 }
                 "port" => config.port = Some(tcp_port(key, integer(key, v)?)?),
                 "client_id" => config.client_id = Some(string(key, v)?),
+                "spool_location" => config.spool_location = Some(string(key, v)?),
                 "username" => config.username = Some(string(key, v)?),
                 "password" => {
                     // Never echo the value: it is a secret.

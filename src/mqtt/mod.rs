@@ -6,6 +6,7 @@
 mod backlog;
 mod queue;
 mod session;
+mod spooler;
 mod worker;
 
 use std::fmt;
@@ -15,7 +16,8 @@ use std::time::Duration;
 use rumqttc::tokio_rustls::rustls;
 
 pub use queue::{Bound, DropEpisode, Leaky, Limits, Message, Overflow, Pushed, Queue};
-pub use worker::{Flushed, Notice, SizeLimit, Stats, Worker};
+pub use spooler::Policies as SpoolPolicies;
+pub use worker::{Flushed, Notice, SizeLimit, SpoolStart, Stats, Worker};
 
 /// The MQTT protocol version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -198,6 +198,11 @@ impl Queue {
         }
     }
 
+    /// The policy in effect now ([`Leaky::Auto`] resolved).
+    pub fn current_policy(&self) -> Leaky {
+        self.policy(&self.inner.lock().unwrap())
+    }
+
     /// Whether the upstream is live, which decides what [`Leaky::Auto`] does; returns the
     /// policy now in effect. A push waiting for room looks again.
     pub fn set_upstream_live(&self, live: bool) -> Leaky {

@@ -554,20 +554,35 @@ pub enum Publisher {
 
 impl Publisher {
     /// Queues a publish in rumqttc's request channel, waiting while it is full.
+    /// `user_properties` go with it on MQTT 5; MQTT 3.1.1 has no place for them.
     pub async fn publish(
         &self,
         topic: &str,
         qos: QoS,
         retain: bool,
         payload: Bytes,
+        user_properties: Vec<(String, String)>,
     ) -> Result<(), String> {
         match self {
             Publisher::V4(client) => client
                 .publish_bytes(topic, qos.v4(), retain, payload)
                 .await
                 .map_err(|e| e.to_string()),
-            Publisher::V5(client) => client
+            Publisher::V5(client) if user_properties.is_empty() => client
                 .publish(topic, qos.v5(), retain, payload)
+                .await
+                .map_err(|e| e.to_string()),
+            Publisher::V5(client) => client
+                .publish_with_properties(
+                    topic,
+                    qos.v5(),
+                    retain,
+                    payload,
+                    v5::mqttbytes::v5::PublishProperties {
+                        user_properties,
+                        ..Default::default()
+                    },
+                )
                 .await
                 .map_err(|e| e.to_string()),
         }

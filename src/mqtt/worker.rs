@@ -38,13 +38,16 @@ use bytes::Bytes;
 use once_cell::sync::Lazy;
 use tokio::sync::Notify;
 
+use super::backlog::{Backlog, Origin, Pending};
 use super::session::{Event, Failure, Publisher, Refusal, Session, REQUEST_CHANNEL};
+use super::spooler::{self, Policies, SpoolSide};
 use super::{
     Broker, ConnectionConfig, DropEpisode, Leaky, Limits, Message, Overflow, Pushed, QoS, Queue,
 };
+use crate::spool::Spool;
 
 /// Connection, backoff and hand-over decisions: `GST_DEBUG=mqttpublish-connection:6`.
-static CAT: Lazy<gst::DebugCategory> = Lazy::new(|| {
+pub(super) static CAT: Lazy<gst::DebugCategory> = Lazy::new(|| {
     gst::DebugCategory::new(
         "mqttpublish-connection",
         gst::DebugColorFlags::empty(),
@@ -118,6 +121,13 @@ pub enum Notice {
     Dropped { episode: DropEpisode, at_end: bool },
     /// The connection thread stopped unexpectedly; nothing will be published.
     Failed { reason: String },
+    /// The spool cannot be written or read (`Some`: why; messages go on in memory), or works
+    /// again (`None`).
+    SpoolTrouble { problem: Option<String> },
+    /// The spool's policy (`reason`: "full" or "age") started dropping the oldest messages.
+    SpoolDropping { reason: &'static str },
+    /// ... and dropped `count` before a second passed without a drop (or the run ended).
+    SpoolDropped { reason: &'static str, count: u64 },
 }
 
 /// The limit an oversize message broke.
@@ -151,6 +161,21 @@ pub struct Stats {
     pub broker_max_packet: Option<u32>,
     pub queue_depth: u64,
     pub queue_bytes: u64,
+    /// With a spool: messages dropped by its full and age policies, and damaged records
+    /// skipped when reading back.
+    pub dropped_spool_full: u64,
+    pub dropped_spool_age: u64,
+    pub dropped_corrupt: u64,
+    /// Messages the previous run left in the spool, taken over at start (counted queued).
+    pub restored: u64,
+    /// Messages read back from the spool and handed over.
+    pub replayed: u64,
+    /// What the spool holds: messages, bytes (record headers included), the oldest's age.
+    pub spool_messages: u64,
+    pub spool_bytes: u64,
+    pub spool_oldest_age_ms: u64,
+    /// Of the messages not delivered yet (queued or in flight), those safe in the spool.
+    pub kept: u64,
 }
 
 impl Stats {
@@ -160,6 +185,9 @@ impl Stats {
             + self.dropped_oversize
             + self.dropped_disconnected
             + self.dropped_stopped
+            + self.dropped_spool_full
+            + self.dropped_spool_age
+            + self.dropped_corrupt
     }
 
     /// Messages not delivered yet: still queued or in flight.
@@ -167,9 +195,10 @@ impl Stats {
         self.queue_depth + self.in_flight
     }
 
-    /// Messages that did not make it (at the end of a run): dropped or never delivered.
+    /// Messages that did not make it (at the end of a run): dropped or never delivered,
+    /// and not kept in the spool for the next run.
     pub fn lost(&self) -> u64 {
-        self.dropped() + self.undelivered()
+        self.dropped() + self.undelivered() - self.kept.min(self.undelivered())
     }
 }
 
@@ -190,13 +219,17 @@ pub enum Flushed {
 /// written, or not acknowledged in a session the broker lost) goes back to the queue. So
 /// each message is in exactly one bucket.
 #[derive(Debug, Default)]
-struct Tracker {
-    stats: Stats,
-    /// Messages handed over and not yet written, in hand-over order.
-    unwritten: VecDeque<Bytes>,
+pub(super) struct Tracker {
+    pub(super) stats: Stats,
+    /// Messages handed over and not yet written, in hand-over order, with their place in
+    /// the spool.
+    unwritten: VecDeque<(Option<u64>, Bytes)>,
     /// Messages written and not yet acknowledged (QoS 1/2), in write order: packet id,
-    /// payload, and whether the broker received it (PUBREC: it owns a QoS 2 message).
-    unacked: VecDeque<(u16, Bytes, bool)>,
+    /// place in the spool, payload, and whether the broker received it (PUBREC: it owns a
+    /// QoS 2 message).
+    unacked: VecDeque<(u16, Option<u64>, Bytes, bool)>,
+    /// Messages the spooler took from the queue and has not put in the backlog yet.
+    pub(super) spooling: usize,
     /// Threads waiting on `Shared::progress` (in `flush`). Notifying a condition variable
     /// is a system call even when nobody waits, so updates only notify when one does.
     waiters: usize,
@@ -218,9 +251,15 @@ impl Tracker {
         !std::mem::replace(&mut self.oversize_seen, true)
     }
 
-    fn handed(&mut self, payload: Bytes) {
-        self.unwritten.push_back(payload);
+    fn handed(&mut self, seq: Option<u64>, payload: Bytes) {
+        self.unwritten.push_back((seq, payload));
         self.stats.in_flight += 1;
+    }
+
+    /// The spool places of the messages in flight.
+    pub(super) fn in_flight_seqs(&self) -> impl Iterator<Item = u64> + '_ {
+        let unwritten = self.unwritten.iter().filter_map(|(seq, _)| *seq);
+        unwritten.chain(self.unacked.iter().filter_map(|(_, seq, ..)| *seq))
     }
 
     /// rumqttc refused the last hand-over (it is stopping).
@@ -235,7 +274,7 @@ impl Tracker {
         if pkid != 0 && self.unacked.iter().any(|(id, ..)| *id == pkid) {
             return;
         }
-        let Some(payload) = self.unwritten.pop_front() else {
+        let Some((seq, payload)) = self.unwritten.pop_front() else {
             return;
         };
         self.stats.bytes_sent += payload.len() as u64;
@@ -243,13 +282,13 @@ impl Tracker {
             self.stats.published += 1;
             self.stats.in_flight = self.stats.in_flight.saturating_sub(1);
         } else {
-            self.unacked.push_back((pkid, payload, false));
+            self.unacked.push_back((pkid, seq, payload, false));
         }
     }
 
     fn received(&mut self, pkid: u16) {
         if let Some(entry) = self.unacked.iter_mut().find(|(id, ..)| *id == pkid) {
-            entry.2 = true;
+            entry.3 = true;
         }
     }
 
@@ -272,8 +311,8 @@ impl Tracker {
     }
 
     /// Takes back the messages handed over and never written, to queue again.
-    fn take_unwritten(&mut self) -> Vec<Bytes> {
-        let taken: Vec<Bytes> = self.unwritten.drain(..).collect();
+    fn take_unwritten(&mut self) -> Vec<(Option<u64>, Bytes)> {
+        let taken: Vec<_> = self.unwritten.drain(..).collect();
         self.stats.in_flight -= taken.len() as u64;
         taken
     }
@@ -281,15 +320,15 @@ impl Tracker {
     /// The broker lost the session: takes back the messages it had not acknowledged, to
     /// publish again. A QoS 2 message the broker had received (PUBREC) is its own now: it
     /// counts as published.
-    fn take_unacked(&mut self) -> Vec<Bytes> {
+    fn take_unacked(&mut self) -> Vec<(Option<u64>, Bytes)> {
         let mut taken = Vec::new();
-        for (_, payload, received) in self.unacked.drain(..) {
+        for (_, seq, payload, received) in self.unacked.drain(..) {
             self.stats.in_flight -= 1;
             if received {
                 self.stats.acknowledged += 1;
                 self.stats.published += 1;
             } else {
-                taken.push(payload);
+                taken.push((seq, payload));
             }
         }
         self.stats.republished += taken.len() as u64;
@@ -300,8 +339,14 @@ impl Tracker {
 /// Posts a [`Notice`] about a broker.
 type NotifyFn = dyn Fn(&Broker, Notice) + Send + Sync;
 
-struct Shared {
-    queue: Queue,
+pub(super) struct Shared {
+    /// The queue the streaming thread fills; with a spool, the spooler empties it into
+    /// `spool`'s backlog, which the connection publishes from.
+    pub(super) queue: Queue,
+    pub(super) spool: Option<SpoolSide>,
+    /// With a spool, what MQTT 5 messages carry besides their sequence number, so that a
+    /// consumer can drop what a restart published twice: `<host>:<spool folder>`.
+    spool_id: Option<String>,
     /// Largest payload accepted by [`Worker::push`].
     max_message_size: usize,
     /// The topic published to, for packet sizes.
@@ -317,7 +362,7 @@ struct Shared {
     /// Signalled whenever messages complete or the connection state changes.
     progress: Condvar,
     /// Wakes the mover: a first message or a batch was queued, or the queue is flushing.
-    queued: Notify,
+    pub(super) queued: Notify,
     /// Wakes the mover: room was made in rumqttc's request channel, or the connection
     /// came up.
     room: Notify,
@@ -327,7 +372,11 @@ struct Shared {
 }
 
 impl Shared {
-    fn notify(&self, notice: Notice) {
+    pub(super) fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+
+    pub(super) fn notify(&self, notice: Notice) {
         let broker = self.broker.lock().unwrap().clone();
         (self.notify)(&broker, notice);
     }
@@ -343,27 +392,54 @@ impl Shared {
     /// Queues `payloads` again, ahead of everything queued; returns how many. Called with
     /// the tracker locked, so that a [`Worker::flush`] never sees them neither in flight
     /// nor queued.
-    fn requeue(&self, payloads: Vec<Bytes>) -> u64 {
+    fn requeue(&self, payloads: Vec<(Option<u64>, Bytes)>) -> u64 {
         let count = payloads.len() as u64;
         if payloads.is_empty() {
             return 0;
         }
         let now = Instant::now();
-        self.queue.requeue_front(
-            payloads
-                .into_iter()
-                .map(|payload| Message {
-                    // Shared with nobody any more (rumqttc let go), so this does not copy.
-                    payload: Vec::from(payload),
-                    queued_at: now,
-                })
-                .collect(),
-        );
+        match &self.spool {
+            Some(side) => side.backlog.lock().unwrap().requeue_front(
+                payloads
+                    .into_iter()
+                    .map(|(seq, payload)| Pending {
+                        seq,
+                        payload,
+                        queued_at: now,
+                    })
+                    .collect(),
+            ),
+            None => self.queue.requeue_front(
+                payloads
+                    .into_iter()
+                    .map(|(_, payload)| Message {
+                        // Shared with nobody any more (rumqttc let go), so this does not copy.
+                        payload: Vec::from(payload),
+                        queued_at: now,
+                    })
+                    .collect(),
+            ),
+        }
         self.queued.notify_one();
         count
     }
 
-    fn update<R>(&self, f: impl FnOnce(&mut Tracker) -> R) -> R {
+    /// Messages waiting (queued, being spooled, in the backlog) and their bytes in memory;
+    /// read under the tracker lock, under which messages move between these places.
+    fn depth(&self, tracker: &Tracker) -> (u64, u64) {
+        let (messages, bytes) = self.queue.depth();
+        let (mut messages, mut bytes) = (messages as u64, bytes as u64);
+        messages += tracker.spooling as u64;
+        if let Some(side) = &self.spool {
+            let backlog = side.backlog.lock().unwrap();
+            let (memory, disk) = backlog.depth();
+            messages += memory as u64 + disk;
+            bytes += backlog.memory_bytes() as u64;
+        }
+        (messages, bytes)
+    }
+
+    pub(super) fn update<R>(&self, f: impl FnOnce(&mut Tracker) -> R) -> R {
         let mut tracker = self.tracker.lock().unwrap();
         let r = f(&mut tracker);
         let waiting = tracker.waiters > 0;
@@ -379,6 +455,17 @@ impl Shared {
 pub struct Worker {
     shared: Arc<Shared>,
     thread: Mutex<Option<JoinHandle<()>>>,
+    /// With a spool, the spooler's thread.
+    spooler: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// A spool the worker publishes through (see [`super::spooler`]).
+pub struct SpoolStart {
+    pub spool: Spool,
+    pub policies: Policies,
+    /// Out of 100 hand-overs while live messages and the backlog both wait, how many go to
+    /// the backlog.
+    pub replay_share: u32,
 }
 
 impl Worker {
@@ -387,17 +474,49 @@ impl Worker {
     pub fn start(
         config: ConnectionConfig,
         limits: Limits,
+        spool: Option<SpoolStart>,
         notify: impl Fn(&Broker, Notice) + Send + Sync + 'static,
     ) -> std::io::Result<Worker> {
         assert!(!config.brokers.is_empty(), "at least one broker");
+        // What the previous run left in the spool: on disk, read back first.
+        let mut restored = 0;
+        let spool_id = spool.as_ref().map(|start| {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_owned())
+                .unwrap_or_default();
+            format!("{host}:{}", start.spool.dir().display())
+        });
+        let side = spool.as_ref().map(|start| {
+            let held = start.spool.watermark()..start.spool.next_sequence();
+            restored = held.end - held.start;
+            SpoolSide {
+                backlog: Mutex::new(Backlog::new(
+                    held,
+                    limits.max_messages,
+                    limits.max_bytes,
+                    start.replay_share,
+                )),
+                wake: Condvar::new(),
+            }
+        });
+        let tracker = Tracker {
+            stats: Stats {
+                queued: restored,
+                restored,
+                ..Stats::default()
+            },
+            ..Tracker::default()
+        };
         let shared = Arc::new(Shared {
             queue: Queue::new(limits),
+            spool: side,
+            spool_id,
             max_message_size: config.max_message_size,
             topic: config.topic.clone(),
             notify: Box::new(notify),
             broker: Mutex::new(config.brokers[0].clone()),
             qos: AtomicU32::new(config.qos.level()),
-            tracker: Mutex::default(),
+            tracker: Mutex::new(tracker),
             progress: Condvar::new(),
             queued: Notify::new(),
             room: Notify::new(),
@@ -426,9 +545,23 @@ impl Worker {
                     thread_shared.notify(Notice::Failed { reason });
                 }
             })?;
+        let spooler = match spool {
+            Some(SpoolStart {
+                spool, policies, ..
+            }) => {
+                let shared = shared.clone();
+                Some(
+                    std::thread::Builder::new()
+                        .name("mqttpublish-spool".into())
+                        .spawn(move || spooler::run(&shared, spool, policies))?,
+                )
+            }
+            None => None,
+        };
         Ok(Worker {
             shared,
             thread: Mutex::new(Some(thread)),
+            spooler: Mutex::new(spooler),
         })
     }
 
@@ -480,7 +613,14 @@ impl Worker {
         let connected = tracker.stats.connected;
         drop(tracker);
         if wake {
-            self.shared.queued.notify_one();
+            match &self.shared.spool {
+                Some(side) => {
+                    // Under the lock the spooler checks the queue with before it waits.
+                    let _backlog = side.backlog.lock().unwrap();
+                    side.wake();
+                }
+                None => self.shared.queued.notify_one(),
+            }
         }
         if let Some(overflow) = overflow {
             gst::debug!(
@@ -534,10 +674,25 @@ impl Worker {
         // The depth read under the tracker lock, as in `flush`: a message being handed
         // over counts once.
         let tracker = self.shared.tracker.lock().unwrap();
-        let (depth, bytes) = self.shared.queue.depth();
+        let (depth, bytes) = self.shared.depth(&tracker);
         let mut stats = tracker.stats;
-        stats.queue_depth = depth as u64;
-        stats.queue_bytes = bytes as u64;
+        stats.queue_depth = depth;
+        stats.queue_bytes = bytes;
+        if let Some(side) = &self.shared.spool {
+            let memory_only = side.backlog.lock().unwrap().memory_only()
+                + tracker
+                    .unwritten
+                    .iter()
+                    .filter(|(seq, _)| seq.is_none())
+                    .count()
+                + tracker
+                    .unacked
+                    .iter()
+                    .filter(|(_, seq, ..)| seq.is_none())
+                    .count();
+            // Being spooled counts as kept: it is written before the spooler lets go.
+            stats.kept = stats.undelivered() - memory_only as u64;
+        }
         stats
     }
 
@@ -562,7 +717,7 @@ impl Worker {
         let mut tracker = self.shared.tracker.lock().unwrap();
         let mut done = tracker.stats.published;
         loop {
-            let (depth, _) = self.shared.queue.depth();
+            let (depth, _) = self.shared.depth(&tracker);
             if depth == 0 && tracker.stats.in_flight == 0 {
                 return Flushed::Delivered;
             }
@@ -601,9 +756,32 @@ impl Worker {
         self.shared.queued.notify_one();
         self.shared.room.notify_one();
         let _ = thread.join();
+        if let Some(side) = &self.shared.spool {
+            // What is in flight stays in the spool, for the next run.
+            self.shared.update(|t| {
+                let mut in_flight = t.take_unwritten();
+                in_flight.extend(
+                    t.unacked
+                        .drain(..)
+                        .map(|(_, seq, payload, _)| (seq, payload)),
+                );
+                t.stats.in_flight = 0;
+                self.shared.requeue(in_flight);
+            });
+            {
+                let _backlog = side.backlog.lock().unwrap();
+                side.wake();
+            }
+            if let Some(spooler) = self.spooler.lock().unwrap().take() {
+                let _ = spooler.join();
+            }
+        }
         let left = self.shared.queue.clear() as u64;
         self.shared.update(|t| {
-            t.stats.dropped_stopped += left + t.stats.in_flight;
+            let memory_only = self.shared.spool.as_ref().map_or(0, |side| {
+                side.backlog.lock().unwrap().take_memory_only() as u64
+            });
+            t.stats.dropped_stopped += left + t.stats.in_flight + memory_only;
             t.stats.in_flight = 0;
             t.stats.connected = false;
         });
@@ -685,6 +863,12 @@ async fn gather_batch(shared: &Shared) {
 /// Hands queued messages to rumqttc until the queue is empty or there is no room.
 async fn hand_over(shared: &Shared, publisher: &Publisher, config: &ConnectionConfig) -> Blocked {
     let topic = config.topic.as_str();
+    // The spool's user properties (MQTT 5): names, the id and a sequence number's digits.
+    let properties_size = shared
+        .spool_id
+        .as_ref()
+        .filter(|_| config.protocol == super::Protocol::V5)
+        .map_or(0, |id| id.len() + 48);
     loop {
         // Take the message from the queue and count it (in flight, or dropped for its size)
         // in one step under the tracker lock, under which `flush` and `stats` read the queue
@@ -695,22 +879,37 @@ async fn hand_over(shared: &Shared, publisher: &Publisher, config: &ConnectionCo
             if !t.stats.connected || t.unwritten.len() >= REQUEST_CHANNEL {
                 return Err(Blocked::NoRoom);
             }
-            let (message, ended) = shared.queue.pop().ok_or(Blocked::Empty)?;
-            let size = message.payload.len();
+            let (seq, payload, ended) = match &shared.spool {
+                Some(side) => {
+                    let mut backlog = side.backlog.lock().unwrap();
+                    let (pending, origin) = backlog.pop().ok_or(Blocked::Empty)?;
+                    if origin == Origin::Replay {
+                        t.stats.replayed += 1;
+                        if backlog.wants_replay().is_some() {
+                            side.wake();
+                        }
+                    }
+                    (pending.seq, pending.payload, None)
+                }
+                None => {
+                    let (message, ended) = shared.queue.pop().ok_or(Blocked::Empty)?;
+                    (None, Bytes::from(message.payload), ended)
+                }
+            };
+            let size = payload.len();
             // A packet over the broker's limit would cost the connection (and, in a
             // persistent session, be retried after every reconnect): drop it here.
             let oversize = t
                 .stats
                 .broker_max_packet
-                .filter(|max| packet_size(topic, size) > *max as usize)
+                .filter(|max| packet_size(topic, size) + properties_size > *max as usize)
                 .map(|max| (max, t.drop_oversize()));
-            let payload = Bytes::from(message.payload);
             if oversize.is_none() {
-                t.handed(payload.clone());
+                t.handed(seq, payload.clone());
             }
-            Ok((payload, ended, oversize))
+            Ok((seq, payload, ended, oversize))
         });
-        let (payload, ended, oversize) = match taken {
+        let (seq, payload, ended, oversize) = match taken {
             Ok(taken) => taken,
             Err(blocked) => return blocked,
         };
@@ -741,8 +940,15 @@ async fn hand_over(shared: &Shared, publisher: &Publisher, config: &ConnectionCo
             continue;
         }
         // The channel has room, so this completes without waiting.
+        let user_properties = match (&shared.spool_id, seq) {
+            (Some(id), Some(seq)) if config.protocol == super::Protocol::V5 => vec![
+                ("spool-id".to_owned(), id.clone()),
+                ("spool-seq".to_owned(), seq.to_string()),
+            ],
+            _ => Vec::new(),
+        };
         if publisher
-            .publish(topic, shared.qos(), config.retain, payload)
+            .publish(topic, shared.qos(), config.retain, payload, user_properties)
             .await
             .is_err()
         {
@@ -1005,7 +1211,7 @@ mod tests {
     fn queued(t: &mut Tracker, n: u64) {
         for _ in 0..n {
             t.stats.queued += 1;
-            t.handed(Bytes::from(vec![0u8; 100]));
+            t.handed(None, Bytes::from(vec![0u8; 100]));
         }
     }
 
@@ -1125,7 +1331,7 @@ mod tests {
             retain: false,
             max_message_size,
         };
-        let worker = Worker::start(config, limits, move |_, notice| {
+        let worker = Worker::start(config, limits, None, move |_, notice| {
             if keep(&notice) {
                 seen.lock().unwrap().push(notice);
             }

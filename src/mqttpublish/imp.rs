@@ -23,13 +23,17 @@ use super::settings::{
     self, Number, Settings, DEFAULT_ADD_SINK_TIME, DEFAULT_CLEAN_SESSION, DEFAULT_HOST,
     DEFAULT_PUBLISH_FRAME, DEFAULT_RETAIN, DEFAULT_SKIP_EMPTY, DEFAULT_TOPIC, FLUSH_TIMEOUT,
     FRAME_INTERVAL, JPEG_QUALITY, KEEP_ALIVE, MAX_MESSAGE_SIZE, MAX_QUEUED_BYTES,
-    MAX_QUEUED_MESSAGES, PORT, PROTOCOL, QOS,
+    MAX_QUEUED_MESSAGES, PORT, PROTOCOL, QOS, SPOOL_MAX_AGE, SPOOL_MAX_BYTES, SPOOL_REPLAY_SHARE,
+    SPOOL_SYNC_INTERVAL,
 };
-use super::{Leaky, MessageFormat, MetadataSource};
+use super::{Leaky, MessageFormat, MetadataSource, SpoolSync};
 use crate::config;
 use crate::jpeg;
-use crate::mqtt::{self, Flushed, Notice, Pushed, Secret, Stats, Worker};
+use crate::mqtt::{
+    self, Flushed, Notice, Pushed, Secret, SpoolPolicies, SpoolStart, Stats, Worker,
+};
 use crate::pipeline;
+use crate::spool::{LedgerFound, Opened, Spool, SpoolError, SpoolOptions};
 
 static CAT: Lazy<gst::DebugCategory> = Lazy::new(|| {
     gst::DebugCategory::new(
@@ -345,6 +349,46 @@ impl ObjectImpl for MqttPublish {
                     "Flush timeout",
                     "Milliseconds to wait at end of stream for queued messages to be delivered",
                 ),
+                string(
+                    "spool-location",
+                    "Spool location",
+                    "Folder for a disk spool: messages wait there until delivered, across \
+                     outages and restarts (in a folder named after client-id, else the \
+                     element). Config file key: spool_location",
+                )
+                .build(),
+                glib::ParamSpecUInt64::builder(SPOOL_MAX_BYTES.name)
+                    .nick("Spool limit (bytes)")
+                    .blurb(
+                        "Most bytes the spool holds; beyond it the leaky policy applies (a live \
+                         upstream drops the oldest)",
+                    )
+                    .minimum(SPOOL_MAX_BYTES.min)
+                    .maximum(SPOOL_MAX_BYTES.max)
+                    .default_value(SPOOL_MAX_BYTES.default)
+                    .mutable_ready()
+                    .build(),
+                uint(
+                    SPOOL_MAX_AGE,
+                    "Spool age limit",
+                    "Seconds after which spooled messages are dropped (counted); 0: never",
+                ),
+                glib::ParamSpecEnum::builder_with_default("spool-sync", SpoolSync::default())
+                    .nick("Spool sync")
+                    .blurb("When spooled messages are flushed to the disk")
+                    .mutable_ready()
+                    .build(),
+                uint(
+                    SPOOL_SYNC_INTERVAL,
+                    "Spool sync interval",
+                    "Milliseconds between flushes to the disk with spool-sync=interval",
+                ),
+                uint(
+                    SPOOL_REPLAY_SHARE,
+                    "Spool replay share",
+                    "Out of 100 messages sent while live ones wait, how many come from the \
+                     spool's backlog",
+                ),
                 glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
                     .nick("Statistics")
                     .blurb(
@@ -414,6 +458,12 @@ impl ObjectImpl for MqttPublish {
             }
             "max-message-size" => settings.max_message_size = get(value),
             "flush-timeout" => settings.flush_timeout_ms = get(value),
+            "spool-location" => settings.spool_location = non_empty(),
+            "spool-max-bytes" => settings.spool_max_bytes = get(value),
+            "spool-max-age" => settings.spool_max_age = get(value),
+            "spool-sync" => settings.spool_sync = get(value),
+            "spool-sync-interval" => settings.spool_sync_interval = get(value),
+            "spool-replay-share" => settings.spool_replay_share = get(value),
             other => unreachable!("unknown property {other}"),
         }
     }
@@ -459,6 +509,12 @@ impl ObjectImpl for MqttPublish {
             "leaky" => settings.leaky.to_value(),
             "max-message-size" => settings.max_message_size.to_value(),
             "flush-timeout" => settings.flush_timeout_ms.to_value(),
+            "spool-location" => settings.spool_location.to_value(),
+            "spool-max-bytes" => settings.spool_max_bytes.to_value(),
+            "spool-max-age" => settings.spool_max_age.to_value(),
+            "spool-sync" => settings.spool_sync.to_value(),
+            "spool-sync-interval" => settings.spool_sync_interval.to_value(),
+            "spool-replay-share" => settings.spool_replay_share.to_value(),
             "stats" => {
                 drop(settings);
                 match &*self.state.lock().unwrap() {
@@ -728,11 +784,15 @@ impl MqttPublish {
                 "off"
             },
         );
+        let spool = match &resolved.spool {
+            Some(spool) => self.open_spool(spool)?,
+            None => None,
+        };
         // Held until the run's state is in place, so that a notice the new worker sends at
         // once (a refusal) finds it.
         let mut state = self.state.lock().unwrap();
         let element = self.obj().downgrade();
-        let worker = Worker::start(connection, resolved.limits, move |broker, notice| {
+        let worker = Worker::start(connection, resolved.limits, spool, move |broker, notice| {
             if let Some(element) = element.upgrade() {
                 element.imp().post_notice(&broker.to_string(), notice);
             }
@@ -750,6 +810,113 @@ impl MqttPublish {
             delivery: Delivery::default(),
         }));
         Ok(())
+    }
+
+    /// Opens the spool: `None` (with a warning) when its folder cannot be used, an error
+    /// when another process holds it or a newer version wrote it.
+    fn open_spool(
+        &self,
+        settings: &settings::SpoolSettings,
+    ) -> Result<Option<SpoolStart>, gst::ErrorMessage> {
+        let element = self.obj().name();
+        let dir = settings.dir(&element);
+        let options = SpoolOptions {
+            // Whole segments are deleted once delivered: small enough that the spool's
+            // files shrink soon after an outage, at least a few records.
+            segment_bytes: (settings.max_bytes / 8).clamp(1024 * 1024, 64 * 1024 * 1024),
+            max_bytes: settings.max_bytes,
+            sync: settings.sync,
+            identity: format!(
+                "{element} in {}",
+                pipeline::outermost_bin(self.obj().upcast_ref()).name()
+            ),
+        };
+        let (spool, opened) = match Spool::open(&dir, options) {
+            Ok(opened) => opened,
+            Err(
+                e @ (SpoolError::Locked { .. }
+                | SpoolError::Version { .. }
+                | SpoolError::NotSpoolFile { .. }),
+            ) => {
+                return Err(gst::error_msg!(
+                    gst::ResourceError::Busy,
+                    ("spool-location: {}", e)
+                ))
+            }
+            Err(e) => {
+                gst::element_imp_warning!(
+                    self,
+                    gst::ResourceError::OpenWrite,
+                    (
+                        "spool-location: {}: publishing without a spool (messages wait in memory only)",
+                        e
+                    )
+                );
+                return Ok(None);
+            }
+        };
+        self.post_spool_opened(&dir, &opened);
+        Ok(Some(SpoolStart {
+            spool,
+            policies: SpoolPolicies {
+                max_age: settings.max_age,
+            },
+            replay_share: settings.replay_share,
+        }))
+    }
+
+    /// Says what the spool held at start: a torn last record (the process died writing it)
+    /// as a warning, the messages taken over as an element message.
+    fn post_spool_opened(&self, dir: &std::path::Path, opened: &Opened) {
+        for torn in &opened.torn {
+            gst::element_imp_warning!(
+                self,
+                gst::ResourceError::Read,
+                (
+                    "spool: the end of {} ({} bytes) was cut short, as when the process dies while writing: cut off",
+                    torn.path.display(),
+                    torn.bytes
+                )
+            );
+        }
+        if opened.ledger == LedgerFound::Damaged {
+            gst::element_imp_warning!(
+                self,
+                gst::ResourceError::Read,
+                (
+                    "spool: the ledger in {} is damaged: every message the spool holds is published again, some for a second time",
+                    dir.display()
+                )
+            );
+        }
+        gst::info!(
+            CAT,
+            imp = self,
+            "Spool {}: {} messages ({} bytes) in {} files from a previous run to publish, next sequence {}",
+            dir.display(),
+            opened.messages,
+            opened.bytes,
+            opened.files,
+            opened.next_sequence
+        );
+        let _ = self.obj().post_message(
+            gst::message::Element::builder(
+                gst::Structure::builder("mqttpublish-spool-opened")
+                    .field("location", dir.display().to_string())
+                    .field("messages", opened.messages)
+                    .field("bytes", opened.bytes)
+                    .field(
+                        "oldest-age-ms",
+                        opened
+                            .oldest_age
+                            .map_or(0, |age| age.as_millis().try_into().unwrap_or(u64::MAX)),
+                    )
+                    .field("torn-bytes", opened.torn.iter().map(|t| t.bytes).sum::<u64>())
+                    .build(),
+            )
+            .src(&*self.obj())
+            .build(),
+        );
     }
 
     /// Asks upstream whether it is live (the latency query GstBaseSink makes, which

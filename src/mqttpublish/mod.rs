@@ -111,6 +111,29 @@ pub enum Leaky {
     None = 4,
 }
 
+/// When spooled messages are flushed to the disk (see `spool-sync`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, glib::Enum)]
+#[repr(u32)]
+#[enum_type(name = "GstMqttPublishSpoolSync")]
+pub enum SpoolSync {
+    #[default]
+    #[enum_value(
+        name = "Interval: every spool-sync-interval (a power loss loses at most that much)",
+        nick = "interval"
+    )]
+    Interval,
+    #[enum_value(
+        name = "Always: after every message (survives a power loss, one disk flush each)",
+        nick = "always"
+    )]
+    Always,
+    #[enum_value(
+        name = "None: when the kernel chooses (survives the process dying, not a power loss)",
+        nick = "none"
+    )]
+    None,
+}
+
 impl From<Leaky> for crate::mqtt::Leaky {
     fn from(leaky: Leaky) -> Self {
         match leaky {
@@ -130,6 +153,7 @@ glib::wrapper! {
 pub fn register(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
     for enum_type in [
         Leaky::static_type(),
+        SpoolSync::static_type(),
         MessageFormat::static_type(),
         MetadataSource::static_type(),
     ] {

@@ -223,11 +223,57 @@ pub fn describe(broker: &str, notice: &Notice) -> Posting {
                 .field("at-end", *at_end)
                 .build()
         }
+        Notice::SpoolTrouble { problem } => {
+            match problem {
+                Some(problem) => {
+                    alert = Some(Alert::Warning(gst::ResourceError::Write, problem.clone()))
+                }
+                None => log = Some("The spool works again".into()),
+            }
+            gst::Structure::builder("mqttpublish-spool")
+                .field("working", problem.is_none())
+                .field("problem", problem.as_deref().unwrap_or_default())
+                .build()
+        }
+        Notice::SpoolDropping { reason } => {
+            let why = spool_drop_reason(reason);
+            alert = Some(Alert::Warning(
+                gst::ResourceError::Write,
+                format!(
+                    "Dropping the oldest spooled messages: {why}. The count follows once a \
+                     second passes without a drop."
+                ),
+            ));
+            gst::Structure::builder("mqttpublish-spool-dropping")
+                .field("reason", *reason)
+                .build()
+        }
+        Notice::SpoolDropped { reason, count } => {
+            alert = Some(Alert::Warning(
+                gst::ResourceError::Write,
+                format!(
+                    "{count} spooled messages dropped: {}.",
+                    spool_drop_reason(reason)
+                ),
+            ));
+            gst::Structure::builder("mqttpublish-spool-dropped")
+                .field("reason", *reason)
+                .field("count", *count)
+                .build()
+        }
     };
     Posting {
         log,
         alert,
         message,
+    }
+}
+
+fn spool_drop_reason(reason: &str) -> &'static str {
+    if reason == "age" {
+        "they were older than spool-max-age"
+    } else {
+        "the spool was full (spool-max-bytes) and the upstream is live or leaky drops"
     }
 }
 

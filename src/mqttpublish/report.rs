@@ -35,6 +35,14 @@ pub fn stats_structure(stats: &Stats, frames: FrameCounters) -> gst::Structure {
         .field("queue-depth", stats.queue_depth)
         .field("queue-bytes", stats.queue_bytes)
         .field("connected", stats.connected)
+        .field("dropped-spool-full", stats.dropped_spool_full)
+        .field("dropped-spool-age", stats.dropped_spool_age)
+        .field("spool-corrupt", stats.dropped_corrupt)
+        .field("spool-restored", stats.restored)
+        .field("spool-replayed", stats.replayed)
+        .field("spool-messages", stats.spool_messages)
+        .field("spool-bytes", stats.spool_bytes)
+        .field("spool-oldest-age-ms", stats.spool_oldest_age_ms)
         .build()
 }
 
@@ -64,7 +72,22 @@ pub fn loss(
     flush_timeout: Option<Duration>,
     fatal: Option<Leaky>,
 ) -> Option<LossReport> {
-    let summary = summary(stats, flush_timeout)?;
+    let summary = summary(stats, flush_timeout);
+    // Records the disk damaged were warned about when found: not a delivery failure.
+    let fatal = fatal.filter(|_| stats.lost() > stats.dropped_corrupt);
+    let kept = (stats.kept > 0).then(|| {
+        format!(
+            "{} messages not delivered yet are kept in the spool and published by the next \
+             run on it",
+            stats.kept
+        )
+    });
+    let text = match (summary, kept) {
+        (None, None) => return None,
+        (Some(summary), None) => summary,
+        (None, Some(kept)) => kept,
+        (Some(summary), Some(kept)) => format!("{summary}; {kept}"),
+    };
     let message = gst::Structure::builder("mqttpublish-undelivered")
         .field("messages", stats.queued)
         .field("undelivered", stats.lost())
@@ -74,6 +97,10 @@ pub fn loss(
         .field("dropped-disconnected", stats.dropped_disconnected)
         .field("dropped-stopped", stats.dropped_stopped)
         .field("pending", stats.undelivered())
+        .field("kept-in-spool", stats.kept)
+        .field("dropped-spool-full", stats.dropped_spool_full)
+        .field("dropped-spool-age", stats.dropped_spool_age)
+        .field("spool-corrupt", stats.dropped_corrupt)
         .field("end-of-stream", flush_timeout.is_some())
         .field("error", fatal.is_some())
         .build();
@@ -84,7 +111,7 @@ pub fn loss(
     };
     Some(LossReport {
         message,
-        text: format!("{when}: {summary}"),
+        text: format!("{when}: {text}"),
         error: fatal.map(|leaky| {
             format!(
                 "The upstream is not live and leaky={} waits for room, so every message was \
@@ -116,21 +143,31 @@ fn summary(stats: &Stats, flush_timeout: Option<Duration>) -> Option<String> {
             "in flight when the broker started a new session",
         ),
         (stats.dropped_stopped, "still queued or in flight at stop"),
+        (stats.dropped_spool_full, "the spool was full"),
+        (stats.dropped_spool_age, "older than spool-max-age"),
+        (stats.dropped_corrupt, "damaged in the spool"),
     ] {
         if count > 0 {
             parts.push(format!("{count} dropped: {reason}"));
         }
     }
-    if stats.undelivered() > 0 {
+    let unsafe_undelivered = stats.undelivered() - stats.kept.min(stats.undelivered());
+    if unsafe_undelivered > 0 {
         let within = flush_timeout
             .map(|t| format!(" within flush-timeout {} ms", t.as_millis()))
             .unwrap_or_default();
-        parts.push(format!(
-            "{} not delivered{within}: {} queued, {} in flight",
-            stats.undelivered(),
-            stats.queue_depth,
-            stats.in_flight
-        ));
+        if stats.kept > 0 {
+            parts.push(format!(
+                "{unsafe_undelivered} not delivered{within} and not in the spool"
+            ));
+        } else {
+            parts.push(format!(
+                "{} not delivered{within}: {} queued, {} in flight",
+                stats.undelivered(),
+                stats.queue_depth,
+                stats.in_flight
+            ));
+        }
     }
     Some(format!(
         "{lost} of {} messages were not delivered ({})",

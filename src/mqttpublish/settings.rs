@@ -7,7 +7,7 @@
 //! variables (as DLSPS reads them), the defaults. [`resolve`] is a pure function of the
 //! three sources; it returns its warnings instead of posting them.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
@@ -17,6 +17,7 @@ use crate::config::{parse_tcp_port, tcp_port, ConfigFile, PublisherConfig};
 use crate::error::SettingError;
 use crate::filter::Filter;
 use crate::mqtt::{Broker, ConnectionConfig, Limits, Protocol, QoS, Secret};
+use crate::spool::SyncPolicy;
 use crate::tls::TlsFiles;
 
 pub const DEFAULT_HOST: &str = "localhost";
@@ -93,6 +94,33 @@ pub const MAX_MESSAGE_SIZE: Number<u32> = Number {
     max: 256 * 1024 * 1024,
     default: 4 * 1024 * 1024,
 };
+pub const SPOOL_MAX_BYTES: Number<u64> = Number {
+    name: "spool-max-bytes",
+    min: 1024 * 1024,
+    max: u64::MAX,
+    default: 1024 * 1024 * 1024,
+};
+/// Seconds; 0: no age limit.
+pub const SPOOL_MAX_AGE: Number<u32> = Number {
+    name: "spool-max-age",
+    min: 0,
+    max: u32::MAX,
+    default: 0,
+};
+/// Milliseconds.
+pub const SPOOL_SYNC_INTERVAL: Number<u32> = Number {
+    name: "spool-sync-interval",
+    min: 1,
+    max: 600_000,
+    default: 500,
+};
+/// Out of 100 hand-overs while live messages and the spool's backlog both wait.
+pub const SPOOL_REPLAY_SHARE: Number<u32> = Number {
+    name: "spool-replay-share",
+    min: 1,
+    max: 100,
+    default: 50,
+};
 /// Milliseconds.
 pub const FLUSH_TIMEOUT: Number<u32> = Number {
     name: "flush-timeout",
@@ -143,6 +171,12 @@ pub struct Settings {
     pub leaky: super::Leaky,
     pub max_message_size: u32,
     pub flush_timeout_ms: u32,
+    pub spool_location: Option<String>,
+    pub spool_max_bytes: u64,
+    pub spool_max_age: u32,
+    pub spool_sync: super::SpoolSync,
+    pub spool_sync_interval: u32,
+    pub spool_replay_share: u32,
     /// Why the `tags` value set last cannot be used; the element refuses to start with it.
     pub rejected_tags: Option<String>,
 }
@@ -182,6 +216,12 @@ impl Default for Settings {
             leaky: super::Leaky::default(),
             max_message_size: MAX_MESSAGE_SIZE.default,
             flush_timeout_ms: FLUSH_TIMEOUT.default,
+            spool_location: None,
+            spool_max_bytes: SPOOL_MAX_BYTES.default,
+            spool_max_age: SPOOL_MAX_AGE.default,
+            spool_sync: super::SpoolSync::default(),
+            spool_sync_interval: SPOOL_SYNC_INTERVAL.default,
+            spool_replay_share: SPOOL_REPLAY_SHARE.default,
             rejected_tags: None,
         }
     }
@@ -196,8 +236,38 @@ pub struct Resolved {
     pub limits: Limits,
     pub message: MessageOptions,
     pub flush_timeout: Duration,
+    pub spool: Option<SpoolSettings>,
     /// Settings that work but probably not as the user meant, for the element to post.
     pub warnings: Vec<String>,
+}
+
+/// The disk spool a started element publishes through.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SpoolSettings {
+    /// `spool-location`: the spool is the folder named after `identity` in it.
+    pub location: PathBuf,
+    /// The client id the user set, which names the spool; `None`: the element's name does.
+    pub identity: Option<String>,
+    pub max_bytes: u64,
+    pub max_age: Option<Duration>,
+    pub sync: SyncPolicy,
+    pub replay_share: u32,
+}
+
+impl SpoolSettings {
+    /// The spool's folder for an element named `element`: `<location>/<identity>`, with
+    /// the identity's `/` (and a leading `.`) replaced so that it stays one folder.
+    pub fn dir(&self, element: &str) -> PathBuf {
+        let identity = self.identity.as_deref().unwrap_or(element);
+        let mut name: String = identity
+            .chars()
+            .map(|c| if c == '/' || c == '\0' { '_' } else { c })
+            .collect();
+        if name.starts_with('.') || name.is_empty() {
+            name.insert(0, '_');
+        }
+        self.location.join(name)
+    }
 }
 
 /// Reads the configuration file the settings name; an empty configuration without one.
@@ -323,6 +393,27 @@ pub fn resolve(
             None => None,
         };
 
+    let spool = settings
+        .spool_location
+        .clone()
+        .or_else(|| file.spool_location.clone())
+        .filter(|location| !location.is_empty())
+        .map(|location| SpoolSettings {
+            location: PathBuf::from(location),
+            identity: client_id.clone().filter(|id| !id.is_empty()),
+            max_bytes: settings.spool_max_bytes,
+            max_age: (settings.spool_max_age > 0)
+                .then(|| Duration::from_secs(u64::from(settings.spool_max_age))),
+            sync: match settings.spool_sync {
+                super::SpoolSync::Interval => SyncPolicy::Interval(Duration::from_millis(
+                    u64::from(settings.spool_sync_interval),
+                )),
+                super::SpoolSync::Always => SyncPolicy::Always,
+                super::SpoolSync::None => SyncPolicy::None,
+            },
+            replay_share: settings.spool_replay_share,
+        });
+
     let max_message_size = settings.max_message_size as usize;
     let connection = ConnectionConfig {
         brokers: parse_brokers(&host, port)?,
@@ -376,6 +467,7 @@ pub fn resolve(
         limits,
         message,
         flush_timeout: Duration::from_millis(u64::from(settings.flush_timeout_ms)),
+        spool,
         warnings,
     })
 }

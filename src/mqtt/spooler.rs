@@ -1,0 +1,439 @@
+// SPDX-License-Identifier: MPL-2.0
+
+//! The spooler: with `spool-location`, a thread of its own between the queue the streaming
+//! thread fills and the connection. It does all the disk work, so that neither the
+//! streaming thread nor the connection ever waits for the disk:
+//! - takes what the streaming thread queued, appends it to the [`Spool`] and hands it to
+//!   the [`Backlog`] the connection publishes from;
+//! - reads back what is only on disk (a previous run's messages, or what did not fit in
+//!   memory during an outage) ahead of the connection;
+//! - releases what was delivered (the watermark), applies the full and age policies, and
+//!   flushes to disk by the sync policy.
+//!
+//! When the disk fails (full, read-only, gone), messages go on in memory, under the queue's
+//! bounds and policy, and the spooler tries the disk again with each new message; the
+//! trouble is reported once, and its end too.
+
+use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::backlog::{Backlog, Pending};
+use super::queue::Message;
+use super::worker::{Shared, Tracker};
+use super::{Leaky, Notice};
+use crate::spool::{ReadEvent, Record, Spool, SpoolError};
+
+/// How often the spooler looks when nothing wakes it: releases, age limit, sync.
+const TICK: Duration = Duration::from_millis(50);
+/// Messages taken from the queue at a time.
+const BATCH: usize = 64;
+/// How often what was delivered is released (a ledger write each time).
+const RELEASE_EVERY: Duration = Duration::from_millis(100);
+
+/// The spooler's side of [`Shared`].
+pub struct SpoolSide {
+    pub backlog: Mutex<Backlog>,
+    /// Wakes the spooler: messages queued, room needed in `replay`, stopping.
+    pub wake: Condvar,
+}
+
+impl SpoolSide {
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+}
+
+/// The spool policies beside the storage's own options.
+#[derive(Debug, Clone, Copy)]
+pub struct Policies {
+    /// Messages older than this are dropped (counted, reported).
+    pub max_age: Option<Duration>,
+}
+
+struct Spooler<'a> {
+    shared: &'a Shared,
+    side: &'a SpoolSide,
+    spool: Spool,
+    policies: Policies,
+    /// A record read ahead of the disk-only range (it was still in memory).
+    lookahead: Option<Record>,
+    /// The disk trouble under way, reported once.
+    failing: Option<String>,
+    /// Corrupt records were reported.
+    corrupt_reported: bool,
+    drops: Drops,
+    last_release: Instant,
+}
+
+/// Messages the spool's full or age policy dropped, announced as the queue's drops are: a
+/// warning at the first, the count once a second passed without one.
+#[derive(Default)]
+struct Drops {
+    under_way: Option<(&'static str, u64, Instant)>,
+    started: Option<&'static str>,
+}
+
+impl Drops {
+    fn count(&mut self, reason: &'static str, count: u64) {
+        match &mut self.under_way {
+            Some((_, total, last)) => {
+                *total += count;
+                *last = Instant::now();
+            }
+            None => {
+                self.under_way = Some((reason, count, Instant::now()));
+                self.started = Some(reason);
+            }
+        }
+    }
+
+    /// The notices due: the start of an episode, and its end once quiet (or `now`).
+    fn due(&mut self, end_now: bool) -> Vec<Notice> {
+        let mut notices = Vec::new();
+        if let Some(reason) = self.started.take() {
+            notices.push(Notice::SpoolDropping { reason });
+        }
+        if let Some((reason, count, last)) = self.under_way {
+            if end_now || last.elapsed() >= super::queue::EPISODE_QUIET {
+                self.under_way = None;
+                notices.push(Notice::SpoolDropped { reason, count });
+            }
+        }
+        notices
+    }
+}
+
+/// Runs the spooler until the worker stops; then spools what is left in the queue.
+pub fn run(shared: &Shared, spool: Spool, policies: Policies) {
+    let side = shared.spool.as_ref().expect("a spooling worker");
+    let mut spooler = Spooler {
+        shared,
+        side,
+        spool,
+        policies,
+        lookahead: None,
+        failing: None,
+        corrupt_reported: false,
+        drops: Drops::default(),
+        last_release: Instant::now(),
+    };
+    loop {
+        // Stopping sets the queue flushing after this flag: once both are seen, nothing more
+        // can be queued, and what is there is spooled before the spooler ends.
+        let stopping = shared.is_stopping() && shared.queue.is_flushing();
+        let blocked = spooler.take_queued();
+        if stopping {
+            break;
+        }
+        spooler.read_back();
+        spooler.apply_age_limit();
+        if spooler.last_release.elapsed() >= RELEASE_EVERY {
+            spooler.release();
+        }
+        spooler.sync(false);
+        spooler.publish_stats();
+        spooler.announce_drops(false);
+        let backlog = side.backlog.lock().unwrap();
+        if (blocked || shared.queue.depth().0 == 0) && !shared.is_stopping() {
+            let _ = side.wake.wait_timeout(backlog, TICK).unwrap();
+        }
+    }
+    spooler.release();
+    spooler.sync(true);
+    spooler.publish_stats();
+    spooler.announce_drops(true);
+}
+
+impl Spooler<'_> {
+    /// Takes what the streaming thread queued into the spool and the backlog. Stops early
+    /// when the spool is full and the policy waits for room: returns whether it did.
+    fn take_queued(&mut self) -> bool {
+        loop {
+            // Taken and counted in one step under the tracker lock, as the mover does: a
+            // message is always queued, being spooled, or in the backlog.
+            let (batch, ended) = self.shared.update(|t| {
+                let mut batch = Vec::new();
+                let mut ended = None;
+                while batch.len() < BATCH {
+                    let Some((message, episode)) = self.shared.queue.pop() else {
+                        break;
+                    };
+                    ended = ended.or(episode);
+                    batch.push(message);
+                }
+                t.spooling += batch.len();
+                (batch, ended)
+            });
+            if let Some(episode) = ended {
+                self.shared.notify(Notice::Dropped {
+                    episode,
+                    at_end: false,
+                });
+            }
+            if batch.is_empty() {
+                return false;
+            }
+            let mut pendings = Vec::with_capacity(batch.len());
+            let mut waiting = Vec::new();
+            let mut dropped_new = 0;
+            for message in batch {
+                if !waiting.is_empty() {
+                    waiting.push(message);
+                    continue;
+                }
+                match self.append(&message.payload) {
+                    Appended::Seq(seq) => pendings.push(pending(Some(seq), message)),
+                    Appended::MemoryOnly => {
+                        if self.side.backlog.lock().unwrap().has_room() {
+                            pendings.push(pending(None, message));
+                        } else {
+                            waiting.push(message);
+                        }
+                    }
+                    Appended::Wait => waiting.push(message),
+                    Appended::DropNew => {
+                        dropped_new += 1;
+                        self.drops.count("full", 1);
+                    }
+                }
+            }
+            let blocked = !waiting.is_empty();
+            let count = pendings.len() + waiting.len() + dropped_new;
+            self.shared.update(|t| {
+                let mut backlog = self.side.backlog.lock().unwrap();
+                for p in pendings {
+                    backlog.push_ready(p);
+                }
+                drop(backlog);
+                if blocked {
+                    self.shared.queue.requeue_front(waiting);
+                }
+                t.stats.dropped_spool_full += dropped_new as u64;
+                t.spooling -= count;
+            });
+            self.shared.queued.notify_one();
+            if blocked {
+                return true;
+            }
+        }
+    }
+
+    /// Appends one payload, following the full policy when the spool is full.
+    fn append(&mut self, payload: &[u8]) -> Appended {
+        loop {
+            match self.spool.append(payload) {
+                Ok(seq) => {
+                    self.recovered();
+                    return Appended::Seq(seq);
+                }
+                Err(SpoolError::Full { .. }) => match self.shared.queue.current_policy() {
+                    Leaky::Upstream => return Appended::DropNew,
+                    Leaky::Downstream => {
+                        if !self.drop_oldest(payload.len()) {
+                            return Appended::Wait;
+                        }
+                    }
+                    Leaky::No | Leaky::Auto => return Appended::Wait,
+                },
+                Err(e) => {
+                    self.failed(&e);
+                    return Appended::MemoryOnly;
+                }
+            }
+        }
+    }
+
+    /// Makes room by dropping the oldest spooled messages; false when nothing could go.
+    fn drop_oldest(&mut self, needed: usize) -> bool {
+        match self.spool.drop_oldest(needed) {
+            Ok(dropped) if dropped.messages > 0 => {
+                let next = self.spool.watermark();
+                self.shared.update(|t| {
+                    let reconciled = self.side.backlog.lock().unwrap().drop_below(next);
+                    t.stats.dropped_spool_full += reconciled.dropped;
+                });
+                self.drops.count("full", dropped.messages);
+                true
+            }
+            Ok(_) => false,
+            Err(e) => {
+                self.failed(&e);
+                false
+            }
+        }
+    }
+
+    /// Reads disk-only messages back while the backlog wants more.
+    fn read_back(&mut self) {
+        loop {
+            let wanted = self.side.backlog.lock().unwrap().wants_replay();
+            let Some(wanted) = wanted else {
+                return;
+            };
+            let record = match self.lookahead.take() {
+                Some(record) => record,
+                None => match self.spool.read_next() {
+                    Ok(Some(ReadEvent::Record(record))) => record,
+                    Ok(Some(ReadEvent::Corrupt(corruption))) => {
+                        if !std::mem::replace(&mut self.corrupt_reported, true) {
+                            self.shared.notify(Notice::SpoolTrouble {
+                                problem: Some(format!(
+                                    "{corruption}; further damaged records are counted in \
+                                     stats (spool-corrupt)"
+                                )),
+                            });
+                        }
+                        continue;
+                    }
+                    Ok(None) => {
+                        // Everything written was read, and disk-only messages are left:
+                        // their records are gone (damaged at the end, or removed).
+                        let mut backlog = self.side.backlog.lock().unwrap();
+                        if backlog.wants_replay() == Some(wanted) {
+                            let end = backlog.disk_end();
+                            let lost = backlog.skip_disk_to(end);
+                            drop(backlog);
+                            self.shared.update(|t| t.stats.dropped_corrupt += lost);
+                        }
+                        return;
+                    }
+                    Err(e) => {
+                        self.failed(&e);
+                        return;
+                    }
+                },
+            };
+            if record.sequence < wanted {
+                // Released or dropped meanwhile.
+                continue;
+            }
+            let mut backlog = self.side.backlog.lock().unwrap();
+            if !backlog.disk_holds(record.sequence) {
+                // Still in memory: read again once it is disk-only.
+                self.lookahead = Some(record);
+                return;
+            }
+            // Records the spool skipped before it (damaged) are no longer pending.
+            let skipped = record.sequence - wanted;
+            let accepted = backlog.push_replay(Pending {
+                seq: Some(record.sequence),
+                payload: record.payload,
+                queued_at: Instant::now(),
+            });
+            drop(backlog);
+            debug_assert!(accepted);
+            if skipped > 0 {
+                self.shared.update(|t| t.stats.dropped_corrupt += skipped);
+            }
+            self.shared.queued.notify_one();
+        }
+    }
+
+    fn apply_age_limit(&mut self) {
+        let Some(max_age) = self.policies.max_age else {
+            return;
+        };
+        match self.spool.drop_older_than(max_age) {
+            Ok(dropped) if dropped.messages > 0 => {
+                let next = self.spool.watermark();
+                self.shared.update(|t| {
+                    let reconciled = self.side.backlog.lock().unwrap().drop_below(next);
+                    t.stats.dropped_spool_age += reconciled.dropped;
+                });
+                self.drops.count("age", dropped.messages);
+            }
+            Ok(_) => {}
+            Err(e) => self.failed(&e),
+        }
+    }
+
+    /// Releases what was delivered: everything below the lowest sequence still pending.
+    fn release(&mut self) {
+        self.last_release = Instant::now();
+        let watermark = self.shared.update(|t| {
+            let backlog = self.side.backlog.lock().unwrap();
+            backlog.watermark(t.lowest_in_flight()).unwrap_or(u64::MAX)
+        });
+        let up_to = watermark.min(self.spool.next_sequence());
+        if up_to > self.spool.watermark() {
+            if let Err(e) = self.spool.release(up_to) {
+                self.failed(&e);
+            }
+        }
+    }
+
+    fn sync(&mut self, now: bool) {
+        let synced = if now {
+            self.spool.sync()
+        } else {
+            self.spool.sync_if_due(Instant::now()).map(|_| ())
+        };
+        if let Err(e) = synced {
+            self.failed(&e);
+        }
+    }
+
+    fn announce_drops(&mut self, end_now: bool) {
+        for notice in self.drops.due(end_now) {
+            self.shared.notify(notice);
+        }
+    }
+
+    fn publish_stats(&self) {
+        let stats = self.spool.stats();
+        self.shared.update(|t| {
+            t.stats.spool_messages = stats.messages;
+            t.stats.spool_bytes = stats.bytes;
+            t.stats.spool_oldest_age_ms = stats
+                .oldest_age
+                .map_or(0, |age| age.as_millis().try_into().unwrap_or(u64::MAX));
+        });
+    }
+
+    fn failed(&mut self, error: &SpoolError) {
+        let problem = error.to_string();
+        if self.failing.as_deref() != Some(problem.as_str()) {
+            gst::debug!(super::worker::CAT, "Spool: {problem}");
+            self.shared.notify(Notice::SpoolTrouble {
+                problem: Some(format!(
+                    "{problem}: messages go on in memory, under the queue's limits, until \
+                     the spool works again"
+                )),
+            });
+            self.failing = Some(problem);
+        }
+    }
+
+    fn recovered(&mut self) {
+        if self.failing.take().is_some() {
+            self.shared.notify(Notice::SpoolTrouble { problem: None });
+        }
+    }
+}
+
+enum Appended {
+    Seq(u64),
+    /// The spool failed: in memory only.
+    MemoryOnly,
+    /// The spool is full and the policy waits for room.
+    Wait,
+    /// The spool is full and the policy drops the new message.
+    DropNew,
+}
+
+fn pending(seq: Option<u64>, message: Message) -> Pending {
+    Pending {
+        seq,
+        payload: Bytes::from(message.payload),
+        queued_at: message.queued_at,
+    }
+}
+
+impl Tracker {
+    /// The lowest sequence in flight.
+    pub fn lowest_in_flight(&self) -> Option<u64> {
+        self.in_flight_seqs().min()
+    }
+}
