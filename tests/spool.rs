@@ -180,7 +180,13 @@ fn sigkill_during_an_outage_and_during_the_replay_loses_no_frame() {
         .connect();
     let mut second = gst_launch(
         &plugins,
-        &pipeline(100, "run2", broker.port(), &location, "flush-timeout=600000"),
+        &pipeline(
+            100,
+            "run2",
+            broker.port(),
+            &location,
+            "flush-timeout=600000",
+        ),
     )
     .spawn()
     .unwrap();
@@ -495,8 +501,14 @@ fn mqtt5_messages_carry_the_spool_id_and_a_sequence_that_grows_across_restarts()
     let seqs: Vec<u64> = by_run.iter().map(|(_, s)| *s).collect();
     assert_eq!(seqs, (0..30).collect::<Vec<u64>>());
     // Run 1's messages hold the first 20, run 2's the next 10.
-    assert!(by_run[..20].iter().all(|(run, _)| run == "run1"), "{by_run:?}");
-    assert!(by_run[20..].iter().all(|(run, _)| run == "run2"), "{by_run:?}");
+    assert!(
+        by_run[..20].iter().all(|(run, _)| run == "run1"),
+        "{by_run:?}"
+    );
+    assert!(
+        by_run[20..].iter().all(|(run, _)| run == "run2"),
+        "{by_run:?}"
+    );
 }
 
 /// A small filesystem of the test's own (tmpfs), unmounted when dropped.
@@ -560,7 +572,11 @@ fn a_full_or_read_only_disk_is_reported_and_publishing_goes_on_in_memory() {
             let sub = Subscriber::builder(&broker, TOPIC)
                 .qos(QoS::AtLeastOnce)
                 .connect();
-            let size = if full { "64,height=48" } else { "640,height=480" };
+            let size = if full {
+                "64,height=48"
+            } else {
+                "640,height=480"
+            };
             let pattern = if full { "smpte" } else { "snow" };
             let args: Vec<String> = format!(
                 "videotestsrc is-live=true num-buffers=60 pattern={pattern} ! video/x-raw,width={size},framerate=30/1 \
@@ -584,9 +600,7 @@ fn a_full_or_read_only_disk_is_reported_and_publishing_goes_on_in_memory() {
             }
             let out = child.wait_with_output().unwrap();
             if !full {
-                let _ = Command::new("umount")
-                    .arg(spool_dir(&location))
-                    .status();
+                let _ = Command::new("umount").arg(spool_dir(&location)).status();
             }
             let printed = printed(&out);
             assert!(out.status.success(), "{printed}");
@@ -619,7 +633,11 @@ fn a_full_or_read_only_disk_is_reported_and_publishing_goes_on_in_memory() {
 fn the_backlog_reaches_every_broker_at_every_qos() {
     for (name, builder, props) in [
         ("mosquitto QoS 0", Broker::builder(), "qos=0"),
-        ("mosquitto MQTT 5 QoS 2", Broker::builder(), "qos=2 protocol=5"),
+        (
+            "mosquitto MQTT 5 QoS 2",
+            Broker::builder(),
+            "qos=2 protocol=5",
+        ),
         ("RabbitMQ QoS 1", Broker::rabbitmq(), "qos=1"),
         ("NATS QoS 1", Broker::nats(), "qos=1"),
     ] {

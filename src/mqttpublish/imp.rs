@@ -911,7 +911,10 @@ impl MqttPublish {
                             .oldest_age
                             .map_or(0, |age| age.as_millis().try_into().unwrap_or(u64::MAX)),
                     )
-                    .field("torn-bytes", opened.torn.iter().map(|t| t.bytes).sum::<u64>())
+                    .field(
+                        "torn-bytes",
+                        opened.torn.iter().map(|t| t.bytes).sum::<u64>(),
+                    )
                     .build(),
             )
             .src(&*self.obj())
