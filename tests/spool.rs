@@ -691,3 +691,147 @@ fn the_backlog_reaches_every_broker_at_every_qos() {
         });
     }
 }
+
+/// The `mqttpublish-spool-opened` message of a run with `gst-launch-1.0 -m`: the messages
+/// the spool held at start.
+fn held_at_start(printed: &str) -> u64 {
+    let line = printed
+        .lines()
+        .find(|l| l.contains("mqttpublish-spool-opened"))
+        .unwrap_or_else(|| panic!("no mqttpublish-spool-opened: {printed}"));
+    let (_, after) = line.split_once("messages=(guint64)").unwrap();
+    after.split(',').next().unwrap().parse().unwrap()
+}
+
+/// Messages older than `spool-max-age` are dropped, announced and counted; the next run
+/// finds the spool empty.
+#[test]
+fn messages_older_than_the_age_limit_are_dropped_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = plugin_dir(dir.path());
+    let location = dir.path().join("spool");
+    let closed = common::free_port(false);
+    let mut args = vec!["-m".to_owned()];
+    args.extend(pipeline(
+        40,
+        "run1",
+        closed,
+        &location,
+        "spool-max-age=1 flush-timeout=3000",
+    ));
+    let out = run(&plugins, &args);
+    let printed1 = printed(&out);
+    assert!(
+        printed1
+            .contains("Dropping the oldest spooled messages: they were older than spool-max-age"),
+        "{printed1}"
+    );
+    assert!(
+        printed1.contains("40 spooled messages dropped: they were older than spool-max-age"),
+        "{printed1}"
+    );
+    assert!(printed1.contains("mqttpublish-spool-dropped"), "{printed1}");
+    // Dropped by the policy, as asked: a warning, not a failed job.
+    assert!(
+        printed1.contains(
+            "40 of 40 messages were not delivered (40 dropped: older than spool-max-age)"
+        ),
+        "{printed1}"
+    );
+    let mut args = vec!["-m".to_owned()];
+    args.extend(pipeline(0, "run2", closed, &location, "flush-timeout=100"));
+    let out = run(&plugins, &args);
+    assert_eq!(held_at_start(&printed(&out)), 0, "{}", printed(&out));
+}
+
+/// The resident memory of process `pid`, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
+/// A live camera with frames while the broker is down for a minute: memory stays bounded
+/// (the backlog waits on disk), every frame reaches a persistent subscriber once the broker
+/// is back, the backlog in its order, and the spool is empty afterwards.
+#[test]
+fn a_minute_of_outage_with_a_live_camera_loses_no_frame_and_keeps_memory_bounded() {
+    let mut broker = Broker::new();
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = plugin_dir(dir.path());
+    let location = dir.path().join("spool");
+    // A persistent subscriber: the broker keeps its messages while it is away.
+    let sub = Subscriber::builder(&broker, TOPIC)
+        .qos(QoS::AtLeastOnce)
+        .persistent_session("spool-outage-sub")
+        .connect();
+    drop(sub);
+    broker.stop();
+    let frames_total = 75 * 30;
+    let args: Vec<String> = format!(
+        "videotestsrc is-live=true num-buffers={frames_total} ! video/x-raw,width=320,height=240,framerate=30/1 \
+         ! metareplay location={} loop=true \
+         ! mqttpublish host=127.0.0.1 port={} qos=1 source=camera client-id=camera-1 \
+         publish-frame=true max-queued-messages=16 spool-location={} flush-timeout=60000",
+        sample_recording(),
+        broker.port(),
+        location.display()
+    )
+    .split_whitespace()
+    .map(str::to_owned)
+    .collect();
+    let mut cmd = gst_launch(&plugins, &args);
+    cmd.args(["-m"]);
+    let child = cmd.spawn().unwrap();
+    let pid = child.id();
+    std::thread::sleep(Duration::from_secs(10));
+    let early = rss_kib(pid);
+    std::thread::sleep(Duration::from_secs(50));
+    let late = rss_kib(pid);
+    let spooled = spooled_bytes(&location);
+    broker.start();
+    let sub = Subscriber::builder(&broker, TOPIC)
+        .qos(QoS::AtLeastOnce)
+        .persistent_session("spool-outage-sub")
+        .connect();
+    let out = child.wait_with_output().unwrap();
+    let text = printed(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        spooled > 20 * 1024 * 1024,
+        "a minute of frames went to disk: {spooled} bytes"
+    );
+    assert!(
+        late < early + 16 * 1024,
+        "memory grew from {early} KiB to {late} KiB while {spooled} bytes waited on disk"
+    );
+    let arrived = wait_until(LONG, Duration::from_millis(100), || {
+        count(&frames(&sub), "camera") == frames_total as usize
+    });
+    assert!(
+        arrived,
+        "{} of {frames_total} frames arrived",
+        count(&frames(&sub), "camera")
+    );
+    // The backlog in its order: the first time each frame arrived, stream times increase
+    // among those that waited on disk (the first 60 s).
+    let mut seen = BTreeSet::new();
+    let order: Vec<u64> = sub
+        .messages()
+        .iter()
+        .map(|m| metadata(m.payload_str())["timestamp"].as_u64().unwrap())
+        .filter(|t| seen.insert(*t) && *t < 55_000_000_000)
+        .collect();
+    assert!(
+        order.windows(2).all(|w| w[0] < w[1]),
+        "backlog out of order"
+    );
+    // Nothing left: the next run finds the spool empty.
+    let mut args = vec!["-m".to_owned()];
+    args.extend(pipeline(0, "empty", broker.port(), &location, ""));
+    assert_eq!(held_at_start(&printed(&run(&plugins, &args))), 0);
+}

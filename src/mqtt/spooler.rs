@@ -35,6 +35,8 @@ const RELEASE_EVERY: Duration = Duration::from_millis(100);
 /// The spooler's side of [`Shared`].
 pub struct SpoolSide {
     pub backlog: Mutex<Backlog>,
+    /// The full and age policies' drops under way; ended at end of stream too.
+    pub drops: Mutex<Drops>,
     /// Wakes the spooler: messages queued, room needed in `replay`, stopping.
     pub wake: Condvar,
 }
@@ -63,14 +65,13 @@ struct Spooler<'a> {
     failing: Option<String>,
     /// Corrupt records were reported.
     corrupt_reported: bool,
-    drops: Drops,
     last_release: Instant,
 }
 
 /// Messages the spool's full or age policy dropped, announced as the queue's drops are: a
 /// warning at the first, the count once a second passed without one.
 #[derive(Default)]
-struct Drops {
+pub struct Drops {
     under_way: Option<(&'static str, u64, Instant)>,
     started: Option<&'static str>,
 }
@@ -90,7 +91,7 @@ impl Drops {
     }
 
     /// The notices due: the start of an episode, and its end once quiet (or `now`).
-    fn due(&mut self, end_now: bool) -> Vec<Notice> {
+    pub fn due(&mut self, end_now: bool) -> Vec<Notice> {
         let mut notices = Vec::new();
         if let Some(reason) = self.started.take() {
             notices.push(Notice::SpoolDropping { reason });
@@ -116,7 +117,6 @@ pub fn run(shared: &Shared, spool: Spool, policies: Policies) {
         lookahead: None,
         failing: None,
         corrupt_reported: false,
-        drops: Drops::default(),
         last_release: Instant::now(),
     };
     loop {
@@ -195,7 +195,7 @@ impl Spooler<'_> {
                     Appended::Wait => waiting.push(message),
                     Appended::DropNew => {
                         dropped_new += 1;
-                        self.drops.count("full", 1);
+                        self.side.drops.lock().unwrap().count("full", 1);
                     }
                 }
             }
@@ -254,7 +254,11 @@ impl Spooler<'_> {
                     let reconciled = self.side.backlog.lock().unwrap().drop_below(next);
                     t.stats.dropped_spool_full += reconciled.dropped;
                 });
-                self.drops.count("full", dropped.messages);
+                self.side
+                    .drops
+                    .lock()
+                    .unwrap()
+                    .count("full", dropped.messages);
                 true
             }
             Ok(_) => false,
@@ -342,7 +346,11 @@ impl Spooler<'_> {
                     let reconciled = self.side.backlog.lock().unwrap().drop_below(next);
                     t.stats.dropped_spool_age += reconciled.dropped;
                 });
-                self.drops.count("age", dropped.messages);
+                self.side
+                    .drops
+                    .lock()
+                    .unwrap()
+                    .count("age", dropped.messages);
             }
             Ok(_) => {}
             Err(e) => self.failed(&e),
@@ -376,7 +384,8 @@ impl Spooler<'_> {
     }
 
     fn announce_drops(&mut self, end_now: bool) {
-        for notice in self.drops.due(end_now) {
+        let due = self.side.drops.lock().unwrap().due(end_now);
+        for notice in due {
             self.shared.notify(notice);
         }
     }

@@ -497,6 +497,7 @@ impl Worker {
                     start.replay_share,
                 )),
                 wake: Condvar::new(),
+                drops: Mutex::default(),
             }
         });
         let tracker = Tracker {
@@ -667,6 +668,12 @@ impl Worker {
                 episode,
                 at_end: true,
             });
+        }
+        if let Some(side) = &self.shared.spool {
+            let due = side.drops.lock().unwrap().due(true);
+            for notice in due {
+                self.shared.notify(notice);
+            }
         }
     }
 

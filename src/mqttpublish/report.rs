@@ -73,8 +73,9 @@ pub fn loss(
     fatal: Option<Leaky>,
 ) -> Option<LossReport> {
     let summary = summary(stats, flush_timeout);
-    // Records the disk damaged were warned about when found: not a delivery failure.
-    let fatal = fatal.filter(|_| stats.lost() > stats.dropped_corrupt);
+    // Not delivery failures: records the disk damaged (warned about when found), and
+    // messages the user's spool-max-age dropped.
+    let fatal = fatal.filter(|_| stats.lost() > stats.dropped_corrupt + stats.dropped_spool_age);
     let kept = (stats.kept > 0).then(|| {
         format!(
             "{} messages not delivered yet are kept in the spool and published by the next \
