@@ -60,6 +60,24 @@ fn printed(out: &Output) -> String {
     )
 }
 
+/// A test's folder: the plugin for `gst-launch-1.0`, and where the spool goes.
+struct Site {
+    _dir: tempfile::TempDir,
+    plugins: PathBuf,
+    location: PathBuf,
+}
+
+impl Site {
+    fn new() -> Site {
+        let dir = tempfile::tempdir().unwrap();
+        Site {
+            plugins: plugin_dir(dir.path()),
+            location: dir.path().join("spool"),
+            _dir: dir,
+        }
+    }
+}
+
 /// The folder the spool of `client-id=camera-1` lives in.
 fn spool_dir(location: &Path) -> PathBuf {
     location.join("camera-1")
@@ -151,25 +169,24 @@ fn count(frames: &BTreeSet<(String, u64)>, run: &str) -> usize {
 #[test]
 fn sigkill_during_an_outage_and_during_the_replay_loses_no_frame() {
     let mut broker = Broker::new();
-    let dir = tempfile::tempdir().unwrap();
-    let plugins = plugin_dir(dir.path());
-    let location = dir.path().join("spool");
+    let site = Site::new();
+    let (plugins, location) = (&site.plugins, &site.location);
     broker.stop();
 
     // Run 1: the broker is down; every frame goes to the spool, then the process dies.
     let mut first = gst_launch(
-        &plugins,
+        plugins,
         &pipeline(
             300,
             "run1",
             broker.port(),
-            &location,
+            location,
             "flush-timeout=600000 publish-frame=true",
         ),
     )
     .spawn()
     .unwrap();
-    wait_spooled(&location, 300 * 1000);
+    wait_spooled(location, 300 * 1000);
     kill(&mut first);
 
     // Run 2: the broker is back; it is frozen as soon as run 1's backlog starts arriving,
@@ -179,14 +196,8 @@ fn sigkill_during_an_outage_and_during_the_replay_loses_no_frame() {
         .qos(QoS::AtLeastOnce)
         .connect();
     let mut second = gst_launch(
-        &plugins,
-        &pipeline(
-            100,
-            "run2",
-            broker.port(),
-            &location,
-            "flush-timeout=600000",
-        ),
+        plugins,
+        &pipeline(100, "run2", broker.port(), location, "flush-timeout=600000"),
     )
     .spawn()
     .unwrap();
@@ -206,8 +217,8 @@ fn sigkill_during_an_outage_and_during_the_replay_loses_no_frame() {
 
     // Run 3 publishes what is left, and its own frames.
     let out = run(
-        &plugins,
-        &pipeline(50, "run3", broker.port(), &location, "flush-timeout=30000"),
+        plugins,
+        &pipeline(50, "run3", broker.port(), location, "flush-timeout=30000"),
     );
     let printed = printed(&out);
     assert!(out.status.success(), "{printed}");
@@ -247,22 +258,21 @@ fn sigkill_during_an_outage_and_during_the_replay_loses_no_frame() {
 #[test]
 fn a_torn_end_and_a_damaged_record_cost_only_those_records() {
     let broker = Broker::new();
-    let dir = tempfile::tempdir().unwrap();
-    let plugins = plugin_dir(dir.path());
-    let location = dir.path().join("spool");
+    let site = Site::new();
+    let (plugins, location) = (&site.plugins, &site.location);
     let closed = common::free_port(false);
 
     // 100 messages spooled, nothing delivered (nothing listens on the port).
     let out = run(
-        &plugins,
-        &pipeline(100, "run1", closed, &location, "flush-timeout=200"),
+        plugins,
+        &pipeline(100, "run1", closed, location, "flush-timeout=200"),
     );
     let printed1 = printed(&out);
     assert!(
         printed1.contains("100 messages not delivered yet are kept in the spool"),
         "{printed1}"
     );
-    let segment = segments(&location).pop().expect("a segment");
+    let segment = segments(location).pop().expect("a segment");
     let data = fs::read(&segment).unwrap();
     // The last record torn: 5 bytes short.
     fs::write(&segment, &data[..data.len() - 5]).unwrap();
@@ -276,8 +286,8 @@ fn a_torn_end_and_a_damaged_record_cost_only_those_records() {
         .qos(QoS::AtLeastOnce)
         .connect();
     let out = run(
-        &plugins,
-        &pipeline(10, "run2", broker.port(), &location, "flush-timeout=30000"),
+        plugins,
+        &pipeline(10, "run2", broker.port(), location, "flush-timeout=30000"),
     );
     let printed = printed(&out);
     assert!(out.status.success(), "{printed}");
@@ -307,22 +317,21 @@ fn a_torn_end_and_a_damaged_record_cost_only_those_records() {
 /// process that holds it, and the first one's spool is untouched.
 #[test]
 fn a_second_pipeline_on_the_same_spool_is_refused_naming_the_holder() {
-    let dir = tempfile::tempdir().unwrap();
-    let plugins = plugin_dir(dir.path());
-    let location = dir.path().join("spool");
+    let site = Site::new();
+    let (plugins, location) = (&site.plugins, &site.location);
     let closed = common::free_port(false);
     let mut first = gst_launch(
-        &plugins,
-        &pipeline(50, "run1", closed, &location, "flush-timeout=600000"),
+        plugins,
+        &pipeline(50, "run1", closed, location, "flush-timeout=600000"),
     )
     .spawn()
     .unwrap();
-    wait_spooled(&location, 50 * 24);
-    let before = spooled_bytes(&location);
+    wait_spooled(location, 50 * 24);
+    let before = spooled_bytes(location);
 
     let out = run(
-        &plugins,
-        &pipeline(50, "run2", closed, &location, "flush-timeout=100"),
+        plugins,
+        &pipeline(50, "run2", closed, location, "flush-timeout=100"),
     );
     let printed = printed(&out);
     assert!(!out.status.success(), "{printed}");
@@ -332,11 +341,11 @@ fn a_second_pipeline_on_the_same_spool_is_refused_naming_the_holder() {
         .unwrap_or_else(|| panic!("no error: {printed}"));
     assert!(
         error.contains("spool-location")
-            && error.contains(&spool_dir(&location).display().to_string())
+            && error.contains(&spool_dir(location).display().to_string())
             && error.contains(&format!("pid {}", first.id())),
         "the error names the spool and the holder: {error}"
     );
-    assert_eq!(spooled_bytes(&location), before, "the spool is untouched");
+    assert_eq!(spooled_bytes(location), before, "the spool is untouched");
     kill(&mut first);
 }
 
@@ -345,9 +354,8 @@ fn a_second_pipeline_on_the_same_spool_is_refused_naming_the_holder() {
 #[test]
 fn a_full_spool_drops_the_oldest_for_a_live_source_and_counts_them() {
     let mut broker = Broker::new();
-    let dir = tempfile::tempdir().unwrap();
-    let plugins = plugin_dir(dir.path());
-    let location = dir.path().join("spool");
+    let site = Site::new();
+    let (plugins, location) = (&site.plugins, &site.location);
     broker.stop();
     // 640x480 frames with their images (tens of KB each) against a 1 MiB spool.
     let args: Vec<String> = format!(
@@ -362,7 +370,7 @@ fn a_full_spool_drops_the_oldest_for_a_live_source_and_counts_them() {
     .split_whitespace()
     .map(str::to_owned)
     .collect();
-    let mut child = gst_launch(&plugins, &args).spawn().unwrap();
+    let mut child = gst_launch(plugins, &args).spawn().unwrap();
     // The 90 frames take 3 s; the broker comes back after them, during the flush.
     std::thread::sleep(Duration::from_millis(3500));
     broker.start();
@@ -412,9 +420,8 @@ fn a_full_spool_drops_the_oldest_for_a_live_source_and_counts_them() {
 #[test]
 fn a_full_spool_makes_a_file_job_wait_and_deliver_everything() {
     let mut broker = Broker::new();
-    let dir = tempfile::tempdir().unwrap();
-    let plugins = plugin_dir(dir.path());
-    let location = dir.path().join("spool");
+    let site = Site::new();
+    let (plugins, location) = (&site.plugins, &site.location);
     broker.stop();
     let args: Vec<String> = format!(
         "videotestsrc num-buffers=60 pattern=snow ! video/x-raw,width=640,height=480 \
@@ -429,9 +436,9 @@ fn a_full_spool_makes_a_file_job_wait_and_deliver_everything() {
     .split_whitespace()
     .map(str::to_owned)
     .collect();
-    let child = gst_launch(&plugins, &args).spawn().unwrap();
+    let child = gst_launch(plugins, &args).spawn().unwrap();
     // The spool fills up to its limit, and the job waits.
-    wait_spooled(&location, 700_000);
+    wait_spooled(location, 700_000);
     broker.start();
     let sub = Subscriber::builder(&broker, TOPIC)
         .qos(QoS::AtLeastOnce)
@@ -451,23 +458,22 @@ fn a_full_spool_makes_a_file_job_wait_and_deliver_everything() {
 #[test]
 fn mqtt5_messages_carry_the_spool_id_and_a_sequence_that_grows_across_restarts() {
     let mut broker = Broker::new();
-    let dir = tempfile::tempdir().unwrap();
-    let plugins = plugin_dir(dir.path());
-    let location = dir.path().join("spool");
+    let site = Site::new();
+    let (plugins, location) = (&site.plugins, &site.location);
     broker.stop();
     let mut first = gst_launch(
-        &plugins,
+        plugins,
         &pipeline(
             20,
             "run1",
             broker.port(),
-            &location,
+            location,
             "protocol=5 flush-timeout=600000",
         ),
     )
     .spawn()
     .unwrap();
-    wait_spooled(&location, 20 * 24);
+    wait_spooled(location, 20 * 24);
     kill(&mut first);
     broker.start();
     let sub = Subscriber::builder(&broker, TOPIC)
@@ -475,13 +481,13 @@ fn mqtt5_messages_carry_the_spool_id_and_a_sequence_that_grows_across_restarts()
         .qos(QoS::AtLeastOnce)
         .connect();
     let out = run(
-        &plugins,
-        &pipeline(10, "run2", broker.port(), &location, "protocol=5"),
+        plugins,
+        &pipeline(10, "run2", broker.port(), location, "protocol=5"),
     );
     assert!(out.status.success(), "{}", printed(&out));
     let messages = sub.wait_for(30, LONG);
     assert_eq!(messages.len(), 30);
-    let id = spool_dir(&location).display().to_string();
+    let id = spool_dir(location).display().to_string();
     let mut by_run: Vec<(String, u64)> = messages
         .iter()
         .map(|m| {
@@ -558,12 +564,11 @@ fn a_full_or_read_only_disk_is_reported_and_publishing_goes_on_in_memory() {
     for (case, full) in [("full disk", true), ("read-only disk", false)] {
         common::case(case, || {
             let broker = Broker::new();
-            let dir = tempfile::tempdir().unwrap();
-            let plugins = plugin_dir(dir.path());
-            let location = dir.path().join("spool");
+            let site = Site::new();
+            let (plugins, location) = (&site.plugins, &site.location);
             // Room for the lock, the ledger and a segment of a few dozen messages; or room
             // enough, and the folder turns read-only when the spool starts a new segment.
-            let disk = SmallDisk::mount(&location, if full { "32k" } else { "64m" });
+            let disk = SmallDisk::mount(location, if full { "32k" } else { "64m" });
             let frames_with_images = if full {
                 ""
             } else {
@@ -590,17 +595,17 @@ fn a_full_or_read_only_disk_is_reported_and_publishing_goes_on_in_memory() {
             .split_whitespace()
             .map(str::to_owned)
             .collect();
-            let child = gst_launch(&plugins, &args).spawn().unwrap();
+            let child = gst_launch(plugins, &args).spawn().unwrap();
             if !full {
                 // Once the spool is in use, its folder turns read-only.
                 assert!(wait_until(LONG, Duration::from_millis(5), || {
-                    spooled_bytes(&location) > 0
+                    spooled_bytes(location) > 0
                 }));
-                disk.read_only(&spool_dir(&location));
+                disk.read_only(&spool_dir(location));
             }
             let out = child.wait_with_output().unwrap();
             if !full {
-                let _ = Command::new("umount").arg(spool_dir(&location)).status();
+                let _ = Command::new("umount").arg(spool_dir(location)).status();
             }
             let printed = printed(&out);
             assert!(out.status.success(), "{printed}");
@@ -614,7 +619,7 @@ fn a_full_or_read_only_disk_is_reported_and_publishing_goes_on_in_memory() {
                 .find(|l| l.contains(cause))
                 .unwrap_or_else(|| panic!("no warning with {cause:?}: {printed}"));
             assert!(
-                warning.contains(&spool_dir(&location).display().to_string())
+                warning.contains(&spool_dir(location).display().to_string())
                     && warning.contains("messages go on in memory"),
                 "{warning}"
             );
@@ -643,36 +648,35 @@ fn the_backlog_reaches_every_broker_at_every_qos() {
     ] {
         common::case(name, || {
             let broker = builder.start();
-            let dir = tempfile::tempdir().unwrap();
-            let plugins = plugin_dir(dir.path());
-            let location = dir.path().join("spool");
+            let site = Site::new();
+            let (plugins, location) = (&site.plugins, &site.location);
             // Run 1 has no broker to talk to, and dies.
             let closed = common::free_port(false);
             let mut first = gst_launch(
-                &plugins,
+                plugins,
                 &pipeline(
                     50,
                     "run1",
                     closed,
-                    &location,
+                    location,
                     &format!("{props} flush-timeout=600000"),
                 ),
             )
             .spawn()
             .unwrap();
-            wait_spooled(&location, 50 * 24);
+            wait_spooled(location, 50 * 24);
             kill(&mut first);
 
             let sub = Subscriber::builder(&broker, TOPIC)
                 .qos(QoS::AtLeastOnce)
                 .connect();
             let out = run(
-                &plugins,
+                plugins,
                 &pipeline(
                     10,
                     "run2",
                     broker.port(),
-                    &location,
+                    location,
                     &format!("{props} flush-timeout=30000"),
                 ),
             );
@@ -707,19 +711,18 @@ fn held_at_start(printed: &str) -> u64 {
 /// finds the spool empty.
 #[test]
 fn messages_older_than_the_age_limit_are_dropped_and_counted() {
-    let dir = tempfile::tempdir().unwrap();
-    let plugins = plugin_dir(dir.path());
-    let location = dir.path().join("spool");
+    let site = Site::new();
+    let (plugins, location) = (&site.plugins, &site.location);
     let closed = common::free_port(false);
     let mut args = vec!["-m".to_owned()];
     args.extend(pipeline(
         40,
         "run1",
         closed,
-        &location,
+        location,
         "spool-max-age=1 flush-timeout=3000",
     ));
-    let out = run(&plugins, &args);
+    let out = run(plugins, &args);
     let printed1 = printed(&out);
     assert!(
         printed1
@@ -739,8 +742,8 @@ fn messages_older_than_the_age_limit_are_dropped_and_counted() {
         "{printed1}"
     );
     let mut args = vec!["-m".to_owned()];
-    args.extend(pipeline(0, "run2", closed, &location, "flush-timeout=100"));
-    let out = run(&plugins, &args);
+    args.extend(pipeline(0, "run2", closed, location, "flush-timeout=100"));
+    let out = run(plugins, &args);
     assert_eq!(held_at_start(&printed(&out)), 0, "{}", printed(&out));
 }
 
@@ -761,9 +764,8 @@ fn rss_kib(pid: u32) -> u64 {
 #[test]
 fn a_minute_of_outage_with_a_live_camera_loses_no_frame_and_keeps_memory_bounded() {
     let mut broker = Broker::new();
-    let dir = tempfile::tempdir().unwrap();
-    let plugins = plugin_dir(dir.path());
-    let location = dir.path().join("spool");
+    let site = Site::new();
+    let (plugins, location) = (&site.plugins, &site.location);
     // A persistent subscriber: the broker keeps its messages while it is away.
     let sub = Subscriber::builder(&broker, TOPIC)
         .qos(QoS::AtLeastOnce)
@@ -784,7 +786,7 @@ fn a_minute_of_outage_with_a_live_camera_loses_no_frame_and_keeps_memory_bounded
     .split_whitespace()
     .map(str::to_owned)
     .collect();
-    let mut cmd = gst_launch(&plugins, &args);
+    let mut cmd = gst_launch(plugins, &args);
     cmd.args(["-m"]);
     let child = cmd.spawn().unwrap();
     let pid = child.id();
@@ -792,7 +794,7 @@ fn a_minute_of_outage_with_a_live_camera_loses_no_frame_and_keeps_memory_bounded
     let early = rss_kib(pid);
     std::thread::sleep(Duration::from_secs(50));
     let late = rss_kib(pid);
-    let spooled = spooled_bytes(&location);
+    let spooled = spooled_bytes(location);
     broker.start();
     let sub = Subscriber::builder(&broker, TOPIC)
         .qos(QoS::AtLeastOnce)
@@ -832,6 +834,6 @@ fn a_minute_of_outage_with_a_live_camera_loses_no_frame_and_keeps_memory_bounded
     );
     // Nothing left: the next run finds the spool empty.
     let mut args = vec!["-m".to_owned()];
-    args.extend(pipeline(0, "empty", broker.port(), &location, ""));
-    assert_eq!(held_at_start(&printed(&run(&plugins, &args))), 0);
+    args.extend(pipeline(0, "empty", broker.port(), location, ""));
+    assert_eq!(held_at_start(&printed(&run(plugins, &args))), 0);
 }

@@ -48,15 +48,6 @@ pub enum Origin {
     Ready,
 }
 
-/// Messages the spool dropped by its full or age policy, reconciled with what is pending.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Reconciled {
-    /// Pending messages removed (counted as dropped).
-    pub dropped: u64,
-    /// Of those, disk-only ones (never read back).
-    pub dropped_on_disk: u64,
-}
-
 #[derive(Debug)]
 pub struct Backlog {
     retry: VecDeque<Pending>,
@@ -243,27 +234,27 @@ impl Backlog {
     }
 
     /// The spool dropped everything below `next` (its full or age policy): what is pending
-    /// here below it is dropped too. Messages in flight stay in flight (in memory only).
-    pub fn drop_below(&mut self, next: u64) -> Reconciled {
-        let mut reconciled = Reconciled::default();
+    /// here below it is dropped too; returns how many. Messages in flight stay in flight
+    /// (in memory only).
+    pub fn drop_below(&mut self, next: u64) -> u64 {
+        let mut dropped = 0;
         let below = |p: &Pending| p.seq.is_some_and(|seq| seq < next);
         for queue in [&mut self.retry, &mut self.replay] {
             let before = queue.len();
             queue.retain(|p| !below(p));
-            reconciled.dropped += (before - queue.len()) as u64;
+            dropped += (before - queue.len()) as u64;
         }
         if !self.disk.is_empty() && self.disk.start < next {
             let end = next.min(self.disk.end);
-            reconciled.dropped_on_disk = end - self.disk.start;
-            reconciled.dropped += reconciled.dropped_on_disk;
+            dropped += end - self.disk.start;
             self.disk.start = end;
         }
         while self.ready.front().is_some_and(below) {
-            let dropped = self.ready.pop_front().expect("front exists");
-            self.ready_bytes -= dropped.payload.len();
-            reconciled.dropped += 1;
+            let gone = self.ready.pop_front().expect("front exists");
+            self.ready_bytes -= gone.payload.len();
+            dropped += 1;
         }
-        reconciled
+        dropped
     }
 }
 
@@ -386,15 +377,8 @@ mod tests {
         // ready holds 12..15, disk 2..12.
         assert_eq!(b.depth(), (5, 10));
         b.requeue_front(vec![pending(9)]);
-        let r = b.drop_below(13);
         // retry 9, replay 0 and 1, disk 2..12 (10), ready 12.
-        assert_eq!(
-            r,
-            Reconciled {
-                dropped: 1 + 2 + 10 + 1,
-                dropped_on_disk: 10
-            }
-        );
+        assert_eq!(b.drop_below(13), 1 + 2 + 10 + 1);
         assert_eq!(b.depth(), (2, 0));
         assert_eq!(b.watermark(None), Some(13));
         // A record read back after the drop is no longer wanted.

@@ -249,16 +249,7 @@ impl Spooler<'_> {
     fn drop_oldest(&mut self, needed: usize) -> bool {
         match self.spool.drop_oldest(needed) {
             Ok(dropped) if dropped.messages > 0 => {
-                let next = self.spool.watermark();
-                self.shared.update(|t| {
-                    let reconciled = self.side.backlog.lock().unwrap().drop_below(next);
-                    t.stats.dropped_spool_full += reconciled.dropped;
-                });
-                self.side
-                    .drops
-                    .lock()
-                    .unwrap()
-                    .count("full", dropped.messages);
+                self.spool_dropped("full");
                 true
             }
             Ok(_) => false,
@@ -266,6 +257,24 @@ impl Spooler<'_> {
                 self.failed(&e);
                 false
             }
+        }
+    }
+
+    /// The spool dropped its oldest records (`reason`: its full or age policy): what was
+    /// pending of them is dropped, counted and announced. Messages in flight stay in
+    /// flight (in memory only), neither dropped nor counted.
+    fn spool_dropped(&mut self, reason: &'static str) {
+        let next = self.spool.watermark();
+        let dropped = self.shared.update(|t| {
+            let dropped = self.side.backlog.lock().unwrap().drop_below(next);
+            match reason {
+                "age" => t.stats.dropped_spool_age += dropped,
+                _ => t.stats.dropped_spool_full += dropped,
+            }
+            dropped
+        });
+        if dropped > 0 {
+            self.side.drops.lock().unwrap().count(reason, dropped);
         }
     }
 
@@ -340,18 +349,7 @@ impl Spooler<'_> {
             return;
         };
         match self.spool.drop_older_than(max_age) {
-            Ok(dropped) if dropped.messages > 0 => {
-                let next = self.spool.watermark();
-                self.shared.update(|t| {
-                    let reconciled = self.side.backlog.lock().unwrap().drop_below(next);
-                    t.stats.dropped_spool_age += reconciled.dropped;
-                });
-                self.side
-                    .drops
-                    .lock()
-                    .unwrap()
-                    .count("age", dropped.messages);
-            }
+            Ok(dropped) if dropped.messages > 0 => self.spool_dropped("age"),
             Ok(_) => {}
             Err(e) => self.failed(&e),
         }
