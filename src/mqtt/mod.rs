@@ -3,6 +3,7 @@
 //! The MQTT connection: a bounded queue fed by the streaming thread and a worker thread
 //! that owns rumqttc's event loop, reconnects with backoff and accounts for every message.
 
+mod backoff;
 mod queue;
 mod session;
 mod worker;
@@ -140,6 +141,8 @@ impl fmt::Display for Broker {
 pub struct ConnectionConfig {
     /// The brokers, tried in turn (failover); at least one.
     pub brokers: Vec<Broker>,
+    /// The longest wait between two passes over the brokers (see `backoff`).
+    pub max_reconnect_delay: Duration,
     pub client_id: String,
     pub clean_session: bool,
     pub keep_alive: Duration,
