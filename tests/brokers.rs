@@ -458,6 +458,11 @@ struct Ended {
 fn end_of_stream(mut run: Run) -> Ended {
     run.pipeline.send_event(gst::event::Eos::new());
     run.wait_eos(LONG);
+    finished(run)
+}
+
+/// What a run that reached its end of stream said and counted.
+fn finished(run: Run) -> Ended {
     Ended {
         connected: posted(&run, "mqttpublish-connected"),
         disconnected: posted(&run, "mqttpublish-disconnected"),
@@ -569,72 +574,278 @@ fn unacknowledged_messages_are_published_again_when_the_broker_lost_the_session(
 }
 
 /// Failover across a three-node NATS cluster (JetStream, MQTT sessions on every node),
-/// QoS 1, a live source, clean-session=false, `host` listing nodes 1 and 2. Killing node 2
-/// with SIGKILL while the element uses node 1 makes NATS reset the element's connection
-/// (JetStream moves its leaders), and then, once node 2 is back, the node in use is killed:
-/// nothing is lost (every frame reaches a persistent subscriber on node 3, none stays in
-/// flight), the video never stalls, and the element says which broker it moved to.
+/// QoS 1, clean-session=false, a live source ending with an end of stream that waits up to
+/// 30 s (flush-timeout) for delivery, `host` listing the node that leads JetStream first
+/// and another node second. Three rounds, each killing (SIGKILL) the node in use: the first
+/// kills the listed node the element does not use for 3 s before (NATS resets the
+/// element's connection as JetStream moves its leaders, and the element may move off the
+/// leader; it says which it killed), the others kill the leader 3 s into 10 s of frames. The other node then answers CONNECT only
+/// once JetStream has elected a new leader (it closes each CONNECT after 4 s until then),
+/// while the dead node refuses at once: the element fails over at once and retries the pair
+/// with waits doubling between passes. Nothing is lost in any round (every frame reaches a
+/// persistent subscriber on the third node, none stays in flight), the video never
+/// stalls, and the element says which broker it moved to. The killed node is started again
+/// before the next round.
 #[test]
 fn nats_cluster_failover_loses_nothing() {
     let mut nodes = Broker::nats_cluster(3);
+    let started = Instant::now();
+    let mut restarted = None;
+    for round in 1..=3 {
+        let (killed, outage, leader) = failover_round(&mut nodes, round, restarted);
+        restarted = Some(killed);
+        eprintln!(
+            "round {round}: the node in use killed ({}), reconnected {outage:?} later; {:?} \
+             so far",
+            if leader {
+                "the leader"
+            } else {
+                "not the leader"
+            },
+            started.elapsed()
+        );
+    }
+}
+
+/// Frames of a failover round: 10 s at 30 fps, 5 s more in the first round.
+const ROUND_FRAMES: u64 = 300;
+
+/// One round of [`nats_cluster_failover_loses_nothing`]; `restarted` is the node the round
+/// before killed and started again. Returns the node killed, the time from its death to
+/// the reconnection, and whether it led JetStream.
+fn failover_round(
+    nodes: &mut [Broker],
+    round: u32,
+    restarted: Option<usize>,
+) -> (usize, Duration, bool) {
     let address = |b: &Broker| format!("{}:{}", b.host(), b.port());
-    let sub = Subscriber::builder(&nodes[2], "failover")
+    let leader = jetstream_leader(nodes);
+    // The subscriber is never on the node just started again: a subscription made there
+    // while it is still joining the cluster can get nothing (seen here).
+    let other = restarted
+        .filter(|r| *r != leader)
+        .unwrap_or((leader + 1) % 3);
+    let third = 3 - leader - other;
+    let topic = format!("failover/{round}");
+    let sub = Subscriber::builder(&nodes[third], &topic)
         .qos(QoS::AtLeastOnce)
-        .persistent_session(&format!("failover-sub-{}", std::process::id()))
+        .persistent_session(&format!("failover-sub-{}-{round}", std::process::id()))
         .connect();
+    let frames = if round == 1 {
+        ROUND_FRAMES * 3 / 2
+    } else {
+        ROUND_FRAMES
+    };
     let mut run = Run::publish(
-        &replay(100_000, true),
+        &replay(frames as u32, true),
         &format!(
-            "host={},{} topic=failover qos=1 clean-session=false client-id=failover-{} \
-             max-queued-messages=5000",
-            address(&nodes[0]),
-            address(&nodes[1]),
+            "host={},{} topic={topic} qos=1 clean-session=false client-id=failover-{}-{round} \
+             max-queued-messages=5000 flush-timeout=30000",
+            address(&nodes[leader]),
+            address(&nodes[other]),
             std::process::id()
         ),
     );
     assert!(run.wait_element_message("mqttpublish-connected", LONG));
-    // Two seconds of frames arrive first.
-    sub.wait_for(60, LONG);
 
-    // A node the element does not use, down for three seconds.
-    nodes[1].kill();
-    thread::sleep(Duration::from_secs(3));
-    nodes[1].start();
-    nodes[1].wait_mqtt_ready(Duration::from_secs(60));
-    let in_use = settle(&mut run);
-
-    // The node in use.
-    let (used, other) = if in_use == address(&nodes[0]) {
-        (0, 1)
+    let used = if round == 1 {
+        // Two seconds of frames, then the listed node the element does not use, down for
+        // three seconds.
+        sub.wait_for(60, LONG);
+        nodes[other].kill();
+        thread::sleep(Duration::from_secs(3));
+        nodes[other].start();
+        nodes[other].wait_mqtt_ready(Duration::from_secs(60));
+        let in_use = settle(&mut run);
+        if in_use == address(&nodes[leader]) {
+            leader
+        } else {
+            other
+        }
     } else {
-        (1, 0)
+        // Three seconds of frames; the leader is in use.
+        sub.wait_for(90, LONG);
+        assert_eq!(
+            jetstream_leader(nodes),
+            leader,
+            "round {round}: JetStream's leader moved"
+        );
+        leader
     };
+    let spare = if used == leader { other } else { leader };
     let before = posted(&run, "mqttpublish-connected").len();
-    nodes[used].kill();
-    // A cluster that lost a node answers CONNECT only once JetStream has moved its leaders
-    // (up to ~30 s here when the killed node led).
-    assert!(wait_connected(
-        &mut run,
-        before + 1,
-        Duration::from_secs(90)
-    ));
-    assert_eq!(settle(&mut run), address(&nodes[other]));
-    let ended = end_of_stream(run);
-
-    let disconnected = &ended.disconnected;
     assert!(
-        disconnected.iter().any(|d| {
-            d.get::<String>("broker").ok() == Some(address(&nodes[used]))
-                && d.get::<String>("next-broker").ok() == Some(address(&nodes[other]))
-        }),
-        "the move is reported: {disconnected:?}"
+        (run.flow.count() as u64) < frames - 60,
+        "round {round}: the stream is still under way"
+    );
+    let killed = Instant::now();
+    nodes[used].kill();
+    // The end of stream waits for delivery (flush-timeout).
+    run.wait_eos(Duration::from_secs(90));
+    // The failures from the death to the reconnection.
+    let connected_at = run.element_messages("mqttpublish-connected");
+    assert!(
+        connected_at.len() > before,
+        "round {round}: {connected_at:?}"
+    );
+    let reconnected = connected_at[before].1;
+    let failures: Vec<gst::Structure> = run
+        .element_messages("mqttpublish-disconnected")
+        .into_iter()
+        .filter(|(_, at)| *at > killed && *at < reconnected)
+        .map(|(s, _)| s)
+        .collect();
+    let ended = finished(run);
+    assert!(!failures.is_empty(), "round {round}: no failure reported");
+
+    assert_eq!(
+        ended
+            .connected
+            .last()
+            .unwrap()
+            .get::<String>("broker")
+            .unwrap(),
+        address(&nodes[spare]),
+        "round {round}"
+    );
+    // The lost connection fails over at once; each pass over the pair ends with a wait,
+    // twice the one before.
+    let first = &failures[0];
+    assert_eq!(
+        (
+            first.get::<String>("broker").unwrap(),
+            first.get::<String>("next-broker").unwrap(),
+        ),
+        (address(&nodes[used]), address(&nodes[spare])),
+        "round {round}: the move is reported: {failures:?}"
+    );
+    let waits: Vec<u64> = failures
+        .iter()
+        .map(|d| d.get::<u64>("retry-in-ms").unwrap())
+        .collect();
+    for (i, wait) in waits.iter().enumerate() {
+        assert_eq!(*wait == 0, i % 2 == 0, "round {round}: {failures:?}");
+    }
+    let passes: Vec<u64> = waits.iter().copied().filter(|ms| *ms > 0).collect();
+    assert!(
+        passes.windows(2).all(|w| w[1] == 2 * w[0])
+            && passes.first().is_none_or(|ms| ms % 1000 == 0),
+        "round {round}: {passes:?}"
     );
     let warnings = &ended.warnings;
     assert!(
-        warnings.iter().any(|w| w.contains(&address(&nodes[other]))),
-        "{warnings:?}"
+        warnings.iter().any(|w| w.contains(&address(&nodes[spare]))),
+        "round {round}: {warnings:?}"
     );
-    assert_lossless(&ended, &sub, &nodes[2]);
+    assert_lossless(&ended, &sub, &nodes[third]);
+    assert_eq!(
+        stat(&ended.stats, "messages-queued"),
+        frames,
+        "round {round}"
+    );
+
+    nodes[used].start();
+    nodes[used].wait_mqtt_ready(Duration::from_secs(60));
+    (used, reconnected - killed, used == leader)
+}
+
+/// The index in `nodes` of the node that leads JetStream, once the cluster has one.
+#[track_caller]
+fn jetstream_leader(nodes: &[Broker]) -> usize {
+    let mut leader = None;
+    let known = common::wait_until(Duration::from_secs(60), Duration::from_millis(200), || {
+        leader = nodes.iter().find_map(Broker::jetstream_leader);
+        leader.is_some()
+    });
+    assert!(known, "no JetStream leader");
+    let leader = leader.unwrap();
+    nodes
+        .iter()
+        .position(|node| node.server_name() == leader)
+        .unwrap_or_else(|| panic!("the leader {leader:?} is none of the nodes"))
+}
+
+/// Two brokers, the first a closed port: its refusal sends the element to the second at
+/// once (`retry-in-ms` 0), not after a backoff delay. Then the second broker is stopped:
+/// the lost connection fails over at once too, and the waits come after each pass over the
+/// pair (the closed port's refusals), 1 s then 2 s, until the broker is back. Every frame
+/// arrives.
+#[test]
+fn a_broker_that_refuses_sends_the_element_to_the_next_without_waiting() {
+    let closed = format!("127.0.0.1:{}", common::free_port(false));
+    let mut broker = Broker::new();
+    let live = format!("{}:{}", broker.host(), broker.port());
+    let sub = Subscriber::builder(&broker, "pass")
+        .qos(QoS::AtLeastOnce)
+        .connect();
+    let mut run = Run::publish(
+        &replay(100_000, true),
+        &format!(
+            "host={closed},{live} topic=pass qos=1 clean-session=false client-id=pass-{} \
+             max-queued-messages=5000",
+            std::process::id()
+        ),
+    );
+    assert!(run.wait_element_message("mqttpublish-connected", LONG));
+    let refused = run.element_messages("mqttpublish-disconnected");
+    let connected = run.element_messages("mqttpublish-connected");
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert_eq!(
+        failure(&refused[0].0),
+        (closed.clone(), 1, 0, live.clone()),
+        "on to the next broker without a wait"
+    );
+    assert_eq!(connected[0].0.get::<String>("broker").unwrap(), live);
+    // The refusal and the connection take milliseconds; the first backoff delay is 1 s.
+    let took = connected[0].1 - refused[0].1;
+    assert!(took < Duration::from_secs(1), "connected {took:?} later");
+
+    sub.wait_for(30, LONG);
+    broker.stop();
+    // The lost connection, then a pass (the closed port, the stopped broker), then the
+    // closed port again: five failures in all, the last one followed by a 2 s wait.
+    let five = common::wait_until(LONG, Duration::from_millis(20), || {
+        run.element_messages("mqttpublish-disconnected").len() >= 5
+    });
+    assert!(
+        five,
+        "{:?}",
+        run.element_messages("mqttpublish-disconnected")
+    );
+    broker.start();
+    assert!(wait_connected(&mut run, 2, LONG));
+    wait_published_after_reconnection(&run, 30);
+    let ended = end_of_stream(run);
+
+    let failures: Vec<_> = ended.disconnected.iter().map(failure).collect();
+    assert_eq!(
+        failures[..5],
+        [
+            (closed.clone(), 1, 0, live.clone()),
+            (live.clone(), 1, 0, closed.clone()),
+            (closed.clone(), 2, 1000, live.clone()),
+            (live.clone(), 3, 0, closed.clone()),
+            (closed.clone(), 4, 2000, live.clone()),
+        ],
+        "{failures:?}"
+    );
+    let connected: Vec<String> = ended
+        .connected
+        .iter()
+        .map(|c| c.get::<String>("broker").unwrap())
+        .collect();
+    assert_eq!(connected, [live.clone(), live], "{connected:?}");
+    assert_lossless(&ended, &sub, &broker);
+}
+
+/// `broker`, `attempt`, `retry-in-ms` and `next-broker` of an `mqttpublish-disconnected`.
+fn failure(message: &gst::Structure) -> (String, u32, u64, String) {
+    (
+        message.get("broker").unwrap(),
+        message.get("attempt").unwrap(),
+        message.get("retry-in-ms").unwrap(),
+        message.get("next-broker").unwrap(),
+    )
 }
 
 /// Waits until the element has been connected for a second with nothing left waiting

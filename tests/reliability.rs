@@ -198,6 +198,45 @@ fn broker_absent_at_start_retries_with_backoff() {
     assert_eq!(stat(&stats, "messages-acknowledged"), frames as u64);
 }
 
+/// `max-reconnect-delay` bounds every wait: at 400 ms, below the first delay of 1 s, each
+/// wait is drawn between 200 and 400 ms (the jitter that keeps a fleet of cameras from
+/// reconnecting in lockstep), and the sink retries that often, then publishes once the
+/// broker is up.
+#[test]
+fn max_reconnect_delay_bounds_every_wait_with_jitter() {
+    let mut broker = Broker::new();
+    broker.stop();
+    let mut run = Run::publish(
+        &live_source(100_000),
+        &format!("{} qos=1 max-reconnect-delay=400", to(&broker)),
+    );
+    let eight_failed = wait_until(LONG, Duration::from_millis(20), || {
+        run.element_messages("mqttpublish-disconnected").len() >= 8
+    });
+    let failures = run.element_messages("mqttpublish-disconnected");
+    assert!(eight_failed, "{failures:?}");
+    let waits: Vec<u64> = failures
+        .iter()
+        .map(|(s, _)| s.get("retry-in-ms").unwrap())
+        .collect();
+    assert!(waits.iter().all(|ms| (200..=400).contains(ms)), "{waits:?}");
+    assert!(
+        waits.iter().any(|ms| *ms != waits[0]),
+        "jittered: {waits:?}"
+    );
+    // Eight failures within a fraction of what a 1 s, 2 s, 4 s ... backoff takes (7 s
+    // for four).
+    let took = failures[7].1 - failures[0].1;
+    assert!(took < Duration::from_secs(7), "{took:?}: {waits:?}");
+
+    broker.start();
+    let sub = Subscriber::new(&broker, TOPIC);
+    assert!(run.wait_element_message("mqttpublish-connected", LONG));
+    sub.wait_for(10, LONG);
+    let stats = run.stop();
+    assert_accounted(&stats);
+}
+
 /// 5. A frozen broker (SIGSTOP): leaky queues never block the streaming thread; a
 ///    blocking queue does, but a flushing seek and a state change to NULL still finish.
 #[test]

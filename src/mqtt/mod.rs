@@ -4,6 +4,7 @@
 //! that owns rumqttc's event loop, reconnects with backoff and accounts for every message.
 
 mod backlog;
+mod backoff;
 mod queue;
 mod session;
 mod spooler;
@@ -143,6 +144,8 @@ impl fmt::Display for Broker {
 pub struct ConnectionConfig {
     /// The brokers, tried in turn (failover); at least one.
     pub brokers: Vec<Broker>,
+    /// The longest wait between two passes over the brokers (see `backoff`).
+    pub max_reconnect_delay: Duration,
     pub client_id: String,
     pub clean_session: bool,
     pub keep_alive: Duration,

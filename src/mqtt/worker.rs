@@ -26,7 +26,11 @@
 //! [`Session::take_unsent`] for why).
 //!
 //! With several brokers ([`ConnectionConfig::brokers`]), each failure moves to the next
-//! one, with the same backoff.
+//! one at once; the backoff waits between passes over the list (see [`super::backoff`]).
+//!
+//! With a spool ([`SpoolStart`]), a spooler thread stands between the queue and the
+//! connection (see [`super::spooler`]): the mover hands over from its backlog, and each
+//! message keeps its place in the spool until it is delivered.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -62,11 +66,6 @@ const BACK_TO_BACK: Duration = Duration::from_millis(1);
 /// ticks in milliseconds, so the wait is 1 to 2 ms; a full batch ends it sooner.
 const LINGER: Duration = Duration::from_millis(1);
 
-/// First reconnection delay; it doubles after each failed attempt up to [`MAX_BACKOFF`].
-const FIRST_BACKOFF: Duration = Duration::from_secs(1);
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
-/// A connection that lasted this long resets the backoff.
-const CONNECTION_HELD: Duration = Duration::from_secs(10);
 /// This many short-lived connections in a row suggest another client uses our client id.
 const SHORT_CONNECTIONS_WARNING: u32 = 3;
 /// How long a stop waits for DISCONNECT to go out.
@@ -971,14 +970,18 @@ fn packet_size(topic: &str, payload_size: usize) -> usize {
 }
 
 /// Drives the event loop: connection state, acknowledgements, backoff, failover, what the
-/// broker refused, clean disconnect.
+/// broker refused, clean disconnect. [`super::backoff`] says where each failure leads: on
+/// to the next broker at once within a pass over the list, the wait between passes.
 async fn poll_connection(shared: &Shared, mut session: Session, config: &ConnectionConfig) {
-    let mut backoff = FIRST_BACKOFF;
-    let mut failures = 0u32;
+    use super::backoff::{self, Backoff, CONNECTION_HELD};
+    let mut backoff = Backoff::new(
+        config.brokers.len(),
+        config.max_reconnect_delay,
+        backoff::seed(&config.client_id),
+    );
     let mut short_connections = 0u32;
     let mut connected_since: Option<Instant> = None;
     let mut ever_connected = false;
-    let mut broker_index = 0;
     // The refusal the last failure looked like (a guess needs a repeat), and those reported.
     let mut last_refusal: Option<Refusal> = None;
     let mut reported: Vec<Refusal> = Vec::new();
@@ -997,7 +1000,7 @@ async fn poll_connection(shared: &Shared, mut session: Session, config: &Connect
                 max_packet_size,
                 max_qos,
             }) => {
-                failures = 0;
+                backoff.connected();
                 last_refusal = None;
                 connected_since = Some(Instant::now());
                 if let Some(granted) = max_qos.and_then(QoS::from_granted) {
@@ -1119,9 +1122,9 @@ async fn poll_connection(shared: &Shared, mut session: Session, config: &Connect
                 }
                 last_refusal = refusal;
 
-                if let Some(since) = connected_since.take() {
-                    if since.elapsed() >= CONNECTION_HELD {
-                        backoff = FIRST_BACKOFF;
+                let held = connected_since.take().map(|since| since.elapsed());
+                if let Some(held) = held {
+                    if held >= CONNECTION_HELD {
                         short_connections = 0;
                     } else if !qos2_closed {
                         short_connections += 1;
@@ -1139,32 +1142,36 @@ async fn poll_connection(shared: &Shared, mut session: Session, config: &Connect
                         ),
                     });
                 }
-                failures += 1;
-                let retry_in = backoff;
-                backoff = (backoff * 2).min(MAX_BACKOFF);
-                let next = (config.brokers.len() > 1).then(|| {
-                    broker_index = (broker_index + 1) % config.brokers.len();
-                    config.brokers[broker_index].clone()
-                });
+                let retry = match held {
+                    Some(held) => backoff.lost(held),
+                    None => backoff.failed(),
+                };
+                let next = (config.brokers.len() > 1).then(|| config.brokers[retry.broker].clone());
                 gst::debug!(
                     CAT,
-                    "Connection to {} failed ({reason}), attempt {failures}, retrying in {retry_in:?}{}",
+                    "Connection to {} failed ({reason}), attempt {}, retrying in {:?}{}",
                     shared.broker.lock().unwrap(),
-                    next.as_ref().map(|b| format!(" with {b}")).unwrap_or_default()
+                    retry.attempt,
+                    retry.wait,
+                    next.as_ref()
+                        .map(|b| format!(" with {b}"))
+                        .unwrap_or_default()
                 );
                 shared.notify(Notice::Disconnected {
                     reason,
-                    attempt: failures,
-                    retry_in,
+                    attempt: retry.attempt,
+                    retry_in: retry.wait,
                     next: next.clone(),
                 });
                 if let Some(next) = next {
                     session.set_broker(config, &next);
                     *shared.broker.lock().unwrap() = next;
                 }
-                tokio::select! {
-                    _ = tokio::time::sleep(retry_in) => {}
-                    _ = shared.stop.notified() => return,
+                if !retry.wait.is_zero() {
+                    tokio::select! {
+                        _ = tokio::time::sleep(retry.wait) => {}
+                        _ = shared.stop.notified() => return,
+                    }
                 }
             }
         }
@@ -1327,6 +1334,7 @@ mod tests {
                 host: "127.0.0.1".into(),
                 port,
             }],
+            max_reconnect_delay: Duration::from_secs(30),
             client_id: "worker-test".into(),
             clean_session: true,
             keep_alive: Duration::from_secs(60),

@@ -23,8 +23,8 @@ use super::settings::{
     self, Number, Settings, DEFAULT_ADD_SINK_TIME, DEFAULT_CLEAN_SESSION, DEFAULT_HOST,
     DEFAULT_PUBLISH_FRAME, DEFAULT_RETAIN, DEFAULT_SKIP_EMPTY, DEFAULT_TOPIC, FLUSH_TIMEOUT,
     FRAME_INTERVAL, JPEG_QUALITY, KEEP_ALIVE, MAX_MESSAGE_SIZE, MAX_QUEUED_BYTES,
-    MAX_QUEUED_MESSAGES, PORT, PROTOCOL, QOS, SPOOL_MAX_AGE, SPOOL_MAX_BYTES, SPOOL_REPLAY_SHARE,
-    SPOOL_SYNC_INTERVAL,
+    MAX_QUEUED_MESSAGES, MAX_RECONNECT_DELAY, PORT, PROTOCOL, QOS, SPOOL_MAX_AGE, SPOOL_MAX_BYTES,
+    SPOOL_REPLAY_SHARE, SPOOL_SYNC_INTERVAL,
 };
 use super::{Leaky, MessageFormat, MetadataSource, SpoolSync};
 use crate::config;
@@ -205,6 +205,13 @@ impl ObjectImpl for MqttPublish {
                     "Keep-alive",
                     "Seconds between pings while idle (0: none, MQTT 3.1.1 only; protocol 5 \
                      needs 5 or more)",
+                ),
+                uint(
+                    MAX_RECONNECT_DELAY,
+                    "Longest reconnection delay",
+                    "Longest wait in milliseconds between two passes over the brokers: after a \
+                     failure the element goes on to the next broker at once, and once every \
+                     one has failed waits 1 s, doubling per pass up to this, with jitter",
                 ),
                 string(
                     "username",
@@ -421,6 +428,7 @@ impl ObjectImpl for MqttPublish {
             "client-id" => settings.client_id = Some(non_empty()),
             "clean-session" => settings.clean_session = get(value),
             "keep-alive" => settings.keep_alive = get(value),
+            "max-reconnect-delay" => settings.max_reconnect_delay_ms = get(value),
             "username" => settings.username = Some(non_empty()),
             "password" => settings.password = Some(string().map(Secret::new)),
             "tls-ca-file" => settings.tls_ca_file = Some(non_empty()),
@@ -484,6 +492,7 @@ impl ObjectImpl for MqttPublish {
             "client-id" => settings.client_id.clone().flatten().to_value(),
             "clean-session" => settings.clean_session.to_value(),
             "keep-alive" => settings.keep_alive.to_value(),
+            "max-reconnect-delay" => settings.max_reconnect_delay_ms.to_value(),
             "username" => settings.username.clone().flatten().to_value(),
             "tls-ca-file" => settings.tls_ca_file.clone().flatten().to_value(),
             "tls-cert-file" => settings.tls_cert_file.clone().flatten().to_value(),
@@ -1090,6 +1099,7 @@ mod tests {
             QOS,
             PROTOCOL,
             KEEP_ALIVE,
+            MAX_RECONNECT_DELAY,
             JPEG_QUALITY,
             FRAME_INTERVAL,
             MAX_QUEUED_MESSAGES,

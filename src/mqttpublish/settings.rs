@@ -64,6 +64,13 @@ pub const KEEP_ALIVE: Number<u32> = Number {
     max: 65535,
     default: 60,
 };
+/// Milliseconds; 30 s as DLSPS waits at most.
+pub const MAX_RECONNECT_DELAY: Number<u32> = Number {
+    name: "max-reconnect-delay",
+    min: 100,
+    max: 3_600_000,
+    default: 30_000,
+};
 pub const JPEG_QUALITY: Number<u32> = Number {
     name: "jpeg-quality",
     min: 1,
@@ -148,6 +155,7 @@ pub struct Settings {
     pub client_id: Layered<String>,
     pub clean_session: bool,
     pub keep_alive: u32,
+    pub max_reconnect_delay_ms: u32,
     pub username: Layered<String>,
     pub password: Layered<Secret>,
     pub tls_ca_file: Layered<String>,
@@ -193,6 +201,7 @@ impl Default for Settings {
             client_id: None,
             clean_session: DEFAULT_CLEAN_SESSION,
             keep_alive: KEEP_ALIVE.default,
+            max_reconnect_delay_ms: MAX_RECONNECT_DELAY.default,
             username: None,
             password: None,
             tls_ca_file: None,
@@ -417,6 +426,7 @@ pub fn resolve(
     let max_message_size = settings.max_message_size as usize;
     let connection = ConnectionConfig {
         brokers: parse_brokers(&host, port)?,
+        max_reconnect_delay: Duration::from_millis(u64::from(settings.max_reconnect_delay_ms)),
         client_id: client_id
             .filter(|id| !id.is_empty())
             .unwrap_or_else(unique_client_id),
@@ -597,6 +607,7 @@ mod tests {
         assert_eq!((c.qos, c.protocol), (QoS::AtMostOnce, Protocol::V311));
         assert!(c.client_id.starts_with("gstmqtt-"), "{}", c.client_id);
         assert!(c.credentials.is_none() && r.tls.is_none());
+        assert_eq!(c.max_reconnect_delay, Duration::from_secs(30));
         assert!(!r.message.publish_frame && r.message.filter.is_none());
         assert!(r.warnings.is_empty(), "{:?}", r.warnings);
     }

@@ -66,6 +66,8 @@ struct ClusterNode {
     route_ports: Vec<u16>,
     /// MQTT port, chosen with the cluster.
     port: u16,
+    /// HTTP monitoring port (`/jsz`: which node leads JetStream).
+    monitor_port: u16,
 }
 
 /// Options of [`Broker`]; create with [`Broker::builder`] (mosquitto), [`Broker::rabbitmq`]
@@ -347,6 +349,7 @@ impl Broker {
                         index,
                         route_ports: route_ports.clone(),
                         port: free_port(false),
+                        monitor_port: free_port(false),
                     }),
                     ..BrokerBuilder::default()
                 };
@@ -361,6 +364,36 @@ impl Broker {
             broker.wait_mqtt_ready(Duration::from_secs(60));
         }
         brokers
+    }
+
+    /// The server name of a NATS cluster node, `n1`, `n2` ... in the order
+    /// [`Broker::nats_cluster`] returns them.
+    #[track_caller]
+    pub fn server_name(&self) -> String {
+        let node = self.options.cluster.as_ref().expect("a NATS cluster node");
+        format!("n{}", node.index + 1)
+    }
+
+    /// The server name of the node leading JetStream's meta group as this running cluster
+    /// node sees it (its monitoring endpoint `/jsz`), `None` while there is no leader.
+    #[track_caller]
+    pub fn jetstream_leader(&self) -> Option<String> {
+        use std::io::{Read, Write};
+        let node = self.options.cluster.as_ref().expect("a NATS cluster node");
+        let addr = SocketAddr::new(LOCALHOST_V4.parse().unwrap(), node.monitor_port);
+        let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        stream
+            .write_all(b"GET /jsz HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+            .ok()?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).ok()?;
+        let (_, body) = response.split_once("\r\n\r\n")?;
+        let jsz: serde_json::Value = serde_json::from_str(body).ok()?;
+        jsz["meta_cluster"]["leader"]
+            .as_str()
+            .filter(|leader| !leader.is_empty())
+            .map(str::to_owned)
     }
 
     /// Which broker this is.
@@ -661,6 +694,7 @@ impl Broker {
                 node.route_ports[node.index],
                 routes.join(", ")
             ));
+            conf.push(format!("http: \"{LOCALHOST_V4}:{}\"", node.monitor_port));
             mqtt.push_str(&format!(", stream_replicas: {}", node.route_ports.len()));
         }
         mqtt.push_str(" }");
