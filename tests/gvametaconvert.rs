@@ -469,3 +469,66 @@ fn the_configuration_filter_removes_frame_level_classifications() {
         );
     }
 }
+
+#[test]
+fn a_tensor_whose_data_cannot_be_read_is_published_without_it_counted_and_warned_once() {
+    init_plugin();
+    let broker = Broker::new();
+    let sub = Subscriber::new(&broker, TOPIC);
+    let mut run = Run::publish(
+        "appsrc name=src format=time",
+        &format!("{} add-tensor-data=true", to(&broker)),
+    );
+    let appsrc = run.element("src").downcast::<gst_app::AppSrc>().unwrap();
+    appsrc.set_caps(Some(
+        &gst_video::VideoInfo::builder(gst_video::VideoFormat::Gray8, 64, 48)
+            .build()
+            .unwrap()
+            .to_caps()
+            .unwrap(),
+    ));
+    for i in 0..2u64 {
+        let mut buffer = gst::Buffer::with_size(64 * 48).unwrap();
+        {
+            let b = buffer.get_mut().unwrap();
+            b.set_pts(gst::ClockTime::from_mseconds(i * 33));
+            // A producer that put text where DL Streamer puts the bytes.
+            let mut bad = dlstreamer::gvainference("net", "out", FP32, LAYOUT_NC, &[1, 1], &[]);
+            bad.set("data_buffer", gst::glib::Variant::from("0.5"));
+            bad.remove_field("data");
+            dlstreamer::attach(b, bad, "inference0");
+            let good = dlstreamer::gvainference(
+                "net",
+                "prob",
+                FP32,
+                LAYOUT_NC,
+                &[1, 1],
+                &f32_bytes(&[0.5]),
+            );
+            dlstreamer::attach(b, good, "inference1");
+        }
+        appsrc.push_buffer(buffer).unwrap();
+    }
+    appsrc.end_of_stream().unwrap();
+    run.wait_eos(LONG);
+    let warnings = run.warnings();
+    let stats = run.stop();
+    for message in sub.wait_for(2, LONG) {
+        let v = json(&message);
+        let tensors = v["tensors"].as_array().unwrap();
+        assert_eq!(tensors.len(), 2, "{v}");
+        assert_eq!(tensors[0]["name"], "inference_layer_name:out");
+        assert!(tensors[0].get("data").is_none(), "{v}");
+        assert_eq!(tensors[1]["data"], serde_json::json!([0.5]));
+    }
+    assert_eq!(stat(&stats, "tensor-data-invalid"), 2, "{stats}");
+    let named: Vec<&String> = warnings
+        .iter()
+        .filter(|w| w.contains("tensor-data-invalid"))
+        .collect();
+    assert_eq!(named.len(), 1, "{warnings:?}");
+    assert!(
+        named[0].contains("inference_layer_name:out") && named[0].contains("not a byte array"),
+        "{named:?}"
+    );
+}

@@ -70,9 +70,24 @@ static FIELDS: Lazy<Fields> = Lazy::new(|| Fields {
     confidence: glib::Quark::from_str("confidence"),
 });
 
-/// Reads one tensor structure; `with_data` copies the raw output too.
-fn read_tensor(s: &gst::StructureRef, with_data: bool, invalid: &mut u32) -> Tensor {
+/// Reads one tensor structure; `with_data` copies the raw output too, or says in `unreadable`
+/// why it cannot.
+fn read_tensor(
+    s: &gst::StructureRef,
+    with_data: bool,
+    invalid: &mut u32,
+    unreadable: &mut Vec<String>,
+) -> Tensor {
     let f = &*FIELDS;
+    let data = match with_data.then(|| data(s)) {
+        None | Some(Ok(None)) => None,
+        Some(Ok(Some(bytes))) => Some(bytes),
+        Some(Err(why)) => {
+            gst::debug!(CAT, "Tensor {}: {why}", s.name());
+            unreadable.push(format!("{}: {why}", s.name()));
+            None
+        }
+    };
     let int = |name| integer(s, name).and_then(|v| i32::try_from(v).ok());
     Tensor {
         name: s.name().to_string(),
@@ -87,7 +102,7 @@ fn read_tensor(s: &gst::StructureRef, with_data: bool, invalid: &mut u32) -> Ten
         label: string(s, f.label),
         label_id: int(f.label_id),
         confidence: confidence(s, f.confidence, invalid),
-        data: with_data.then(|| data(s)).flatten(),
+        data,
     }
 }
 
@@ -108,15 +123,20 @@ fn dims(s: &gst::StructureRef) -> Vec<u32> {
         .collect()
 }
 
-/// The bytes of `data_buffer`, a GVariant byte array.
-fn data(s: &gst::StructureRef) -> Option<Vec<u8>> {
-    let variant = s.get::<glib::Variant>("data_buffer").ok()?;
+/// The bytes of `data_buffer`, a GVariant byte array; `None` without one.
+fn data(s: &gst::StructureRef) -> Result<Option<Vec<u8>>, String> {
+    if !s.has_field("data_buffer") {
+        return Ok(None);
+    }
+    let variant = s
+        .get::<glib::Variant>("data_buffer")
+        .map_err(|_| "its data_buffer is not a GVariant".to_owned())?;
     match variant.fixed_array::<u8>() {
-        Ok(bytes) => Some(bytes.to_vec()),
-        Err(err) => {
-            gst::debug!(CAT, "{}.data_buffer is not a byte array: {err}", s.name());
-            None
-        }
+        Ok(bytes) => Ok(Some(bytes.to_vec())),
+        Err(_) => Err(format!(
+            "its data_buffer is a GVariant of type {}, not a byte array",
+            variant.type_()
+        )),
     }
 }
 
@@ -141,10 +161,18 @@ fn for_each_structure(buffer: &gst::BufferRef, mut f: impl FnMut(&gst::Structure
 }
 
 /// The tensors on `buffer`, in the order they were attached. `invalid` counts the
-/// confidences read as none (NaN, infinite or outside 0..1).
-pub fn read(buffer: &gst::BufferRef, with_data: bool, invalid: &mut u32) -> Vec<Tensor> {
+/// confidences read as none (NaN, infinite or outside 0..1); `unreadable` gets, for each
+/// tensor whose raw output was asked for and cannot be read, its name and why.
+pub fn read(
+    buffer: &gst::BufferRef,
+    with_data: bool,
+    invalid: &mut u32,
+    unreadable: &mut Vec<String>,
+) -> Vec<Tensor> {
     let mut tensors = Vec::new();
-    for_each_structure(buffer, |s| tensors.push(read_tensor(s, with_data, invalid)));
+    for_each_structure(buffer, |s| {
+        tensors.push(read_tensor(s, with_data, invalid, unreadable))
+    });
     tensors
 }
 
@@ -169,6 +197,7 @@ pub fn retain(buffer: &mut gst::BufferRef, mut keep: impl FnMut(&Tensor) -> bool
             unsafe { gst::StructureRef::from_glib_borrow(data) },
             false,
             &mut invalid,
+            &mut Vec::new(),
         );
         if keep(&tensor) {
             ControlFlow::Continue(BufferMetaForeachAction::Keep)
@@ -376,22 +405,29 @@ mod tests {
             assert!(attach(b, &scene()));
         }
         let mut invalid = 0;
-        assert_eq!(read(&buffer, true, &mut invalid), [raw.clone(), scene()]);
-        let without_data = read(&buffer, false, &mut invalid);
+        let mut unreadable = Vec::new();
+        assert_eq!(
+            read(&buffer, true, &mut invalid, &mut unreadable),
+            [raw.clone(), scene()]
+        );
+        assert!(unreadable.is_empty(), "{unreadable:?}");
+        let without_data = read(&buffer, false, &mut invalid, &mut unreadable);
         assert_eq!(without_data[0].data, None);
         assert_eq!(invalid, 0);
         // The `data` pointer DL Streamer's C readers use points at the bytes.
         for_each_structure(&buffer, |s| {
-            let pointer = s.value("data").unwrap();
-            assert_eq!(pointer.type_(), glib::Type::POINTER);
+            let pointer = s.get::<glib::Pointer>("data").unwrap();
+            let variant = s.get::<glib::Variant>("data_buffer").unwrap();
+            let bytes = variant.fixed_array::<u8>().unwrap();
+            assert_eq!(pointer as *const u8, bytes.as_ptr());
         });
 
         let mut copy = buffer.copy();
         let removed = retain(copy.get_mut().unwrap(), |t| t.label.is_none());
         assert_eq!(removed, 1);
-        assert_eq!(read(&copy, true, &mut invalid), [raw]);
+        assert_eq!(read(&copy, true, &mut invalid, &mut unreadable), [raw]);
         assert_eq!(
-            read(&buffer, true, &mut invalid).len(),
+            read(&buffer, true, &mut invalid, &mut unreadable).len(),
             2,
             "the original keeps both"
         );
@@ -407,7 +443,8 @@ mod tests {
             .field("data_buffer", glib::Variant::from("not bytes"))
             .build();
         let mut invalid = 0;
-        let t = read_tensor(&s, true, &mut invalid);
+        let mut unreadable = Vec::new();
+        let t = read_tensor(&s, true, &mut invalid, &mut unreadable);
         assert_eq!(t.label, None);
         assert_eq!(t.confidence, None);
         assert_eq!(invalid, 1);
@@ -417,5 +454,15 @@ mod tests {
             "a dims field that is not an array"
         );
         assert_eq!(t.data, None);
+        assert_eq!(
+            unreadable,
+            [
+                "classification_layer_name:prob: its data_buffer is a GVariant of type s, not a \
+              byte array"
+            ]
+        );
+        // Not asked for, the data is not looked at.
+        read_tensor(&s, false, &mut invalid, &mut unreadable);
+        assert_eq!(unreadable.len(), 1);
     }
 }

@@ -196,10 +196,12 @@ pub fn valid_rotation(value: f64) -> Option<f64> {
 /// Reads the results about the whole frame on `buffer`: its `GstGVATensorMeta`s and, with
 /// the `analytics` feature, the ClsMtds of the relation meta that belong to no object (one
 /// carried in both forms, a tensor meta and a ClsMtd of the same label, counts once, as the
-/// tensor). `with_data` also copies the tensors' raw output.
-pub fn read_frame_results(buffer: &gst::BufferRef, with_data: bool) -> FrameResults {
+/// tensor). `with_data` also copies the tensors' raw output; the tensors whose output cannot
+/// be read (their name and why) are returned beside, read without it.
+pub fn read_frame_results(buffer: &gst::BufferRef, with_data: bool) -> (FrameResults, Vec<String>) {
     let mut invalid = 0;
-    let tensors = gva_tensor::read(buffer, with_data, &mut invalid);
+    let mut unreadable = Vec::new();
+    let tensors = gva_tensor::read(buffer, with_data, &mut invalid, &mut unreadable);
     #[cfg(feature = "analytics")]
     let classifications = analytics::frame::read(buffer, &tensors, &mut invalid)
         .into_iter()
@@ -207,10 +209,11 @@ pub fn read_frame_results(buffer: &gst::BufferRef, with_data: bool) -> FrameResu
         .collect();
     #[cfg(not(feature = "analytics"))]
     let classifications = Vec::new();
-    FrameResults {
+    let results = FrameResults {
         tensors,
         classifications,
-    }
+    };
+    (results, unreadable)
 }
 
 /// Removes from `buffer` every frame-level classification result for which `keep` returns
@@ -223,7 +226,7 @@ pub fn retain_frame_classifications(
     mut keep: impl FnMut(&Classification) -> bool,
 ) -> (u32, u32) {
     let mut invalid = 0;
-    let tensors = gva_tensor::read(buffer, false, &mut invalid);
+    let tensors = gva_tensor::read(buffer, false, &mut invalid, &mut Vec::new());
     let doomed: Vec<bool> = tensors
         .iter()
         .map(|t| t.classification().is_some_and(|c| !keep(&c)))

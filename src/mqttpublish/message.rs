@@ -96,6 +96,9 @@ pub struct FrameCounters {
     pub skipped: u64,
     /// gvametaconvert JSON metas that were not a JSON object; published from the metas.
     pub json_invalid: u64,
+    /// Frames with a tensor meta whose raw output (`data_buffer`) could not be read, with
+    /// `add-tensor-data`; published without it.
+    pub tensor_data_invalid: u64,
     /// Published without their image, by reason.
     pub no_image_memory: u64,
     pub no_image_format: u64,
@@ -292,7 +295,17 @@ impl Assembler {
 
         let mut warnings = Vec::new();
         let mut objects = meta::read_objects(buffer).objects;
-        let mut frame = meta::read_frame_results(buffer, self.options.add_tensor_data);
+        let (mut frame, unreadable) =
+            meta::read_frame_results(buffer, self.options.add_tensor_data);
+        if let Some(first) = unreadable.first() {
+            self.counters.tensor_data_invalid += 1;
+            if self.counters.tensor_data_invalid == 1 {
+                warnings.push(format!(
+                    "The tensor meta {first} (frame {frame_id}): publishing the tensor without \
+                     its data; further ones are counted in stats (tensor-data-invalid)"
+                ));
+            }
+        }
         let mut attached = match self.options.metadata_source {
             MetadataSource::Auto => match Attached::parse(meta::json_messages(buffer)) {
                 Ok(attached) => attached,
