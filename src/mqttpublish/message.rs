@@ -295,17 +295,6 @@ impl Assembler {
 
         let mut warnings = Vec::new();
         let mut objects = meta::read_objects(buffer).objects;
-        let (mut frame, unreadable) =
-            meta::read_frame_results(buffer, self.options.add_tensor_data);
-        if let Some(first) = unreadable.first() {
-            self.counters.tensor_data_invalid += 1;
-            if self.counters.tensor_data_invalid == 1 {
-                warnings.push(format!(
-                    "The tensor meta {first} (frame {frame_id}): publishing the tensor without \
-                     its data; further ones are counted in stats (tensor-data-invalid)"
-                ));
-            }
-        }
         let mut attached = match self.options.metadata_source {
             MetadataSource::Auto => match Attached::parse(meta::json_messages(buffer)) {
                 Ok(attached) => attached,
@@ -324,6 +313,23 @@ impl Assembler {
             },
             MetadataSource::Metas => None,
         };
+        // Results about the whole frame, when the metadata is built from the metas (the JSON
+        // gvametaconvert attached has them already).
+        let mut frame = meta::FrameResults::default();
+        if attached.is_none() {
+            let (read, unreadable) = meta::read_frame_results(buffer, self.options.add_tensor_data);
+            frame = read;
+            if let Some(first) = unreadable.first() {
+                self.counters.tensor_data_invalid += 1;
+                if self.counters.tensor_data_invalid == 1 {
+                    warnings.push(format!(
+                        "The tensor meta {first} (frame {frame_id}): publishing the tensor \
+                         without its data; further ones are counted in stats \
+                         (tensor-data-invalid)"
+                    ));
+                }
+            }
+        }
         // The objects of the JSON; the full-frame object is one of them.
         let count = |objects: &Vec<meta::Object>,
                      frame: &meta::FrameResults,
