@@ -21,6 +21,8 @@
 //! `tensors`, and the top level lists the tensors without a `type` (raw `gvainference`
 //! outputs), each entry with its `data`.
 
+use std::borrow::Cow;
+
 use serde_json::{Map, Value};
 
 use super::json::{key, write_float, write_int, write_str, FrameContext};
@@ -150,8 +152,7 @@ impl FrameResults {
 enum Entry<'a> {
     Tensors,
     Int(u32),
-    Classification(Classification),
-    Borrowed(&'a Classification),
+    Classification(Cow<'a, Classification>),
 }
 
 /// Writes the full-frame object of `frame` (which is not empty).
@@ -168,11 +169,11 @@ pub(super) fn write_full_frame_object(out: &mut Vec<u8>, frame: &FrameResults, c
     ]);
     // DL Streamer 2026.1 reads the relation meta's results before the tensor metas.
     for c in &frame.classifications {
-        entries.push((&c.name, Entry::Borrowed(c)));
+        entries.push((&c.name, Entry::Classification(Cow::Borrowed(c))));
     }
     for tensor in &frame.tensors {
         if let Some(c) = tensor.classification() {
-            entries.push((tensor.key(), Entry::Classification(c)));
+            entries.push((tensor.key(), Entry::Classification(Cow::Owned(c))));
         }
     }
     // gvametaconvert's objects are std::maps: keys in byte order, the first of a key kept.
@@ -191,7 +192,6 @@ pub(super) fn write_full_frame_object(out: &mut Vec<u8>, frame: &FrameResults, c
             Entry::Tensors => write_full_frame_tensors(out, frame),
             Entry::Int(v) => write_int(out, *v),
             Entry::Classification(c) => write_classification(out, c),
-            Entry::Borrowed(c) => write_classification(out, c),
         }
     }
     out.push(b'}');
