@@ -61,6 +61,19 @@ fn publish(
     (messages, stats, warnings)
 }
 
+/// The `appsrc` named `src` of `run`, giving 64x48 GRAY8 frames.
+fn gray_appsrc(run: &Run) -> gst_app::AppSrc {
+    let appsrc = run.element("src").downcast::<gst_app::AppSrc>().unwrap();
+    appsrc.set_caps(Some(
+        &gst_video::VideoInfo::builder(gst_video::VideoFormat::Gray8, 64, 48)
+            .build()
+            .unwrap()
+            .to_caps()
+            .unwrap(),
+    ));
+    appsrc
+}
+
 fn json(message: &Message) -> Value {
     serde_json::from_slice(&message.payload).expect("payload is JSON")
 }
@@ -140,14 +153,7 @@ fn invalid_json_is_published_from_the_metas_counted_and_warned_once() {
     let broker = Broker::new();
     let sub = Subscriber::new(&broker, TOPIC);
     let mut run = Run::publish("appsrc name=src format=time", &to(&broker));
-    let appsrc = run.element("src").downcast::<gst_app::AppSrc>().unwrap();
-    appsrc.set_caps(Some(
-        &gst_video::VideoInfo::builder(gst_video::VideoFormat::Gray8, 64, 48)
-            .build()
-            .unwrap()
-            .to_caps()
-            .unwrap(),
-    ));
+    let appsrc = gray_appsrc(&run);
     for (i, text) in ["not json", "[1,2]", r#"{"objects":[],"ok":true}"#]
         .into_iter()
         .enumerate()
@@ -343,14 +349,7 @@ fn publish_frame_tensors(broker: &Broker, json: Option<&str>, props: &str) -> St
         "appsrc name=src format=time",
         &format!("{} {props}", to(broker)),
     );
-    let appsrc = run.element("src").downcast::<gst_app::AppSrc>().unwrap();
-    appsrc.set_caps(Some(
-        &gst_video::VideoInfo::builder(gst_video::VideoFormat::Gray8, 64, 48)
-            .build()
-            .unwrap()
-            .to_caps()
-            .unwrap(),
-    ));
+    let appsrc = gray_appsrc(&run);
     let mut buffer = gst::Buffer::with_size(64 * 48).unwrap();
     {
         let b = buffer.get_mut().unwrap();
@@ -479,14 +478,7 @@ fn a_tensor_whose_data_cannot_be_read_is_published_without_it_counted_and_warned
         "appsrc name=src format=time",
         &format!("{} add-tensor-data=true", to(&broker)),
     );
-    let appsrc = run.element("src").downcast::<gst_app::AppSrc>().unwrap();
-    appsrc.set_caps(Some(
-        &gst_video::VideoInfo::builder(gst_video::VideoFormat::Gray8, 64, 48)
-            .build()
-            .unwrap()
-            .to_caps()
-            .unwrap(),
-    ));
+    let appsrc = gray_appsrc(&run);
     for i in 0..2u64 {
         let mut buffer = gst::Buffer::with_size(64 * 48).unwrap();
         {

@@ -197,10 +197,8 @@ pub(super) fn write_full_frame_object(out: &mut Vec<u8>, frame: &FrameResults, c
     out.push(b'}');
 }
 
-/// A frame-level classification: `label` only when there is one, `model` only with a name.
-fn write_classification(out: &mut Vec<u8>, c: &Classification) {
-    out.push(b'{');
-    let first = &mut true;
+/// `confidence`, `label` (when there is one) and `label_id` of a frame-level result.
+fn write_result_fields(out: &mut Vec<u8>, first: &mut bool, c: &Classification) {
     if let Some(confidence) = c.confidence {
         key(out, first, "confidence");
         write_float(out, confidence);
@@ -213,6 +211,13 @@ fn write_classification(out: &mut Vec<u8>, c: &Classification) {
         key(out, first, "label_id");
         write_int(out, label_id);
     }
+}
+
+/// A frame-level classification: `label` only when there is one, `model` only with a name.
+fn write_classification(out: &mut Vec<u8>, c: &Classification) {
+    out.push(b'{');
+    let first = &mut true;
+    write_result_fields(out, first, c);
     if let Some(model_name) = &c.model_name {
         key(out, first, "model");
         out.extend_from_slice(b"{\"name\":");
@@ -246,18 +251,7 @@ fn write_full_frame_tensors(out: &mut Vec<u8>, frame: &FrameResults) {
 fn write_classification_tensor(out: &mut Vec<u8>, c: &Classification) {
     out.push(b'{');
     let first = &mut true;
-    if let Some(confidence) = c.confidence {
-        key(out, first, "confidence");
-        write_float(out, confidence);
-    }
-    if !c.label.is_empty() {
-        key(out, first, "label");
-        write_str(out, &c.label);
-    }
-    if let Some(label_id) = c.label_id {
-        key(out, first, "label_id");
-        write_int(out, label_id);
-    }
+    write_result_fields(out, first, c);
     key(out, first, "layout");
     write_str(out, ANY);
     key(out, first, "name");

@@ -20,15 +20,16 @@ use std::ptr;
 
 use gst::buffer::BufferMetaForeachAction;
 use gst::glib;
-use gst::glib::translate::{IntoGlib, IntoGlibPtr, ToGlibPtr};
+use gst::glib::translate::{IntoGlibPtr, ToGlibPtr};
 use gst::glib::value::ToValue;
 use once_cell::sync::Lazy;
 
 use super::frame::Tensor;
+use super::gva_meta::{self, Registration};
 use super::roi::{confidence, integer, string};
 use super::CAT;
 
-const API_NAME: &str = "GstGVATensorMetaAPI";
+const API_NAME: &CStr = c"GstGVATensorMetaAPI";
 const IMPL_NAME: &CStr = c"GstGVATensorMeta";
 
 /// `GstGVATensorMeta` as DL Streamer lays it out.
@@ -40,7 +41,7 @@ struct GvaTensorMeta {
 
 /// The API type, when a library (DL Streamer, or [`attach`]) registered it.
 fn api_type() -> Option<glib::Type> {
-    glib::Type::from_name(API_NAME)
+    gva_meta::api_type(API_NAME)
 }
 
 /// The fields read from every tensor, as quarks.
@@ -292,30 +293,18 @@ pub fn attach(buffer: &mut gst::BufferRef, tensor: &Tensor) -> bool {
 /// The meta's info: DL Streamer's registration when it exists, else ours.
 fn meta_info() -> *const gst::ffi::GstMetaInfo {
     static INFO: once_cell::sync::OnceCell<usize> = once_cell::sync::OnceCell::new();
+    // SAFETY: the size and functions of DL Streamer's layout.
     *INFO.get_or_init(|| unsafe {
-        let existing = gst::ffi::gst_meta_get_info(IMPL_NAME.as_ptr());
-        if !existing.is_null() {
-            return existing as usize;
-        }
-        let api = match api_type() {
-            Some(api) => api.into_glib(),
-            None => {
-                // DL Streamer registers it without tags.
-                let mut tags = [ptr::null()];
-                gst::ffi::gst_meta_api_type_register(
-                    c"GstGVATensorMetaAPI".as_ptr(),
-                    tags.as_mut_ptr(),
-                )
-            }
-        };
-        gst::ffi::gst_meta_register(
-            api,
-            IMPL_NAME.as_ptr(),
-            std::mem::size_of::<GvaTensorMeta>(),
-            Some(init),
-            Some(free),
-            Some(transform),
-        ) as usize
+        gva_meta::info(&Registration {
+            api: API_NAME,
+            implementation: IMPL_NAME,
+            // DL Streamer registers it without tags.
+            tags: &[],
+            size: std::mem::size_of::<GvaTensorMeta>(),
+            init: Some(init),
+            free: Some(free),
+            transform: Some(transform),
+        }) as usize
     }) as *const gst::ffi::GstMetaInfo
 }
 

@@ -21,6 +21,7 @@ mod analytics;
 mod dlsps;
 mod frame;
 mod gva_json;
+mod gva_meta;
 mod gva_tensor;
 mod json;
 mod roi;
