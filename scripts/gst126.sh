@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: MPL-2.0
-# The GStreamer 1.26 lane: builds the plugin with `--features analytics` and runs the
-# analytics tests against the GStreamer 1.26 of Debian 13 (trixie), in a Debian root kept
-# in the build tree.
+# The GStreamer 1.26 lane: builds the plugin with `--features analytics` and with
+# `--features analytics-oriented` (GStreamer 1.26's oriented boxes) and runs the analytics
+# tests against the GStreamer 1.26 of Debian 13 (trixie), in a Debian root kept in the build
+# tree.
 #
 #   scripts/gst126.sh              # run the lane (scripts/test.sh runs it as step gst126)
 #   scripts/gst126.sh shell        # an interactive shell in the root, mounts as below
@@ -226,30 +227,36 @@ run_lane() {
     in_root pkg-config --modversion gstreamer-1.0 gstreamer-analytics-1.0 >&2 ||
         die "gstreamer-analytics-1.0 not found by pkg-config in the root"
 
-    log "meson setup: -Danalytics=auto finds gstreamer-analytics-1.0"
+    log "meson setup: -Danalytics=auto and -Danalytics_oriented=auto find gstreamer-analytics-1.0 1.26"
     # shellcheck disable=SC2016 # runs in the root
     in_root /bin/sh -c 'rm -rf /build/meson && meson setup /build/meson >/build/meson-setup.log 2>&1 &&
-        grep -qi "analytics relation meta: *true" /build/meson-setup.log' ||
-        die "meson setup in the root did not enable the analytics feature (see $ROOT/build/meson-setup.log)"
+        grep -qi "analytics relation meta *: *true" /build/meson-setup.log &&
+        grep -qi "oriented boxes *: *true" /build/meson-setup.log' ||
+        die "meson setup in the root did not enable the analytics and analytics-oriented features (see $ROOT/build/meson-setup.log)"
+
+    local features
+    for features in analytics analytics-oriented; do
+        t=$SECONDS
+        log "clippy --features $features"
+        in_root cargo clippy --locked --all-targets --features "$features" -- -D warnings ||
+            die "cargo clippy --features $features failed in the root"
+        log "clippy took $((SECONDS - t))s"
+    done
 
     t=$SECONDS
-    log "clippy --features analytics"
-    in_root cargo clippy --locked --all-targets --features analytics -- -D warnings ||
-        die "cargo clippy --features analytics failed in the root"
-    log "clippy took $((SECONDS - t))s"
-
-    t=$SECONDS
-    log "tests --features analytics"
+    log "tests --features analytics-oriented (and the analytics tests with --features analytics)"
     # The metadata model and the filter; the rest of the unit tests run on the machine.
-    in_root cargo test --locked --features analytics --lib -- meta:: filter:: ||
-        die "unit tests with --features analytics failed in the root"
-    in_root cargo test --locked --features analytics --test analytics ||
-        die "the analytics tests failed in the root"
+    in_root cargo test --locked --features analytics-oriented --lib -- meta:: filter:: ||
+        die "unit tests with --features analytics-oriented failed in the root"
+    for features in analytics analytics-oriented; do
+        in_root cargo test --locked --features "$features" --test analytics ||
+            die "the analytics tests failed in the root with --features $features"
+    done
     # Buffers with ROI meta only behave as in the default build (metareplay's ROI ids
     # excepted: they become the ODMtd ids, see tests/metareplay.rs).
-    in_root cargo test --locked --features analytics --test harness --test metafilter \
+    in_root cargo test --locked --features analytics-oriented --test harness --test metafilter \
         --test metareplay ||
-        die "the ROI meta element tests failed with --features analytics in the root"
+        die "the ROI meta element tests failed with --features analytics-oriented in the root"
     log "tests took $((SECONDS - t))s"
 }
 

@@ -41,7 +41,7 @@ pub mod internals {
     pub use crate::jpeg::{is_supported, JpegEncoder, JpegError, SUPPORTED_FORMATS};
     pub use crate::meta::{
         attach_json_message, json_messages, parse_frame_line, write_frame_json, BoundingBox,
-        Classification, Detection, FrameContext, Object, RecordedFrame,
+        Classification, Detection, FrameContext, FrameResults, Object, RecordedFrame, Tensor,
     };
     /// Reading and attaching objects, for `examples/meta_read_bench.rs`.
     pub use crate::meta::{attach_objects, read_objects};

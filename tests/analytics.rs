@@ -5,9 +5,10 @@
 //!
 //! An independent producer (`tests/analytics/producer.py`: Python, GstAnalytics through GI)
 //! writes ODMtd + ClsMtd + TrackingMtd records, with and without DL Streamer's legacy ROI
-//! meta of the same id, into `appsrc ! [metafilter] ! mqttpublish`; a real mosquitto on a
-//! free loopback port delivers the messages to a real `mosquitto_sub`, and the tests
-//! assert that exactly the produced objects arrive, each once.
+//! meta of the same id, and (GStreamer 1.26) a ClsMtd of no object, an oriented ODMtd and a
+//! SegmentationMtd, into `appsrc ! [metafilter] ! mqttpublish`; a real mosquitto on a free
+//! loopback port delivers the messages to a real `mosquitto_sub`, and the tests assert that
+//! exactly the produced results arrive, each once.
 #![cfg(feature = "analytics")]
 
 mod common;
@@ -241,6 +242,116 @@ fn dlsps_gva_meta_comes_from_the_relation_meta() {
         assert_eq!(tensor[1]["name"], "classification");
         assert_eq!(tensor[1]["label"], "red");
         assert_eq!(person["object_id"], 8);
+    }
+}
+
+/// The full-frame object of the producer's `--frame-results`: the ClsMtd of no object as DL
+/// Streamer 2026.1 writes it (labels joined, the highest confidence, under `classification`
+/// for want of a semantic tag in GStreamer 1.26), in a 320x240 frame.
+fn assert_full_frame(full_frame: &Value) {
+    let keys: Vec<&str> = full_frame
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(keys, ["classification", "h", "w", "x", "y"], "{full_frame}");
+    assert_eq!(
+        [
+            &full_frame["x"],
+            &full_frame["y"],
+            &full_frame["w"],
+            &full_frame["h"]
+        ],
+        [0, 0, 320, 240]
+    );
+    let classification = &full_frame["classification"];
+    assert_eq!(classification["label"], "indoor office");
+    assert_close(&classification["confidence"], f64::from(0.7f32));
+    assert!(classification.get("label_id").is_none(), "{classification}");
+    assert!(classification.get("model").is_none(), "{classification}");
+}
+
+/// The oriented truck: with `analytics-oriented` the box before rotation and its rotation,
+/// as gvadetect writes it; with the GStreamer 1.24 API the axis-aligned box around it.
+fn assert_truck(truck: &Value) {
+    assert_eq!(truck["roi_type"], "truck", "{truck}");
+    assert_close(&truck["detection"]["confidence"], 0.8);
+    let rect = ["x", "y", "w", "h"].map(|k| truck[k].as_u64().unwrap());
+    #[cfg(feature = "analytics-oriented")]
+    {
+        assert_eq!(rect, [100, 150, 80, 40], "{truck}");
+        assert_close(&truck["detection"]["rotation"], 0.5);
+    }
+    #[cfg(not(feature = "analytics-oriented"))]
+    {
+        assert_eq!(rect, [95, 133, 90, 74], "{truck}");
+        assert!(truck["detection"].get("rotation").is_none(), "{truck}");
+    }
+}
+
+#[test]
+fn frame_level_results_oriented_boxes_and_segmentation_as_dl_streamer_writes_them() {
+    for message in produce_messages(&["--frame-results"]) {
+        let objects = message["objects"].as_array().unwrap();
+        // The segmentation mask is left out, as gvametaconvert leaves it out: nothing else.
+        let [car, person, truck, full_frame] = &objects[..] else {
+            panic!("the three objects, then the full-frame object: {message}");
+        };
+        assert_car(car);
+        assert_eq!(car["classification"]["label"], "red");
+        assert_person(person);
+        assert_truck(truck);
+        assert_full_frame(full_frame);
+        let keys: Vec<&str> = message
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(
+            keys,
+            ["frame_id", "objects", "resolution", "timestamp"],
+            "{message}"
+        );
+    }
+}
+
+#[test]
+fn metafilter_removes_a_frame_level_classification_below_the_threshold() {
+    // indoor office (0.7) goes, the car's red (0.8) stays.
+    let filter = "type=classification threshold=0.75";
+    for objects in produce(&["--frame-results", "--filter", filter]) {
+        let [car, person, truck] = &objects[..] else {
+            panic!("no full-frame object left: {objects:?}");
+        };
+        assert_car(car);
+        assert_eq!(car["classification"]["label"], "red");
+        assert_person(person);
+        // Rebuilt without the ClsMtd, the relation meta keeps the truck oriented.
+        assert_truck(truck);
+    }
+    // The detection type leaves results about the whole frame.
+    for objects in produce(&["--frame-results", "--filter", "threshold=0.5"]) {
+        let [car, truck, full_frame] = &objects[..] else {
+            panic!("the person (0.3) goes: {objects:?}");
+        };
+        assert_car(car);
+        assert_truck(truck);
+        assert_full_frame(full_frame);
+    }
+}
+
+#[test]
+fn dlsps_carries_the_full_frame_object_and_gva_meta_the_regions() {
+    for message in produce_messages(&["--frame-results", "--sink", "message-format=dlsps"]) {
+        let m = &message["metadata"];
+        let objects = m["objects"].as_array().unwrap();
+        assert_eq!(objects.len(), 4, "{m}");
+        assert_full_frame(&objects[3]);
+        let gva_meta = m["gva_meta"].as_array().unwrap();
+        let labels: Vec<&Value> = gva_meta.iter().map(|r| &r["tensor"][0]["label"]).collect();
+        assert_eq!(labels, ["car", "person", "truck"], "{m}");
     }
 }
 

@@ -191,6 +191,82 @@ fn classification_results_below_threshold_leave_their_object() {
     assert_eq!(stat(&h, "objects-removed"), 0);
 }
 
+/// A frame as `gvainference` and two `gvaclassify inference-region=full-frame` leave it,
+/// and gvametaconvert's JSON of it.
+fn frame_results() -> gst::Buffer {
+    use common::dlstreamer::{self, f32_bytes, FP32, LAYOUT_ANY, LAYOUT_NC};
+    let mut buffer = gst::Buffer::with_size(16).unwrap();
+    {
+        let b = buffer.get_mut().unwrap();
+        let raw = f32_bytes(&[0.5, 0.25]);
+        let inference = dlstreamer::gvainference("net", "prob", FP32, LAYOUT_NC, &[1, 2], &raw);
+        dlstreamer::attach(b, inference, "inference0");
+        let scene = ["indoor", "outdoor"];
+        let scene = dlstreamer::gvaclassify(
+            "scene-net",
+            "prob",
+            Some("scene"),
+            LAYOUT_NC,
+            &scene,
+            &[0.875, 0.125],
+        );
+        dlstreamer::attach(b, scene, "classify0");
+        let daytime = ["night", "day"];
+        let daytime =
+            dlstreamer::gvaclassify("daynight", "out", None, LAYOUT_ANY, &daytime, &[0.25, 0.5]);
+        dlstreamer::attach(b, daytime, "classify1");
+        assert!(gstanalyticsmqtt::internals::attach_json_message(
+            b,
+            r#"{"objects":[{"classification_layer_name:out":{"confidence":0.5,"label":"day","label_id":1,"model":{"name":"daynight"}},"h":480,"scene":{"confidence":0.875,"label":"indoor","label_id":0,"model":{"name":"scene-net"}},"w":640,"x":0,"y":0}],"resolution":{"height":480,"width":640},"timestamp":0}"#
+        ));
+    }
+    buffer
+}
+
+#[test]
+fn frame_level_classifications_below_their_threshold_are_removed() {
+    use common::dlstreamer::structures;
+    let names = |buffer: &gst::BufferRef| -> Vec<String> {
+        structures(buffer)
+            .iter()
+            .map(|s| s.name().to_string())
+            .collect()
+    };
+
+    // "day" (0.5) is below 0.6, "indoor" (0.875) is not; the raw output is no result.
+    let mut h = harness(&[("label-score", &r#"{"day":0.6,"indoor":0.6}"#)]);
+    h.element()
+        .unwrap()
+        .set_property_from_str("type", "classification");
+    let out = h.push_and_pull(frame_results()).unwrap();
+    assert_eq!(names(&out), ["inference_layer_name:prob", "scene"]);
+    assert_eq!(stat(&h, "classifications-removed"), 1);
+    // gvametaconvert's JSON of the frame loses it too.
+    let json: serde_json::Value =
+        serde_json::from_str(&gstanalyticsmqtt::internals::json_messages(&out)[0]).unwrap();
+    let full_frame = &json["objects"][0];
+    assert!(
+        full_frame.get("classification_layer_name:out").is_none(),
+        "{full_frame}"
+    );
+    assert_eq!(full_frame["scene"]["label"], "indoor");
+
+    // The detection type leaves results about the whole frame, whatever the thresholds.
+    let mut h = harness(&[("threshold", &0.99f64), ("drop-unscored", &true)]);
+    let out = h.push_and_pull(frame_results()).unwrap();
+    assert_eq!(
+        names(&out),
+        [
+            "inference_layer_name:prob",
+            "scene",
+            "classification_layer_name:out"
+        ]
+    );
+    let json = &gstanalyticsmqtt::internals::json_messages(&out)[0];
+    assert!(json.contains("classification_layer_name:out"), "{json}");
+    assert_eq!(stat(&h, "objects-removed"), 0);
+}
+
 #[test]
 fn drop_empty_drops_only_buffers_that_lost_all_objects() {
     let mut h = harness(&[("threshold", &0.5f64), ("drop-empty", &true)]);

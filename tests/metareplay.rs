@@ -173,6 +173,108 @@ fn match_by_timestamp_uses_stream_time() {
     assert_eq!(labels_at(110), ["late"], "10 ms off, within half a frame");
 }
 
+/// A line of `gvametaconvert add-tensor-data=true`: an oriented car (its `rotation` as
+/// gvadetect writes it in `detection`), then the full-frame object of a `gvainference`
+/// output and a `gvaclassify inference-region=full-frame` result, and the raw output again
+/// at the top level.
+const FRAME_LINE: &str = concat!(
+    r#"{"objects":[{"detection":{"bounding_box":{"x_max":0.5,"x_min":0.25,"y_max":0.75,"#,
+    r#""y_min":0.5},"confidence":0.9,"label":"car","label_id":2,"rotation":0.5},"h":120,"#,
+    r#""region_id":7,"roi_type":"car","w":160,"x":160,"y":240},"#,
+    r#"{"h":480,"scene":{"confidence":0.875,"label":"indoor","label_id":0,"#,
+    r#""model":{"name":"scene-net"}},"tensors":[{"data":[0.25,-1.5,3.0,0.125],"dims":[1,4],"#,
+    r#""layer_name":"prob","layout":"NC","model_name":"resnet-50","#,
+    r#""name":"inference_layer_name:prob","precision":"FP32"},{"confidence":0.875,"#,
+    r#""data":[0.875,0.125],"dims":[1,2],"label":"indoor","label_id":0,"layer_name":"prob","#,
+    r#""layout":"NC","model_name":"scene-net","name":"scene","precision":"FP32"}],"#,
+    r#""w":640,"x":0,"y":0}],"resolution":{"height":480,"width":640},"#,
+    r#""tensors":[{"data":[0.25,-1.5,3.0,0.125],"dims":[1,4],"layer_name":"prob","#,
+    r#""layout":"NC","model_name":"resnet-50","name":"inference_layer_name:prob","#,
+    r#""precision":"FP32"}],"timestamp":0}"#
+);
+
+#[test]
+fn frame_level_results_are_attached_as_dl_streamer_attaches_them() {
+    use common::dlstreamer::{data_bytes, f32_bytes, structures};
+
+    let file = recording(&[FRAME_LINE]);
+    let mut h = harness(file.path(), VGA);
+    let out = h
+        .push_and_pull(gst::Buffer::with_size(16).unwrap())
+        .unwrap();
+
+    // One region, the full-frame object is none.
+    let rois: Vec<_> = out.iter_meta::<VideoRegionOfInterestMeta>().collect();
+    assert_eq!(rois.len(), 1);
+    let detection = rois[0].param("detection").unwrap();
+    assert_eq!(detection.get::<f64>("rotation").unwrap(), 0.5);
+
+    // The tensor metas, read by name as DL Streamer reads them.
+    let tensors = structures(&out);
+    let names: Vec<&str> = tensors.iter().map(|s| s.name().as_str()).collect();
+    assert_eq!(names, ["inference_layer_name:prob", "scene"]);
+    let (raw, scene) = (&tensors[0], &tensors[1]);
+    assert_eq!(raw.get::<i32>("precision").unwrap(), 10, "FP32");
+    assert_eq!(raw.get::<i32>("layout").unwrap(), 193, "NC");
+    let dims: Vec<u32> = raw
+        .get::<gst::Array>("dims")
+        .unwrap()
+        .iter()
+        .map(|v| v.get::<u32>().unwrap())
+        .collect();
+    assert_eq!(dims, [1, 4]);
+    assert_eq!(raw.get::<&str>("layer_name").unwrap(), "prob");
+    assert_eq!(raw.get::<&str>("model_name").unwrap(), "resnet-50");
+    assert_eq!(data_bytes(raw), f32_bytes(&[0.25, -1.5, 3.0, 0.125]));
+    assert_eq!(
+        raw.value("data").unwrap().type_(),
+        gst::glib::Type::POINTER,
+        "the pointer DL Streamer's C readers use"
+    );
+    assert!(!raw.has_field("type"), "a raw output has no type");
+    assert_eq!(scene.get::<&str>("type").unwrap(), "classification_result");
+    assert_eq!(scene.get::<&str>("label").unwrap(), "indoor");
+    assert_eq!(scene.get::<i32>("label_id").unwrap(), 0);
+    assert_eq!(scene.get::<f64>("confidence").unwrap(), 0.875);
+    assert_eq!(scene.get::<&str>("model_name").unwrap(), "scene-net");
+    assert_eq!(data_bytes(scene), f32_bytes(&[0.875, 0.125]));
+
+    // With the relation meta, also as DL Streamer 2026 writes them: a ClsMtd of no object
+    // for the classification, and an oriented ODMtd (GStreamer 1.26).
+    #[cfg(feature = "analytics")]
+    {
+        use gst_analytics::{
+            AnalyticsAnyMtd, AnalyticsClassificationMtd, AnalyticsMetaRefExt, AnalyticsODMtd,
+            AnalyticsRelationMeta, RelTypes,
+        };
+        let meta = out.meta::<AnalyticsRelationMeta>().expect("relation meta");
+        let od = meta.iter::<AnalyticsODMtd>().next().unwrap();
+        // The ClsMtds related to nothing: the frame's.
+        let frame_level: Vec<_> = meta
+            .iter::<AnalyticsClassificationMtd>()
+            .filter(|c| {
+                meta.iter_direct_related::<AnalyticsAnyMtd>(c.id(), RelTypes::ANY)
+                    .next()
+                    .is_none()
+                    && meta.relation(od.id(), c.id()).is_empty()
+            })
+            .map(|c| c.iterate().collect::<Vec<_>>())
+            .collect();
+        assert_eq!(
+            frame_level,
+            [vec![(gst::glib::Quark::from_str("indoor"), 0.875f32)]]
+        );
+        #[cfg(feature = "analytics-oriented")]
+        {
+            let loc = od.oriented_location().unwrap();
+            assert_eq!(
+                (loc.x, loc.y, loc.w, loc.h, loc.r),
+                (160, 240, 160, 120, 0.5)
+            );
+        }
+    }
+}
+
 fn replay_error(location: &str) -> String {
     start_error(&format!(
         "fakesrc num-buffers=1 ! metareplay location=\"{location}\" ! fakesink"

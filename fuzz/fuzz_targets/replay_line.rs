@@ -4,7 +4,8 @@
 //! through the gvametaconvert JSON writer, `meta::write_frame_json`.
 //!
 //! Checks besides "no panic": errors are non-empty; when a line parses, writing its
-//! objects back gives valid JSON that parses again to the same frame.
+//! objects and frame-level results (with the tensor data) back gives valid JSON that parses
+//! again to the same frame.
 //!
 //! "The same" allows for what the writer adds by design (see `expected_after_round_trip`):
 //! it always writes a `detection` object with a `bounding_box` (derived from the pixel
@@ -21,7 +22,7 @@
 
 use gstanalyticsmqtt::internals::{
     parse_frame_line, write_frame_json, BoundingBox, Classification, Detection, FrameContext,
-    Object, RecordedFrame,
+    FrameResults, Object, RecordedFrame, Tensor,
 };
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
@@ -71,8 +72,21 @@ fn expected_after_round_trip(frame: &RecordedFrame) -> RecordedFrame {
             }
         })
         .collect();
+    let frame_results = FrameResults {
+        tensors: frame
+            .frame
+            .tensors
+            .iter()
+            .map(|t| Tensor {
+                confidence: t.confidence.map(json_float),
+                ..t.clone()
+            })
+            .collect(),
+        classifications: frame.frame.classifications.clone(),
+    };
     RecordedFrame {
         objects,
+        frame: frame_results,
         resolution,
         timestamp: frame.timestamp,
     }
@@ -100,9 +114,11 @@ fuzz_target!(|data: &[u8]| {
         sink_time: Some(1_700_000_000_000_000_000),
         source: Some("file:///recording.jsonl"),
         tags: Some(r#"{"fuzz":true}"#),
+        // Every tensor is written, with its data, so that all of them read back.
+        add_tensor_data: true,
     };
     let mut out = Vec::new();
-    write_frame_json(&mut out, &frame.objects, &ctx);
+    write_frame_json(&mut out, &frame.objects, &frame.frame, &ctx);
 
     let written = std::str::from_utf8(&out).expect("the writer writes UTF-8");
     let value: Value = serde_json::from_str(written)

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use gst::glib;
 use serde_json::Value;
 
-use crate::meta::{self, Classification, Object};
+use crate::meta::{self, Classification, FrameResults, Object};
 
 mod config;
 
@@ -93,14 +93,19 @@ impl Filter {
     }
 
     /// Removes what falls below the thresholds from the metadata on `buffer`: the
-    /// region-of-interest metas and the objects of gvametaconvert's JSON metas, so that
-    /// what is published from either never shows what was removed. Objects described by
-    /// both are counted once.
+    /// region-of-interest metas (with the `classification` type, also the frame-level
+    /// results: tensor metas and ClsMtds of no object) and the objects of gvametaconvert's
+    /// JSON metas, so that what is published from either never shows what was removed.
+    /// Objects described by both are counted once.
     pub fn apply_to_buffer(&self, buffer: &mut gst::BufferRef) -> FilterOutcome {
         let (removed, invalid_confidences) = match self.kind {
             FilterType::Detection => meta::retain_objects(buffer, |o| self.keeps_object(o)),
             FilterType::Classification => {
-                meta::retain_classifications(buffer, |_, c| self.keeps_classification(c))
+                let (objects, invalid) =
+                    meta::retain_classifications(buffer, |_, c| self.keeps_classification(c));
+                let (frame, frame_invalid) =
+                    meta::retain_frame_classifications(buffer, |c| self.keeps_classification(c));
+                (objects + frame, invalid + frame_invalid)
             }
         };
         let mut removed_from_json = 0;
@@ -138,11 +143,31 @@ impl Filter {
         (before - after) as u32
     }
 
+    /// Removes what falls below the thresholds from results about the whole frame read off a
+    /// buffer (the `classification` type only: they are not detections). Returns how many
+    /// were removed.
+    pub fn apply_to_frame(&self, frame: &mut FrameResults) -> u32 {
+        if self.kind != FilterType::Classification {
+            return 0;
+        }
+        let before = frame.tensors.len() + frame.classifications.len();
+        frame
+            .classifications
+            .retain(|c| self.keeps_classification(c));
+        frame.tensors.retain(|t| {
+            t.classification()
+                .is_none_or(|c| self.keeps_classification(&c))
+        });
+        (before - frame.tensors.len() - frame.classifications.len()) as u32
+    }
+
     /// Removes what falls below the thresholds from the `objects` of a gvametaconvert JSON
     /// document (a `GstGVAJSONMeta`'s message), keeping every other key as it is. An object's
     /// label is its `detection.label` (else `roi_type`); a classification result is any
-    /// key of an object whose value is an object with a `label`. Returns how many objects
-    /// or classification results were removed.
+    /// key of an object whose value is an object with a `label`. The full-frame object (see
+    /// [`meta::is_full_frame_object`]) is not a detection: the `detection` type leaves it, the
+    /// `classification` type removes its results. Returns how many objects or
+    /// classification results were removed.
     pub fn apply_to_json(&self, frame: &mut serde_json::Map<String, Value>) -> u32 {
         let Some(Value::Array(objects)) = frame.get_mut("objects") else {
             return 0;
@@ -155,6 +180,9 @@ impl Filter {
         let mut removed = 0;
         match self.kind {
             FilterType::Detection => objects.retain(|object| {
+                if object.as_object().is_some_and(meta::is_full_frame_object) {
+                    return true;
+                }
                 let detection = object.get("detection");
                 let label = detection
                     .and_then(|d| d.get("label"))
@@ -278,5 +306,62 @@ mod tests {
             objects.iter().map(|o| o.confidence()).collect::<Vec<_>>(),
             [Some(0.9), Some(0.2)]
         );
+    }
+
+    #[test]
+    fn frame_level_results_are_classifications_never_detections() {
+        use crate::meta::Tensor;
+        let tensor = |name: &str, label: Option<&str>, confidence: f64| Tensor {
+            name: name.into(),
+            label: label.map(Into::into),
+            confidence: Some(confidence),
+            ..Tensor::default()
+        };
+        let frame = FrameResults {
+            tensors: vec![
+                tensor("scene", Some("indoor"), 0.9),
+                tensor("daytime", Some("day"), 0.3),
+                tensor("inference_layer_name:prob", None, 0.1),
+            ],
+            classifications: vec![Classification {
+                name: "classification".into(),
+                label: "office".into(),
+                confidence: Some(0.2),
+                ..Classification::default()
+            }],
+        };
+        let detection = filter(&[], 0.5, true);
+        let mut kept = frame.clone();
+        assert_eq!(detection.apply_to_frame(&mut kept), 0);
+        assert_eq!(kept, frame);
+
+        let classification = Filter {
+            kind: FilterType::Classification,
+            ..filter(&[("day", 0.5), ("office", 0.5)], 0.0, false)
+        };
+        let mut filtered = frame.clone();
+        assert_eq!(classification.apply_to_frame(&mut filtered), 2);
+        let names: Vec<&str> = filtered.tensors.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["scene", "inference_layer_name:prob"],
+            "raw tensors stay"
+        );
+        assert!(filtered.classifications.is_empty());
+
+        // In gvametaconvert's JSON: the full-frame object is no detection; its results are
+        // classifications.
+        let mut json: serde_json::Map<String, Value> = serde_json::from_str(
+            r#"{"objects":[{"detection":{"confidence":0.9,"label":"box"},"h":1,"region_id":0,"roi_type":"box","w":1,"x":5,"y":5},
+                {"daytime":{"confidence":0.3,"label":"day"},"h":480,"scene":{"confidence":0.9,"label":"indoor"},"w":640,"x":0,"y":0}]}"#,
+        )
+        .unwrap();
+        let mut by_classification = json.clone();
+        assert_eq!(detection.apply_to_json(&mut json), 0);
+        assert_eq!(json["objects"].as_array().unwrap().len(), 2);
+        assert_eq!(classification.apply_to_json(&mut by_classification), 1);
+        let full_frame = &by_classification["objects"][1];
+        assert!(full_frame.get("daytime").is_none(), "{full_frame}");
+        assert_eq!(full_frame["scene"]["label"], "indoor");
     }
 }

@@ -20,8 +20,11 @@
 //! A buffer without a relation meta is handled by [`super::roi`] alone, exactly as in the
 //! build without the `analytics` feature.
 //!
-//! Not carried over: the rotation of an oriented box (GStreamer 1.26): the 1.24 API reads
-//! the axis-aligned box around it, and the gvametaconvert JSON has no place for a rotation.
+//! An oriented box (GStreamer 1.26) is read, with the `analytics-oriented` feature, as DL
+//! Streamer reads it: the box before rotation and the rotation (radians, clockwise about its
+//! centre). Without that feature the 1.24 API reads the axis-aligned box around it.
+//!
+//! ClsMtds that belong to no object are results about the whole frame: see [`frame`].
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::CStr;
@@ -37,7 +40,11 @@ use gst_analytics::{
 };
 use gst_video::VideoRegionOfInterestMeta;
 
-use super::{roi, valid_confidence, Classification, Detection, Object, Objects, Rect, CAT};
+use super::{
+    roi, valid_confidence, valid_rotation, Classification, Detection, Object, Objects, Rect, CAT,
+};
+
+pub(super) mod frame;
 
 /// The attribute name of a classification read from a `ClsMtd`: DL Streamer names the
 /// structure it converts a ClsMtd into `classification`. A second result on the same object
@@ -144,29 +151,37 @@ fn read_od(
     if let Some(label) = od.obj_type() {
         object.label = quark_string(label);
     }
-    let location = od.location().ok();
+    let location = od_location(od);
     if let Some(loc) = location {
         object.rect = pixel_rect(loc.x, loc.y, loc.w, loc.h);
     }
     object.region_id = i32::try_from(od_id).unwrap_or(i32::MAX);
-    if object.detection.is_none() {
-        let confidence = location.and_then(|loc| {
-            let value = f64::from(loc.loc_conf_lvl);
-            let valid = valid_confidence(value);
-            if valid.is_none() {
-                *invalid += 1;
-                gst::debug!(
-                    CAT,
-                    "ODMtd {od_id}: confidence {value} is not within 0..1, read as none"
-                );
-            }
-            valid
-        });
-        object.detection = Some(Detection {
-            confidence,
-            label_id: None,
-            bounding_box: None,
-        });
+    let rotation = location.and_then(|loc| valid_rotation(f64::from(loc.r)));
+    match &mut object.detection {
+        Some(detection) => {
+            // The ROI meta's `detection` may lack it (not every producer writes it).
+            detection.rotation = detection.rotation.or(rotation);
+        }
+        None => {
+            let confidence = location.and_then(|loc| {
+                let value = f64::from(loc.confidence);
+                let valid = valid_confidence(value);
+                if valid.is_none() {
+                    *invalid += 1;
+                    gst::debug!(
+                        CAT,
+                        "ODMtd {od_id}: confidence {value} is not within 0..1, read as none"
+                    );
+                }
+                valid
+            });
+            object.detection = Some(Detection {
+                confidence,
+                label_id: None,
+                bounding_box: None,
+                rotation,
+            });
+        }
     }
 
     // Parent: the ODMtd this one IS_PART_OF.
@@ -277,6 +292,61 @@ fn pixel_rect(x: i32, y: i32, w: i32, h: i32) -> Rect {
     let (x, w) = span(x, w);
     let (y, h) = span(y, h);
     Rect { x, y, w, h }
+}
+
+/// An ODMtd's box, confidence and rotation.
+#[derive(Debug, Clone, Copy, Default)]
+struct OdLocation {
+    x: i32,
+    y: i32,
+    w: i32,
+    h: i32,
+    /// Radians, clockwise about the centre; 0 for an axis-aligned box.
+    r: f32,
+    confidence: f32,
+}
+
+/// The box of `od` before rotation, and its rotation (GStreamer >= 1.26).
+#[cfg(feature = "analytics-oriented")]
+fn od_location(od: &AnalyticsMtdRef<'_, AnalyticsODMtd>) -> Option<OdLocation> {
+    od.oriented_location().ok().map(|loc| OdLocation {
+        x: loc.x,
+        y: loc.y,
+        w: loc.w,
+        h: loc.h,
+        r: loc.r,
+        confidence: loc.loc_conf_lvl,
+    })
+}
+
+/// The box of `od`: with the GStreamer 1.24 API, the axis-aligned box around an oriented one.
+#[cfg(not(feature = "analytics-oriented"))]
+fn od_location(od: &AnalyticsMtdRef<'_, AnalyticsODMtd>) -> Option<OdLocation> {
+    od.location().ok().map(|loc| OdLocation {
+        x: loc.x,
+        y: loc.y,
+        w: loc.w,
+        h: loc.h,
+        r: 0.0,
+        confidence: loc.loc_conf_lvl,
+    })
+}
+
+/// Adds an ODMtd: an oriented one when the box has a rotation and the build has the
+/// GStreamer 1.26 API, else an axis-aligned one.
+fn add_od(
+    meta: &mut gst::MetaRefMut<'_, AnalyticsRelationMeta, gst::meta::Standalone>,
+    label: glib::Quark,
+    l: &OdLocation,
+) -> Result<u32, glib::BoolError> {
+    #[cfg(feature = "analytics-oriented")]
+    if l.r != 0.0 {
+        return meta
+            .add_oriented_od_mtd(label, l.x, l.y, l.w, l.h, l.r, l.confidence)
+            .map(|m| m.id());
+    }
+    meta.add_od_mtd(label, l.x, l.y, l.w, l.h, l.confidence)
+        .map(|m| m.id())
 }
 
 /// A label quark as text; invalid UTF-8 becomes U+FFFD rather than reaching the JSON.
@@ -445,11 +515,7 @@ fn belonging_to(buffer: &gst::BufferRef, doomed_od: &HashSet<u32>) -> HashSet<u3
 enum Record {
     Od {
         label: Option<glib::Quark>,
-        x: i32,
-        y: i32,
-        w: i32,
-        h: i32,
-        confidence: f32,
+        location: OdLocation,
     },
     Cls {
         levels: Vec<f32>,
@@ -478,14 +544,9 @@ fn rebuild(buffer: &mut gst::BufferRef, doomed: &HashSet<u32>) {
             continue;
         }
         let record = if let Some(od) = mtd.downcast_ref::<AnalyticsODMtd>() {
-            let loc = od.location().unwrap_or_default();
             Record::Od {
                 label: od.obj_type(),
-                x: loc.x,
-                y: loc.y,
-                w: loc.w,
-                h: loc.h,
-                confidence: loc.loc_conf_lvl,
+                location: od_location(od).unwrap_or_default(),
             }
         } else if let Some(cls) = mtd.downcast_ref::<AnalyticsClassificationMtd>() {
             let (quarks, levels) = cls.iterate().unzip();
@@ -539,23 +600,11 @@ fn rebuild(buffer: &mut gst::BufferRef, doomed: &HashSet<u32>) {
         let mut meta = AnalyticsRelationMeta::add(buffer);
         for (old, record) in &kept {
             let new = match record {
-                Record::Od {
-                    label,
-                    x,
-                    y,
-                    w,
-                    h,
-                    confidence,
-                } => meta
-                    .add_od_mtd(
-                        label.unwrap_or_else(|| glib::Quark::from_str("")),
-                        *x,
-                        *y,
-                        *w,
-                        *h,
-                        *confidence,
-                    )
-                    .map(|m| m.id()),
+                Record::Od { label, location } => add_od(
+                    &mut meta,
+                    label.unwrap_or_else(|| glib::Quark::from_str("")),
+                    location,
+                ),
                 Record::Cls { levels, quarks } => meta.add_cls_mtd(levels, quarks).map(|m| m.id()),
                 Record::Tracking { id, first_seen } => {
                     meta.add_tracking_mtd(*id, *first_seen).map(|m| m.id())
@@ -651,16 +700,24 @@ pub fn attach_objects(buffer: &mut gst::BufferRef, objects: &[Object], width: u3
         for object in objects {
             let r = object.rect;
             let clamp = |v: u32| i32::try_from(v).unwrap_or(i32::MAX);
-            let confidence = object.confidence().unwrap_or(0.0) as f32;
-            let od = match meta.add_od_mtd(
+            let location = OdLocation {
+                x: clamp(r.x),
+                y: clamp(r.y),
+                w: clamp(r.w),
+                h: clamp(r.h),
+                r: object
+                    .detection
+                    .as_ref()
+                    .and_then(|d| d.rotation)
+                    .unwrap_or(0.0) as f32,
+                confidence: object.confidence().unwrap_or(0.0) as f32,
+            };
+            let od = match add_od(
+                &mut meta,
                 glib::Quark::from_str(object.label.as_str()),
-                clamp(r.x),
-                clamp(r.y),
-                clamp(r.w),
-                clamp(r.h),
-                confidence,
+                &location,
             ) {
-                Ok(od) => od.id(),
+                Ok(od) => od,
                 Err(err) => {
                     gst::warning!(CAT, "Could not attach an ODMtd: {err}");
                     od_ids.push(None);
@@ -823,6 +880,7 @@ mod tests {
                     x_max: 0.4,
                     y_max: 0.6,
                 }),
+                rotation: None,
             }),
             classifications: vec![Classification {
                 name: "color".into(),
@@ -991,6 +1049,7 @@ mod tests {
                     confidence: Some(0.5),
                     label_id: Some(2),
                     bounding_box: None,
+                    rotation: None,
                 }),
                 classifications: vec![Classification {
                     name: "color".into(),
@@ -1032,5 +1091,37 @@ mod tests {
         assert_eq!(read[0].classifications[0].name, "color");
         assert_eq!(read[1].parent_id, Some(ods[0] as i32));
         assert_eq!(read[1].region_id, ods[1] as i32);
+    }
+
+    #[cfg(feature = "analytics-oriented")]
+    #[test]
+    fn an_oriented_box_is_read_before_rotation_and_keeps_its_rotation_when_rebuilt() {
+        init();
+        let mut buffer = gst::Buffer::new();
+        {
+            let mut meta = AnalyticsRelationMeta::add(buffer.get_mut().unwrap());
+            meta.add_oriented_od_mtd(q("truck"), 600, 400, 200, 100, 0.785, 0.5)
+                .unwrap();
+            meta.add_od_mtd(q("cone"), 10, 10, 5, 5, 0.2).unwrap();
+        }
+        let truck = Rect {
+            x: 600,
+            y: 400,
+            w: 200,
+            h: 100,
+        };
+        let rotation = Some(f64::from(0.785f32));
+        let objects = read_objects(&buffer).objects;
+        assert_eq!(objects[0].rect, truck, "the box before rotation");
+        assert_eq!(objects[0].detection.as_ref().unwrap().rotation, rotation);
+        assert_eq!(objects[1].detection.as_ref().unwrap().rotation, None);
+
+        // Removing the cone rebuilds the relation meta: the truck stays oriented.
+        let (removed, _) = retain_objects(buffer.get_mut().unwrap(), |o| o.label != "cone");
+        assert_eq!(removed, 1);
+        let objects = read_objects(&buffer).objects;
+        assert_eq!(objects.len(), 1);
+        assert_eq!(objects[0].rect, truck);
+        assert_eq!(objects[0].detection.as_ref().unwrap().rotation, rotation);
     }
 }

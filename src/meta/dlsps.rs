@@ -8,7 +8,8 @@
 //! {"height":480,"width":640,"channels":3,"caps":"video/x-raw, ...","img_format":"RGB",
 //!  "img_handle":"Q0W2E9R4T1",
 //!  "objects":[..],"resolution":{..},"timestamp":..,          <- gvametaconvert keys
-//!  "gva_meta":[{"x":..,"y":..,"height":..,"width":..,"object_id":7,
+//!                         (with the full-frame object and `tensors`, as DLSPS merges them)
+//!  "gva_meta":[{"x":..,"y":..,"height":..,"width":..,"object_id":7,   <- regions only
 //!               "tensor":[{"name":"detection","confidence":..,"label_id":..,"label":"box"}]}],
 //!  "encoding_type":"jpeg","encoding_level":85,               <- only with an image
 //!  "pipeline":{"name":..,"version":..,"instance_id":..,"status":{..}},
@@ -16,7 +17,7 @@
 //! ```
 
 use super::json::{key, write_float, write_frame_fields, write_int, write_str};
-use super::{FrameContext, Object};
+use super::{FrameContext, FrameResults, Object};
 
 /// The pipeline DLSPS reports in every message: `pipeline.name`, `pipeline.version`,
 /// `pipeline.instance_id` and `pipeline.status`.
@@ -62,11 +63,13 @@ impl DlspsFrame<'_> {
 /// Appends the DLSPS metadata object of one frame to `out`. `ctx` is the gvametaconvert
 /// context; its `frame_id` and `tags` are written where DLSPS puts them. `attached`: the
 /// JSON object gvametaconvert attached, whose keys DLSPS merges in place of the ones
-/// written from `objects` and `ctx` (without `frame_id`, and without `tags` when `ctx` has
-/// them).
+/// written from `objects`, `frame_results` and `ctx` (without `frame_id`, and without `tags` when
+/// `ctx` has them). `gva_meta` lists the objects only: DLSPS builds it from the frame's
+/// regions, which the frame-level results are not.
 pub fn write_dlsps_metadata(
     out: &mut Vec<u8>,
     objects: &[Object],
+    frame_results: &FrameResults,
     ctx: &FrameContext,
     frame: &DlspsFrame,
     attached: Option<&str>,
@@ -103,7 +106,7 @@ pub fn write_dlsps_metadata(
                 tags: None,
                 ..*ctx
             };
-            write_frame_fields(out, first, objects, &inner);
+            write_frame_fields(out, first, objects, frame_results, &inner);
         }
     }
     key(out, first, "gva_meta");
@@ -269,7 +272,14 @@ mod tests {
             ..Default::default()
         };
         let mut out = Vec::new();
-        write_dlsps_metadata(&mut out, objects, &ctx, frame, None);
+        write_dlsps_metadata(
+            &mut out,
+            objects,
+            &FrameResults::default(),
+            &ctx,
+            frame,
+            None,
+        );
         serde_json::from_slice(&out).expect("valid JSON")
     }
 
@@ -290,6 +300,7 @@ mod tests {
                 confidence: Some(0.5),
                 label_id: Some(2),
                 bounding_box: None,
+                rotation: None,
             }),
             classifications: vec![Classification {
                 name: "color".into(),
@@ -367,5 +378,49 @@ mod tests {
         assert_eq!(m["gva_meta"], json!([]));
         assert!(m.get("encoding_type").is_none(), "{m}");
         assert!(m.get("encoding_level").is_none(), "{m}");
+    }
+
+    #[test]
+    fn frame_level_results_are_merged_as_gvametaconvert_writes_them_and_not_in_gva_meta() {
+        use crate::meta::Tensor;
+        let pipeline = pipeline();
+        let frame = FrameResults {
+            tensors: vec![Tensor {
+                name: "scene".into(),
+                kind: Some("classification_result".into()),
+                label: Some("indoor".into()),
+                confidence: Some(0.75),
+                ..Tensor::default()
+            }],
+            classifications: Vec::new(),
+        };
+        let ctx = FrameContext {
+            width: 640,
+            height: 480,
+            ..Default::default()
+        };
+        let mut out = Vec::new();
+        write_dlsps_metadata(
+            &mut out,
+            &[],
+            &frame,
+            &ctx,
+            &DlspsFrame {
+                caps: "video/x-raw",
+                format: Some("RGB"),
+                img_handle: "ABCDE12345",
+                encoding: None,
+                pipeline: &pipeline,
+                avg_fps: 1.0,
+                time: 0,
+            },
+            None,
+        );
+        let m: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(
+            m["objects"],
+            json!([{"h": 480, "scene": {"confidence": 0.75, "label": "indoor"}, "w": 640, "x": 0, "y": 0}])
+        );
+        assert_eq!(m["gva_meta"], json!([]));
     }
 }

@@ -14,9 +14,10 @@ use std::ffi::{c_char, CStr, CString};
 use std::ptr;
 
 use gst::glib;
-use gst::glib::translate::IntoGlib;
 
-const API_NAME: &str = "GstGVAJSONMetaAPI";
+use super::gva_meta::{self, Registration};
+
+const API_NAME: &CStr = c"GstGVAJSONMetaAPI";
 const IMPL_NAME: &CStr = c"GstGVAJSONMeta";
 const TAG: &CStr = c"gva_json_meta";
 
@@ -29,7 +30,7 @@ struct GvaJsonMeta {
 
 /// The API type, when a library (DL Streamer, or [`attach`]) registered it.
 fn api_type() -> Option<glib::Type> {
-    glib::Type::from_name(API_NAME)
+    gva_meta::api_type(API_NAME)
 }
 
 /// The JSON texts attached to `buffer`, in the order they were attached (one per
@@ -103,29 +104,17 @@ pub fn attach(buffer: &mut gst::BufferRef, message: &str) -> bool {
 /// The meta's info: DL Streamer's registration when it exists, else ours.
 fn meta_info() -> *const gst::ffi::GstMetaInfo {
     static INFO: once_cell::sync::OnceCell<usize> = once_cell::sync::OnceCell::new();
+    // SAFETY: the size and functions of DL Streamer's layout.
     *INFO.get_or_init(|| unsafe {
-        let existing = gst::ffi::gst_meta_get_info(IMPL_NAME.as_ptr());
-        if !existing.is_null() {
-            return existing as usize;
-        }
-        let api = match api_type() {
-            Some(api) => api.into_glib(),
-            None => {
-                let mut tags = [TAG.as_ptr(), ptr::null()];
-                gst::ffi::gst_meta_api_type_register(
-                    c"GstGVAJSONMetaAPI".as_ptr(),
-                    tags.as_mut_ptr(),
-                )
-            }
-        };
-        gst::ffi::gst_meta_register(
-            api,
-            IMPL_NAME.as_ptr(),
-            std::mem::size_of::<GvaJsonMeta>(),
-            Some(init),
-            Some(free),
-            Some(transform),
-        ) as usize
+        gva_meta::info(&Registration {
+            api: API_NAME,
+            implementation: IMPL_NAME,
+            tags: &[TAG],
+            size: std::mem::size_of::<GvaJsonMeta>(),
+            init: Some(init),
+            free: Some(free),
+            transform: Some(transform),
+        }) as usize
     }) as *const gst::ffi::GstMetaInfo
 }
 
@@ -165,7 +154,7 @@ unsafe extern "C" fn transform(
 /// Whether the API type carries the tag DL Streamer gives it (used by tests).
 #[cfg(test)]
 fn has_tag() -> bool {
-    use gst::glib::translate::from_glib;
+    use gst::glib::translate::{from_glib, IntoGlib};
     api_type().is_some_and(|api| unsafe {
         from_glib(gst::ffi::gst_meta_api_type_has_tag(
             api.into_glib(),

@@ -8,7 +8,10 @@
 
 use serde_json::{Map, Value};
 
-use super::{valid_confidence, BoundingBox, Classification, Detection, Object, Rect};
+use super::frame::{self, FrameResults};
+use super::{
+    valid_confidence, valid_rotation, BoundingBox, Classification, Detection, Object, Rect,
+};
 
 /// Frame-level facts that go into the JSON next to the objects.
 #[derive(Debug, Clone, Copy, Default)]
@@ -25,6 +28,9 @@ pub struct FrameContext<'a> {
     pub source: Option<&'a str>,
     /// A JSON object, already serialized (validated when the user set it).
     pub tags: Option<&'a str>,
+    /// Write the frame-level tensors (`tensors`) with their raw output, as `gvametaconvert
+    /// add-tensor-data=true` does.
+    pub add_tensor_data: bool,
 }
 
 /// Object keys written by this module; a classification named like one of them would make
@@ -41,10 +47,16 @@ const OBJECT_KEYS: [&str; 9] = [
     "y",
 ];
 
-/// Appends the gvametaconvert JSON of one frame to `out`.
-pub fn write_frame_json(out: &mut Vec<u8>, objects: &[Object], ctx: &FrameContext) {
+/// Appends the gvametaconvert JSON of one frame to `out`: its objects, then the full-frame
+/// object when there are frame-level results (see [`frame`]).
+pub fn write_frame_json(
+    out: &mut Vec<u8>,
+    objects: &[Object],
+    frame: &FrameResults,
+    ctx: &FrameContext,
+) {
     out.push(b'{');
-    write_frame_fields(out, &mut true, objects, ctx);
+    write_frame_fields(out, &mut true, objects, frame, ctx);
     out.push(b'}');
 }
 
@@ -54,6 +66,7 @@ pub(super) fn write_frame_fields(
     out: &mut Vec<u8>,
     first: &mut bool,
     objects: &[Object],
+    frame: &FrameResults,
     ctx: &FrameContext,
 ) {
     if let Some(frame_id) = ctx.frame_id {
@@ -67,6 +80,12 @@ pub(super) fn write_frame_fields(
             out.push(b',');
         }
         write_object(out, object, ctx);
+    }
+    if !frame.is_empty() {
+        if !objects.is_empty() {
+            out.push(b',');
+        }
+        frame::write_full_frame_object(out, frame, ctx);
     }
     out.push(b']');
     if ctx.width > 0 && ctx.height > 0 {
@@ -88,6 +107,10 @@ pub(super) fn write_frame_fields(
     if let Some(tags) = ctx.tags {
         key(out, first, "tags");
         out.extend_from_slice(tags.as_bytes());
+    }
+    if frame::has_top_level_tensors(frame, ctx) {
+        key(out, first, "tensors");
+        frame::write_top_level_tensors(out, frame);
     }
     if let Some(timestamp) = ctx.timestamp {
         key(out, first, "timestamp");
@@ -205,6 +228,12 @@ fn write_detection(out: &mut Vec<u8>, object: &Object, ctx: &FrameContext) {
         key(out, &mut first, "label_id");
         write_int(out, label_id);
     }
+    // Not in gvametaconvert's JSON, which drops the rotation gvadetect writes: only oriented
+    // boxes carry it, so the JSON of every other object stays gvametaconvert's.
+    if let Some(rotation) = detection.and_then(|d| d.rotation) {
+        key(out, &mut first, "rotation");
+        write_float(out, rotation);
+    }
     out.push(b'}');
 }
 
@@ -282,6 +311,9 @@ pub(super) fn write_int(out: &mut Vec<u8>, v: impl itoa::Integer) {
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct RecordedFrame {
     pub objects: Vec<Object>,
+    /// The results about the whole frame: from the full-frame object and the top-level
+    /// `tensors`.
+    pub frame: FrameResults,
     /// `(width, height)` the recording was made at.
     pub resolution: Option<(u32, u32)>,
     pub timestamp: Option<u64>,
@@ -307,18 +339,27 @@ pub fn parse_frame_line(line: &str) -> Result<RecordedFrame, String> {
     };
     let timestamp = optional_u64(frame, "timestamp", "")?;
 
-    let objects = match frame.get("objects") {
-        None => Vec::new(),
-        Some(Value::Array(items)) => items
-            .iter()
-            .enumerate()
-            .map(|(i, item)| parse_object(item, i, resolution))
-            .collect::<Result<_, _>>()?,
+    let mut objects = Vec::new();
+    let mut full_frame = Vec::new();
+    match frame.get("objects") {
+        None => {}
+        Some(Value::Array(items)) => {
+            for (i, item) in items.iter().enumerate() {
+                match item.as_object() {
+                    Some(o) if frame::is_full_frame_object(o) => {
+                        full_frame.push((o, format!("objects[{i}]")))
+                    }
+                    _ => objects.push(parse_object(item, i, resolution)?),
+                }
+            }
+        }
         Some(other) => return Err(format!("objects: expected an array, got {}", kind(other))),
-    };
+    }
+    let frame_results = frame::parse_recorded(&full_frame, frame.get("tensors"))?;
 
     Ok(RecordedFrame {
         objects,
+        frame: frame_results,
         resolution,
         timestamp,
     })
@@ -390,10 +431,18 @@ fn parse_object(
     let detection = detection
         .map(|d| -> Result<Detection, String> {
             let dpath = format!("{path}.detection");
+            let rotation = match d.get("rotation") {
+                None => None,
+                Some(v) => match v.as_f64() {
+                    Some(r) if r.is_finite() => valid_rotation(r),
+                    _ => return Err(format!("{dpath}.rotation: expected a number, got {v}")),
+                },
+            };
             Ok(Detection {
                 confidence: optional_confidence(d, &dpath)?,
                 label_id: optional_i32(d, "label_id", &dpath)?,
                 bounding_box,
+                rotation,
             })
         })
         .transpose()?;
@@ -502,7 +551,11 @@ fn required_u32(o: &Map<String, Value>, name: &str, parent: &str) -> Result<u32,
         })
 }
 
-fn optional_i32(o: &Map<String, Value>, name: &str, parent: &str) -> Result<Option<i32>, String> {
+pub(super) fn optional_i32(
+    o: &Map<String, Value>,
+    name: &str,
+    parent: &str,
+) -> Result<Option<i32>, String> {
     o.get(name)
         .map(|v| {
             v.as_i64()
@@ -517,7 +570,10 @@ fn optional_i32(o: &Map<String, Value>, name: &str, parent: &str) -> Result<Opti
         .transpose()
 }
 
-fn optional_confidence(o: &Map<String, Value>, parent: &str) -> Result<Option<f64>, String> {
+pub(super) fn optional_confidence(
+    o: &Map<String, Value>,
+    parent: &str,
+) -> Result<Option<f64>, String> {
     o.get("confidence")
         .map(|v| {
             v.as_f64().and_then(valid_confidence).ok_or_else(|| {
@@ -552,6 +608,7 @@ mod tests {
                     x_max: 0.46,
                     y_max: 0.45,
                 }),
+                rotation: None,
             }),
             classifications: vec![Classification {
                 name: "color".into(),
@@ -565,7 +622,7 @@ mod tests {
 
     fn json(objects: &[Object], ctx: &FrameContext) -> String {
         let mut out = Vec::new();
-        write_frame_json(&mut out, objects, ctx);
+        write_frame_json(&mut out, objects, &FrameResults::default(), ctx);
         String::from_utf8(out).unwrap()
     }
 
@@ -577,6 +634,7 @@ mod tests {
         sink_time: Some(1_700_000_000_123_456_789),
         source: Some("rtsp://camera-7/stream"),
         tags: Some(r#"{"site":"dock-3"}"#),
+        add_tensor_data: false,
     };
 
     #[test]
@@ -688,6 +746,92 @@ mod tests {
         assert_eq!(frame.objects, [car()]);
         assert_eq!(frame.resolution, Some((1280, 720)));
         assert_eq!(frame.timestamp, Some(1_400_000_000));
+    }
+
+    const CAR_JSON: &str = concat!(
+        r#"{"color":{"confidence":0.81,"label":"red","label_id":3,"model":{"name":"color_net"}},"#,
+        r#""detection":{"bounding_box":{"x_max":0.46,"x_min":0.26,"y_max":0.45,"y_min":0.17},"#,
+        r#""confidence":0.92,"label":"car","label_id":0},"h":198,"id":7,"region_id":12,"#,
+        r#""roi_type":"car","w":255,"x":333,"y":127}"#
+    );
+
+    #[test]
+    fn the_full_frame_object_follows_the_objects_and_tensors_come_before_the_timestamp() {
+        use crate::meta::Tensor;
+        let frame = FrameResults {
+            tensors: vec![Tensor {
+                name: "inference_layer_name:prob".into(),
+                precision: Some(10),
+                dims: Some(vec![1, 2]),
+                data: Some(
+                    [0.5f32, 0.25]
+                        .iter()
+                        .flat_map(|v| v.to_ne_bytes())
+                        .collect(),
+                ),
+                ..Tensor::default()
+            }],
+            classifications: Vec::new(),
+        };
+        let tensor = concat!(
+            r#"{"data":[0.5,0.25],"dims":[1,2],"layout":"ANY","#,
+            r#""name":"inference_layer_name:prob","precision":"FP32"}"#
+        );
+        let ctx = FrameContext {
+            width: 1280,
+            height: 720,
+            timestamp: Some(5),
+            add_tensor_data: true,
+            ..FrameContext::default()
+        };
+        let mut out = Vec::new();
+        write_frame_json(&mut out, &[car()], &frame, &ctx);
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(
+            text,
+            format!(
+                "{{\"objects\":[{CAR_JSON},{{\"h\":720,\"tensors\":[{tensor}],\"w\":1280,\"x\":0,\
+                 \"y\":0}}],\"resolution\":{{\"height\":720,\"width\":1280}},\
+                 \"tensors\":[{tensor}],\"timestamp\":5}}"
+            )
+        );
+        let parsed = parse_frame_line(&text).unwrap();
+        assert_eq!(parsed.objects, [car()]);
+        assert_eq!(parsed.frame, frame);
+
+        // Without the tensor data: the bare full-frame object, no tensors.
+        let mut out = Vec::new();
+        let ctx = FrameContext {
+            add_tensor_data: false,
+            ..ctx
+        };
+        write_frame_json(&mut out, &[], &frame, &ctx);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            concat!(
+                r#"{"objects":[{"h":720,"w":1280,"x":0,"y":0}],"#,
+                r#""resolution":{"height":720,"width":1280},"timestamp":5}"#
+            )
+        );
+    }
+
+    #[test]
+    fn an_oriented_box_carries_its_rotation_in_the_detection() {
+        let mut object = car();
+        object.detection.as_mut().unwrap().rotation = Some(0.5);
+        let text = json(&[object.clone()], &FrameContext::default());
+        assert!(
+            text.contains(r#""label":"car","label_id":0,"rotation":0.5}"#),
+            "{text}"
+        );
+        assert_eq!(parse_frame_line(&text).unwrap().objects, [object]);
+        // A rotation of 0 is an axis-aligned box, as gvadetect writes it for every box.
+        let zero = text.replace("\"rotation\":0.5", "\"rotation\":0");
+        let parsed = parse_frame_line(&zero).unwrap();
+        assert_eq!(parsed.objects[0].detection.as_ref().unwrap().rotation, None);
+        assert!(parse_frame_line(&text.replace("0.5}", "\"r\"}"))
+            .unwrap_err()
+            .contains("objects[0].detection.rotation"));
     }
 
     #[test]

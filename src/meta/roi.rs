@@ -5,7 +5,8 @@
 //!
 //! One meta per object: the label is the ROI type, the pixel box is the ROI rectangle, and
 //! the detector output rides along as param structures:
-//! - `detection`: `confidence`, `label_id`, normalized `x_min`/`x_max`/`y_min`/`y_max`;
+//! - `detection`: `confidence`, `label_id`, normalized `x_min`/`x_max`/`y_min`/`y_max`, and
+//!   the `rotation` of an oriented box (radians; `gvadetect` writes 0 for the others);
 //! - `object_id`: the tracking `id`;
 //! - any other structure with a string `label`: a classification result.
 
@@ -18,7 +19,10 @@ use gst::glib::translate::ToGlibPtr;
 use gst_video::VideoRegionOfInterestMeta;
 use once_cell::sync::Lazy;
 
-use super::{valid_confidence, BoundingBox, Classification, Detection, Object, Objects, Rect, CAT};
+use super::{
+    valid_confidence, valid_rotation, BoundingBox, Classification, Detection, Object, Objects,
+    Rect, CAT,
+};
 
 const DETECTION: &str = "detection";
 const OBJECT_ID: &str = "object_id";
@@ -114,6 +118,9 @@ pub fn attach_objects(buffer: &mut gst::BufferRef, objects: &[Object], width: u3
             if let Some(label_id) = detection.label_id {
                 s = s.field("label_id", label_id);
             }
+            if let Some(rotation) = detection.rotation {
+                s = s.field("rotation", rotation);
+            }
             roi.add_param(s.field("label", object.label.as_str()).build());
         }
         if let Some(id) = object.tracking_id {
@@ -171,6 +178,7 @@ pub(super) fn read_object(roi: &VideoRegionOfInterestMeta, invalid: &mut u32) ->
                 confidence: confidence(param, fields.confidence, invalid),
                 label_id: integer(param, fields.label_id).and_then(|v| i32::try_from(v).ok()),
                 bounding_box,
+                rotation: number(param, fields.rotation).and_then(valid_rotation),
             });
         } else if name == OBJECT_ID {
             object.tracking_id = integer(param, fields.id);
@@ -215,6 +223,7 @@ struct Fields {
     label: glib::Quark,
     id: glib::Quark,
     model_name: glib::Quark,
+    rotation: glib::Quark,
 }
 
 static FIELDS: Lazy<Fields> = Lazy::new(|| Fields {
@@ -227,6 +236,7 @@ static FIELDS: Lazy<Fields> = Lazy::new(|| Fields {
     label: glib::Quark::from_str("label"),
     id: glib::Quark::from_str("id"),
     model_name: glib::Quark::from_str("model_name"),
+    rotation: glib::Quark::from_str("rotation"),
 });
 
 fn field(s: &gst::StructureRef, name: glib::Quark) -> Option<&glib::SendValue> {
@@ -237,7 +247,7 @@ fn field(s: &gst::StructureRef, name: glib::Quark) -> Option<&glib::SendValue> {
 }
 
 /// A string field, with invalid UTF-8 replaced (a C producer may set any bytes).
-fn string(s: &gst::StructureRef, name: glib::Quark) -> Option<String> {
+pub(super) fn string(s: &gst::StructureRef, name: glib::Quark) -> Option<String> {
     let value = field(s, name)?;
     if value.type_() != glib::Type::STRING {
         return None;
@@ -249,7 +259,11 @@ fn string(s: &gst::StructureRef, name: glib::Quark) -> Option<String> {
     }
 }
 
-fn confidence(s: &gst::StructureRef, name: glib::Quark, invalid: &mut u32) -> Option<f64> {
+pub(super) fn confidence(
+    s: &gst::StructureRef,
+    name: glib::Quark,
+    invalid: &mut u32,
+) -> Option<f64> {
     let value = number(s, name)?;
     let valid = valid_confidence(value);
     if valid.is_none() {
@@ -265,7 +279,7 @@ fn confidence(s: &gst::StructureRef, name: glib::Quark, invalid: &mut u32) -> Op
 }
 
 /// A numeric field as `f64`, whatever numeric type the producer used.
-fn number(s: &gst::StructureRef, name: glib::Quark) -> Option<f64> {
+pub(super) fn number(s: &gst::StructureRef, name: glib::Quark) -> Option<f64> {
     let value = field(s, name)?;
     match value.type_() {
         glib::Type::F64 => value.get::<f64>().ok(),
@@ -275,7 +289,7 @@ fn number(s: &gst::StructureRef, name: glib::Quark) -> Option<f64> {
 }
 
 /// An integer field as `i64`, whatever integer type the producer used.
-fn integer(s: &gst::StructureRef, name: glib::Quark) -> Option<i64> {
+pub(super) fn integer(s: &gst::StructureRef, name: glib::Quark) -> Option<i64> {
     integer_value(field(s, name)?)
 }
 

@@ -413,6 +413,7 @@ impl BaseTransformImpl for MetaReplay {
         let objects = objects_for_size(&recording.frames[index], *size);
         stats.objects_attached += objects.len() as u64;
         meta::attach_objects(buffer, &objects, size.0, size.1);
+        meta::attach_frame_results(buffer, &recording.frames[index].frame);
         if attach_json {
             // A line is one JSON object: no NUL byte can be in it.
             meta::attach_json_message(buffer, &recording.lines[index]);

@@ -4,8 +4,10 @@
 //!
 //! The recording is a JSON-lines file of gvametaconvert objects, as written by DL
 //! Streamer's `gvametapublish method=file file-format=json-lines`. The objects become
-//! region-of-interest metas laid out exactly as `gvadetect`/`gvaclassify` lay them out,
-//! so downstream elements cannot tell a replay from live inference.
+//! region-of-interest metas laid out exactly as `gvadetect`/`gvaclassify` lay them out, and
+//! the frame-level results (the full-frame object, `tensors`) the tensor metas of
+//! `gvainference`/`gvaclassify inference-region=full-frame`, so downstream elements cannot
+//! tell a replay from live inference.
 //!
 //! ```text
 //! gst-launch-1.0 videotestsrc num-buffers=300 ! video/x-raw,width=640,height=480 \

@@ -319,6 +319,13 @@ impl ObjectImpl for MqttPublish {
                      arrived, for latency measurements",
                     DEFAULT_ADD_SINK_TIME,
                 ),
+                boolean(
+                    "add-tensor-data",
+                    "Add tensor data",
+                    "Publish the frame-level tensors (gvainference, gvaclassify full-frame) with \
+                     their raw output, as gvametaconvert add-tensor-data=true does",
+                    settings::DEFAULT_ADD_TENSOR_DATA,
+                ),
                 config::config_property(),
                 config::config_pipeline_property(),
                 uint(
@@ -454,6 +461,7 @@ impl ObjectImpl for MqttPublish {
             },
             "skip-empty" => settings.skip_empty = get(value),
             "add-sink-time" => settings.add_sink_time = get(value),
+            "add-tensor-data" => settings.add_tensor_data = get(value),
             "config" => settings.config = non_empty(),
             "config-pipeline" => settings.config_pipeline = non_empty(),
             "max-queued-messages" => settings.max_queued_messages = get(value),
@@ -511,6 +519,7 @@ impl ObjectImpl for MqttPublish {
             "tags" => settings.tags.to_value(),
             "skip-empty" => settings.skip_empty.to_value(),
             "add-sink-time" => settings.add_sink_time.to_value(),
+            "add-tensor-data" => settings.add_tensor_data.to_value(),
             "config" => settings.config.to_value(),
             "config-pipeline" => settings.config_pipeline.to_value(),
             "max-queued-messages" => settings.max_queued_messages.to_value(),

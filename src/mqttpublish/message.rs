@@ -49,6 +49,9 @@ pub struct MessageOptions {
     pub tags: Option<String>,
     pub skip_empty: bool,
     pub add_sink_time: bool,
+    /// Publish the frame-level tensors with their raw output, as `gvametaconvert
+    /// add-tensor-data=true` writes them.
+    pub add_tensor_data: bool,
     /// `pipeline.name` of the `dlsps` format; the element fills in its pipeline's name
     /// when the property is not set.
     pub pipeline_name: Option<String>,
@@ -93,6 +96,9 @@ pub struct FrameCounters {
     pub skipped: u64,
     /// gvametaconvert JSON metas that were not a JSON object; published from the metas.
     pub json_invalid: u64,
+    /// Frames with a tensor meta whose raw output (`data_buffer`) could not be read, with
+    /// `add-tensor-data`; published without it.
+    pub tensor_data_invalid: u64,
     /// Published without their image, by reason.
     pub no_image_memory: u64,
     pub no_image_format: u64,
@@ -307,23 +313,45 @@ impl Assembler {
             },
             MetadataSource::Metas => None,
         };
-        let count = |objects: &Vec<meta::Object>, attached: &Option<Attached>| {
-            attached
-                .as_ref()
-                .map_or(objects.len(), Attached::object_count)
+        // Results about the whole frame, when the metadata is built from the metas (the JSON
+        // gvametaconvert attached has them already).
+        let mut frame = meta::FrameResults::default();
+        if attached.is_none() {
+            let (read, unreadable) = meta::read_frame_results(buffer, self.options.add_tensor_data);
+            frame = read;
+            if let Some(first) = unreadable.first() {
+                self.counters.tensor_data_invalid += 1;
+                if self.counters.tensor_data_invalid == 1 {
+                    warnings.push(format!(
+                        "The tensor meta {first} (frame {frame_id}): publishing the tensor \
+                         without its data; further ones are counted in stats \
+                         (tensor-data-invalid)"
+                    ));
+                }
+            }
+        }
+        // The objects of the JSON; the full-frame object is one of them.
+        let count = |objects: &Vec<meta::Object>,
+                     frame: &meta::FrameResults,
+                     attached: &Option<Attached>| {
+            attached.as_ref().map_or(
+                objects.len() + usize::from(!frame.is_empty()),
+                Attached::object_count,
+            )
         };
         if let Some(filter) = &self.options.filter {
-            let had_objects = count(&objects, &attached) > 0;
+            let had_objects = count(&objects, &frame, &attached) > 0;
             filter.apply_to_objects(&mut objects);
+            filter.apply_to_frame(&mut frame);
             if let Some(attached) = &mut attached {
                 attached.filter(filter);
             }
-            if had_objects && count(&objects, &attached) == 0 {
+            if had_objects && count(&objects, &frame, &attached) == 0 {
                 self.counters.skipped += 1;
                 return None;
             }
         }
-        if self.options.skip_empty && count(&objects, &attached) == 0 {
+        if self.options.skip_empty && count(&objects, &frame, &attached) == 0 {
             self.counters.skipped += 1;
             return None;
         }
@@ -353,6 +381,7 @@ impl Assembler {
             sink_time: self.options.add_sink_time.then(now_ns),
             source: self.options.source.as_deref(),
             tags: self.options.tags.as_deref(),
+            add_tensor_data: self.options.add_tensor_data,
         };
 
         let mut payload = Vec::with_capacity(self.payload_hint);
@@ -376,6 +405,7 @@ impl Assembler {
             pipeline: self.dlsps.as_ref().map(|dlsps| &dlsps.pipeline),
             img_handle: img_handle.as_deref(),
             objects: &objects,
+            frame: &frame,
             ctx: &ctx,
         };
         let metadata_len = writer.write(&mut payload, image_bytes);
@@ -443,6 +473,7 @@ struct Writer<'a> {
     pipeline: Option<&'a PipelineInfo>,
     img_handle: Option<&'a str>,
     objects: &'a [meta::Object],
+    frame: &'a meta::FrameResults,
     ctx: &'a FrameContext<'a>,
 }
 
@@ -460,7 +491,7 @@ impl Writer<'_> {
         payload.extend_from_slice(open);
         let start = payload.len();
         match (self.pipeline, self.attached) {
-            (None, None) => meta::write_frame_json(payload, self.objects, self.ctx),
+            (None, None) => meta::write_frame_json(payload, self.objects, self.frame, self.ctx),
             (None, Some(attached)) => payload.extend_from_slice(attached.as_bytes()),
             (Some(pipeline), _) => self.write_dlsps(payload, pipeline, image.is_some()),
         }
@@ -496,7 +527,14 @@ impl Writer<'_> {
             avg_fps: (self.ctx.frame_id.unwrap_or(0) + 1) as f64 / elapsed,
             time,
         };
-        meta::write_dlsps_metadata(payload, self.objects, self.ctx, &frame, self.attached);
+        meta::write_dlsps_metadata(
+            payload,
+            self.objects,
+            self.frame,
+            self.ctx,
+            &frame,
+            self.attached,
+        );
     }
 }
 
@@ -567,6 +605,7 @@ mod tests {
             tags: None,
             skip_empty: false,
             add_sink_time: false,
+            add_tensor_data: false,
             pipeline_name: None,
             pipeline_version: String::new(),
         }

@@ -24,6 +24,7 @@ pub fn stats_structure(stats: &Stats, frames: FrameCounters) -> gst::Structure {
         .field("republished", stats.republished)
         .field("frames-skipped", frames.skipped)
         .field("json-invalid", frames.json_invalid)
+        .field("tensor-data-invalid", frames.tensor_data_invalid)
         .field("frames-unencoded", frames.unencoded())
         .field("unencoded-memory", frames.no_image_memory)
         .field("unencoded-format", frames.no_image_format)

@@ -27,6 +27,7 @@ pub const DEFAULT_CLEAN_SESSION: bool = true;
 pub const DEFAULT_PUBLISH_FRAME: bool = false;
 pub const DEFAULT_SKIP_EMPTY: bool = false;
 pub const DEFAULT_ADD_SINK_TIME: bool = false;
+pub const DEFAULT_ADD_TENSOR_DATA: bool = false;
 
 /// A numeric property's range and default, stated once: its `ParamSpec` declares them
 /// (gst-inspect-1.0 shows them, and GLib refuses a value outside the range, naming the
@@ -170,6 +171,7 @@ pub struct Settings {
     pub tags: Option<String>,
     pub skip_empty: bool,
     pub add_sink_time: bool,
+    pub add_tensor_data: bool,
     pub pipeline_name: Option<String>,
     pub pipeline_version: Option<String>,
     pub config: Option<String>,
@@ -216,6 +218,7 @@ impl Default for Settings {
             tags: None,
             skip_empty: DEFAULT_SKIP_EMPTY,
             add_sink_time: DEFAULT_ADD_SINK_TIME,
+            add_tensor_data: DEFAULT_ADD_TENSOR_DATA,
             pipeline_name: None,
             pipeline_version: None,
             config: None,
@@ -463,6 +466,7 @@ pub fn resolve(
         tags: settings.tags.clone(),
         skip_empty: settings.skip_empty,
         add_sink_time: settings.add_sink_time,
+        add_tensor_data: settings.add_tensor_data,
         pipeline_name: settings.pipeline_name.clone(),
         // DLSPS puts the name of the config.json pipeline there.
         pipeline_version: settings

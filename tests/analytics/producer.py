@@ -14,7 +14,18 @@ ODMtd's id, laid out as DL Streamer's gvadetect/gvaclassify/gvatrack write it: a
 `detection` param (normalized box, confidence, label_id), an `object_id` param and, for
 the car, a `color` classification param (label "red", model_name "color_net").
 
-    producer.py HOST PORT TOPIC FRAMES [--legacy-roi] [--filter 'PROPS'] [--sink 'PROPS']
+With --frame-results each frame also carries, after the objects, results of the GStreamer
+1.26 analytics API written to the relation conventions:
+
+- a ClsMtd of no object (no relation at all): a scene classification, "indoor" 0.7 and
+  "office" 0.6;
+- truck: an oriented ODMtd (100, 150, 80, 40) rotated by 0.5 radians, confidence 0.8,
+  without an ROI meta;
+- a semantic SegmentationMtd of no object: an 8x6 GRAY8 mask over the whole frame, with
+  region ids 0 and 3.
+
+    producer.py HOST PORT TOPIC FRAMES [--legacy-roi] [--frame-results] [--filter 'PROPS']
+                [--sink 'PROPS']
 
 --filter puts a metafilter with PROPS before the sink; --sink adds PROPS to mqttpublish.
 
@@ -74,9 +85,29 @@ def add_objects(buf, legacy_roi):
                 roi.add_param(s)
 
 
+def add_frame_results(buf):
+    rmeta = GstAnalytics.buffer_get_analytics_relation_meta(buf)
+    quarks = [GLib.quark_from_string(label) for label in ("indoor", "office")]
+    ok, _ = rmeta.add_cls_mtd([0.7, 0.6], quarks)
+    assert ok, "add_cls_mtd"
+    ok, _ = rmeta.add_oriented_od_mtd(
+        GLib.quark_from_string("truck"), 100, 150, 80, 40, 0.5, 0.8
+    )
+    assert ok, "add_oriented_od_mtd"
+    mask = Gst.Buffer.new_allocate(None, 8 * 6, None)
+    GstVideo.buffer_add_video_meta(
+        mask, GstVideo.VideoFrameFlags.NONE, GstVideo.VideoFormat.GRAY8, 8, 6
+    )
+    ok, _ = rmeta.add_segmentation_mtd(
+        mask, GstAnalytics.SegmentationType.SEMANTIC, [0, 3], 0, 0, WIDTH, HEIGHT
+    )
+    assert ok, "add_segmentation_mtd"
+
+
 def main(argv):
     args = argv[1:]
     legacy_roi = "--legacy-roi" in args
+    frame_results = "--frame-results" in args
     filter_props = None
     if "--filter" in args:
         filter_props = args[args.index("--filter") + 1]
@@ -103,6 +134,8 @@ def main(argv):
         buf.pts = i * Gst.SECOND // 10
         buf.duration = Gst.SECOND // 10
         add_objects(buf, legacy_roi)
+        if frame_results:
+            add_frame_results(buf)
         if src.emit("push-buffer", buf) != Gst.FlowReturn.OK:
             print("push-buffer failed", file=sys.stderr)
             return 1

@@ -17,6 +17,8 @@
 //! - [`Run`]: a pipeline from a gst-launch description, set to PLAYING, with what its
 //!   bus said (warnings, element messages with the time they were posted), the `stats`
 //!   of its `mqttpublish` named `sink` and the arrival times of that sink's buffers.
+//! - [`dlstreamer`]: DL Streamer's frame tensor meta (`GstGVATensorMeta`) registered and
+//!   filled as `gvainference` and `gvaclassify` do, without the plugin's code.
 //!
 //! Use it from a test file with `mod common;` and `use common::*;`:
 //!
@@ -41,6 +43,7 @@
 #![allow(dead_code)]
 
 mod broker;
+pub mod dlstreamer;
 mod pipeline;
 mod publish;
 mod subscriber;

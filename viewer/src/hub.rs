@@ -13,7 +13,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 use tokio::sync::broadcast;
 
-use crate::payload::{self, Frame, Object, Pipeline, Shape};
+use crate::payload::{self, Attribute, Frame, Object, Pipeline, Shape};
 
 /// Sources (topic and `source` field pairs) shown; messages of further ones are errors.
 pub const MAX_SOURCES: usize = 64;
@@ -105,6 +105,8 @@ struct FrameEvent<'a> {
     frame_id: Option<u64>,
     resolution: Option<(u32, u32)>,
     objects: &'a [Object],
+    /// Classifications of the whole frame (gvametaconvert's full-frame object).
+    frame_labels: &'a [Attribute],
     image: Option<&'a str>,
     latency_ms: Option<f64>,
     latency_from: Option<&'static str>,
@@ -434,6 +436,7 @@ impl State {
             frame_id: frame.frame_id,
             resolution: frame.resolution,
             objects: &frame.objects,
+            frame_labels: &frame.frame_labels,
             image: frame.image.as_deref(),
             latency_ms,
             latency_from,

@@ -9,6 +9,10 @@
 //! - `{"metadata": .., "blob": "<base64 JPEG>" or ""}` (`object` and `dlsps`), where DLSPS
 //!   metadata may carry its boxes in `gva_meta` instead of `objects`.
 //!
+//! gvametaconvert's full-frame object (at 0,0, without the `detection`, `roi_type` and
+//! `region_id` of a region) is no box: its classifications are results about the whole frame
+//! (a scene classification), read into [`Frame::frame_labels`].
+//!
 //! Every field is untrusted: a payload that cannot be read is an `Err` with a sentence saying
 //! why, a field that cannot be read is left out with a warning, and every string and list that
 //! reaches the page is bounded.
@@ -72,6 +76,8 @@ pub struct Frame {
     /// From `resolution` (or DLSPS `width`/`height`).
     pub resolution: Option<(u32, u32)>,
     pub objects: Vec<Object>,
+    /// Classifications of the whole frame: those of the full-frame object.
+    pub frame_labels: Vec<Attribute>,
     /// The base64 JPEG, checked to decode to a JPEG.
     pub image: Option<String>,
     /// `sink_time`: wall clock (ns since the UNIX epoch) when the publisher's sink got the buffer.
@@ -157,7 +163,7 @@ pub fn parse(payload: &[u8]) -> Result<Frame, String> {
     };
 
     let resolution = resolution(&metadata, &mut warnings);
-    let objects = objects(&metadata, resolution, &mut warnings)?;
+    let (objects, frame_labels) = objects(&metadata, resolution, &mut warnings)?;
     Ok(Frame {
         shape,
         source: match metadata.get("source") {
@@ -171,6 +177,7 @@ pub fn parse(payload: &[u8]) -> Result<Frame, String> {
         frame_id: metadata.get("frame_id").and_then(Value::as_u64),
         resolution,
         objects,
+        frame_labels,
         image,
         sink_time_ns: metadata.get("sink_time").and_then(Value::as_u64),
         publish_time_ns: metadata.get("time").and_then(Value::as_u64),
@@ -263,15 +270,16 @@ fn text(value: Option<&Value>) -> Option<String> {
     value.and_then(Value::as_str).map(bounded)
 }
 
+/// The objects, and the classifications of the whole frame.
 fn objects(
     metadata: &Map<String, Value>,
     resolution: Option<(u32, u32)>,
     warnings: &mut Vec<String>,
-) -> Result<Vec<Object>, String> {
+) -> Result<(Vec<Object>, Vec<Attribute>), String> {
     let (list, dlsps) = match (metadata.get("objects"), metadata.get("gva_meta")) {
         (Some(Value::Array(list)), _) => (list, false),
         (Some(Value::Null) | None, Some(Value::Array(list))) => (list, true),
-        (Some(Value::Null) | None, _) => return Ok(Vec::new()),
+        (Some(Value::Null) | None, _) => return Ok((Vec::new(), Vec::new())),
         (Some(other), _) => {
             return Err(format!(
                 "\"objects\" is a JSON {}, not an array",
@@ -280,8 +288,16 @@ fn objects(
         }
     };
     let mut out = Vec::with_capacity(list.len().min(MAX_OBJECTS));
+    let mut frame_labels = Vec::new();
     let mut unreadable = 0usize;
     for item in list.iter().take(MAX_OBJECTS) {
+        if let Value::Object(map) = item {
+            if !dlsps && is_full_frame(map) {
+                frame_labels.extend(attributes(map));
+                frame_labels.truncate(MAX_ATTRIBUTES);
+                continue;
+            }
+        }
         let object = match item {
             Value::Object(map) if dlsps => gva_meta_object(map),
             Value::Object(map) => gvametaconvert_object(map, resolution),
@@ -303,7 +319,33 @@ fn objects(
             "{unreadable} object(s) without a readable box were left out"
         ));
     }
-    Ok(out)
+    Ok((out, frame_labels))
+}
+
+/// gvametaconvert's full-frame object: at 0,0, with none of the keys of a region.
+fn is_full_frame(map: &Map<String, Value>) -> bool {
+    let zero = |k: &str| map.get(k).and_then(Value::as_u64) == Some(0);
+    zero("x")
+        && zero("y")
+        && ["detection", "roi_type", "region_id"]
+            .iter()
+            .all(|k| !map.contains_key(*k))
+}
+
+/// The classification results of a gvametaconvert object: its keys whose value is an object
+/// with a `label`, other than `detection`.
+fn attributes(map: &Map<String, Value>) -> impl Iterator<Item = Attribute> + '_ {
+    map.iter()
+        .filter(|(key, _)| key.as_str() != "detection")
+        .filter_map(|(key, value)| {
+            let result = value.as_object()?;
+            Some(Attribute {
+                name: bounded(key),
+                label: text(result.get("label"))?,
+                confidence: confidence(result.get("confidence")),
+            })
+        })
+        .take(MAX_ATTRIBUTES)
 }
 
 /// A box is four finite numbers with a non-negative size.
@@ -341,19 +383,7 @@ fn gvametaconvert_object(
         .and_then(|d| text(d.get("label")))
         .or_else(|| text(map.get("roi_type")))
         .unwrap_or_else(|| "?".into());
-    let attributes = map
-        .iter()
-        .filter(|(key, _)| key.as_str() != "detection")
-        .filter_map(|(key, value)| {
-            let result = value.as_object()?;
-            Some(Attribute {
-                name: bounded(key),
-                label: text(result.get("label"))?,
-                confidence: confidence(result.get("confidence")),
-            })
-        })
-        .take(MAX_ATTRIBUTES)
-        .collect();
+    let attributes = attributes(map).collect();
     Some(Object {
         x,
         y,
@@ -562,5 +592,25 @@ mod tests {
         let frame = parse(format!(r#"{{"objects":[{list}]}}"#).as_bytes()).unwrap();
         assert_eq!(frame.objects.len(), MAX_OBJECTS);
         assert!(frame.warnings[0].contains(&format!("{} objects", MAX_OBJECTS + 5)));
+    }
+
+    #[test]
+    fn the_full_frame_object_is_no_box_but_the_frame_labels() {
+        let payload = r#"{"objects":[{"detection":{"label":"car","confidence":0.5},"h":10,"region_id":0,
+            "roi_type":"car","w":10,"x":0,"y":0},{"h":480,"scene":{"confidence":0.875,"label":"indoor",
+            "label_id":0,"model":{"name":"scene-net"}},"tensors":[{"name":"scene","label":"indoor"}],
+            "w":640,"x":0,"y":0}],"resolution":{"height":480,"width":640}}"#;
+        let frame = parse(payload.as_bytes()).unwrap();
+        assert_eq!(frame.objects.len(), 1, "the car at 0,0 is a region");
+        assert_eq!(frame.objects[0].label, "car");
+        assert_eq!(
+            frame.frame_labels,
+            [Attribute {
+                name: "scene".into(),
+                label: "indoor".into(),
+                confidence: Some(0.875),
+            }]
+        );
+        assert!(frame.warnings.is_empty(), "{:?}", frame.warnings);
     }
 }

@@ -176,6 +176,19 @@ function renderFrame(f) {
   }
   boxes.replaceChildren(...nodes);
 
+  // Classifications of the whole frame (a scene), above it.
+  $('.frame-labels', el).replaceChildren(...(f.frame_labels || []).map(a => {
+    const li = document.createElement('li');
+    li.dataset.name = a.name;
+    li.style.background = colorOf(a.label);
+    const name = document.createElement('span');
+    name.className = 'name';
+    name.textContent = a.name;
+    li.append(name, document.createTextNode(
+      a.label + (a.confidence != null ? ` ${Math.round(a.confidence * 100)}%` : '')));
+    return li;
+  }));
+
   const rows = f.labels.map(l => {
     const tr = document.createElement('tr');
     tr.dataset.label = l.label;

@@ -435,3 +435,79 @@ fn the_page_shows_a_broker_restart_and_goes_live_again() {
         TIMEOUT,
     );
 }
+
+#[test]
+fn the_page_shows_the_classifications_of_the_whole_frame_on_the_card() {
+    // gvametaconvert's lines for a frame with a car and a scene classification of the whole
+    // frame (gvaclassify inference-region=full-frame), replayed as DL Streamer attaches them.
+    let line = concat!(
+        r#"{"objects":[{"detection":{"bounding_box":{"x_max":0.5,"x_min":0.25,"y_max":0.5,"#,
+        r#""y_min":0.25},"confidence":0.9,"label":"car","label_id":2},"h":120,"region_id":0,"#,
+        r#""roi_type":"car","w":160,"x":160,"y":120},{"h":480,"scene":{"confidence":0.875,"#,
+        r#""label":"indoor","label_id":0,"model":{"name":"scene-net"}},"w":640,"x":0,"y":0}],"#,
+        r#""resolution":{"height":480,"width":640},"timestamp":0}"#
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let recording = dir.path().join("scene.jsonl");
+    std::fs::write(&recording, format!("{line}\n")).unwrap();
+
+    let broker = Broker::start();
+    let viewer = Viewer::start(&broker, &["--topic", "cameras/#"]);
+    let mut page = Browser::open(&viewer.url, WIDTH, HEIGHT);
+    page.wait_for(
+        "a broker connection",
+        "document.querySelector('#broker-state').dataset.state === 'connected'",
+        DESCRIBE,
+        TIMEOUT,
+    );
+    // The gvametaconvert object, and what DLSPS publishes (the same keys merged).
+    for (source, format) in [("hall", "array"), ("lobby", "dlsps")] {
+        let status = gst_launch(&format!(
+            "videotestsrc num-buffers=3 ! video/x-raw,width=640,height=480 \
+             ! metareplay location={} loop=true \
+             ! mqttpublish host=127.0.0.1 port={} topic=cameras/{source} source={source} qos=1 \
+               leaky=no message-format={format}",
+            recording.display(),
+            broker.port
+        ))
+        .0
+        .wait()
+        .unwrap();
+        assert!(status.success(), "gst-launch-1.0: {status}");
+        let card = format!(
+            "[...document.querySelectorAll('.source')].find(c => \
+             c.querySelector('.source-name').textContent === '{source}')"
+        );
+        page.wait_for(
+            &format!("the third frame of {source}"),
+            &format!("{card}?.querySelector('.frame-id').textContent === '2'"),
+            DESCRIBE,
+            TIMEOUT,
+        );
+        let shown = page.eval(&format!(
+            "(() => {{ const c = {card}; return {{ \
+               labels: [...c.querySelectorAll('.frame-labels li')].map(li => \
+                 [li.dataset.name, li.lastChild.textContent]), \
+               boxes: [...c.querySelectorAll('.box')].map(b => b.dataset.label), \
+               objects: c.querySelector('.object-count').textContent, \
+               counted: [...c.querySelectorAll('.labels tbody tr')].map(tr => tr.dataset.label) }}; }})()"
+        ));
+        assert_eq!(
+            shown["labels"],
+            serde_json::json!([["scene", "indoor 88%"]]),
+            "{format}: {shown}"
+        );
+        // The full-frame object is no box and no object of its own.
+        assert_eq!(
+            shown["boxes"],
+            serde_json::json!(["car"]),
+            "{format}: {shown}"
+        );
+        assert_eq!(shown["objects"], "1", "{format}: {shown}");
+        assert_eq!(
+            shown["counted"],
+            serde_json::json!(["car"]),
+            "{format}: {shown}"
+        );
+    }
+}
