@@ -367,6 +367,74 @@ def report_w5(runs, params, targets):
     return out
 
 
+def report_spool(runs, params, targets):
+    n = params["W1_N"]
+    out = ["## Spool: the disk spool (spool-location)", ""]
+    base = runs.median(cpu, w="w1", row="baseline")
+    header = ["QoS", "spool-sync", "CPU s", "CPU µs/msg over baseline", "x the same row without spool",
+              "delivered", "disk bytes per message / message bytes"]
+    rows = []
+    for qos in (0, 1):
+        without = runs.median(cpu, w="w1", row="mqttpublish", qos=qos)
+        per_without = (without - base) / n * 1e6 if without is not None and base is not None else None
+        for sync in ("interval", "always"):
+            recs = runs.select(w="spool", row=f"w1-{sync}", qos=qos)
+            if not recs:
+                continue
+            c = runs.median(cpu, w="spool", row=f"w1-{sync}", qos=qos)
+            per = (c - base) / n * 1e6 if base is not None else None
+            ratio = per / per_without if per is not None and per_without else None
+            disk = runs.median(lambda r: sum_sinks(r, "spool-bytes-written") / max(sum_sinks(r, "bytes-sent"), 1),
+                               w="spool", row=f"w1-{sync}", qos=qos)
+            rows.append([qos, sync, fmt(c, ".3f"), fmt(per, ".1f"), ratio_text(ratio),
+                         f"{min(r['sub'].get('total', 0) for r in recs)}-"
+                         f"{max(r['sub'].get('total', 0) for r in recs)} of {n}",
+                         ratio_text(disk, ".3f")])
+            if sync == "interval" and ratio is not None:
+                targets.append((f"Spool: W1 QoS {qos} CPU/msg with spool-sync=interval <= 1.5x without",
+                                f"{ratio:.2f}x", ratio <= 1.5))
+            if sync == "interval" and disk is not None:
+                targets.append((f"Spool: W1 QoS {qos} disk bytes per message <= 1.1x the message",
+                                f"{disk:.3f}x", disk <= 1.1))
+    if rows:
+        out.append(table(header, rows))
+        out.append("")
+        out.append("W1's workload (64x48 video, 5 objects a frame) with `spool-location` and `leaky=no`, "
+                   "against W1's `mqttpublish leaky=no` row of the same run (`-` when W1 did not run). "
+                   "Disk bytes: `spool-bytes-written` over `bytes-sent` (the payloads written to the socket).")
+        out.append("")
+    replay = runs.select(w="spool", row="replay")
+    if replay:
+        r = replay[0]
+        backlog = r["key"]["backlog"]
+        timeline = r["pub"].get("timeline", [])
+        drained = next((t for t in timeline if t.get("replayed", 0) >= backlog), None)
+        replayed_end = sum_sinks(r, "spool-replayed")
+        live_rate = 30
+        if drained:
+            rate = backlog / drained["t"] if drained["t"] > 0 else None
+            when = f"drained in {drained['t']:.1f} s"
+        else:
+            rate = replayed_end / r["pub"]["wall"]
+            when = f"not drained within {r['pub']['wall']:.0f} s ({replayed_end} of {backlog} sent)"
+        lat = r["sub"].get("latency_ms", {})
+        out.append(f"Outage replay: {params.get('SPOOL_CAMERAS')} cameras x 30 fps x "
+                   f"{params.get('SPOOL_OUTAGE_SECONDS')} s of 720p frames ({backlog} messages) spooled with no "
+                   f"broker, then published by a live 720p camera on the same spool (QoS 1, "
+                   f"spool-replay-share=50): backlog {when}, **{fmt(rate, ',.0f')} msg/s**, "
+                   f"{ratio_text(rate / live_rate if rate else None, '.1f')} the camera's 30 msg/s; the live "
+                   f"frames' latency p50 {fmt(lat.get('p50'))} ms, p99 {fmt(lat.get('p99'))} ms, "
+                   f"max {fmt(lat.get('max'))} ms; {r['sub'].get('total', 0)} messages received.")
+        out.append("")
+        if rate is not None:
+            targets.append(("Spool: an outage's backlog drains at >= 5x the live rate",
+                            f"{rate / live_rate:.1f}x ({when})", drained is not None and rate / live_rate >= 5))
+        if lat:
+            targets.append(("Spool: live latency during the replay < 1 s (p99)",
+                            f"p99 {lat['p99']:.0f} ms", lat["p99"] < 1000))
+    return out
+
+
 def report_mem(runs, params, targets):
     out = [f"## Memory: broker down for {params['OUTAGE_SECONDS']} s, 720p frames at 30 fps "
            f"(max-queued-bytes={params['MEM_QUEUE_BYTES'] // MIB} MiB, QoS 1)", ""]
@@ -443,6 +511,8 @@ def cmd_report(path):
         sections += report_w4(runs, params, targets)
     if runs.select(w="mem"):
         sections += report_mem(runs, params, targets)
+    if runs.select(w="spool"):
+        sections += report_spool(runs, params, targets)
     if runs.select(w="w5"):
         sections += report_w5(runs, params, targets)
     out.append("## Targets")

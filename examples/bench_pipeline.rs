@@ -81,6 +81,7 @@ fn sample(sinks: &[gst::Element], t: f64) -> Value {
         "queue_bytes": sum("queue-bytes"),
         "published": sum("messages-published"),
         "dropped": sum("messages-dropped"),
+        "replayed": sum("spool-replayed"),
     })
 }
 

@@ -25,6 +25,11 @@
 #        same into fakesink: CPU share of one core, messages lost
 #   mem  720p frames with the broker down for OUTAGE_SECONDS: peak RSS against
 #        max-queued-bytes, and the queue draining after the broker returns
+#   spool  the disk spool (spool-location): W1's rows again with spool-sync=interval and
+#        always (CPU per message against W1's, disk bytes per message); then an outage's
+#        backlog (SPOOL_CAMERAS x 30 fps x SPOOL_OUTAGE_SECONDS of 720p frames, spooled
+#        with no broker) published by a live 720p camera on the same spool for
+#        SPOOL_LIVE_SECONDS: how fast the backlog drains, the live frames' latency
 #   w5   W5_BRANCHES live 30 fps sources, each with its own mqttpublish (QoS 1,
 #        add-sink-time), in one process against a three-node NATS cluster (JetStream,
 #        MQTT; its own, on free loopback ports) for W5_SECONDS, vs the same into
@@ -34,8 +39,8 @@
 # Knobs (environment): W1_N=20000 W2_N=300 W3_SECONDS=60 W3_QOS=0 W4_SECONDS=60
 # W4_BRANCHES=16 OUTAGE_SECONDS=60 MEM_BEFORE=10 MEM_AFTER=30 MEM_QUEUE_BYTES=33554432
 # MEM_SLACK_MIB=16 REPEAT=5 (w1/w2 runs per row; the median is reported) W5_SECONDS=60
-# W5_BRANCHES=64
-# WORKLOADS="w1 w2 w3 w4 mem w5" BENCH_DIR=target/bench (results.jsonl, RESULTS.md, logs).
+# W5_BRANCHES=64 SPOOL_CAMERAS=4 SPOOL_OUTAGE_SECONDS=60 SPOOL_LIVE_SECONDS=60
+# WORKLOADS="w1 w2 w3 w4 mem spool w5" BENCH_DIR=target/bench (results.jsonl, RESULTS.md, logs).
 #
 # Prints the result tables (also written to $BENCH_DIR/RESULTS.md) and whether each
 # target is met. Exits non-zero only when the benchmark itself could not run.
@@ -58,7 +63,10 @@ MEM_SLACK_MIB=${MEM_SLACK_MIB:-16}
 REPEAT=${REPEAT:-5}
 W5_SECONDS=${W5_SECONDS:-60}
 W5_BRANCHES=${W5_BRANCHES:-64}
-WORKLOADS=${WORKLOADS:-"w1 w2 w3 w4 mem w5"}
+SPOOL_CAMERAS=${SPOOL_CAMERAS:-4}
+SPOOL_OUTAGE_SECONDS=${SPOOL_OUTAGE_SECONDS:-60}
+SPOOL_LIVE_SECONDS=${SPOOL_LIVE_SECONDS:-60}
+WORKLOADS=${WORKLOADS:-"w1 w2 w3 w4 mem spool w5"}
 BENCH_DIR=${BENCH_DIR:-target/bench}
 VENV=target/bench-venv
 
@@ -205,8 +213,8 @@ MQTT="port=$PORT"
 start_broker
 log "mosquitto $(mosquitto -h 2>/dev/null | head -1 | awk '{print $3}') on 127.0.0.1:$PORT"
 /usr/bin/python3 bench/report.py meta \
-    "$(printf '{"W1_N":%s,"W2_N":%s,"W3_SECONDS":%s,"W3_QOS":%s,"W4_SECONDS":%s,"W4_BRANCHES":%s,"OUTAGE_SECONDS":%s,"MEM_QUEUE_BYTES":%s,"MEM_SLACK_MIB":%s,"REPEAT":%s,"W5_SECONDS":%s,"W5_BRANCHES":%s}' \
-        "$W1_N" "$W2_N" "$W3_SECONDS" "$W3_QOS" "$W4_SECONDS" "$W4_BRANCHES" "$OUTAGE_SECONDS" "$MEM_QUEUE_BYTES" "$MEM_SLACK_MIB" "$REPEAT" "$W5_SECONDS" "$W5_BRANCHES")" \
+    "$(printf '{"W1_N":%s,"W2_N":%s,"W3_SECONDS":%s,"W3_QOS":%s,"W4_SECONDS":%s,"W4_BRANCHES":%s,"OUTAGE_SECONDS":%s,"MEM_QUEUE_BYTES":%s,"MEM_SLACK_MIB":%s,"REPEAT":%s,"W5_SECONDS":%s,"W5_BRANCHES":%s,"SPOOL_CAMERAS":%s,"SPOOL_OUTAGE_SECONDS":%s,"SPOOL_LIVE_SECONDS":%s}' \
+        "$W1_N" "$W2_N" "$W3_SECONDS" "$W3_QOS" "$W4_SECONDS" "$W4_BRANCHES" "$OUTAGE_SECONDS" "$MEM_QUEUE_BYTES" "$MEM_SLACK_MIB" "$REPEAT" "$W5_SECONDS" "$W5_BRANCHES" "$SPOOL_CAMERAS" "$SPOOL_OUTAGE_SECONDS" "$SPOOL_LIVE_SECONDS")" \
     "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD -- src 2>/dev/null || echo '+dirty')" \
     >>"$RESULTS"
 
@@ -237,6 +245,43 @@ w1() {
                 $src ! appsink name=sink
         done
     done
+}
+
+# --- spool: the disk spool --------------------------------------------------------------
+
+spool() {
+    local src="videotestsrc num-buffers=$W1_N ! video/x-raw,format=I420,width=64,height=48,framerate=30/1 ! metareplay location=$SAMPLE loop=true"
+    local rep qos sync
+    for rep in $(seq "$REPEAT"); do
+        for qos in 0 1; do
+            for sync in interval always; do
+                rm -rf "$WORK/spool-w1"
+                measure "{\"w\":\"spool\",\"row\":\"w1-$sync\",\"qos\":$qos,\"rep\":$rep}" bench/spool/w1 \
+                    -- "$EXAMPLES/bench_pipeline" $src ! mqttpublish $MQTT qos=$qos leaky=no topic=bench/spool/w1 \
+                    spool-location="$WORK/spool-w1" spool-sync=$sync
+            done
+        done
+    done
+
+    # The outage: no broker answers while the cameras' frames go to the spool.
+    local backlog=$((SPOOL_CAMERAS * 30 * SPOOL_OUTAGE_SECONDS)) closed
+    local spool_opts="client-id=bench-replay spool-location=$WORK/spool-replay spool-max-bytes=17179869184"
+    closed=$(free_port)
+    rm -rf "$WORK/spool-replay"
+    log "spool: spooling an outage's backlog of $backlog 720p frames"
+    gst-launch-1.0 -q videotestsrc num-buffers="$backlog" \
+        ! video/x-raw,format=I420,width=1280,height=720,framerate=30/1 \
+        ! metareplay location="$SAMPLE" loop=true \
+        ! mqttpublish port="$closed" qos=1 publish-frame=true flush-timeout=0 $spool_opts \
+        >"$LOGS/spool-backlog.log" 2>&1 || true
+    # The broker is back: a live camera on the same spool, its frames stamped (the
+    # backlog's are not, so the latency is the live frames' only).
+    measure "{\"w\":\"spool\",\"row\":\"replay\",\"backlog\":$backlog}" bench/spool/replay --sub-opts --latency \
+        -- "$EXAMPLES/bench_pipeline" --duration="$SPOOL_LIVE_SECONDS" --timeline --sample-interval=0.25 \
+        videotestsrc is-live=true ! video/x-raw,format=I420,width=1280,height=720,framerate=30/1 \
+        ! metareplay location="$SAMPLE" loop=true \
+        ! mqttpublish $MQTT qos=1 publish-frame=true add-sink-time=true topic=bench/spool/replay $spool_opts
+    rm -rf "$WORK/spool-w1" "$WORK/spool-replay"
 }
 
 # --- W2: frames -----------------------------------------------------------------------
@@ -425,12 +470,12 @@ w5() {
 
 for workload in $WORKLOADS; do
     case $workload in
-    w1 | w2 | w3 | w4 | mem | w5)
+    w1 | w2 | w3 | w4 | mem | spool | w5)
         log "=== $workload"
         "$workload"
         ;;
     *)
-        log "unknown workload $workload (use w1 w2 w3 w4 mem w5)"
+        log "unknown workload $workload (use w1 w2 w3 w4 mem spool w5)"
         exit 2
         ;;
     esac

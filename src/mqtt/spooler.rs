@@ -393,6 +393,7 @@ impl Spooler<'_> {
         self.shared.update(|t| {
             t.stats.spool_messages = stats.messages;
             t.stats.spool_bytes = stats.bytes;
+            t.stats.spool_bytes_written = stats.bytes_written;
             t.stats.spool_oldest_age_ms = stats
                 .oldest_age
                 .map_or(0, |age| age.as_millis().try_into().unwrap_or(u64::MAX));

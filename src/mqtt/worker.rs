@@ -173,6 +173,8 @@ pub struct Stats {
     pub spool_messages: u64,
     pub spool_bytes: u64,
     pub spool_oldest_age_ms: u64,
+    /// Bytes written to the spool's files (record headers included).
+    pub spool_bytes_written: u64,
     /// Of the messages not delivered yet (queued or in flight), those safe in the spool.
     pub kept: u64,
 }

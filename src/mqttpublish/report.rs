@@ -44,6 +44,7 @@ pub fn stats_structure(stats: &Stats, frames: FrameCounters) -> gst::Structure {
         .field("spool-messages", stats.spool_messages)
         .field("spool-bytes", stats.spool_bytes)
         .field("spool-oldest-age-ms", stats.spool_oldest_age_ms)
+        .field("spool-bytes-written", stats.spool_bytes_written)
         .build()
 }
 
