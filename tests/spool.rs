@@ -557,37 +557,61 @@ impl Drop for SmallDisk {
     }
 }
 
-/// A disk that fills up, or turns read-only, under the spool: a warning names the folder
-/// and the cause, the messages go on in memory, and every frame arrives.
+/// What happens to the spool's disk in [`a_failing_disk_is_reported_and_publishing_goes_on_in_memory`].
+#[derive(Clone, Copy, PartialEq)]
+enum Trouble {
+    /// A 32 KiB filesystem: full after a few dozen messages.
+    Full,
+    /// The folder turns read-only once the spool is in use (its next segment fails).
+    ReadOnly,
+    /// The folder is removed once the spool is in use.
+    Vanished,
+}
+
+/// A disk that fills up, turns read-only, or loses the spool's folder: a warning names the
+/// file and the cause, the messages go on in memory, and every frame arrives.
 #[test]
-fn a_full_or_read_only_disk_is_reported_and_publishing_goes_on_in_memory() {
-    for (case, full) in [("full disk", true), ("read-only disk", false)] {
+fn a_failing_disk_is_reported_and_publishing_goes_on_in_memory() {
+    for (case, trouble, cause) in [
+        ("full disk", Trouble::Full, "No space left on device"),
+        (
+            "read-only folder",
+            Trouble::ReadOnly,
+            "Read-only file system",
+        ),
+        ("vanished folder", Trouble::Vanished, "removed while in use"),
+    ] {
         common::case(case, || {
             let broker = Broker::new();
             let site = Site::new();
             let (plugins, location) = (&site.plugins, &site.location);
-            // Room for the lock, the ledger and a segment of a few dozen messages; or room
-            // enough, and the folder turns read-only when the spool starts a new segment.
-            let disk = SmallDisk::mount(location, if full { "32k" } else { "64m" });
-            let frames_with_images = if full {
-                ""
+            let disk = SmallDisk::mount(
+                location,
+                if trouble == Trouble::Full {
+                    "32k"
+                } else {
+                    "64m"
+                },
+            );
+            // Small messages fill the small disk; big ones (a new 1 MiB segment every few
+            // frames) meet the read-only folder soon after it turns read-only.
+            let (size, pattern, extra) = if trouble == Trouble::ReadOnly {
+                (
+                    "640,height=480",
+                    "snow",
+                    "publish-frame=true spool-max-bytes=8388608",
+                )
             } else {
-                "publish-frame=true spool-max-bytes=8388608"
+                ("64,height=48", "smpte", "")
             };
             let sub = Subscriber::builder(&broker, TOPIC)
                 .qos(QoS::AtLeastOnce)
                 .connect();
-            let size = if full {
-                "64,height=48"
-            } else {
-                "640,height=480"
-            };
-            let pattern = if full { "smpte" } else { "snow" };
             let args: Vec<String> = format!(
                 "videotestsrc is-live=true num-buffers=60 pattern={pattern} ! video/x-raw,width={size},framerate=30/1 \
                  ! metareplay location={} loop=true \
                  ! mqttpublish host=127.0.0.1 port={} qos=1 source=disk client-id=camera-1 \
-                 spool-location={} flush-timeout=20000 {frames_with_images}",
+                 spool-location={} flush-timeout=20000 {extra}",
                 sample_recording(),
                 broker.port(),
                 location.display()
@@ -596,24 +620,21 @@ fn a_full_or_read_only_disk_is_reported_and_publishing_goes_on_in_memory() {
             .map(str::to_owned)
             .collect();
             let child = gst_launch(plugins, &args).spawn().unwrap();
-            if !full {
-                // Once the spool is in use, its folder turns read-only.
+            if trouble != Trouble::Full {
                 assert!(wait_until(LONG, Duration::from_millis(5), || {
                     spooled_bytes(location) > 0
                 }));
-                disk.read_only(&spool_dir(location));
+                match trouble {
+                    Trouble::ReadOnly => disk.read_only(&spool_dir(location)),
+                    _ => fs::remove_dir_all(spool_dir(location)).unwrap(),
+                }
             }
             let out = child.wait_with_output().unwrap();
-            if !full {
+            if trouble == Trouble::ReadOnly {
                 let _ = Command::new("umount").arg(spool_dir(location)).status();
             }
             let printed = printed(&out);
             assert!(out.status.success(), "{printed}");
-            let cause = if full {
-                "No space left on device"
-            } else {
-                "Read-only file system"
-            };
             let warning = printed
                 .lines()
                 .find(|l| l.contains(cause))
