@@ -135,6 +135,26 @@ fn kill(child: &mut Child) {
     );
 }
 
+/// A broker that keeps its subscribers' sessions, and the messages queued for them, across
+/// its own restart, with a session for `client` on [`TOPIC`]: a test that restarts it
+/// while the element retries misses nothing, whichever connects first.
+fn broker_keeping(client: &str) -> Broker {
+    let broker = Broker::builder()
+        .persistence(true)
+        .max_queued(10_000)
+        .start();
+    drop(subscriber(&broker, client));
+    broker
+}
+
+/// The persistent subscriber `client` on [`TOPIC`].
+fn subscriber(broker: &Broker, client: &str) -> Subscriber {
+    Subscriber::builder(broker, TOPIC)
+        .qos(QoS::AtLeastOnce)
+        .persistent_session(client)
+        .connect()
+}
+
 /// The metadata of a message, with or without its image (`[metadata, "<JPEG>"]`).
 fn metadata(payload: &str) -> Value {
     let v: Value = serde_json::from_str(payload).unwrap();
@@ -353,7 +373,7 @@ fn a_second_pipeline_on_the_same_spool_is_refused_naming_the_holder() {
 /// messages are dropped, announced, and counted exactly; what was not dropped arrives.
 #[test]
 fn a_full_spool_drops_the_oldest_for_a_live_source_and_counts_them() {
-    let mut broker = Broker::new();
+    let mut broker = broker_keeping("spool-live-sub");
     let site = Site::new();
     let (plugins, location) = (&site.plugins, &site.location);
     broker.stop();
@@ -374,9 +394,7 @@ fn a_full_spool_drops_the_oldest_for_a_live_source_and_counts_them() {
     // The 90 frames take 3 s; the broker comes back after them, during the flush.
     std::thread::sleep(Duration::from_millis(3500));
     broker.start();
-    let sub = Subscriber::builder(&broker, TOPIC)
-        .qos(QoS::AtLeastOnce)
-        .connect();
+    let sub = subscriber(&broker, "spool-live-sub");
     let out = {
         let deadline = Instant::now() + LONG;
         while child.try_wait().unwrap().is_none() && Instant::now() < deadline {
@@ -419,7 +437,7 @@ fn a_full_spool_drops_the_oldest_for_a_live_source_and_counts_them() {
 /// once the broker is back, and the job exits 0.
 #[test]
 fn a_full_spool_makes_a_file_job_wait_and_deliver_everything() {
-    let mut broker = Broker::new();
+    let mut broker = broker_keeping("spool-file-sub");
     let site = Site::new();
     let (plugins, location) = (&site.plugins, &site.location);
     broker.stop();
@@ -440,9 +458,7 @@ fn a_full_spool_makes_a_file_job_wait_and_deliver_everything() {
     // The spool fills up to its limit, and the job waits.
     wait_spooled(location, 700_000);
     broker.start();
-    let sub = Subscriber::builder(&broker, TOPIC)
-        .qos(QoS::AtLeastOnce)
-        .connect();
+    let sub = subscriber(&broker, "spool-file-sub");
     let out = child.wait_with_output().unwrap();
     let printed = printed(&out);
     assert!(out.status.success(), "{printed}");
@@ -784,15 +800,9 @@ fn rss_kib(pid: u32) -> u64 {
 /// is back, the backlog in its order, and the spool is empty afterwards.
 #[test]
 fn a_minute_of_outage_with_a_live_camera_loses_no_frame_and_keeps_memory_bounded() {
-    let mut broker = Broker::new();
+    let mut broker = broker_keeping("spool-outage-sub");
     let site = Site::new();
     let (plugins, location) = (&site.plugins, &site.location);
-    // A persistent subscriber: the broker keeps its messages while it is away.
-    let sub = Subscriber::builder(&broker, TOPIC)
-        .qos(QoS::AtLeastOnce)
-        .persistent_session("spool-outage-sub")
-        .connect();
-    drop(sub);
     broker.stop();
     let frames_total = 75 * 30;
     let args: Vec<String> = format!(
@@ -817,10 +827,7 @@ fn a_minute_of_outage_with_a_live_camera_loses_no_frame_and_keeps_memory_bounded
     let late = rss_kib(pid);
     let spooled = spooled_bytes(location);
     broker.start();
-    let sub = Subscriber::builder(&broker, TOPIC)
-        .qos(QoS::AtLeastOnce)
-        .persistent_session("spool-outage-sub")
-        .connect();
+    let sub = subscriber(&broker, "spool-outage-sub");
     let out = child.wait_with_output().unwrap();
     let text = printed(&out);
     assert!(out.status.success(), "{text}");
