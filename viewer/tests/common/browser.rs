@@ -156,6 +156,12 @@ impl Browser {
 
     /// Sends one command and returns its result (events in between are skipped).
     pub fn call(&mut self, method: &str, params: Value) -> Value {
+        self.try_call(method, params)
+            .unwrap_or_else(|error| panic!("{method}: {error}"))
+    }
+
+    /// Sends one command and returns its result, or the error chromium answered with.
+    fn try_call(&mut self, method: &str, params: Value) -> Result<Value, Value> {
         let id = self.next_id;
         self.next_id += 1;
         let command = json!({"id": id, "method": method, "params": params});
@@ -173,9 +179,9 @@ impl Browser {
             let reply: Value = serde_json::from_str(text.as_str()).unwrap();
             if reply["id"] == id {
                 if let Some(error) = reply.get("error") {
-                    panic!("{method}: {error}");
+                    return Err(error.clone());
                 }
-                return reply["result"].clone();
+                return Ok(reply["result"].clone());
             }
         }
     }
@@ -201,7 +207,17 @@ impl Browser {
         let guarded =
             format!("(() => {{ try {{ return {expression}; }} catch (e) {{ return false; }} }})()");
         loop {
-            if self.eval(&guarded) == Value::Bool(true) {
+            // While the page is still loading (Page.navigate does not wait), chromium
+            // answers that the page navigated: not yet.
+            let value = match self.try_call(
+                "Runtime.evaluate",
+                json!({"expression": guarded, "returnByValue": true, "awaitPromise": true}),
+            ) {
+                Ok(result) => result["result"]["value"].clone(),
+                Err(error) if navigating(&error) => Value::Null,
+                Err(error) => panic!("Runtime.evaluate: {error}"),
+            };
+            if value == Value::Bool(true) {
                 return;
             }
             if Instant::now() >= deadline {
@@ -222,4 +238,11 @@ impl Browser {
             .decode(result["data"].as_str().expect("screenshot data"))
             .expect("screenshot base64")
     }
+}
+
+/// Whether chromium's `error` says the page was navigating (or its context being replaced)
+/// while it evaluated.
+fn navigating(error: &Value) -> bool {
+    let message = error["message"].as_str().unwrap_or_default();
+    message.contains("navigated or closed") || message.contains("Cannot find context")
 }
