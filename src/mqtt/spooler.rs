@@ -402,7 +402,11 @@ impl Spooler<'_> {
     fn failed(&mut self, error: &SpoolError) {
         let problem = error.to_string();
         if self.failing.as_deref() != Some(problem.as_str()) {
-            gst::debug!(super::worker::CAT, "Spool: {problem}");
+            gst::debug!(
+                super::worker::CAT,
+                id = &self.shared.name,
+                "Spool: {problem}"
+            );
             self.shared.notify(Notice::SpoolTrouble {
                 problem: Some(format!(
                     "{problem}: messages go on in memory, under the queue's limits, until \
