@@ -890,6 +890,21 @@ impl Drop for EndGuard {
     }
 }
 
+/// The connection task of a sink ended with `error` (a panic): [`Notice::Failed`].
+fn report_failure(shared: &Shared, error: tokio::task::JoinError) {
+    let reason = match error.try_into_panic() {
+        Ok(panic) => panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".into()),
+        Err(error) => error.to_string(),
+    };
+    shared.update(|t| t.stats.connected = false);
+    gst::error!(CAT, id = &shared.name, "Connection task panicked: {reason}");
+    shared.notify(Notice::Failed { reason });
+}
+
 impl Task {
     fn spawn(
         runtime: &tokio::runtime::Runtime,
@@ -901,21 +916,12 @@ impl Task {
         let connection = runtime.spawn(run(shared.clone(), config));
         let connection_id = connection.id();
         let watch = runtime.spawn(async move {
-            let _guard = guard;
-            let Err(error) = connection.await else {
-                return;
-            };
-            let reason = match error.try_into_panic() {
-                Ok(panic) => panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "unknown panic".into()),
-                Err(error) => error.to_string(),
-            };
-            shared.update(|t| t.stats.connected = false);
-            gst::error!(CAT, id = &shared.name, "Connection task panicked: {reason}");
-            shared.notify(Notice::Failed { reason });
+            if let Err(error) = connection.await {
+                report_failure(&shared, error);
+            }
+            // What the tasks hold of the sink goes before they say they have ended.
+            drop(shared);
+            drop(guard);
         });
         Task {
             connection: connection_id,
@@ -1503,6 +1509,21 @@ mod tests {
     ) -> (Worker, Arc<Mutex<Vec<Notice>>>) {
         let notices = Arc::new(Mutex::new(Vec::new()));
         let seen = notices.clone();
+        let worker = start_worker(port, max_message_size, limits, move |notice| {
+            if keep(&notice) {
+                seen.lock().unwrap().push(notice);
+            }
+        });
+        (worker, notices)
+    }
+
+    /// A worker publishing to `port` on 127.0.0.1 with QoS 0, its notices handed to `notify`.
+    fn start_worker(
+        port: u16,
+        max_message_size: usize,
+        limits: Limits,
+        notify: impl Fn(Notice) + Send + Sync + 'static,
+    ) -> Worker {
         let config = ConnectionConfig {
             brokers: vec![Broker {
                 host: "127.0.0.1".into(),
@@ -1520,19 +1541,105 @@ mod tests {
             retain: false,
             max_message_size,
         };
-        let worker = Worker::start(
+        Worker::start(
             "worker-test".into(),
             config,
             limits,
             None,
-            move |_, notice| {
-                if keep(&notice) {
-                    seen.lock().unwrap().push(notice);
-                }
-            },
+            move |_, notice| notify(notice),
         )
-        .unwrap();
-        (worker, notices)
+        .unwrap()
+    }
+
+    const SMALL: Limits = Limits {
+        max_messages: 8,
+        max_bytes: 1024,
+        leaky: Leaky::Downstream,
+    };
+
+    /// Waits until `notices` holds one `matching`, for at most 10 s.
+    fn wait_notice(notices: &Mutex<Vec<Notice>>, matching: impl Fn(&Notice) -> bool) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if notices.lock().unwrap().iter().any(&matching) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        false
+    }
+
+    /// A panic in a sink's task (here in the handler of its first notice, called from
+    /// the task) becomes `Notice::Failed` with the panic's message, and a stop still
+    /// returns.
+    #[test]
+    fn a_panic_in_the_connection_task_is_reported_as_failed() {
+        let notices = Arc::new(Mutex::new(Vec::new()));
+        let seen = notices.clone();
+        let worker = start_worker(9, 1024, SMALL, move |notice| match notice {
+            Notice::Disconnected { .. } => panic!("the handler gave up"),
+            other => seen.lock().unwrap().push(other),
+        });
+        assert!(
+            wait_notice(&notices, |n| matches!(n, Notice::Failed { .. })),
+            "{:?}",
+            notices.lock().unwrap()
+        );
+        assert_eq!(
+            *notices.lock().unwrap(),
+            [Notice::Failed {
+                reason: "the handler gave up".into()
+            }]
+        );
+        assert!(!worker.stats().connected);
+        worker.push(vec![0; 10]);
+        assert_eq!(worker.stop().dropped_stopped, 1);
+        assert_eq!(Arc::strong_count(&worker.shared), 1, "the tasks have ended");
+    }
+
+    /// A notice's handler may stop a worker, from the runtime: another sink's (it waits,
+    /// letting the runtime move its other tasks to another thread), or its own (it cannot
+    /// wait for the task it runs in, which ends once the handler returns).
+    #[test]
+    fn a_handler_on_the_runtime_can_stop_a_worker() {
+        let other = Arc::new(start_worker(9, 1024, SMALL, |_| {}));
+        let own: Arc<std::sync::OnceLock<std::sync::Weak<Worker>>> = Arc::default();
+        let stopped = Arc::new(Mutex::new(Vec::new()));
+        let worker = {
+            let (other, own, stopped) = (other.clone(), own.clone(), stopped.clone());
+            Arc::new(start_worker(9, 1024, SMALL, move |notice| {
+                if let Notice::Disconnected { .. } = notice {
+                    other.stop();
+                    // Its stop waited until its tasks had ended: they hold nothing of it.
+                    assert_eq!(Arc::strong_count(&other.shared), 1);
+                    stopped.lock().unwrap().push("other");
+                    if let Some(own) = own.get().and_then(std::sync::Weak::upgrade) {
+                        own.stop();
+                        stopped.lock().unwrap().push("own");
+                    }
+                }
+            }))
+        };
+        own.set(Arc::downgrade(&worker)).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while stopped.lock().unwrap().len() < 2 {
+            assert!(
+                Instant::now() < deadline,
+                "stops done: {:?}",
+                stopped.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(*stopped.lock().unwrap(), ["other", "own"]);
+        // The worker's own task ends after its handler returned.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Arc::strong_count(&worker.shared) > 1 {
+            assert!(
+                Instant::now() < deadline,
+                "the worker's own task did not end"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     #[test]
