@@ -74,7 +74,7 @@ def cmd_brief():
              f"received {rec['sub'].get('total', 0)}",
              f"peak RSS {rec['time'].get('max_rss_kib', 0) / 1024:.0f} MiB"]
     lat = rec["sub"].get("latency_ms")
-    if lat:
+    if lat and lat.get("p50") is not None:
         parts.append(f"p50 {lat['p50']:.2f} ms p99 {lat['p99']:.2f} ms")
     print(", ".join(parts))
 
