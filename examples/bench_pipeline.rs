@@ -148,7 +148,8 @@ fn main() {
     let mut timeline = Vec::new();
     let mut next_sample = Duration::ZERO;
     let mut eos_sent = false;
-    // Most threads the process had while streaming (the connection threads of the sinks).
+    // Most threads the process had while streaming (streaming threads and the sinks'
+    // connection runtime).
     let mut threads_max = 0;
     loop {
         threads_max = threads_max.max(proc_status_kib("Threads"));

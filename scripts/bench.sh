@@ -35,12 +35,17 @@
 #        MQTT; its own, on free loopback ports) for W5_SECONDS, vs the same into
 #        fakesink: CPU, threads, peak RSS, p99 latency at a subscriber on another node,
 #        messages lost
+#   w6   for each N of W6_BRANCHES, N live 64x48 30 fps sources, each with its own
+#        mqttpublish (QoS 1, add-sink-time), in one process against the local mosquitto
+#        for W6_SECONDS, vs the same into fakesink: what the shared connection runtime
+#        costs as sinks multiply: CPU, threads, peak RSS, delivered, p50/p99 latency
 #
 # Knobs (environment): W1_N=20000 W2_N=300 W3_SECONDS=60 W3_QOS=0 W4_SECONDS=60
 # W4_BRANCHES=16 OUTAGE_SECONDS=60 MEM_BEFORE=10 MEM_AFTER=30 MEM_QUEUE_BYTES=33554432
 # MEM_SLACK_MIB=16 REPEAT=5 (w1/w2 runs per row; the median is reported) W5_SECONDS=60
-# W5_BRANCHES=64 SPOOL_CAMERAS=4 SPOOL_OUTAGE_SECONDS=60 SPOOL_LIVE_SECONDS=60
-# WORKLOADS="w1 w2 w3 w4 mem spool w5" BENCH_DIR=target/bench (results.jsonl, RESULTS.md, logs).
+# W5_BRANCHES=64 W6_SECONDS=30 W6_BRANCHES="64 256" SPOOL_CAMERAS=4 SPOOL_OUTAGE_SECONDS=60
+# SPOOL_LIVE_SECONDS=60
+# WORKLOADS="w1 w2 w3 w4 mem spool w5 w6" BENCH_DIR=target/bench (results.jsonl, RESULTS.md, logs).
 #
 # Prints the result tables (also written to $BENCH_DIR/RESULTS.md) and whether each
 # target is met. Exits non-zero only when the benchmark itself could not run.
@@ -66,7 +71,9 @@ W5_BRANCHES=${W5_BRANCHES:-64}
 SPOOL_CAMERAS=${SPOOL_CAMERAS:-4}
 SPOOL_OUTAGE_SECONDS=${SPOOL_OUTAGE_SECONDS:-60}
 SPOOL_LIVE_SECONDS=${SPOOL_LIVE_SECONDS:-60}
-WORKLOADS=${WORKLOADS:-"w1 w2 w3 w4 mem spool w5"}
+W6_SECONDS=${W6_SECONDS:-30}
+W6_BRANCHES=${W6_BRANCHES:-"64 256"}
+WORKLOADS=${WORKLOADS:-"w1 w2 w3 w4 mem spool w5 w6"}
 BENCH_DIR=${BENCH_DIR:-target/bench}
 VENV=target/bench-venv
 
@@ -213,8 +220,8 @@ MQTT="port=$PORT"
 start_broker
 log "mosquitto $(mosquitto -h 2>/dev/null | head -1 | awk '{print $3}') on 127.0.0.1:$PORT"
 /usr/bin/python3 bench/report.py meta \
-    "$(printf '{"W1_N":%s,"W2_N":%s,"W3_SECONDS":%s,"W3_QOS":%s,"W4_SECONDS":%s,"W4_BRANCHES":%s,"OUTAGE_SECONDS":%s,"MEM_QUEUE_BYTES":%s,"MEM_SLACK_MIB":%s,"REPEAT":%s,"W5_SECONDS":%s,"W5_BRANCHES":%s,"SPOOL_CAMERAS":%s,"SPOOL_OUTAGE_SECONDS":%s,"SPOOL_LIVE_SECONDS":%s}' \
-        "$W1_N" "$W2_N" "$W3_SECONDS" "$W3_QOS" "$W4_SECONDS" "$W4_BRANCHES" "$OUTAGE_SECONDS" "$MEM_QUEUE_BYTES" "$MEM_SLACK_MIB" "$REPEAT" "$W5_SECONDS" "$W5_BRANCHES" "$SPOOL_CAMERAS" "$SPOOL_OUTAGE_SECONDS" "$SPOOL_LIVE_SECONDS")" \
+    "$(printf '{"W1_N":%s,"W2_N":%s,"W3_SECONDS":%s,"W3_QOS":%s,"W4_SECONDS":%s,"W4_BRANCHES":%s,"OUTAGE_SECONDS":%s,"MEM_QUEUE_BYTES":%s,"MEM_SLACK_MIB":%s,"REPEAT":%s,"W5_SECONDS":%s,"W5_BRANCHES":%s,"SPOOL_CAMERAS":%s,"SPOOL_OUTAGE_SECONDS":%s,"SPOOL_LIVE_SECONDS":%s,"W6_SECONDS":%s,"W6_BRANCHES":"%s"}' \
+        "$W1_N" "$W2_N" "$W3_SECONDS" "$W3_QOS" "$W4_SECONDS" "$W4_BRANCHES" "$OUTAGE_SECONDS" "$MEM_QUEUE_BYTES" "$MEM_SLACK_MIB" "$REPEAT" "$W5_SECONDS" "$W5_BRANCHES" "$SPOOL_CAMERAS" "$SPOOL_OUTAGE_SECONDS" "$SPOOL_LIVE_SECONDS" "$W6_SECONDS" "$W6_BRANCHES")" \
     "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD -- src 2>/dev/null || echo '+dirty')" \
     >>"$RESULTS"
 
@@ -335,19 +342,26 @@ w3() {
 
 # --- W4: many streams -----------------------------------------------------------------
 
+# live_branches N SINK...: N live 64x48 30 fps sources with the sample's objects, each into
+# SINK (its words, @i@ standing for the branch number), in the array desc.
+live_branches() {
+    local n=$1 i
+    shift
+    desc=()
+    for i in $(seq 0 $((n - 1))); do
+        desc+=(videotestsrc is-live=true ! video/x-raw,format=I420,width=64,height=48,framerate=30/1
+            ! metareplay location="$SAMPLE" loop=true ! "${@//@i@/$i}")
+    done
+}
+
 w4() {
-    local sink row i desc
+    local row desc
     for row in baseline mqttpublish; do
-        desc=()
-        for i in $(seq 0 $((W4_BRANCHES - 1))); do
-            if [[ $row == baseline ]]; then
-                sink="fakesink"
-            else
-                sink="mqttpublish name=m$i $MQTT qos=1 topic=bench/w4/$i"
-            fi
-            desc+=(videotestsrc is-live=true ! video/x-raw,format=I420,width=64,height=48,framerate=30/1
-                ! metareplay location="$SAMPLE" loop=true ! $sink)
-        done
+        if [[ $row == baseline ]]; then
+            live_branches "$W4_BRANCHES" fakesink
+        else
+            live_branches "$W4_BRANCHES" mqttpublish name=m@i@ $MQTT qos=1 topic=bench/w4/@i@
+        fi
         measure "{\"w\":\"w4\",\"row\":\"$row\",\"branches\":$W4_BRANCHES}" 'bench/w4/#' \
             -- "$EXAMPLES/bench_pipeline" --duration="$W4_SECONDS" "${desc[@]}"
     done
@@ -468,14 +482,31 @@ w5() {
     nats_pids=()
 }
 
+# --- W6: many sinks on the shared connection runtime ---------------------------------
+
+w6() {
+    local n row desc
+    for n in $W6_BRANCHES; do
+        for row in baseline mqttpublish; do
+            if [[ $row == baseline ]]; then
+                live_branches "$n" fakesink
+            else
+                live_branches "$n" mqttpublish name=m@i@ $MQTT qos=1 add-sink-time=true topic=bench/w6/@i@
+            fi
+            measure "{\"w\":\"w6\",\"row\":\"$row\",\"branches\":$n}" 'bench/w6/#' --sub-opts --latency \
+                -- "$EXAMPLES/bench_pipeline" --duration="$W6_SECONDS" "${desc[@]}"
+        done
+    done
+}
+
 for workload in $WORKLOADS; do
     case $workload in
-    w1 | w2 | w3 | w4 | mem | spool | w5)
+    w1 | w2 | w3 | w4 | mem | spool | w5 | w6)
         log "=== $workload"
         "$workload"
         ;;
     *)
-        log "unknown workload $workload (use w1 w2 w3 w4 mem spool w5)"
+        log "unknown workload $workload (use w1 w2 w3 w4 mem spool w5 w6)"
         exit 2
         ;;
     esac

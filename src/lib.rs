@@ -45,6 +45,11 @@ pub mod internals {
     };
     /// Reading and attaching objects, for `examples/meta_read_bench.rs`.
     pub use crate::meta::{attach_objects, read_objects};
+    /// The connection runtime all `mqttpublish` of a process share, for `tests/runtime.rs`.
+    pub use crate::mqtt::{
+        connection_tasks, CONNECTION_THREADS_ENV, CONNECTION_THREAD_NAME,
+        DEFAULT_CONNECTION_THREADS,
+    };
 }
 
 fn plugin_init(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {

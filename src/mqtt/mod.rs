@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: MPL-2.0
 
-//! The MQTT connection: a bounded queue fed by the streaming thread and a worker thread
-//! that owns rumqttc's event loop, reconnects with backoff and accounts for every message.
+//! The MQTT connection: a bounded queue fed by the streaming thread and a connection task,
+//! on a tokio runtime all the sinks of the process share, that owns rumqttc's event loop,
+//! reconnects with backoff and accounts for every message.
 
 mod backlog;
 mod backoff;
@@ -18,7 +19,11 @@ use rumqttc::tokio_rustls::rustls;
 
 pub use queue::{Bound, DropEpisode, Leaky, Limits, Message, Overflow, Pushed, Queue};
 pub use spooler::Policies as SpoolPolicies;
-pub use worker::{Flushed, Notice, SizeLimit, SpoolStart, Stats, Worker};
+pub use worker::{
+    runtime_tasks as connection_tasks, Flushed, Notice, SizeLimit, SpoolStart, Stats, Worker,
+    DEFAULT_THREADS as DEFAULT_CONNECTION_THREADS, THREADS_ENV as CONNECTION_THREADS_ENV,
+    THREAD_NAME as CONNECTION_THREAD_NAME,
+};
 
 /// The MQTT protocol version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -263,19 +263,20 @@ impl Spooler<'_> {
     /// The spool dropped its oldest records (`reason`: its full or age policy): what was
     /// pending of them is dropped, counted and announced. Messages in flight stay in
     /// flight (in memory only), neither dropped nor counted.
+    /// Counted in the episode under the tracker lock, with the stats: a flush at end of
+    /// stream that sees the backlog emptied by the drop finds them in the episode it ends.
     fn spool_dropped(&mut self, reason: &'static str) {
         let next = self.spool.watermark();
-        let dropped = self.shared.update(|t| {
+        self.shared.update(|t| {
             let dropped = self.side.backlog.lock().unwrap().drop_below(next);
             match reason {
                 "age" => t.stats.dropped_spool_age += dropped,
                 _ => t.stats.dropped_spool_full += dropped,
             }
-            dropped
+            if dropped > 0 {
+                self.side.drops.lock().unwrap().count(reason, dropped);
+            }
         });
-        if dropped > 0 {
-            self.side.drops.lock().unwrap().count(reason, dropped);
-        }
     }
 
     /// Reads disk-only messages back while the backlog wants more.
@@ -403,7 +404,11 @@ impl Spooler<'_> {
     fn failed(&mut self, error: &SpoolError) {
         let problem = error.to_string();
         if self.failing.as_deref() != Some(problem.as_str()) {
-            gst::debug!(super::worker::CAT, "Spool: {problem}");
+            gst::debug!(
+                super::worker::CAT,
+                id = &self.shared.name,
+                "Spool: {problem}"
+            );
             self.shared.notify(Notice::SpoolTrouble {
                 problem: Some(format!(
                     "{problem}: messages go on in memory, under the queue's limits, until \

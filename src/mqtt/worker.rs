@@ -1,16 +1,23 @@
 // SPDX-License-Identifier: MPL-2.0
 
-//! The connection worker: one thread per sink running rumqttc's event loop on a
-//! current-thread tokio runtime, with two tasks:
+//! The connection worker: rumqttc's event loop of each sink driven by a task on one
+//! tokio runtime that all the sinks of the process share ([`runtime`]), with two parts:
 //! - the *poller* drives the event loop, tracks connection state and acknowledgements, and
 //!   sleeps with exponential backoff after a connection loss;
 //! - the *mover* takes messages from the [`Queue`] and hands them to rumqttc, only while
 //!   connected and never more than rumqttc's request channel holds, so a hand-over never
 //!   waits and everything not yet handed over stays under the queue's bounds and policy.
 //!
+//! The runtime is made on first use, with a fixed number of worker threads named
+//! [`THREAD_NAME`], whatever the number of sinks: 2, or as many as the environment variable
+//! [`THREADS_ENV`] (`GST_MQTTPUBLISH_THREADS`) says, 1 to 64. Its threads block SIGPIPE.
+//! Each sink keeps its own queue, policy, accounting, client id and connection; stopping a
+//! sink waits until its task has ended, and a panic in the task becomes
+//! [`Notice::Failed`].
+//!
 //! Messages that arrive one by one (a camera's frame rate) are handed over as soon as they
 //! are queued. Messages that arrive back to back are handed over in batches: the mover
-//! lets up to a batch gather (at most [`LINGER`]), so the thread wakes once per batch and
+//! lets up to a batch gather (at most [`LINGER`]), so the task wakes once per batch and
 //! the socket writes follow each other, which the kernel coalesces into few TCP segments.
 //!
 //! Every message is accounted for: `queued = published + dropped + still queued + in flight`,
@@ -74,6 +81,73 @@ const DISCONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 /// with PUBREC, that mean it does not take QoS 2 (NATS).
 const QOS2_CLOSES: u32 = 2;
 
+/// The environment variable setting the number of the runtime's worker threads.
+pub const THREADS_ENV: &str = "GST_MQTTPUBLISH_THREADS";
+/// The runtime's worker threads when [`THREADS_ENV`] does not say.
+pub const DEFAULT_THREADS: usize = 2;
+/// The most worker threads [`THREADS_ENV`] can ask for.
+const MAX_THREADS: usize = 64;
+/// The name of the runtime's threads (15 bytes at most: Linux cuts thread names there).
+pub const THREAD_NAME: &str = "mqttpublish-rt";
+/// Threads the runtime may add, for a while, to resolve broker host names (tokio resolves
+/// names with the blocking `getaddrinfo` on threads of their own).
+const MAX_BLOCKING_THREADS: usize = 4;
+
+static RUNTIME: once_cell::sync::OnceCell<tokio::runtime::Runtime> =
+    once_cell::sync::OnceCell::new();
+
+thread_local! {
+    /// Set on the runtime's own threads.
+    static ON_RUNTIME: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// The worker threads [`THREADS_ENV`] asks for, or the default (with a warning when its
+/// value is not a number from 1 to [`MAX_THREADS`]).
+fn worker_threads() -> usize {
+    let Ok(value) = std::env::var(THREADS_ENV) else {
+        return DEFAULT_THREADS;
+    };
+    match value.trim().parse::<usize>() {
+        Ok(threads @ 1..=MAX_THREADS) => threads,
+        _ => {
+            gst::warning!(
+                CAT,
+                "{THREADS_ENV}={value:?} is not a number of threads from 1 to {MAX_THREADS}: \
+                 using {DEFAULT_THREADS}"
+            );
+            DEFAULT_THREADS
+        }
+    }
+}
+
+/// The runtime all the sinks of the process run their connection on, made on first use.
+pub(super) fn runtime() -> std::io::Result<&'static tokio::runtime::Runtime> {
+    RUNTIME.get_or_try_init(|| {
+        let threads = worker_threads();
+        gst::debug!(
+            CAT,
+            "Starting the connection runtime with {threads} threads"
+        );
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .max_blocking_threads(MAX_BLOCKING_THREADS)
+            .thread_name(THREAD_NAME)
+            .on_thread_start(|| {
+                ON_RUNTIME.with(|on| on.set(true));
+                ignore_sigpipe_on_this_thread();
+            })
+            .enable_all()
+            .build()
+    })
+}
+
+/// The tasks alive on the runtime (two per running sink), or `None` before it is made.
+pub fn runtime_tasks() -> Option<usize> {
+    RUNTIME
+        .get()
+        .map(|runtime| runtime.metrics().num_alive_tasks())
+}
+
 /// Connection events for the element to post on the bus.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Notice {
@@ -118,7 +192,7 @@ pub enum Notice {
     /// A drop episode ended: the queue has drained to half its bounds and nothing was
     /// dropped for a while, or (`at_end`) the stream ended first.
     Dropped { episode: DropEpisode, at_end: bool },
-    /// The connection thread stopped unexpectedly; nothing will be published.
+    /// The connection task stopped unexpectedly; nothing will be published.
     Failed { reason: String },
     /// The spool cannot be written or read (`Some`: why; messages go on in memory), or works
     /// again (`None`).
@@ -341,6 +415,8 @@ impl Tracker {
 type NotifyFn = dyn Fn(&Broker, Notice) + Send + Sync;
 
 pub(super) struct Shared {
+    /// The element the worker publishes for, named in its logs.
+    pub(super) name: gst::glib::GString,
     /// The queue the streaming thread fills; with a spool, the spooler empties it into
     /// `spool`'s backlog, which the connection publishes from.
     pub(super) queue: Queue,
@@ -452,10 +528,10 @@ impl Shared {
     }
 }
 
-/// The worker thread and the handle the streaming thread uses.
+/// The connection task on the shared runtime, and the handle the streaming thread uses.
 pub struct Worker {
     shared: Arc<Shared>,
-    thread: Mutex<Option<JoinHandle<()>>>,
+    task: Mutex<Option<Task>>,
     /// With a spool, the spooler's thread.
     spooler: Mutex<Option<JoinHandle<()>>>,
 }
@@ -470,9 +546,11 @@ pub struct SpoolStart {
 }
 
 impl Worker {
-    /// Starts the worker thread; it connects in the background. `notify` is called from
-    /// the worker thread and from a thread calling [`Worker::push`].
+    /// Starts the connection task for the element `name` (named in the logs); it connects
+    /// in the background. `notify` is called from the runtime's threads and from a thread
+    /// calling [`Worker::push`].
     pub fn start(
+        name: gst::glib::GString,
         config: ConnectionConfig,
         limits: Limits,
         spool: Option<SpoolStart>,
@@ -509,7 +587,9 @@ impl Worker {
             },
             ..Tracker::default()
         };
+        let runtime = runtime()?;
         let shared = Arc::new(Shared {
+            name,
             queue: Queue::new(limits),
             spool: side,
             spool_id,
@@ -525,28 +605,7 @@ impl Worker {
             stop: Notify::new(),
             stopping: AtomicBool::new(false),
         });
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        let thread_shared = shared.clone();
-        let thread = std::thread::Builder::new()
-            .name("mqttpublish".into())
-            .spawn(move || {
-                ignore_sigpipe_on_this_thread();
-                let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    runtime.block_on(run(&thread_shared, config))
-                }));
-                if let Err(panic) = outcome {
-                    let reason = panic
-                        .downcast_ref::<&str>()
-                        .map(|s| s.to_string())
-                        .or_else(|| panic.downcast_ref::<String>().cloned())
-                        .unwrap_or_else(|| "unknown panic".into());
-                    thread_shared.update(|t| t.stats.connected = false);
-                    gst::error!(CAT, "Connection thread panicked: {reason}");
-                    thread_shared.notify(Notice::Failed { reason });
-                }
-            })?;
+        let task = Task::spawn(runtime, shared.clone(), config);
         let spooler = match spool {
             Some(SpoolStart {
                 spool, policies, ..
@@ -562,7 +621,7 @@ impl Worker {
         };
         Ok(Worker {
             shared,
-            thread: Mutex::new(Some(thread)),
+            task: Mutex::new(Some(task)),
             spooler: Mutex::new(spooler),
         })
     }
@@ -576,6 +635,7 @@ impl Worker {
             let first = self.shared.tracker.lock().unwrap().drop_oversize_new();
             gst::debug!(
                 CAT,
+                id = &self.shared.name,
                 "Dropped a message of {size} bytes: over the size limit"
             );
             if first {
@@ -600,14 +660,22 @@ impl Worker {
                 tracker.stats.queued += 1;
                 tracker.stats.dropped_queue_full += u64::from(dropped_oldest);
                 if dropped_oldest > 0 {
-                    gst::trace!(CAT, "Queue full: dropped the {dropped_oldest} oldest");
+                    gst::trace!(
+                        CAT,
+                        id = &self.shared.name,
+                        "Queue full: dropped the {dropped_oldest} oldest"
+                    );
                 }
                 (overflow, wake)
             }
             Pushed::DroppedNew { overflow } => {
                 tracker.stats.queued += 1;
                 tracker.stats.dropped_queue_full += 1;
-                gst::trace!(CAT, "Queue full: dropped the new message");
+                gst::trace!(
+                    CAT,
+                    id = &self.shared.name,
+                    "Queue full: dropped the new message"
+                );
                 (overflow, false)
             }
             Pushed::Flushing => (None, false),
@@ -627,6 +695,7 @@ impl Worker {
         if let Some(overflow) = overflow {
             gst::debug!(
                 CAT,
+                id = &self.shared.name,
                 "Queue full ({:?}, connected: {connected}): dropping with {:?}",
                 overflow.bound,
                 overflow.policy
@@ -748,14 +817,14 @@ impl Worker {
         }
     }
 
-    /// Disconnects, stops the thread and counts what was still queued as dropped.
+    /// Disconnects, ends the connection task and counts what was still queued as dropped.
     pub fn stop(&self) -> Stats {
         self.shutdown();
         self.stats()
     }
 
     fn shutdown(&self) {
-        let Some(thread) = self.thread.lock().unwrap().take() else {
+        let Some(task) = self.task.lock().unwrap().take() else {
             return;
         };
         self.shared.stopping.store(true, Ordering::SeqCst);
@@ -763,7 +832,7 @@ impl Worker {
         self.shared.stop.notify_one();
         self.shared.queued.notify_one();
         self.shared.room.notify_one();
-        let _ = thread.join();
+        task.wait(&self.shared);
         if let Some(side) = &self.shared.spool {
             // What is in flight stays in the spool, for the next run.
             self.shared.update(|t| {
@@ -796,8 +865,104 @@ impl Worker {
     }
 }
 
+/// One sink's connection task: the poller and the mover, and a watch that turns a panic in
+/// them into [`Notice::Failed`] and says when both have ended.
+struct Task {
+    /// The task running [`run`].
+    connection: tokio::task::Id,
+    /// The task awaiting it.
+    watch: tokio::task::Id,
+    ended: Arc<Ended>,
+}
+
+/// Set when a sink's tasks have ended.
+#[derive(Default)]
+struct Ended {
+    done: Mutex<bool>,
+    signal: Condvar,
+}
+
+/// Sets [`Ended`] when dropped: when the watch task ends, panics or is dropped.
+struct EndGuard(Arc<Ended>);
+
+impl Drop for EndGuard {
+    fn drop(&mut self) {
+        *self.0.done.lock().unwrap() = true;
+        self.0.signal.notify_all();
+    }
+}
+
+/// The connection task of a sink ended with `error` (a panic): [`Notice::Failed`].
+fn report_failure(shared: &Shared, error: tokio::task::JoinError) {
+    let reason = match error.try_into_panic() {
+        Ok(panic) => panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".into()),
+        Err(error) => error.to_string(),
+    };
+    shared.update(|t| t.stats.connected = false);
+    gst::error!(CAT, id = &shared.name, "Connection task panicked: {reason}");
+    shared.notify(Notice::Failed { reason });
+}
+
+impl Task {
+    fn spawn(
+        runtime: &tokio::runtime::Runtime,
+        shared: Arc<Shared>,
+        config: ConnectionConfig,
+    ) -> Task {
+        let ended = Arc::new(Ended::default());
+        let guard = EndGuard(ended.clone());
+        let connection = runtime.spawn(run(shared.clone(), config));
+        let connection_id = connection.id();
+        let watch = runtime.spawn(async move {
+            if let Err(error) = connection.await {
+                report_failure(&shared, error);
+            }
+            // What the tasks hold of the sink goes before they say they have ended.
+            drop(shared);
+            drop(guard);
+        });
+        Task {
+            connection: connection_id,
+            watch: watch.id(),
+            ended,
+        }
+    }
+
+    /// Waits until the tasks have ended; [`Shared::stopping`] is set and they are woken.
+    /// Called from the runtime (a notice's handler stopping the element), it lets the
+    /// runtime move its other tasks to another thread while it waits; from the sink's own
+    /// task, it cannot wait for it: the task ends once the call returns.
+    fn wait(self, shared: &Shared) {
+        let wait = || {
+            let mut done = self.ended.done.lock().unwrap();
+            while !*done {
+                done = self.ended.signal.wait(done).unwrap();
+            }
+        };
+        if !ON_RUNTIME.with(|on| on.get()) {
+            wait();
+        } else if tokio::task::try_id().is_some_and(|id| id == self.connection || id == self.watch)
+        {
+            gst::debug!(
+                CAT,
+                id = &shared.name,
+                "Stopped from its own connection task: it ends after this call"
+            );
+        } else if tokio::task::try_id().is_some() {
+            tokio::task::block_in_place(wait);
+        } else {
+            // A thread of the runtime's blocking pool.
+            wait();
+        }
+    }
+}
+
 /// Blocks SIGPIPE for the calling thread and the threads it starts. The socket writes
-/// happen on the worker thread: a peer that closes the connection while one is under way
+/// happen on the runtime's threads: a peer that closes the connection while one is under way
 /// then makes it fail with EPIPE (a disconnection the worker handles) instead of raising
 /// SIGPIPE, which kills a process that keeps the default action, as `gst-launch-1.0` and
 /// most C applications do. The application's own signal handling stays as it is.
@@ -811,7 +976,7 @@ fn ignore_sigpipe_on_this_thread() {
         if rc != 0 {
             gst::warning!(
                 CAT,
-                "Cannot block SIGPIPE on the connection thread: error {rc}"
+                "Cannot block SIGPIPE on a connection thread: error {rc}"
             );
         }
     }
@@ -823,7 +988,8 @@ impl Drop for Worker {
     }
 }
 
-async fn run(shared: &Shared, config: ConnectionConfig) {
+async fn run(shared: Arc<Shared>, config: ConnectionConfig) {
+    let shared = &*shared;
     let session = Session::new(&config, &config.brokers[0]);
     let publisher = session.publisher();
     tokio::join!(
@@ -849,7 +1015,11 @@ async fn move_messages(shared: &Shared, publisher: Publisher, config: &Connectio
                 let drained_at = Instant::now();
                 shared.queued.notified().await;
                 if drained_at.elapsed() < BACK_TO_BACK {
-                    gst::trace!(CAT, "Messages arrive back to back: letting a batch gather");
+                    gst::trace!(
+                        CAT,
+                        id = &shared.name,
+                        "Messages arrive back to back: letting a batch gather"
+                    );
                     gather_batch(shared).await;
                 }
             }
@@ -924,6 +1094,7 @@ async fn hand_over(shared: &Shared, publisher: &Publisher, config: &ConnectionCo
         if let Some(episode) = ended {
             gst::debug!(
                 CAT,
+                id = &shared.name,
                 "The queue has room again: {} dropped over {:?}",
                 episode.dropped,
                 episode.duration()
@@ -937,6 +1108,7 @@ async fn hand_over(shared: &Shared, publisher: &Publisher, config: &ConnectionCo
         if let Some((max, first)) = oversize {
             gst::debug!(
                 CAT,
+                id = &shared.name,
                 "Dropped a message of {size} bytes: over the broker's limit"
             );
             if first {
@@ -1032,7 +1204,7 @@ async fn poll_connection(shared: &Shared, mut session: Session, config: &Connect
                 ever_connected = true;
                 let broker = shared.broker.lock().unwrap().clone();
                 gst::debug!(
-                    CAT,
+                    CAT, id = &shared.name,
                     "Connected to {broker} (session present: {session_present}, broker packet limit: {max_packet_size:?}); {again} unacknowledged to publish again"
                 );
                 shared.notify(Notice::Connected { session_present });
@@ -1078,12 +1250,13 @@ async fn poll_connection(shared: &Shared, mut session: Session, config: &Connect
                     (shared.requeue(t.take_unwritten()), t.unacked.len())
                 });
                 gst::debug!(
-                    CAT,
+                    CAT, id = &shared.name,
                     "Lost the connection with {unacked} unacknowledged; took back {unwritten} never written"
                 );
                 if unwritten != unsent as u64 {
                     gst::warning!(
                         CAT,
+                        id = &shared.name,
                         "Took back {unsent} unsent publishes from rumqttc, {unwritten} expected"
                     );
                 }
@@ -1151,6 +1324,7 @@ async fn poll_connection(shared: &Shared, mut session: Session, config: &Connect
                 let next = (config.brokers.len() > 1).then(|| config.brokers[retry.broker].clone());
                 gst::debug!(
                     CAT,
+                    id = &shared.name,
                     "Connection to {} failed ({reason}), attempt {}, retrying in {:?}{}",
                     shared.broker.lock().unwrap(),
                     retry.attempt,
@@ -1179,7 +1353,12 @@ async fn poll_connection(shared: &Shared, mut session: Session, config: &Connect
         }
     }
 
-    gst::debug!(CAT, "Stopping; connected: {}", connected_since.is_some());
+    gst::debug!(
+        CAT,
+        id = &shared.name,
+        "Stopping; connected: {}",
+        connected_since.is_some()
+    );
     // Stopping: say goodbye if connected, so the broker does not publish a will or keep
     // a half-open connection.
     if connected_since.is_some() && session.request_disconnect() {
@@ -1203,6 +1382,7 @@ fn downgrade(shared: &Shared, granted: QoS, reason: String) {
     shared.qos.store(granted.level(), Ordering::Relaxed);
     gst::debug!(
         CAT,
+        id = &shared.name,
         "QoS {} -> {}: {reason}",
         requested.level(),
         granted.level()
@@ -1331,6 +1511,21 @@ mod tests {
     ) -> (Worker, Arc<Mutex<Vec<Notice>>>) {
         let notices = Arc::new(Mutex::new(Vec::new()));
         let seen = notices.clone();
+        let worker = start_worker(port, max_message_size, limits, move |notice| {
+            if keep(&notice) {
+                seen.lock().unwrap().push(notice);
+            }
+        });
+        (worker, notices)
+    }
+
+    /// A worker publishing to `port` on 127.0.0.1 with QoS 0, its notices handed to `notify`.
+    fn start_worker(
+        port: u16,
+        max_message_size: usize,
+        limits: Limits,
+        notify: impl Fn(Notice) + Send + Sync + 'static,
+    ) -> Worker {
         let config = ConnectionConfig {
             brokers: vec![Broker {
                 host: "127.0.0.1".into(),
@@ -1348,13 +1543,105 @@ mod tests {
             retain: false,
             max_message_size,
         };
-        let worker = Worker::start(config, limits, None, move |_, notice| {
-            if keep(&notice) {
-                seen.lock().unwrap().push(notice);
+        Worker::start(
+            "worker-test".into(),
+            config,
+            limits,
+            None,
+            move |_, notice| notify(notice),
+        )
+        .unwrap()
+    }
+
+    const SMALL: Limits = Limits {
+        max_messages: 8,
+        max_bytes: 1024,
+        leaky: Leaky::Downstream,
+    };
+
+    /// Waits until `notices` holds one `matching`, for at most 10 s.
+    fn wait_notice(notices: &Mutex<Vec<Notice>>, matching: impl Fn(&Notice) -> bool) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if notices.lock().unwrap().iter().any(&matching) {
+                return true;
             }
-        })
-        .unwrap();
-        (worker, notices)
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        false
+    }
+
+    /// A panic in a sink's task (here in the handler of its first notice, called from
+    /// the task) becomes `Notice::Failed` with the panic's message, and a stop still
+    /// returns.
+    #[test]
+    fn a_panic_in_the_connection_task_is_reported_as_failed() {
+        let notices = Arc::new(Mutex::new(Vec::new()));
+        let seen = notices.clone();
+        let worker = start_worker(9, 1024, SMALL, move |notice| match notice {
+            Notice::Disconnected { .. } => panic!("the handler gave up"),
+            other => seen.lock().unwrap().push(other),
+        });
+        assert!(
+            wait_notice(&notices, |n| matches!(n, Notice::Failed { .. })),
+            "{:?}",
+            notices.lock().unwrap()
+        );
+        assert_eq!(
+            *notices.lock().unwrap(),
+            [Notice::Failed {
+                reason: "the handler gave up".into()
+            }]
+        );
+        assert!(!worker.stats().connected);
+        worker.push(vec![0; 10]);
+        assert_eq!(worker.stop().dropped_stopped, 1);
+        assert_eq!(Arc::strong_count(&worker.shared), 1, "the tasks have ended");
+    }
+
+    /// A notice's handler may stop a worker, from the runtime: another sink's (it waits,
+    /// letting the runtime move its other tasks to another thread), or its own (it cannot
+    /// wait for the task it runs in, which ends once the handler returns).
+    #[test]
+    fn a_handler_on_the_runtime_can_stop_a_worker() {
+        let other = Arc::new(start_worker(9, 1024, SMALL, |_| {}));
+        let own: Arc<std::sync::OnceLock<std::sync::Weak<Worker>>> = Arc::default();
+        let stopped = Arc::new(Mutex::new(Vec::new()));
+        let worker = {
+            let (other, own, stopped) = (other.clone(), own.clone(), stopped.clone());
+            Arc::new(start_worker(9, 1024, SMALL, move |notice| {
+                if let Notice::Disconnected { .. } = notice {
+                    other.stop();
+                    // Its stop waited until its tasks had ended: they hold nothing of it.
+                    assert_eq!(Arc::strong_count(&other.shared), 1);
+                    stopped.lock().unwrap().push("other");
+                    if let Some(own) = own.get().and_then(std::sync::Weak::upgrade) {
+                        own.stop();
+                        stopped.lock().unwrap().push("own");
+                    }
+                }
+            }))
+        };
+        own.set(Arc::downgrade(&worker)).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while stopped.lock().unwrap().len() < 2 {
+            assert!(
+                Instant::now() < deadline,
+                "stops done: {:?}",
+                stopped.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(*stopped.lock().unwrap(), ["other", "own"]);
+        // The worker's own task ends after its handler returned.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Arc::strong_count(&worker.shared) > 1 {
+            assert!(
+                Instant::now() < deadline,
+                "the worker's own task did not end"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     #[test]

@@ -810,15 +810,21 @@ impl MqttPublish {
         // once (a refusal) finds it.
         let mut state = self.state.lock().unwrap();
         let element = self.obj().downgrade();
-        let worker = Worker::start(connection, resolved.limits, spool, move |broker, notice| {
-            if let Some(element) = element.upgrade() {
-                element.imp().post_notice(&broker.to_string(), notice);
-            }
-        })
+        let worker = Worker::start(
+            self.obj().name(),
+            connection,
+            resolved.limits,
+            spool,
+            move |broker, notice| {
+                if let Some(element) = element.upgrade() {
+                    element.imp().post_notice(&broker.to_string(), notice);
+                }
+            },
+        )
         .map_err(|e| {
             gst::error_msg!(
                 gst::ResourceError::Failed,
-                ("Cannot start the connection thread: {}", e)
+                ("Cannot start the connection runtime: {}", e)
             )
         })?;
         *state = State::Started(Box::new(Started {

@@ -8,8 +8,9 @@
 //!     ! metareplay location=pipelines/sample.jsonl ! mqttpublish host=127.0.0.1 publish-frame=true
 //! ```
 //!
-//! The streaming thread only builds the message and queues it; a worker thread owns the
-//! connection (see [`crate::mqtt`]), so a slow or absent broker never holds up live video;
+//! The streaming thread only builds the message and queues it; a task on the connection
+//! runtime all the sinks of the process share owns the connection (see [`crate::mqtt`]:
+//! 2 threads, or `GST_MQTTPUBLISH_THREADS`), so a slow or absent broker never holds up live video;
 //! a source that is not live (a file) waits for room in the queue instead of losing messages.
 //!
 //! `leaky` says what happens when the queue is full: `no` waits for room (back-pressure,
