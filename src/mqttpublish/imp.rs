@@ -26,14 +26,12 @@ use super::settings::{
     MAX_QUEUED_MESSAGES, MAX_RECONNECT_DELAY, PORT, PROTOCOL, QOS, SPOOL_MAX_AGE, SPOOL_MAX_BYTES,
     SPOOL_REPLAY_SHARE, SPOOL_SYNC_INTERVAL,
 };
+use super::spooling::{self, Outcome};
 use super::{Leaky, MessageFormat, MetadataSource, SpoolSync};
 use crate::config;
 use crate::jpeg;
-use crate::mqtt::{
-    self, Flushed, Notice, Pushed, Secret, SpoolPolicies, SpoolStart, Stats, Worker,
-};
+use crate::mqtt::{self, Flushed, Notice, Pushed, Secret, SpoolStart, Stats, Worker};
 use crate::pipeline;
-use crate::spool::{LedgerFound, Opened, Spool, SpoolError, SpoolOptions};
 
 static CAT: Lazy<gst::DebugCategory> = Lazy::new(|| {
     gst::DebugCategory::new(
@@ -836,114 +834,39 @@ impl MqttPublish {
         Ok(())
     }
 
-    /// Opens the spool: `None` (with a warning) when its folder cannot be used, an error
-    /// when another process holds it or a newer version wrote it.
+    /// Opens the spool (see [`spooling`]) and posts what it held at start.
     fn open_spool(
         &self,
         settings: &settings::SpoolSettings,
     ) -> Result<Option<SpoolStart>, gst::ErrorMessage> {
-        let element = self.obj().name();
-        let dir = settings.dir(&element);
-        let options = SpoolOptions {
-            // Whole segments are deleted once delivered: small enough that the spool's
-            // files shrink soon after an outage, at least a few records.
-            segment_bytes: (settings.max_bytes / 8).clamp(1024 * 1024, 64 * 1024 * 1024),
-            max_bytes: settings.max_bytes,
-            sync: settings.sync,
-            identity: format!(
-                "{element} in {}",
-                pipeline::outermost_bin(self.obj().upcast_ref()).name()
-            ),
-        };
-        let (spool, opened) = match Spool::open(&dir, options) {
-            Ok(opened) => opened,
-            Err(
-                e @ (SpoolError::Locked { .. }
-                | SpoolError::Version { .. }
-                | SpoolError::NotSpoolFile { .. }),
-            ) => {
-                return Err(gst::error_msg!(
-                    gst::ResourceError::Busy,
-                    ("spool-location: {}", e)
-                ))
-            }
-            Err(e) => {
-                gst::element_imp_warning!(
-                    self,
-                    gst::ResourceError::OpenWrite,
-                    (
-                        "spool-location: {}: publishing without a spool (messages wait in memory only)",
-                        e
-                    )
-                );
+        let pipeline = pipeline::outermost_bin(self.obj().upcast_ref()).name();
+        let opening = match spooling::open(settings, &self.obj().name(), &pipeline)? {
+            Outcome::Open(opening) => opening,
+            Outcome::Unusable(warning) => {
+                gst::element_imp_warning!(self, gst::ResourceError::OpenWrite, ("{}", warning));
                 return Ok(None);
             }
         };
-        self.post_spool_opened(&dir, &opened);
-        Ok(Some(SpoolStart {
-            spool,
-            policies: SpoolPolicies {
-                max_age: settings.max_age,
-            },
-            replay_share: settings.replay_share,
-        }))
-    }
-
-    /// Says what the spool held at start: a torn last record (the process died writing it)
-    /// as a warning, the messages taken over as an element message.
-    fn post_spool_opened(&self, dir: &std::path::Path, opened: &Opened) {
-        for torn in &opened.torn {
-            gst::element_imp_warning!(
-                self,
-                gst::ResourceError::Read,
-                (
-                    "spool: the end of {} ({} bytes) was cut short, as when the process dies while writing: cut off",
-                    torn.path.display(),
-                    torn.bytes
-                )
-            );
+        for warning in opening.warnings() {
+            gst::element_imp_warning!(self, gst::ResourceError::Read, ("{}", warning));
         }
-        if opened.ledger == LedgerFound::Damaged {
-            gst::element_imp_warning!(
-                self,
-                gst::ResourceError::Read,
-                (
-                    "spool: the ledger in {} is damaged: every message the spool holds is published again, some for a second time",
-                    dir.display()
-                )
-            );
-        }
+        let opened = &opening.opened;
         gst::info!(
             CAT,
             imp = self,
             "Spool {}: {} messages ({} bytes) in {} files from a previous run to publish, next sequence {}",
-            dir.display(),
+            opening.dir.display(),
             opened.messages,
             opened.bytes,
             opened.files,
             opened.next_sequence
         );
         let _ = self.obj().post_message(
-            gst::message::Element::builder(
-                gst::Structure::builder("mqttpublish-spool-opened")
-                    .field("location", dir.display().to_string())
-                    .field("messages", opened.messages)
-                    .field("bytes", opened.bytes)
-                    .field(
-                        "oldest-age-ms",
-                        opened
-                            .oldest_age
-                            .map_or(0, |age| age.as_millis().try_into().unwrap_or(u64::MAX)),
-                    )
-                    .field(
-                        "torn-bytes",
-                        opened.torn.iter().map(|t| t.bytes).sum::<u64>(),
-                    )
-                    .build(),
-            )
-            .src(&*self.obj())
-            .build(),
+            gst::message::Element::builder(opening.message())
+                .src(&*self.obj())
+                .build(),
         );
+        Ok(Some(opening.start))
     }
 
     /// Asks upstream whether it is live (the latency query GstBaseSink makes, which

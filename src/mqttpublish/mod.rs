@@ -35,6 +35,7 @@ mod message;
 mod notices;
 mod report;
 mod settings;
+mod spooling;
 
 /// The shape of the messages. With a frame that has no image (`frame-interval`, GPU memory,
 /// over the size limit) the image is `""`, so every message on a topic has one shape.
