@@ -9,6 +9,7 @@ mod backoff;
 mod queue;
 mod session;
 mod spooler;
+mod tracker;
 mod worker;
 
 use std::fmt;
@@ -19,8 +20,9 @@ use rumqttc::tokio_rustls::rustls;
 
 pub use queue::{Bound, DropEpisode, Leaky, Limits, Message, Overflow, Pushed, Queue};
 pub use spooler::Policies as SpoolPolicies;
+pub use tracker::Stats;
 pub use worker::{
-    runtime_tasks as connection_tasks, Flushed, Notice, SizeLimit, SpoolStart, Stats, Worker,
+    runtime_tasks as connection_tasks, Flushed, Notice, SizeLimit, SpoolStart, Worker,
     DEFAULT_THREADS as DEFAULT_CONNECTION_THREADS, THREADS_ENV as CONNECTION_THREADS_ENV,
     THREAD_NAME as CONNECTION_THREAD_NAME,
 };

@@ -21,7 +21,7 @@ use bytes::Bytes;
 
 use super::backlog::{Backlog, Pending};
 use super::queue::Message;
-use super::worker::{Shared, Tracker};
+use super::worker::Shared;
 use super::{Leaky, Notice};
 use crate::spool::{ReadEvent, Record, Spool, SpoolError};
 
@@ -441,12 +441,5 @@ fn pending(seq: Option<u64>, message: Message) -> Pending {
         seq,
         payload: Bytes::from(message.payload),
         queued_at: message.queued_at,
-    }
-}
-
-impl Tracker {
-    /// The lowest sequence in flight.
-    pub fn lowest_in_flight(&self) -> Option<u64> {
-        self.in_flight_seqs().min()
     }
 }
