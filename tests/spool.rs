@@ -872,3 +872,28 @@ fn a_minute_of_outage_with_a_live_camera_loses_no_frame_and_keeps_memory_bounded
     args.extend(pipeline(0, "empty", broker.port(), location, ""));
     assert_eq!(held_at_start(&printed(&run(plugins, &args))), 0);
 }
+
+/// A file job through the spool with a small memory queue, so that messages keep moving to
+/// disk and back while others go straight out: every message arrives exactly once.
+#[test]
+fn a_file_job_through_the_spool_delivers_each_message_once() {
+    let broker = Broker::new();
+    let site = Site::new();
+    let (plugins, location) = (&site.plugins, &site.location);
+    let sub = Subscriber::builder(&broker, TOPIC)
+        .qos(QoS::AtLeastOnce)
+        .connect();
+    let out = run(
+        plugins,
+        &pipeline(
+            3000,
+            "once",
+            broker.port(),
+            location,
+            "max-queued-messages=16 flush-timeout=30000",
+        ),
+    );
+    assert!(out.status.success(), "{}", printed(&out));
+    sub.assert_count_after(3000, Duration::from_secs(1));
+    assert_eq!(count(&frames(&sub), "once"), 3000);
+}

@@ -12,9 +12,9 @@
 //! - `disk`: the sequence numbers still only on disk, after `replay`;
 //! - `ready`: written to the spool in this run and still in memory, newest last.
 //!
-//! `disk` and `ready` are contiguous: when `ready` outgrows its memory bounds, its oldest
-//! message becomes disk-only, extending `disk`. So the backlog on disk is always one range,
-//! read back in order.
+//! When `ready` outgrows its memory bounds, its oldest message becomes disk-only. A live
+//! message `ready` hands over while a backlog waits leaves a gap there, so `disk` holds
+//! ranges, read back in order.
 //!
 //! Live messages never wait behind hours of backlog: while both the backlog (`replay`,
 //! `disk`) and `ready` have messages, they take turns by the replay share (out of 100
@@ -52,7 +52,7 @@ pub enum Origin {
 pub struct Backlog {
     retry: VecDeque<Pending>,
     replay: VecDeque<Pending>,
-    disk: Range<u64>,
+    disk: Disk,
     ready: VecDeque<Pending>,
     ready_bytes: usize,
     max_ready_messages: usize,
@@ -76,7 +76,7 @@ impl Backlog {
         Backlog {
             retry: VecDeque::new(),
             replay: VecDeque::new(),
-            disk,
+            disk: Disk::from(disk),
             ready: VecDeque::new(),
             ready_bytes: 0,
             max_ready_messages: max_ready_messages.max(1),
@@ -91,7 +91,7 @@ impl Backlog {
     pub fn depth(&self) -> (usize, u64) {
         (
             self.retry.len() + self.replay.len() + self.ready.len(),
-            self.disk.end - self.disk.start,
+            self.disk.len(),
         )
     }
 
@@ -139,51 +139,45 @@ impl Backlog {
             };
             let evicted = self.ready.pop_front().expect("front exists");
             self.ready_bytes -= evicted.payload.len();
-            if self.disk.is_empty() {
-                self.disk = seq..seq + 1;
-            } else {
-                debug_assert_eq!(self.disk.end, seq, "disk and ready are contiguous");
-                self.disk.end = seq + 1;
-            }
+            self.disk.push(seq);
         }
     }
 
     /// The next disk-only sequence number to read back, when `replay` wants more.
     pub fn wants_replay(&self) -> Option<u64> {
-        (self.replay.len() < self.max_replay && !self.disk.is_empty()).then_some(self.disk.start)
+        (self.replay.len() < self.max_replay)
+            .then(|| self.disk.first())
+            .flatten()
     }
 
     /// Whether `seq` is disk-only (to read back).
     pub fn disk_holds(&self, seq: u64) -> bool {
-        self.disk.contains(&seq)
+        self.disk.contains(seq)
     }
 
-    pub fn disk_end(&self) -> u64 {
-        self.disk.end
+    /// Whether `seq` is still in memory in `ready` (it becomes disk-only, or goes, later).
+    pub fn ready_holds(&self, seq: u64) -> bool {
+        self.ready
+            .iter()
+            .find_map(|p| p.seq)
+            .is_some_and(|first| first <= seq)
     }
 
-    /// A message read back from the spool. Returns false when it is not the one wanted
-    /// (no longer pending: dropped meanwhile, or already delivered), and it is left out.
-    pub fn push_replay(&mut self, pending: Pending) -> bool {
-        let Some(seq) = pending.seq else {
-            return false;
-        };
-        if !self.disk.contains(&seq) {
-            return false;
-        }
-        // Whatever the spool skipped before it (corrupt records) is no longer pending.
-        self.disk.start = seq + 1;
+    /// A message read back from the spool, disk-only until now (see [`Backlog::disk_holds`]).
+    /// Disk-only messages before it that the spool did not return (damaged) are no longer
+    /// pending: returns how many.
+    pub fn push_replay(&mut self, pending: Pending) -> u64 {
+        let seq = pending.seq.expect("read back from the spool");
+        debug_assert!(self.disk.contains(seq));
+        let skipped = self.disk.remove_below(seq + 1) - 1;
         self.replay.push_back(pending);
-        true
+        skipped
     }
 
-    /// Disk-only messages the spool could not read back (corrupt) up to `next`: no longer
-    /// pending. Returns how many.
-    pub fn skip_disk_to(&mut self, next: u64) -> u64 {
-        let next = next.clamp(self.disk.start, self.disk.end.max(self.disk.start));
-        let skipped = next - self.disk.start;
-        self.disk.start = next;
-        skipped
+    /// The disk-only messages the spool has no record of (it returned everything it holds):
+    /// no longer pending. Returns how many.
+    pub fn skip_disk(&mut self) -> u64 {
+        self.disk.remove_below(u64::MAX)
     }
 
     /// Messages taken back from the connection, to hand over first, in their order.
@@ -228,7 +222,7 @@ impl Backlog {
     /// The lowest sequence number still pending here, or in flight (`in_flight`).
     pub fn watermark(&self, in_flight: Option<u64>) -> Option<u64> {
         let seqs = self.retry.iter().chain(&self.replay).filter_map(|p| p.seq);
-        let disk = (!self.disk.is_empty()).then_some(self.disk.start);
+        let disk = self.disk.first();
         let ready = self.ready.iter().find_map(|p| p.seq);
         seqs.chain(disk).chain(ready).chain(in_flight).min()
     }
@@ -244,17 +238,72 @@ impl Backlog {
             queue.retain(|p| !below(p));
             dropped += (before - queue.len()) as u64;
         }
-        if !self.disk.is_empty() && self.disk.start < next {
-            let end = next.min(self.disk.end);
-            dropped += end - self.disk.start;
-            self.disk.start = end;
-        }
+        dropped += self.disk.remove_below(next);
         while self.ready.front().is_some_and(below) {
             let gone = self.ready.pop_front().expect("front exists");
             self.ready_bytes -= gone.payload.len();
             dropped += 1;
         }
         dropped
+    }
+}
+
+/// Sequence numbers only on disk, oldest first, as ranges.
+#[derive(Debug, Default)]
+struct Disk(VecDeque<Range<u64>>);
+
+impl Disk {
+    fn from(range: Range<u64>) -> Self {
+        let mut disk = Disk::default();
+        if !range.is_empty() {
+            disk.0.push_back(range);
+        }
+        disk
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn len(&self) -> u64 {
+        self.0.iter().map(|r| r.end - r.start).sum()
+    }
+
+    fn first(&self) -> Option<u64> {
+        self.0.front().map(|r| r.start)
+    }
+
+    fn contains(&self, seq: u64) -> bool {
+        self.0.iter().any(|r| r.contains(&seq))
+    }
+
+    /// Adds `seq`, above every sequence held.
+    fn push(&mut self, seq: u64) {
+        match self.0.back_mut() {
+            Some(last) if last.end == seq => last.end = seq + 1,
+            last => {
+                debug_assert!(last.is_none_or(|r| r.end < seq), "pushed in order");
+                self.0.push_back(seq..seq + 1);
+            }
+        }
+    }
+
+    /// Removes every sequence below `next`; returns how many.
+    fn remove_below(&mut self, next: u64) -> u64 {
+        let mut removed = 0;
+        while let Some(first) = self.0.front_mut() {
+            if first.end <= next {
+                removed += first.end - first.start;
+                self.0.pop_front();
+            } else {
+                if first.start < next {
+                    removed += next - first.start;
+                    first.start = next;
+                }
+                break;
+            }
+        }
+        removed
     }
 }
 
@@ -302,7 +351,7 @@ mod tests {
         }
         for seq in 10..14 {
             assert_eq!(b.wants_replay(), Some(seq));
-            assert!(b.push_replay(pending(seq)));
+            assert_eq!(b.push_replay(pending(seq)), 0);
         }
         b.requeue_front(vec![pending(5), pending(6)]);
         let order = seqs(&mut b);
@@ -336,7 +385,7 @@ mod tests {
     fn a_share_of_100_drains_the_backlog_first_and_an_idle_live_side_leaves_it_all() {
         let mut b = Backlog::new(0..3, 100, 1 << 20, 100);
         for seq in 0..3 {
-            b.push_replay(pending(seq));
+            assert_eq!(b.push_replay(pending(seq)), 0);
         }
         b.push_ready(pending(3));
         let order: Vec<u64> = seqs(&mut b).into_iter().map(|(s, _)| s).collect();
@@ -344,7 +393,7 @@ mod tests {
 
         let mut b = Backlog::new(0..3, 100, 1 << 20, 10);
         for seq in 0..3 {
-            b.push_replay(pending(seq));
+            assert_eq!(b.push_replay(pending(seq)), 0);
         }
         // Nothing live: the backlog gets every hand-over whatever the share.
         let order: Vec<u64> = seqs(&mut b).into_iter().map(|(s, _)| s).collect();
@@ -382,19 +431,51 @@ mod tests {
         assert_eq!(b.depth(), (2, 0));
         assert_eq!(b.watermark(None), Some(13));
         // A record read back after the drop is no longer wanted.
-        assert!(!b.push_replay(pending(5)));
+        assert!(!b.disk_holds(5));
     }
 
     #[test]
     fn corrupt_records_skipped_leave_the_disk_range() {
         let mut b = Backlog::new(0..10, 100, 1 << 20, 50);
         // The spool skipped 0..3 and returned 3.
-        assert!(b.push_replay(pending(3)));
+        assert_eq!(b.push_replay(pending(3)), 3);
         assert_eq!(b.depth(), (1, 6));
-        assert_eq!(b.skip_disk_to(6), 2);
-        assert_eq!(b.wants_replay(), Some(6));
-        assert_eq!(b.skip_disk_to(100), 4);
+        assert_eq!(b.wants_replay(), Some(4));
+        // It has nothing more: the rest has no record.
+        assert_eq!(b.skip_disk(), 6);
         assert_eq!(b.depth(), (1, 0));
+        assert_eq!(b.wants_replay(), None);
+    }
+
+    /// A live message handed over from `ready` while a backlog waits on disk leaves a gap
+    /// in `disk`: every message goes out once, none twice.
+    #[test]
+    fn live_messages_taken_while_a_backlog_waits_go_out_once() {
+        let mut b = Backlog::new(0..0, 2, 1 << 20, 50);
+        let mut out = Vec::new();
+        for seq in 0..3 {
+            b.push_ready(pending(seq));
+        }
+        // 0 is disk-only; the backlog's turn finds nothing read back: 1 goes live.
+        assert_eq!(b.depth(), (2, 1));
+        out.push(b.pop().unwrap().0.seq.unwrap());
+        assert_eq!(out, [1]);
+        for seq in 3..6 {
+            b.push_ready(pending(seq));
+        }
+        // 2 and 3 became disk-only after the gap 1 left.
+        assert!(b.disk_holds(0) && !b.disk_holds(1) && b.disk_holds(2) && b.disk_holds(3));
+        assert!(b.ready_holds(4) && !b.ready_holds(1));
+        // The spooler reads back whenever there is room in `replay`; the mover pops.
+        loop {
+            while let Some(wanted) = b.wants_replay() {
+                assert_eq!(b.push_replay(pending(wanted)), 0);
+            }
+            let Some((p, _)) = b.pop() else { break };
+            out.push(p.seq.unwrap());
+        }
+        out.sort_unstable();
+        assert_eq!(out, [0, 1, 2, 3, 4, 5]);
     }
 
     #[test]

@@ -306,8 +306,7 @@ impl Spooler<'_> {
                         // their records are gone (damaged at the end, or removed).
                         let mut backlog = self.side.backlog.lock().unwrap();
                         if backlog.wants_replay() == Some(wanted) {
-                            let end = backlog.disk_end();
-                            let lost = backlog.skip_disk_to(end);
+                            let lost = backlog.skip_disk();
                             drop(backlog);
                             self.shared.update(|t| t.stats.dropped_corrupt += lost);
                         }
@@ -325,19 +324,21 @@ impl Spooler<'_> {
             }
             let mut backlog = self.side.backlog.lock().unwrap();
             if !backlog.disk_holds(record.sequence) {
-                // Still in memory: read again once it is disk-only.
-                self.lookahead = Some(record);
-                return;
+                if backlog.ready_holds(record.sequence) {
+                    // Still in memory: read again once it is disk-only.
+                    self.lookahead = Some(record);
+                    return;
+                }
+                // Handed over from memory already (or dropped): not wanted.
+                continue;
             }
             // Records the spool skipped before it (damaged) are no longer pending.
-            let skipped = record.sequence - wanted;
-            let accepted = backlog.push_replay(Pending {
+            let skipped = backlog.push_replay(Pending {
                 seq: Some(record.sequence),
                 payload: record.payload,
                 queued_at: Instant::now(),
             });
             drop(backlog);
-            debug_assert!(accepted);
             if skipped > 0 {
                 self.shared.update(|t| t.stats.dropped_corrupt += skipped);
             }
