@@ -9,8 +9,12 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::fs;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{plugin_dir, sample_recording, wait_until, Broker, QoS, Subscriber};
@@ -183,9 +187,54 @@ fn count(frames: &BTreeSet<(String, u64)>, run: &str) -> usize {
     frames.iter().filter(|(r, _)| r == run).count()
 }
 
+/// A TCP proxy to the broker at `upstream` that passes the first `limit` bytes a client
+/// sends, then nothing more (the broker's answers still pass): a broker that stops reading
+/// mid-stream, with the connection open. The flag says when the limit was reached.
+fn stalling_proxy(upstream: u16, limit: usize) -> (u16, Arc<AtomicBool>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let stalled = Arc::new(AtomicBool::new(false));
+    let flag = stalled.clone();
+    std::thread::spawn(move || {
+        for client in listener.incoming().flatten() {
+            let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
+                continue;
+            };
+            let (mut from_client, mut to_server) =
+                (client.try_clone().unwrap(), server.try_clone().unwrap());
+            let (mut from_server, mut to_client) = (server, client);
+            let flag = flag.clone();
+            std::thread::spawn(move || {
+                let mut passed = 0;
+                let mut buf = vec![0u8; 16 * 1024];
+                while passed < limit {
+                    let want = buf.len().min(limit - passed);
+                    match from_client.read(&mut buf[..want]) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => {
+                            if to_server.write_all(&buf[..n]).is_err() {
+                                return;
+                            }
+                            passed += n;
+                        }
+                    }
+                }
+                flag.store(true, Ordering::SeqCst);
+                // Holds both sockets open, reading nothing more, until the test ends.
+                std::thread::sleep(Duration::from_secs(3600));
+                drop((from_client, to_server));
+            });
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut from_server, &mut to_client);
+            });
+        }
+    });
+    (port, stalled)
+}
+
 /// Every frame of run 1, which died by SIGKILL while the broker was down, arrives when the
-/// pipeline runs again on the same spool; run 2 dies too, while it publishes run 1's
-/// backlog to a frozen broker, and run 3 still delivers every frame of all three runs.
+/// pipeline runs again on the same spool; run 2 dies too, in the middle of publishing run
+/// 1's backlog, and run 3 still delivers every frame of all three runs.
 #[test]
 fn sigkill_during_an_outage_and_during_the_replay_loses_no_frame() {
     let mut broker = Broker::new();
@@ -209,31 +258,34 @@ fn sigkill_during_an_outage_and_during_the_replay_loses_no_frame() {
     wait_spooled(location, 300 * 1000);
     kill(&mut first);
 
-    // Run 2: the broker is back; it is frozen as soon as run 1's backlog starts arriving,
-    // and the process dies with messages in flight and most of the backlog still to go.
+    // Run 2: the broker is back, behind a connection that stops passing what the element
+    // sends once a third of the backlog went through: the process dies with the backlog
+    // part delivered, part in flight, part still on disk.
     broker.start();
     let sub = Subscriber::builder(&broker, TOPIC)
         .qos(QoS::AtLeastOnce)
         .connect();
+    let backlog_bytes = spooled_bytes(location) as usize;
+    let (proxy, stalled) = stalling_proxy(broker.port(), backlog_bytes / 3);
     let mut second = gst_launch(
         plugins,
-        &pipeline(100, "run2", broker.port(), location, "flush-timeout=600000"),
+        &pipeline(100, "run2", proxy, location, "flush-timeout=600000"),
     )
     .spawn()
     .unwrap();
-    let replaying = wait_until(LONG, Duration::from_millis(1), || {
-        count(&frames(&sub), "run1") > 0
-    });
-    broker.pause();
-    assert!(replaying, "run 1's backlog never started arriving");
-    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        wait_until(LONG, Duration::from_millis(5), || stalled
+            .load(Ordering::SeqCst)),
+        "run 2 never sent a third of the backlog"
+    );
+    // What passed reaches the subscriber; the rest waits in the element.
+    std::thread::sleep(Duration::from_millis(500));
     kill(&mut second);
     let before_the_kill = count(&frames(&sub), "run1");
     assert!(
-        before_the_kill < 300,
+        before_the_kill > 0 && before_the_kill < 300,
         "run 2 died in the middle of the replay ({before_the_kill} of 300 had arrived)"
     );
-    broker.resume();
 
     // Run 3 publishes what is left, and its own frames.
     let out = run(
