@@ -150,6 +150,12 @@ impl Backlog {
             .flatten()
     }
 
+    /// Whether `replay` is down to half of what it holds and more waits on disk: time for
+    /// the spooler to read back (waking it for every message would cost a wake-up each).
+    pub fn replay_low(&self) -> bool {
+        self.replay.len() * 2 <= self.max_replay && !self.disk.is_empty()
+    }
+
     /// Whether `seq` is disk-only (to read back).
     pub fn disk_holds(&self, seq: u64) -> bool {
         self.disk.contains(seq)

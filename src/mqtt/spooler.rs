@@ -281,6 +281,16 @@ impl Spooler<'_> {
 
     /// Reads disk-only messages back while the backlog wants more.
     fn read_back(&mut self) {
+        // The mover is woken once for what this call read back, not once a message.
+        let mut read = 0;
+        self.read_back_into(&mut read);
+        if read > 0 {
+            self.shared.queued.notify_one();
+        }
+    }
+
+    /// [`Spooler::read_back`]'s loop; counts in `read` the messages it put in `replay`.
+    fn read_back_into(&mut self, read: &mut usize) {
         loop {
             let wanted = self.side.backlog.lock().unwrap().wants_replay();
             let Some(wanted) = wanted else {
@@ -342,7 +352,7 @@ impl Spooler<'_> {
             if skipped > 0 {
                 self.shared.update(|t| t.stats.dropped_corrupt += skipped);
             }
-            self.shared.queued.notify_one();
+            *read += 1;
         }
     }
 

@@ -870,7 +870,7 @@ async fn hand_over(shared: &Shared, publisher: &Publisher, config: &ConnectionCo
                     let (pending, origin) = backlog.pop().ok_or(Blocked::Empty)?;
                     if origin == Origin::Replay {
                         t.stats.replayed += 1;
-                        if backlog.wants_replay().is_some() {
+                        if backlog.replay_low() {
                             side.wake();
                         }
                     }
