@@ -14,7 +14,7 @@ use std::process::{Command, Output, Stdio};
 use std::thread;
 use std::time::Duration;
 
-use common::{free_port, plugin_dir, sample_recording, Broker, QoS, Subscriber};
+use common::{free_port, plugin_dir, printed, sample_recording, Broker, QoS, Subscriber};
 
 const TOPIC: &str = "dlstreamer_pipeline_results";
 const LONG: Duration = Duration::from_secs(30);
@@ -66,15 +66,6 @@ fn gst_launch(plugins: &Path, args: &str) -> Output {
         .stdin(Stdio::null())
         .output()
         .expect("gst-launch-1.0 runs")
-}
-
-/// What a run printed, stdout then stderr.
-fn printed(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 /// A source that is not live, as a file is: `buffers` small frames as fast as they come.

@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{plugin_dir, sample_recording, wait_until, Broker, QoS, Subscriber};
+use common::{plugin_dir, printed, sample_recording, wait_until, Broker, QoS, Subscriber};
 use serde_json::Value;
 
 const TOPIC: &str = "dlstreamer_pipeline_results";
@@ -54,14 +54,6 @@ fn run(plugins: &Path, args: &[String]) -> Output {
     gst_launch(plugins, args)
         .output()
         .expect("gst-launch-1.0 runs")
-}
-
-fn printed(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 /// A test's folder: the plugin for `gst-launch-1.0`, and where the spool goes.
@@ -126,6 +118,32 @@ fn wait_spooled(location: &Path, min_bytes: u64) {
         location.display(),
         spooled_bytes(location)
     );
+}
+
+/// A run that spools `frames` frames tagged `run1` while nothing answers on `port` and
+/// then waits at end of stream: returns once they are all on disk (at least `min_bytes`).
+fn spooling_run(
+    plugins: &Path,
+    location: &Path,
+    frames: u32,
+    port: u16,
+    extra: &str,
+    min_bytes: u64,
+) -> Child {
+    let child = gst_launch(
+        plugins,
+        &pipeline(
+            frames,
+            "run1",
+            port,
+            location,
+            &format!("{extra} flush-timeout=600000"),
+        ),
+    )
+    .spawn()
+    .unwrap();
+    wait_spooled(location, min_bytes);
+    child
 }
 
 fn kill(child: &mut Child) {
@@ -243,19 +261,14 @@ fn sigkill_during_an_outage_and_during_the_replay_loses_no_frame() {
     broker.stop();
 
     // Run 1: the broker is down; every frame goes to the spool, then the process dies.
-    let mut first = gst_launch(
+    let mut first = spooling_run(
         plugins,
-        &pipeline(
-            300,
-            "run1",
-            broker.port(),
-            location,
-            "flush-timeout=600000 publish-frame=true",
-        ),
-    )
-    .spawn()
-    .unwrap();
-    wait_spooled(location, 300 * 1000);
+        location,
+        300,
+        broker.port(),
+        "publish-frame=true",
+        300 * 1000,
+    );
     kill(&mut first);
 
     // Run 2: the broker is back, behind a connection that stops passing what the element
@@ -392,13 +405,7 @@ fn a_second_pipeline_on_the_same_spool_is_refused_naming_the_holder() {
     let site = Site::new();
     let (plugins, location) = (&site.plugins, &site.location);
     let closed = common::free_port(false);
-    let mut first = gst_launch(
-        plugins,
-        &pipeline(50, "run1", closed, location, "flush-timeout=600000"),
-    )
-    .spawn()
-    .unwrap();
-    wait_spooled(location, 50 * 24);
+    let mut first = spooling_run(plugins, location, 50, closed, "", 50 * 24);
     let before = spooled_bytes(location);
 
     let out = run(
@@ -529,19 +536,7 @@ fn mqtt5_messages_carry_the_spool_id_and_a_sequence_that_grows_across_restarts()
     let site = Site::new();
     let (plugins, location) = (&site.plugins, &site.location);
     broker.stop();
-    let mut first = gst_launch(
-        plugins,
-        &pipeline(
-            20,
-            "run1",
-            broker.port(),
-            location,
-            "protocol=5 flush-timeout=600000",
-        ),
-    )
-    .spawn()
-    .unwrap();
-    wait_spooled(location, 20 * 24);
+    let mut first = spooling_run(plugins, location, 20, broker.port(), "protocol=5", 20 * 24);
     kill(&mut first);
     broker.start();
     let sub = Subscriber::builder(&broker, TOPIC)
@@ -741,19 +736,7 @@ fn the_backlog_reaches_every_broker_at_every_qos() {
             let (plugins, location) = (&site.plugins, &site.location);
             // Run 1 has no broker to talk to, and dies.
             let closed = common::free_port(false);
-            let mut first = gst_launch(
-                plugins,
-                &pipeline(
-                    50,
-                    "run1",
-                    closed,
-                    location,
-                    &format!("{props} flush-timeout=600000"),
-                ),
-            )
-            .spawn()
-            .unwrap();
-            wait_spooled(location, 50 * 24);
+            let mut first = spooling_run(plugins, location, 50, closed, props, 50 * 24);
             kill(&mut first);
 
             let sub = Subscriber::builder(&broker, TOPIC)

@@ -164,6 +164,15 @@ pub fn plugin_dir(dir: &Path) -> PathBuf {
     plugins
 }
 
+/// What a child process printed, stdout then stderr.
+pub fn printed(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
 /// The sample recording in `pipelines/`: 300 frames of five objects, 640x480.
 pub fn sample_recording() -> String {
     concat!(env!("CARGO_MANIFEST_DIR"), "/pipelines/sample.jsonl").to_string()
