@@ -621,18 +621,8 @@ fn failover_round(
     restarted: Option<usize>,
 ) -> (usize, Duration, bool) {
     let address = |b: &Broker| format!("{}:{}", b.host(), b.port());
-    let leader = jetstream_leader(nodes);
-    // The subscriber is never on the node just started again: a subscription made there
-    // while it is still joining the cluster can get nothing (seen here).
-    let other = restarted
-        .filter(|r| *r != leader)
-        .unwrap_or((leader + 1) % 3);
-    let third = 3 - leader - other;
     let topic = format!("failover/{round}");
-    let sub = Subscriber::builder(&nodes[third], &topic)
-        .qos(QoS::AtLeastOnce)
-        .persistent_session(&format!("failover-sub-{}-{round}", std::process::id()))
-        .connect();
+    let (leader, other, third, sub) = round_nodes(nodes, restarted, &topic);
     let frames = if round == 1 {
         ROUND_FRAMES * 5 / 2
     } else {
@@ -749,6 +739,170 @@ fn failover_round(
     nodes[used].start();
     nodes[used].wait_mqtt_ready(Duration::from_secs(60));
     (used, reconnected - killed, used == leader)
+}
+
+/// Failover with a spool, when the cluster needs longer than the end of stream waits: a
+/// live run (QoS 1, `host` listing JetStream's leader first and another node second,
+/// flush-timeout=1000) loses the leader (SIGKILL) half a second before its last frame,
+/// while the other node is frozen (SIGSTOP) until the run has stopped: what
+/// was not acknowledged stays in the spool, the element says so, and counts it as kept,
+/// not lost. The next run on the same spool and client id publishes it
+/// before its own frames: every frame of both runs reaches a persistent subscriber on the
+/// third node. Three rounds, each killing the node that leads JetStream at the time; the
+/// killed node is started again before the next round.
+#[test]
+fn nats_cluster_failover_with_a_spool_keeps_what_the_end_of_stream_left() {
+    let mut nodes = Broker::nats_cluster(3);
+    let mut restarted = None;
+    for round in 1..=3 {
+        let killed = spool_failover_round(&mut nodes, round, restarted);
+        restarted = Some(killed);
+    }
+}
+
+/// Frames of a spool failover round: the first run's (live), the second's.
+const SPOOL_ROUND_FRAMES: (u64, u64) = (150, 30);
+
+/// The frames of `run` (the element's `source`) the subscriber received, by frame id.
+fn frames_of(sub: &Subscriber, run: &str) -> BTreeSet<u64> {
+    sub.messages()
+        .iter()
+        .filter_map(|m| {
+            let v: Value = serde_json::from_slice(&m.payload).expect("payload is JSON");
+            let meta = if v.is_array() { &v[0] } else { &v };
+            (meta["source"] == run).then(|| meta["frame_id"].as_u64().expect("frame_id"))
+        })
+        .collect()
+}
+
+/// One round of [`nats_cluster_failover_with_a_spool_keeps_what_the_end_of_stream_left`];
+/// returns the node killed.
+fn spool_failover_round(nodes: &mut [Broker], round: u32, restarted: Option<usize>) -> usize {
+    let address = |b: &Broker| format!("{}:{}", b.host(), b.port());
+    let topic = format!("spool-failover/{round}");
+    let (leader, other, _, sub) = round_nodes(nodes, restarted, &topic);
+    let spool = tempfile::tempdir().unwrap();
+    let (first, second) = SPOOL_ROUND_FRAMES;
+    let hosts = format!("{},{}", address(&nodes[leader]), address(&nodes[other]));
+    let sink = |run: &str, flush_timeout: u32| {
+        format!(
+            "host={hosts} topic={topic} qos=1 clean-session=false \
+             client-id=spool-failover-{}-{round} source={run} spool-location={} \
+             max-queued-messages=5000 flush-timeout={flush_timeout}",
+            std::process::id(),
+            spool.path().display()
+        )
+    };
+
+    let mut run = Run::publish(&replay(first as u32, true), &sink("run1", 1000));
+    assert!(run.wait_element_message("mqttpublish-connected", LONG));
+    sub.wait_for(60, LONG);
+    assert_eq!(
+        run.element_messages("mqttpublish-connected")
+            .last()
+            .unwrap()
+            .0
+            .get::<String>("broker")
+            .unwrap(),
+        address(&nodes[leader]),
+        "round {round}: the element publishes to JetStream's leader"
+    );
+    let near_the_end = common::wait_until(LONG, Duration::from_millis(5), || {
+        run.flow.count() as u64 >= first - 15
+    });
+    assert!(near_the_end, "round {round}: the stream stalled");
+    // The spare node frozen (SIGSTOP) while the leader dies: the cluster needs longer than
+    // the end of stream waits, for certain.
+    nodes[other].pause();
+    nodes[leader].kill();
+    run.wait_eos(Duration::from_secs(30));
+    let undelivered = posted(&run, "mqttpublish-undelivered");
+    let ended = finished(run);
+    nodes[other].resume();
+    let stats = &ended.stats;
+    assert_eq!(
+        undelivered.len(),
+        1,
+        "round {round}: {stats} {:?} {:?}",
+        ended.disconnected,
+        ended.connected
+    );
+    let kept = undelivered[0].get::<u64>("kept-in-spool").unwrap();
+    assert_eq!(
+        stat(stats, "messages-queued"),
+        first,
+        "round {round}: {stats}"
+    );
+    assert!(
+        kept > 0,
+        "round {round}: nothing was left for the spool: {stats}"
+    );
+    assert_eq!(stat(stats, "messages-dropped"), 0, "round {round}: {stats}");
+    assert_accounted(stats);
+    assert!(
+        ended.warnings.iter().any(|w| w.contains(&format!(
+            "{kept} messages not delivered yet are kept in the spool"
+        ))),
+        "round {round}: {:?}",
+        ended.warnings
+    );
+
+    // The next run, with the leader still down: the kept messages go first.
+    let mut run = Run::publish(&replay(second as u32, false), &sink("run2", 60_000));
+    run.wait_eos(Duration::from_secs(90));
+    let undelivered = posted(&run, "mqttpublish-undelivered");
+    assert!(undelivered.is_empty(), "round {round}: {undelivered:?}");
+    let ended = finished(run);
+    let stats = &ended.stats;
+    assert!(
+        stat(stats, "spool-restored") >= kept,
+        "round {round}: {stats}"
+    );
+    assert_eq!(stat(stats, "spool-messages"), 0, "round {round}: {stats}");
+    assert_accounted(stats);
+    for (name, frames) in [("run1", first), ("run2", second)] {
+        let expected: BTreeSet<u64> = (0..frames).collect();
+        let mut got = BTreeSet::new();
+        let complete = common::wait_until(LONG, Duration::from_millis(100), || {
+            got = frames_of(&sub, name);
+            got.is_superset(&expected)
+        });
+        let missing: Vec<&u64> = expected.difference(&got).collect();
+        assert!(
+            complete,
+            "round {round}: {name}: frames missing: {missing:?}"
+        );
+    }
+    eprintln!(
+        "round {round}: the leader killed; {kept} messages kept in the spool and published \
+         by the next run"
+    );
+
+    nodes[leader].start();
+    nodes[leader].wait_mqtt_ready(Duration::from_secs(60));
+    leader
+}
+
+/// The nodes of a failover round: JetStream's leader, the other node `host` lists, the
+/// third, and a persistent QoS 1 subscriber to `topic` on the third. The subscriber is
+/// never on `restarted`, the node just started again: a subscription made there while it
+/// is still joining the cluster can get nothing (seen here).
+fn round_nodes(
+    nodes: &[Broker],
+    restarted: Option<usize>,
+    topic: &str,
+) -> (usize, usize, usize, Subscriber) {
+    let leader = jetstream_leader(nodes);
+    let other = restarted
+        .filter(|r| *r != leader)
+        .unwrap_or((leader + 1) % 3);
+    let third = 3 - leader - other;
+    let client = format!("sub-{}-{}", std::process::id(), topic.replace('/', "-"));
+    let sub = Subscriber::builder(&nodes[third], topic)
+        .qos(QoS::AtLeastOnce)
+        .persistent_session(&client)
+        .connect();
+    (leader, other, third, sub)
 }
 
 /// The index in `nodes` of the node that leads JetStream, once the cluster has one.
