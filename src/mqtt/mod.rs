@@ -6,6 +6,7 @@
 
 mod backlog;
 mod backoff;
+mod connection;
 mod queue;
 mod session;
 mod spooler;
@@ -18,6 +19,7 @@ use std::time::Duration;
 
 use rumqttc::tokio_rustls::rustls;
 
+pub use connection::{Sharing, StartError};
 pub use queue::{Bound, DropEpisode, Leaky, Limits, Message, Overflow, Pushed, Queue};
 pub use spooler::Policies as SpoolPolicies;
 pub use tracker::Stats;
