@@ -57,6 +57,30 @@ fn short_topics(sub: &Subscriber, topics: &[String], frames: u64) -> Vec<String>
         .collect()
 }
 
+/// Waits until every topic of `topics` has received every frame of `0..frames`, and
+/// checks that nothing else arrived on them; panics after `LONG` naming the short ones.
+#[track_caller]
+fn assert_every_frame(sub: &Subscriber, topics: &[String], frames: u32) {
+    assert!(
+        wait_until(LONG, Duration::from_millis(100), || short_topics(
+            sub,
+            topics,
+            frames.into()
+        )
+        .is_empty()),
+        "topics short of their {frames} frames: {:?}",
+        short_topics(sub, topics, frames.into())
+    );
+    let received = frames_per_topic(sub);
+    for topic in topics {
+        assert_eq!(
+            received[topic],
+            (0..u64::from(frames)).collect::<BTreeSet<_>>(),
+            "{topic}: every frame"
+        );
+    }
+}
+
 /// The established TCP connections of this process to `port` on the loopback, as `ss`
 /// lists them.
 fn connections_to(port: u16) -> usize {
@@ -111,25 +135,10 @@ fn sixty_four_sinks_share_one_connection_through_a_broker_restart() {
         .collect();
     let topics: Vec<String> = (0..SINKS).map(|i| format!("cam/{i}")).collect();
 
-    // sink0 delivered everything and reached end of stream; the others go on.
-    assert!(
-        wait_until(LONG, Duration::from_millis(50), || short_topics(
-            &sub,
-            &topics[..1],
-            EARLY_FRAMES.into()
-        )
-        .is_empty()),
-        "sink0's {EARLY_FRAMES} frames did not all arrive"
-    );
-    let early = &sinks[0];
-    assert!(
-        wait_until(LONG, Duration::from_millis(50), || early
-            .property::<gst::Structure>("stats")
-            .get::<u64>("queue-depth")
-            == Ok(0)),
-        "sink0 did not finish"
-    );
+    // sink0 delivered its frames, all of them: its stream ended; the others go on.
+    assert_every_frame(&sub, &topics[..1], EARLY_FRAMES);
     let published = |sink: &gst::Element| stat(&sink.property("stats"), "messages-published");
+    assert_eq!(published(&sinks[0]), u64::from(EARLY_FRAMES));
     let before: Vec<u64> = sinks.iter().map(published).collect();
     assert!(
         wait_until(LONG, Duration::from_millis(50), || sinks[1..]
@@ -150,29 +159,8 @@ fn sixty_four_sinks_share_one_connection_through_a_broker_restart() {
     broker.start();
     run.wait_eos(LONG);
 
-    assert!(
-        wait_until(LONG, Duration::from_millis(100), || short_topics(
-            &sub,
-            &topics[1..],
-            FRAMES.into()
-        )
-        .is_empty()),
-        "topics short of their {FRAMES} frames: {:?}",
-        short_topics(&sub, &topics[1..], FRAMES.into())
-    );
-    let received = frames_per_topic(&sub);
-    assert_eq!(
-        received["cam/0"],
-        (0..u64::from(EARLY_FRAMES)).collect::<BTreeSet<_>>(),
-        "sink0's frames"
-    );
-    for topic in &topics[1..] {
-        assert_eq!(
-            received[topic],
-            (0..u64::from(FRAMES)).collect::<BTreeSet<_>>(),
-            "{topic}: every frame"
-        );
-    }
+    assert_every_frame(&sub, &topics[1..], FRAMES);
+    assert_every_frame(&sub, &topics[..1], EARLY_FRAMES);
     assert_eq!(
         connections_to(broker.port()),
         alone + 1,
@@ -267,16 +255,7 @@ fn a_flooding_sink_does_not_starve_live_sinks_on_its_connection() {
     let topics: Vec<String> = (0..LIVE).map(|i| format!("live/{i}")).collect();
     let flood = run.element("flood");
     let flood_stats = || flood.property::<gst::Structure>("stats");
-    assert!(
-        wait_until(LONG, Duration::from_millis(100), || short_topics(
-            &sub,
-            &topics,
-            FRAMES.into()
-        )
-        .is_empty()),
-        "live topics short of their {FRAMES} frames: {:?}",
-        short_topics(&sub, &topics, FRAMES.into())
-    );
+    assert_every_frame(&sub, &topics, FRAMES);
     // The flood went on all along: it still has a queue waiting for the uplink.
     let stats = flood_stats();
     assert!(
@@ -296,14 +275,6 @@ fn a_flooding_sink_does_not_starve_live_sinks_on_its_connection() {
             stat(&stats, "messages-queued"),
             u64::from(FRAMES),
             "live{i}"
-        );
-    }
-    let received = frames_per_topic(&sub);
-    for topic in &topics {
-        assert_eq!(
-            received[topic],
-            (0..u64::from(FRAMES)).collect::<BTreeSet<_>>(),
-            "{topic}: every frame"
         );
     }
     run.pipeline.set_state(gst::State::Null).unwrap();
@@ -375,4 +346,84 @@ fn a_sink_whose_connection_settings_differ_fails_at_start_naming_the_setting() {
         error.contains("shared-connection") && error.contains("spool-location"),
         "{error}"
     );
+}
+
+/// 4 sinks on one connection, QoS 1, and a broker that lost the session (mosquitto without
+/// persistence, frozen with each sink's messages written and unacknowledged, killed and
+/// restarted): each sink publishes its own unacknowledged messages again, on its own
+/// topic, and counts them; every frame of every sink arrives, each on its sink's topic.
+#[test]
+fn a_lost_session_gives_each_sink_back_its_own_unacknowledged_messages() {
+    const SINKS: usize = 4;
+    const FRAMES: u32 = 300;
+    let mut broker = Broker::new();
+    let sub = Subscriber::builder(&broker, "lost/#")
+        .qos(QoS::AtLeastOnce)
+        .connect();
+    let branches: String = (0..SINKS)
+        .map(|i| {
+            format!(
+                " {} ! mqttpublish name=sink{i} topic=lost/{i} source=cam{i} {} qos=1 \
+                 clean-session=false client-id=lost-{} shared-connection=lost",
+                live_source(FRAMES, 30),
+                to(&broker),
+                std::process::id()
+            )
+        })
+        .collect();
+    let mut run = Run::start(&branches);
+    let sinks: Vec<gst::Element> = (0..SINKS)
+        .map(|i| run.element(&format!("sink{i}")))
+        .collect();
+    let topics: Vec<String> = (0..SINKS).map(|i| format!("lost/{i}")).collect();
+    assert!(
+        wait_until(LONG, Duration::from_millis(50), || {
+            let received = frames_per_topic(&sub);
+            topics
+                .iter()
+                .all(|t| received.get(t).map_or(0, BTreeSet::len) >= 30)
+        }),
+        "a second of frames of every sink before the freeze"
+    );
+    broker.pause();
+    let in_flight = |sink: &gst::Element| stat(&sink.property("stats"), "in-flight");
+    assert!(
+        wait_until(LONG, Duration::from_millis(20), || sinks
+            .iter()
+            .all(|sink| in_flight(sink) >= 5)),
+        "every sink has messages in flight to the frozen broker"
+    );
+    let unacknowledged: Vec<u64> = sinks.iter().map(in_flight).collect();
+    broker.kill();
+    broker.start();
+    run.wait_eos(LONG);
+
+    assert_every_frame(&sub, &topics, FRAMES);
+    for message in sub.messages() {
+        let v: Value = serde_json::from_slice(&message.payload).unwrap();
+        let meta = if v.is_array() { &v[0] } else { &v };
+        let sink = message.topic.trim_start_matches("lost/");
+        assert_eq!(
+            meta["source"],
+            format!("cam{sink}").as_str(),
+            "a message of another sink on {}",
+            message.topic
+        );
+    }
+    for (i, sink) in sinks.iter().enumerate() {
+        let stats = sink.property::<gst::Structure>("stats");
+        assert!(
+            stat(&stats, "republished") >= unacknowledged[i],
+            "sink{i}: {} unacknowledged at the kill: {stats}",
+            unacknowledged[i]
+        );
+        assert_eq!(stat(&stats, "messages-dropped"), 0, "sink{i}: {stats}");
+        assert_eq!(
+            stat(&stats, "messages-published"),
+            u64::from(FRAMES),
+            "sink{i}: {stats}"
+        );
+        assert_accounted(&stats);
+    }
+    run.pipeline.set_state(gst::State::Null).unwrap();
 }

@@ -623,6 +623,41 @@ mod tests {
     }
 
     #[test]
+    fn shared_connection_comes_from_the_property_or_the_file_and_refuses_a_spool() {
+        let none = resolved(&Settings::default(), &PublisherConfig::default());
+        assert!(none.sharing.is_none());
+        let from_file = resolved(
+            &Settings::default(),
+            &file(json!({"shared_connection": "farm", "client_id": "farm-1",
+                         "tls": {"ca_cert": "/ca.pem"}})),
+        );
+        let sharing = from_file.sharing.unwrap();
+        assert_eq!(sharing.name, "farm");
+        assert!(sharing.fixed_client_id);
+        assert_eq!(sharing.tls.unwrap().ca, "/ca.pem");
+        let property = Settings {
+            shared_connection: Some("cams".into()),
+            ..Settings::default()
+        };
+        let over_file = resolved(&property, &file(json!({"shared_connection": "farm"})));
+        let sharing = over_file.sharing.unwrap();
+        assert_eq!(sharing.name, "cams");
+        assert!(
+            !sharing.fixed_client_id,
+            "a generated client id is not fixed"
+        );
+        let with_spool = Settings {
+            spool_location: Some("/var/spool/x".into()),
+            ..property
+        };
+        let e = error(&with_spool, &PublisherConfig::default());
+        assert!(
+            e.contains("shared-connection=\"cams\"") && e.contains("spool-location"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn defaults_without_properties_file_or_environment() {
         let r = resolved(&Settings::default(), &PublisherConfig::default());
         let c = &r.connection;
