@@ -269,6 +269,8 @@ struct Flight {
     /// Ever connected: a later connection counts as a reconnect.
     ever_connected: bool,
     broker_max_packet: Option<u32>,
+    /// What the broker refused for good since the last connection, for a sink that joins.
+    refused: Option<String>,
     /// The sink of each publish handed over and not yet written, in hand-over order.
     unwritten: VecDeque<u64>,
     /// The sink of each packet id written and not yet acknowledged.
@@ -395,11 +397,12 @@ impl Connection {
                     stop: Notify::new(),
                     stopping: AtomicBool::new(false),
                 });
-                let task = Task::spawn(runtime, link.clone());
+                // Its task starts once the sink is on it, so that it reports from the first
+                // event on.
                 let connection = Arc::new(Connection {
                     link,
                     sharing: sharing.clone().map(|s| (s, config.clone())),
-                    task: Mutex::new(Some(task)),
+                    task: Mutex::new(None),
                 });
                 if let Some(sharing) = &sharing {
                     gst::debug!(
@@ -417,12 +420,19 @@ impl Connection {
         let connected = flight.connected;
         let session_present = flight.session_present;
         let max_packet = flight.broker_max_packet;
+        let refused = flight.refused.clone();
         member.update(|t| {
             t.stats.connected = connected;
             t.stats.broker_max_packet = max_packet;
         });
         flight.members.insert(member.id, member.clone());
         drop(flight);
+        {
+            let mut task = connection.task.lock().unwrap();
+            if task.is_none() {
+                *task = Some(Task::spawn(runtime, connection.link.clone()));
+            }
+        }
         drop(registry);
         gst::debug!(
             CAT,
@@ -431,6 +441,9 @@ impl Connection {
         );
         if connected {
             member.notify(Notice::Connected { session_present });
+        }
+        if let Some(reason) = refused {
+            member.notify(Notice::Refused { reason });
         }
         // What a restored spool holds is there to publish from the start.
         member.queued.notify_one();
@@ -768,6 +781,7 @@ async fn poll_connection(link: &Link, mut session: Session) {
                 let again: Vec<(Arc<Shared>, u64)> = {
                     let mut flight = link.flight.lock().unwrap();
                     flight.connected = true;
+                    flight.refused = None;
                     flight.session_present = session_present;
                     flight.broker_max_packet = max_packet_size;
                     let reconnect = std::mem::replace(&mut flight.ever_connected, true);
@@ -908,6 +922,7 @@ async fn poll_connection(link: &Link, mut session: Session) {
                     let concluded = refusal.definitive() || last_refusal == Some(refusal);
                     if concluded && !reported.contains(&refusal) {
                         reported.push(refusal);
+                        link.flight.lock().unwrap().refused = Some(reason.clone());
                         link.notify_all(Notice::Refused {
                             reason: reason.clone(),
                         });
