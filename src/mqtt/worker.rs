@@ -124,7 +124,8 @@ pub(super) fn runtime() -> std::io::Result<&'static tokio::runtime::Runtime> {
     })
 }
 
-/// The tasks alive on the runtime (two per running sink), or `None` before it is made.
+/// The tasks alive on the runtime (two per connection: per running sink, unless sinks share
+/// one), or `None` before it is made.
 pub fn runtime_tasks() -> Option<usize> {
     RUNTIME
         .get()
