@@ -364,7 +364,13 @@ impl ObjectImpl for MqttPublish {
                 string(
                     "shared-connection",
                     "Shared connection",
-                    "Name of an MQTT connection to share with the other sinks of the process                      that give the same name: one client and one TCP connection for all of                      them, which must then have the same host, port, client-id, clean-session,                      protocol, keep-alive, max-reconnect-delay, credentials and TLS files (a                      sink that differs fails to start, naming the setting). Topic, QoS, retain,                      queue and leaky stay each sink's own; not with spool-location. Unset: a                      connection of its own. Config file key: shared_connection",
+                    "Name of an MQTT connection to share with the other sinks of the process \
+                     that give the same name: one client and one TCP connection for all of \
+                     them, which must then have the same host, port, client-id, clean-session, \
+                     protocol, keep-alive, max-reconnect-delay, credentials and TLS files (a \
+                     sink that differs fails to start, naming the setting). Topic, QoS, retain, \
+                     queue and leaky stay each sink's own; not with spool-location. Unset: a \
+                     connection of its own. Config file key: shared_connection",
                 )
                 .build(),
                 string(

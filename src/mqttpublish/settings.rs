@@ -442,7 +442,8 @@ pub fn resolve(
         });
     if let (Some(sharing), Some(_)) = (&sharing, &spool) {
         return Err(format!(
-            "shared-connection={:?}: cannot be combined with spool-location, which needs a              connection of its own; unset one of them",
+            "shared-connection={:?}: cannot be combined with spool-location, which needs a \
+             connection of its own; unset one of them",
             sharing.name
         )
         .into());
