@@ -1026,3 +1026,106 @@ fn downgrade(member: &Shared, granted: QoS, reason: String) {
         reason,
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mqtt::{Protocol, Secret};
+    use std::time::Duration;
+
+    fn config() -> ConnectionConfig {
+        ConnectionConfig {
+            brokers: vec![Broker {
+                host: "broker".into(),
+                port: 8883,
+            }],
+            max_reconnect_delay: Duration::from_secs(30),
+            client_id: "farm".into(),
+            clean_session: false,
+            keep_alive: Duration::from_secs(60),
+            credentials: Some(("camera".into(), Secret::new("s3cret".into()))),
+            tls: None,
+            protocol: Protocol::V311,
+            topic: "a".into(),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            max_message_size: 1024,
+        }
+    }
+
+    fn sharing() -> Sharing {
+        Sharing {
+            name: "farm".into(),
+            tls: Some(TlsFiles {
+                ca: "/ca.pem".into(),
+                cert: Some("/cert.pem".into()),
+                key: Some("/key.pem".into()),
+            }),
+            fixed_client_id: true,
+        }
+    }
+
+    /// A change of a sink's settings.
+    type Change = fn(&mut ConnectionConfig, &mut Sharing);
+
+    /// The setting that differs, or `None`.
+    fn differs(change: impl FnOnce(&mut ConnectionConfig, &mut Sharing)) -> Option<String> {
+        let (mut ours, mut our_sharing) = (config(), sharing());
+        change(&mut ours, &mut our_sharing);
+        difference("farm", &ours, &our_sharing, &config(), &sharing())
+    }
+
+    #[test]
+    fn per_sink_settings_may_differ_and_connection_settings_may_not() {
+        assert_eq!(
+            differs(|c, _| {
+                c.topic = "b".into();
+                c.qos = QoS::AtMostOnce;
+                c.retain = true;
+                c.max_message_size = 1 << 20;
+            }),
+            None
+        );
+        let cases: [(&str, Change); 6] = [
+            ("tls-ca-file differs", |_, s| {
+                s.tls.as_mut().unwrap().ca = "/other-ca.pem".into()
+            }),
+            ("tls-cert-file differs", |_, s| {
+                s.tls.as_mut().unwrap().cert = None
+            }),
+            ("tls-key-file differs", |_, s| {
+                s.tls.as_mut().unwrap().key = Some("/other.key".into())
+            }),
+            ("tls-ca-file differs", |_, s| s.tls = None),
+            ("client-id differs", |_, s| s.fixed_client_id = false),
+            ("password differs", |c, _| {
+                c.credentials = Some(("camera".into(), Secret::new("other".into())))
+            }),
+        ];
+        for (expected, change) in cases {
+            let reason = differs(change).unwrap_or_default();
+            assert!(reason.contains(expected), "{expected}: {reason}");
+            assert!(
+                !reason.contains("s3cret") && !reason.contains("other\""),
+                "{reason}"
+            );
+        }
+    }
+
+    #[test]
+    fn unset_client_ids_match_whatever_id_each_sink_generated() {
+        let unset = |c: &mut ConnectionConfig, s: &mut Sharing| {
+            c.client_id = "gstmqtt-1".into();
+            s.fixed_client_id = false;
+        };
+        let (mut theirs, mut their_sharing) = (config(), sharing());
+        unset(&mut theirs, &mut their_sharing);
+        let (mut ours, mut our_sharing) = (config(), sharing());
+        unset(&mut ours, &mut our_sharing);
+        ours.client_id = "gstmqtt-2".into();
+        assert_eq!(
+            difference("farm", &ours, &our_sharing, &theirs, &their_sharing),
+            None
+        );
+    }
+}
