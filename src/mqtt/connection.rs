@@ -29,7 +29,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, Weak};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use once_cell::sync::Lazy;
 use tokio::sync::Notify;
@@ -42,14 +42,14 @@ use crate::tls::TlsFiles;
 
 /// Messages queued within this time of the mover emptying the queues count as arriving
 /// back to back.
-const BACK_TO_BACK: std::time::Duration = std::time::Duration::from_millis(1);
+const BACK_TO_BACK: Duration = Duration::from_millis(1);
 /// How long the mover lets a batch gather when messages arrive back to back. tokio's timer
 /// ticks in milliseconds, so the wait is 1 to 2 ms; a full batch ends it sooner.
-const LINGER: std::time::Duration = std::time::Duration::from_millis(1);
+const LINGER: Duration = Duration::from_millis(1);
 /// This many short-lived connections in a row suggest another client uses our client id.
 const SHORT_CONNECTIONS_WARNING: u32 = 3;
 /// How long a stop waits for DISCONNECT to go out.
-const DISCONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(500);
+const DISCONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 /// Connections in a row that the broker closed after a QoS 2 publish, never answering one
 /// with PUBREC, that mean it does not take QoS 2 (NATS).
 const QOS2_CLOSES: u32 = 2;
@@ -1031,7 +1031,6 @@ fn downgrade(member: &Shared, granted: QoS, reason: String) {
 mod tests {
     use super::*;
     use crate::mqtt::{Protocol, Secret};
-    use std::time::Duration;
 
     fn config() -> ConnectionConfig {
         ConnectionConfig {
