@@ -438,14 +438,16 @@ def report_spool(runs, params, targets):
 def report_w6(runs, params, targets):
     out = [f"## W6: many sinks on the shared connection runtime ({params['W6_SECONDS']} s, "
            "64x48 at 30 fps each, QoS 1, local mosquitto)", ""]
-    header = ["sinks", "fakesinks CPU % of a core", "mqttpublish CPU % of a core",
+    header = ["sinks", "connections", "fakesinks CPU % of a core", "mqttpublish CPU % of a core",
               "publishing % of a core", "per sink", "threads fakesinks / mqttpublish",
               "peak RSS MiB fakesinks / mqttpublish", "made", "dropped", "received",
               "p50 ms", "p99 ms"]
     rows = []
-    for n in sorted({r["key"]["branches"] for r in runs.select(w="w6")}):
+    rows_of = (("mqttpublish", "one per sink", ""), ("shared", "one shared", ", shared-connection"))
+    for n, (row, connections, which) in ((n, r) for n in sorted({r["key"]["branches"] for r in runs.select(w="w6")})
+                                         for r in rows_of):
         base = runs.select(w="w6", row="baseline", branches=n)
-        mq = runs.select(w="w6", row="mqttpublish", branches=n)
+        mq = runs.select(w="w6", row=row, branches=n)
         if not base or not mq:
             continue
         b, m = base[0], mq[0]
@@ -454,7 +456,7 @@ def report_w6(runs, params, targets):
         dropped = sum_sinks(m, "messages-dropped")
         received = m["sub"].get("total", 0)
         lat = m["sub"].get("latency_ms", {})
-        rows.append([str(n), fmt(100 * cpu(b) / b["pub"]["wall"], ".1f"),
+        rows.append([str(n), connections, fmt(100 * cpu(b) / b["pub"]["wall"], ".1f"),
                      fmt(100 * cpu(m) / m["pub"]["wall"], ".1f"), fmt(share, ".1f"),
                      fmt(share / n, ".2f"),
                      f"{b['pub'].get('threads_max', '-')} / {m['pub'].get('threads_max', '-')}",
@@ -462,7 +464,7 @@ def report_w6(runs, params, targets):
                      str(queued), str(dropped), str(received),
                      fmt(lat.get("p50")), fmt(lat.get("p99"))])
         lost = queued - received
-        targets.append((f"W6: nothing lost at QoS 1 ({n} sinks)",
+        targets.append((f"W6: nothing lost at QoS 1 ({n} sinks{which})",
                         f"{lost} lost of {queued}, {dropped} dropped", lost <= 0 and dropped == 0))
     out.append(table(header, rows))
     out.append("")

@@ -38,7 +38,9 @@
 #   w6   for each N of W6_BRANCHES, N live 64x48 30 fps sources, each with its own
 #        mqttpublish (QoS 1, add-sink-time), in one process against the local mosquitto
 #        for W6_SECONDS, vs the same into fakesink: what the shared connection runtime
-#        costs as sinks multiply: CPU, threads, peak RSS, delivered, p50/p99 latency
+#        costs as sinks multiply: CPU, threads, peak RSS, delivered, p50/p99 latency;
+#        each N once with a connection per sink and once with all the sinks on one
+#        (shared-connection)
 #
 # Knobs (environment): W1_N=20000 W2_N=300 W3_SECONDS=60 W3_QOS=0 W4_SECONDS=60
 # W4_BRANCHES=16 OUTAGE_SECONDS=60 MEM_BEFORE=10 MEM_AFTER=30 MEM_QUEUE_BYTES=33554432
@@ -487,12 +489,17 @@ w5() {
 w6() {
     local n row desc
     for n in $W6_BRANCHES; do
-        for row in baseline mqttpublish; do
-            if [[ $row == baseline ]]; then
-                live_branches "$n" fakesink
-            else
+        for row in baseline mqttpublish shared; do
+            case $row in
+            baseline) live_branches "$n" fakesink ;;
+            mqttpublish)
                 live_branches "$n" mqttpublish name=m@i@ $MQTT qos=1 add-sink-time=true topic=bench/w6/@i@
-            fi
+                ;;
+            shared)
+                live_branches "$n" mqttpublish name=m@i@ $MQTT qos=1 add-sink-time=true topic=bench/w6/@i@ \
+                    shared-connection=w6
+                ;;
+            esac
             measure "{\"w\":\"w6\",\"row\":\"$row\",\"branches\":$n}" 'bench/w6/#' --sub-opts --latency \
                 -- "$EXAMPLES/bench_pipeline" --duration="$W6_SECONDS" "${desc[@]}"
         done

@@ -29,6 +29,8 @@ pub struct PublisherConfig {
     pub filter: Option<FilterConfig>,
     /// This plugin's key: the directory of the disk spool.
     pub spool_location: Option<String>,
+    /// This plugin's key: the name of the connection to share with other sinks.
+    pub shared_connection: Option<String>,
     /// Keys this plugin does not know, for a warning.
     pub unknown_keys: Vec<String>,
     /// Where in its file the section is (see `Found::place`); empty when it is the file or
@@ -80,6 +82,7 @@ impl PublisherConfig {
                 "port" => config.port = Some(tcp_port(key, integer(key, v)?)?),
                 "client_id" => config.client_id = Some(string(key, v)?),
                 "spool_location" => config.spool_location = Some(string(key, v)?),
+                "shared_connection" => config.shared_connection = Some(string(key, v)?),
                 "username" => config.username = Some(string(key, v)?),
                 "password" => {
                     // Never echo the value: it is a secret.

@@ -1,11 +1,13 @@
 // SPDX-License-Identifier: MPL-2.0
 
-//! The MQTT connection: a bounded queue fed by the streaming thread and a connection task,
-//! on a tokio runtime all the sinks of the process share, that owns rumqttc's event loop,
-//! reconnects with backoff and accounts for every message.
+//! The MQTT connection: a bounded queue per sink fed by its streaming thread, and a
+//! connection task, a sink's own or shared by the sinks of one `shared-connection` name, on
+//! a tokio runtime all the sinks of the process share, that owns rumqttc's event loop,
+//! reconnects with backoff and accounts for every message of each sink.
 
 mod backlog;
 mod backoff;
+mod connection;
 mod queue;
 mod session;
 mod spooler;
@@ -18,6 +20,7 @@ use std::time::Duration;
 
 use rumqttc::tokio_rustls::rustls;
 
+pub use connection::{Sharing, StartError};
 pub use queue::{Bound, DropEpisode, Leaky, Limits, Message, Overflow, Pushed, Queue};
 pub use spooler::Policies as SpoolPolicies;
 pub use tracker::Stats;

@@ -8,8 +8,6 @@ use std::collections::VecDeque;
 
 use bytes::Bytes;
 
-use super::session::Event;
-
 /// Message counters; see the sink's `stats` property for their meaning.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Stats {
@@ -165,15 +163,6 @@ impl Tracker {
             self.stats.acknowledged += 1;
             self.stats.published += 1;
             self.stats.in_flight = self.stats.in_flight.saturating_sub(1);
-        }
-    }
-
-    pub(super) fn apply(&mut self, event: &Event) {
-        match *event {
-            Event::Written { pkid } => self.written(pkid),
-            Event::Received { pkid } => self.received(pkid),
-            Event::Completed { pkid, .. } => self.completed(pkid),
-            _ => {}
         }
     }
 

@@ -1,23 +1,21 @@
 // SPDX-License-Identifier: MPL-2.0
 
-//! The connection worker: rumqttc's event loop of each sink driven by a task on one
-//! tokio runtime that all the sinks of the process share ([`runtime`]), with two parts:
-//! - the *poller* drives the event loop, tracks connection state and acknowledgements, and
-//!   sleeps with exponential backoff after a connection loss;
-//! - the *mover* takes messages from the [`Queue`] and hands them to rumqttc, only while
-//!   connected and never more than rumqttc's request channel holds, so a hand-over never
-//!   waits and everything not yet handed over stays under the queue's bounds and policy.
+//! The connection worker: a sink's side of publishing, its [`Queue`], accounting and
+//! notices, on a connection ([`super::connection`]) whose task runs on one tokio runtime
+//! that all the sinks of the process share ([`runtime`]). A connection is the sink's own,
+//! or shared with the other sinks of the process with the same `shared-connection` name
+//! ([`Sharing`]).
 //!
 //! The runtime is made on first use, with a fixed number of worker threads named
 //! [`THREAD_NAME`], whatever the number of sinks: 2, or as many as the environment variable
 //! [`THREADS_ENV`] (`GST_MQTTPUBLISH_THREADS`) says, 1 to 64. Its threads block SIGPIPE.
-//! Each sink keeps its own queue, policy, accounting, client id and connection; stopping a
-//! sink waits until its task has ended, and a panic in the task becomes
-//! [`Notice::Failed`].
+//! Each sink keeps its own queue, policy and accounting; stopping the last sink of a
+//! connection waits until its task has ended, and a panic in the task becomes
+//! [`Notice::Failed`] for every sink on it.
 //!
 //! Messages that arrive one by one (a camera's frame rate) are handed over as soon as they
 //! are queued. Messages that arrive back to back are handed over in batches: the mover
-//! lets up to a batch gather (at most [`LINGER`]), so the task wakes once per batch and
+//! lets up to a batch gather (at most 1 to 2 ms), so the task wakes once per batch and
 //! the socket writes follow each other, which the kernel coalesces into few TCP segments.
 //!
 //! Every message is accounted for: `queued = published + dropped + still queued + in flight`,
@@ -39,21 +37,21 @@
 //! connection (see [`super::spooler`]): the mover hands over from its backlog, and each
 //! message keeps its place in the spool until it is delivered.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use once_cell::sync::Lazy;
-use tokio::sync::Notify;
 
 use super::backlog::{Backlog, Origin, Pending};
-use super::session::{Event, Failure, Publisher, Refusal, Session, REQUEST_CHANNEL};
+use super::connection::{Connection, Link, Sharing, StartError, Wake};
 use super::spooler::{self, Policies, SpoolSide};
 use super::tracker::{Stats, Tracker};
 use super::{
-    Broker, ConnectionConfig, DropEpisode, Leaky, Limits, Message, Overflow, Pushed, QoS, Queue,
+    Broker, ConnectionConfig, DropEpisode, Leaky, Limits, Message, Overflow, Protocol, Pushed, QoS,
+    Queue,
 };
 use crate::spool::Spool;
 
@@ -65,21 +63,6 @@ pub(super) static CAT: Lazy<gst::DebugCategory> = Lazy::new(|| {
         Some("MQTT connection worker: connection state, backoff, queue hand-over"),
     )
 });
-
-/// Messages queued within this time of the mover emptying the queue count as arriving
-/// back to back.
-const BACK_TO_BACK: Duration = Duration::from_millis(1);
-/// How long the mover lets a batch gather when messages arrive back to back. tokio's timer
-/// ticks in milliseconds, so the wait is 1 to 2 ms; a full batch ends it sooner.
-const LINGER: Duration = Duration::from_millis(1);
-
-/// This many short-lived connections in a row suggest another client uses our client id.
-const SHORT_CONNECTIONS_WARNING: u32 = 3;
-/// How long a stop waits for DISCONNECT to go out.
-const DISCONNECT_TIMEOUT: Duration = Duration::from_millis(500);
-/// Connections in a row that the broker closed after a QoS 2 publish, never answering one
-/// with PUBREC, that mean it does not take QoS 2 (NATS).
-const QOS2_CLOSES: u32 = 2;
 
 /// The environment variable setting the number of the runtime's worker threads.
 pub const THREADS_ENV: &str = "GST_MQTTPUBLISH_THREADS";
@@ -98,7 +81,7 @@ static RUNTIME: once_cell::sync::OnceCell<tokio::runtime::Runtime> =
 
 thread_local! {
     /// Set on the runtime's own threads.
-    static ON_RUNTIME: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    pub(super) static ON_RUNTIME: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 /// The worker threads [`THREADS_ENV`] asks for, or the default (with a warning when its
@@ -141,7 +124,8 @@ pub(super) fn runtime() -> std::io::Result<&'static tokio::runtime::Runtime> {
     })
 }
 
-/// The tasks alive on the runtime (two per running sink), or `None` before it is made.
+/// The tasks alive on the runtime (two per connection: per running sink, unless sinks share
+/// one), or `None` before it is made.
 pub fn runtime_tasks() -> Option<usize> {
     RUNTIME
         .get()
@@ -226,9 +210,17 @@ pub enum Flushed {
 /// Posts a [`Notice`] about a broker.
 type NotifyFn = dyn Fn(&Broker, Notice) + Send + Sync;
 
+/// Numbers the sinks, which a connection tells apart by it.
+static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+
+/// A sink's side, shared by its streaming thread, its connection and its spooler.
 pub(super) struct Shared {
+    /// Tells the sink apart on its connection.
+    pub(super) id: u64,
     /// The element the worker publishes for, named in its logs.
     pub(super) name: gst::glib::GString,
+    /// The connection's side the sink needs: the broker, for its notices.
+    link: Arc<Link>,
     /// The queue the streaming thread fills; with a spool, the spooler empties it into
     /// `spool`'s backlog, which the connection publishes from.
     pub(super) queue: Queue,
@@ -238,25 +230,20 @@ pub(super) struct Shared {
     spool_id: Option<String>,
     /// Largest payload accepted by [`Worker::push`].
     max_message_size: usize,
-    /// The topic published to, for packet sizes.
-    topic: String,
+    /// The topic published to.
+    pub(super) topic: String,
+    pub(super) retain: bool,
     /// Posts connection events with the broker they concern; called from the worker and
     /// the streaming thread.
     notify: Box<NotifyFn>,
-    /// The broker connected to, or tried next.
-    broker: Mutex<Broker>,
     /// The QoS messages are published at: the configured one, or what the broker grants.
     qos: AtomicU32,
     tracker: Mutex<Tracker>,
     /// Signalled whenever messages complete or the connection state changes.
     progress: Condvar,
-    /// Wakes the mover: a first message or a batch was queued, or the queue is flushing.
-    pub(super) queued: Notify,
-    /// Wakes the mover: room was made in rumqttc's request channel, or the connection
-    /// came up.
-    room: Notify,
-    /// Wakes the poller to stop.
-    stop: Notify,
+    /// Wakes the connection's mover for this sink: a first message or a batch was
+    /// queued, or the queue is flushing.
+    pub(super) queued: Wake,
     stopping: AtomicBool,
 }
 
@@ -266,11 +253,15 @@ impl Shared {
     }
 
     pub(super) fn notify(&self, notice: Notice) {
-        let broker = self.broker.lock().unwrap().clone();
+        let broker = self.link.broker.lock().unwrap().clone();
         (self.notify)(&broker, notice);
     }
 
-    fn qos(&self) -> QoS {
+    pub(super) fn set_qos(&self, qos: QoS) {
+        self.qos.store(qos.level(), Ordering::Relaxed);
+    }
+
+    pub(super) fn qos(&self) -> QoS {
         match self.qos.load(Ordering::Relaxed) {
             0 => QoS::AtMostOnce,
             1 => QoS::AtLeastOnce,
@@ -281,7 +272,7 @@ impl Shared {
     /// Queues `payloads` again, ahead of everything queued; returns how many. Called with
     /// the tracker locked, so that a [`Worker::flush`] never sees them neither in flight
     /// nor queued.
-    fn requeue(&self, payloads: Vec<(Option<u64>, Bytes)>) -> u64 {
+    pub(super) fn requeue(&self, payloads: Vec<(Option<u64>, Bytes)>) -> u64 {
         let count = payloads.len() as u64;
         if payloads.is_empty() {
             return 0;
@@ -328,6 +319,72 @@ impl Shared {
         (messages, bytes)
     }
 
+    /// Takes the next message to publish from the queue (or with a spool, the backlog)
+    /// and counts it: in flight, or dropped for its size. In one step under the tracker
+    /// lock, under which `flush` and `stats` read the queue depth: a message is always
+    /// queued or counted, never between the two, where a flush at end of stream would
+    /// find nothing left and stop waiting. Counted before it is handed over, so that the
+    /// poller never sees it written first. `None`: nothing to publish.
+    pub(super) fn take(&self, protocol: Protocol) -> Option<Taken> {
+        // The spool's user properties (MQTT 5): names, the id and a sequence number's digits.
+        let properties_size = self
+            .spool_id
+            .as_ref()
+            .filter(|_| protocol == Protocol::V5)
+            .map_or(0, |id| id.len() + 48);
+        self.update(|t| {
+            let (seq, payload, ended) = match &self.spool {
+                Some(side) => {
+                    let mut backlog = side.backlog.lock().unwrap();
+                    let (pending, origin) = backlog.pop()?;
+                    if origin == Origin::Replay {
+                        t.stats.replayed += 1;
+                        if backlog.replay_low() {
+                            side.wake();
+                        }
+                    }
+                    (pending.seq, pending.payload, None)
+                }
+                None => {
+                    let (message, ended) = self.queue.pop()?;
+                    (None, Bytes::from(message.payload), ended)
+                }
+            };
+            let size = payload.len();
+            // A packet over the broker's limit would cost the connection (and, in a
+            // persistent session, be retried after every reconnect): drop it here.
+            let oversize = t
+                .stats
+                .broker_max_packet
+                .filter(|max| packet_size(&self.topic, size) + properties_size > *max as usize)
+                .map(|max| (max, t.drop_oversize()));
+            if oversize.is_none() {
+                t.handed(seq, payload.clone());
+            }
+            Some(Taken {
+                seq,
+                payload,
+                ended,
+                oversize,
+            })
+        })
+    }
+
+    /// What a message with the spool place `seq` carries besides its payload (MQTT 5).
+    pub(super) fn user_properties(
+        &self,
+        protocol: Protocol,
+        seq: Option<u64>,
+    ) -> Vec<(String, String)> {
+        match (&self.spool_id, seq) {
+            (Some(id), Some(seq)) if protocol == Protocol::V5 => vec![
+                ("spool-id".to_owned(), id.clone()),
+                ("spool-seq".to_owned(), seq.to_string()),
+            ],
+            _ => Vec::new(),
+        }
+    }
+
     pub(super) fn update<R>(&self, f: impl FnOnce(&mut Tracker) -> R) -> R {
         let mut tracker = self.tracker.lock().unwrap();
         let r = f(&mut tracker);
@@ -340,10 +397,22 @@ impl Shared {
     }
 }
 
-/// The connection task on the shared runtime, and the handle the streaming thread uses.
+/// A message [`Shared::take`] took.
+pub(super) struct Taken {
+    /// Its place in the spool.
+    pub(super) seq: Option<u64>,
+    pub(super) payload: Bytes,
+    /// The drop episode its taking ended (the queue drained).
+    pub(super) ended: Option<DropEpisode>,
+    /// Dropped for its size: the broker's limit, and whether it is the first such drop.
+    pub(super) oversize: Option<(u32, bool)>,
+}
+
+/// A sink's handle on its connection, used by its streaming thread.
 pub struct Worker {
     shared: Arc<Shared>,
-    task: Mutex<Option<Task>>,
+    /// The connection, until the sink leaves it.
+    connection: Mutex<Option<Arc<Connection>>>,
     /// With a spool, the spooler's thread.
     spooler: Mutex<Option<JoinHandle<()>>>,
 }
@@ -358,16 +427,20 @@ pub struct SpoolStart {
 }
 
 impl Worker {
-    /// Starts the connection task for the element `name` (named in the logs); it connects
-    /// in the background. `notify` is called from the runtime's threads and from a thread
-    /// calling [`Worker::push`].
+    /// Starts publishing for the element `name` (named in the logs) over a connection of
+    /// its own, or with `sharing` over the shared connection of that name (made by the
+    /// first sink with it; a sink whose connection settings differ from it is refused,
+    /// naming the setting). It connects in the background. `notify` is called from the
+    /// runtime's threads and from a thread calling [`Worker::push`]. A spool needs a
+    /// connection of its own.
     pub fn start(
         name: gst::glib::GString,
         config: ConnectionConfig,
         limits: Limits,
         spool: Option<SpoolStart>,
+        sharing: Option<Sharing>,
         notify: impl Fn(&Broker, Notice) + Send + Sync + 'static,
-    ) -> std::io::Result<Worker> {
+    ) -> Result<Worker, StartError> {
         assert!(!config.brokers.is_empty(), "at least one broker");
         // What the previous run left in the spool: on disk, read back first.
         let mut restored = 0;
@@ -394,43 +467,52 @@ impl Worker {
         let mut tracker = Tracker::default();
         tracker.stats.queued = restored;
         tracker.stats.restored = restored;
-        let runtime = runtime()?;
-        let shared = Arc::new(Shared {
-            name,
-            queue: Queue::new(limits),
-            spool: side,
-            spool_id,
-            max_message_size: config.max_message_size,
-            topic: config.topic.clone(),
-            notify: Box::new(notify),
-            broker: Mutex::new(config.brokers[0].clone()),
-            qos: AtomicU32::new(config.qos.level()),
-            tracker: Mutex::new(tracker),
-            progress: Condvar::new(),
-            queued: Notify::new(),
-            room: Notify::new(),
-            stop: Notify::new(),
-            stopping: AtomicBool::new(false),
-        });
-        let task = Task::spawn(runtime, shared.clone(), config);
-        let spooler = match spool {
-            Some(SpoolStart {
-                spool, policies, ..
-            }) => {
-                let shared = shared.clone();
-                Some(
-                    std::thread::Builder::new()
-                        .name("mqttpublish-spool".into())
-                        .spawn(move || spooler::run(&shared, spool, policies))?,
-                )
-            }
-            None => None,
+        assert!(
+            spool.is_none() || sharing.is_none(),
+            "a spool needs a connection of its own"
+        );
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        let make = |link: &Arc<Link>| {
+            Arc::new(Shared {
+                id,
+                name: name.clone(),
+                link: link.clone(),
+                queue: Queue::new(limits),
+                spool: side,
+                spool_id,
+                max_message_size: config.max_message_size,
+                topic: config.topic.clone(),
+                retain: config.retain,
+                notify: Box::new(notify),
+                qos: AtomicU32::new(config.qos.level()),
+                tracker: Mutex::new(tracker),
+                progress: Condvar::new(),
+                queued: link.wake(id),
+                stopping: AtomicBool::new(false),
+            })
         };
-        Ok(Worker {
+        let mut made = None;
+        let connection = Connection::join(&name, &config, sharing, |link| {
+            made.insert(make(link)).clone()
+        })?;
+        let shared = made.expect("made when joining");
+        let worker = Worker {
             shared,
-            task: Mutex::new(Some(task)),
-            spooler: Mutex::new(spooler),
-        })
+            connection: Mutex::new(Some(connection)),
+            spooler: Mutex::new(None),
+        };
+        if let Some(SpoolStart {
+            spool, policies, ..
+        }) = spool
+        {
+            let shared = worker.shared.clone();
+            let spooler = std::thread::Builder::new()
+                .name("mqttpublish-spool".into())
+                .spawn(move || spooler::run(&shared, spool, policies))
+                .map_err(StartError::Runtime)?;
+            *worker.spooler.lock().unwrap() = Some(spooler);
+        }
+        Ok(worker)
     }
 
     /// Queues a payload for publishing, following the queue's leaky policy. A payload
@@ -631,15 +713,13 @@ impl Worker {
     }
 
     fn shutdown(&self) {
-        let Some(task) = self.task.lock().unwrap().take() else {
+        let Some(connection) = self.connection.lock().unwrap().take() else {
             return;
         };
         self.shared.stopping.store(true, Ordering::SeqCst);
         self.shared.queue.set_flushing(true);
-        self.shared.stop.notify_one();
-        self.shared.queued.notify_one();
-        self.shared.room.notify_one();
-        task.wait(&self.shared);
+        // From here on the connection no longer touches the sink's accounting.
+        connection.leave(&self.shared);
         if let Some(side) = &self.shared.spool {
             // What is in flight stays in the spool, for the next run.
             self.shared.update(|t| {
@@ -672,102 +752,6 @@ impl Worker {
     }
 }
 
-/// One sink's connection task: the poller and the mover, and a watch that turns a panic in
-/// them into [`Notice::Failed`] and says when both have ended.
-struct Task {
-    /// The task running [`run`].
-    connection: tokio::task::Id,
-    /// The task awaiting it.
-    watch: tokio::task::Id,
-    ended: Arc<Ended>,
-}
-
-/// Set when a sink's tasks have ended.
-#[derive(Default)]
-struct Ended {
-    done: Mutex<bool>,
-    signal: Condvar,
-}
-
-/// Sets [`Ended`] when dropped: when the watch task ends, panics or is dropped.
-struct EndGuard(Arc<Ended>);
-
-impl Drop for EndGuard {
-    fn drop(&mut self) {
-        *self.0.done.lock().unwrap() = true;
-        self.0.signal.notify_all();
-    }
-}
-
-/// The connection task of a sink ended with `error` (a panic): [`Notice::Failed`].
-fn report_failure(shared: &Shared, error: tokio::task::JoinError) {
-    let reason = match error.try_into_panic() {
-        Ok(panic) => panic
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| panic.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "unknown panic".into()),
-        Err(error) => error.to_string(),
-    };
-    shared.update(|t| t.stats.connected = false);
-    gst::error!(CAT, id = &shared.name, "Connection task panicked: {reason}");
-    shared.notify(Notice::Failed { reason });
-}
-
-impl Task {
-    fn spawn(
-        runtime: &tokio::runtime::Runtime,
-        shared: Arc<Shared>,
-        config: ConnectionConfig,
-    ) -> Task {
-        let ended = Arc::new(Ended::default());
-        let guard = EndGuard(ended.clone());
-        let connection = runtime.spawn(run(shared.clone(), config));
-        let connection_id = connection.id();
-        let watch = runtime.spawn(async move {
-            if let Err(error) = connection.await {
-                report_failure(&shared, error);
-            }
-            // What the tasks hold of the sink goes before they say they have ended.
-            drop(shared);
-            drop(guard);
-        });
-        Task {
-            connection: connection_id,
-            watch: watch.id(),
-            ended,
-        }
-    }
-
-    /// Waits until the tasks have ended; [`Shared::stopping`] is set and they are woken.
-    /// Called from the runtime (a notice's handler stopping the element), it lets the
-    /// runtime move its other tasks to another thread while it waits; from the sink's own
-    /// task, it cannot wait for it: the task ends once the call returns.
-    fn wait(self, shared: &Shared) {
-        let wait = || {
-            let mut done = self.ended.done.lock().unwrap();
-            while !*done {
-                done = self.ended.signal.wait(done).unwrap();
-            }
-        };
-        if !ON_RUNTIME.with(|on| on.get()) {
-            wait();
-        } else if tokio::task::try_id().is_some_and(|id| id == self.connection || id == self.watch)
-        {
-            gst::debug!(
-                CAT,
-                id = &shared.name,
-                "Stopped from its own connection task: it ends after this call"
-            );
-        } else if tokio::task::try_id().is_some() {
-            tokio::task::block_in_place(wait);
-        } else {
-            // A thread of the runtime's blocking pool.
-            wait();
-        }
-    }
-}
-
 /// Blocks SIGPIPE for the calling thread and the threads it starts. The socket writes
 /// happen on the runtime's threads: a peer that closes the connection while one is under way
 /// then makes it fail with EPIPE (a disconnection the worker handles) instead of raising
@@ -795,410 +779,10 @@ impl Drop for Worker {
     }
 }
 
-async fn run(shared: Arc<Shared>, config: ConnectionConfig) {
-    let shared = &*shared;
-    let session = Session::new(&config, &config.brokers[0]);
-    let publisher = session.publisher();
-    tokio::join!(
-        poll_connection(shared, session, &config),
-        move_messages(shared, publisher, &config),
-    );
-}
-
-/// Why [`hand_over`] stopped.
-enum Blocked {
-    /// The queue is empty.
-    Empty,
-    /// Not connected, or rumqttc's request channel is full.
-    NoRoom,
-}
-
-/// Hands queued messages to rumqttc while connected and its request channel has room.
-async fn move_messages(shared: &Shared, publisher: Publisher, config: &ConnectionConfig) {
-    while !shared.stopping.load(Ordering::SeqCst) {
-        match hand_over(shared, &publisher, config).await {
-            Blocked::NoRoom => shared.room.notified().await,
-            Blocked::Empty => {
-                let drained_at = Instant::now();
-                shared.queued.notified().await;
-                if drained_at.elapsed() < BACK_TO_BACK {
-                    gst::trace!(
-                        CAT,
-                        id = &shared.name,
-                        "Messages arrive back to back: letting a batch gather"
-                    );
-                    gather_batch(shared).await;
-                }
-            }
-        }
-    }
-}
-
-/// Waits until a batch has gathered in the queue, for at most [`LINGER`].
-async fn gather_batch(shared: &Shared) {
-    let deadline = tokio::time::Instant::now() + LINGER;
-    while !shared.queue.has_batch() {
-        tokio::select! {
-            _ = tokio::time::sleep_until(deadline) => return,
-            _ = shared.queued.notified() => {}
-        }
-    }
-}
-
-/// Hands queued messages to rumqttc until the queue is empty or there is no room.
-async fn hand_over(shared: &Shared, publisher: &Publisher, config: &ConnectionConfig) -> Blocked {
-    let topic = config.topic.as_str();
-    // The spool's user properties (MQTT 5): names, the id and a sequence number's digits.
-    let properties_size = shared
-        .spool_id
-        .as_ref()
-        .filter(|_| config.protocol == super::Protocol::V5)
-        .map_or(0, |id| id.len() + 48);
-    loop {
-        // Take the message from the queue and count it (in flight, or dropped for its size)
-        // in one step under the tracker lock, under which `flush` and `stats` read the queue
-        // depth: a message is always queued or counted, never between the two, where a
-        // flush at end of stream would find nothing left and stop waiting. Counted before
-        // it is handed over, so that the poller never sees it written first.
-        let taken = shared.update(|t| {
-            if !t.stats.connected || t.unwritten.len() >= REQUEST_CHANNEL {
-                return Err(Blocked::NoRoom);
-            }
-            let (seq, payload, ended) = match &shared.spool {
-                Some(side) => {
-                    let mut backlog = side.backlog.lock().unwrap();
-                    let (pending, origin) = backlog.pop().ok_or(Blocked::Empty)?;
-                    if origin == Origin::Replay {
-                        t.stats.replayed += 1;
-                        if backlog.replay_low() {
-                            side.wake();
-                        }
-                    }
-                    (pending.seq, pending.payload, None)
-                }
-                None => {
-                    let (message, ended) = shared.queue.pop().ok_or(Blocked::Empty)?;
-                    (None, Bytes::from(message.payload), ended)
-                }
-            };
-            let size = payload.len();
-            // A packet over the broker's limit would cost the connection (and, in a
-            // persistent session, be retried after every reconnect): drop it here.
-            let oversize = t
-                .stats
-                .broker_max_packet
-                .filter(|max| packet_size(topic, size) + properties_size > *max as usize)
-                .map(|max| (max, t.drop_oversize()));
-            if oversize.is_none() {
-                t.handed(seq, payload.clone());
-            }
-            Ok((seq, payload, ended, oversize))
-        });
-        let (seq, payload, ended, oversize) = match taken {
-            Ok(taken) => taken,
-            Err(blocked) => return blocked,
-        };
-        if let Some(episode) = ended {
-            gst::debug!(
-                CAT,
-                id = &shared.name,
-                "The queue has room again: {} dropped over {:?}",
-                episode.dropped,
-                episode.duration()
-            );
-            shared.notify(Notice::Dropped {
-                episode,
-                at_end: false,
-            });
-        }
-        let size = payload.len();
-        if let Some((max, first)) = oversize {
-            gst::debug!(
-                CAT,
-                id = &shared.name,
-                "Dropped a message of {size} bytes: over the broker's limit"
-            );
-            if first {
-                shared.notify(Notice::Oversize {
-                    size,
-                    limit: SizeLimit::Broker(max),
-                });
-            }
-            continue;
-        }
-        // The channel has room, so this completes without waiting.
-        let user_properties = match (&shared.spool_id, seq) {
-            (Some(id), Some(seq)) if config.protocol == super::Protocol::V5 => vec![
-                ("spool-id".to_owned(), id.clone()),
-                ("spool-seq".to_owned(), seq.to_string()),
-            ],
-            _ => Vec::new(),
-        };
-        if publisher
-            .publish(topic, shared.qos(), config.retain, payload, user_properties)
-            .await
-            .is_err()
-        {
-            shared.update(Tracker::not_handed);
-        }
-    }
-}
-
 /// An upper bound of the size of the PUBLISH packet carrying `payload_size` bytes.
 fn packet_size(topic: &str, payload_size: usize) -> usize {
     // Fixed header (5), topic length (2), packet id (2), MQTT 5 properties (a few).
     payload_size + topic.len() + 16
-}
-
-/// Drives the event loop: connection state, acknowledgements, backoff, failover, what the
-/// broker refused, clean disconnect. [`super::backoff`] says where each failure leads: on
-/// to the next broker at once within a pass over the list, the wait between passes.
-async fn poll_connection(shared: &Shared, mut session: Session, config: &ConnectionConfig) {
-    use super::backoff::{self, Backoff, CONNECTION_HELD};
-    let mut backoff = Backoff::new(
-        config.brokers.len(),
-        config.max_reconnect_delay,
-        backoff::seed(&config.client_id),
-    );
-    let mut short_connections = 0u32;
-    let mut connected_since: Option<Instant> = None;
-    let mut ever_connected = false;
-    // The refusal the last failure looked like (a guess needs a repeat), and those reported.
-    let mut last_refusal: Option<Refusal> = None;
-    let mut reported: Vec<Refusal> = Vec::new();
-    // QoS 2 on MQTT 3.1.1: connections closed after a QoS 2 publish with no PUBREC ever.
-    let mut qos2_closes = 0u32;
-    let mut pubrec_seen = false;
-
-    loop {
-        let event = tokio::select! {
-            event = session.poll() => event,
-            _ = shared.stop.notified() => break,
-        };
-        match event {
-            Ok(Event::Connected {
-                session_present,
-                max_packet_size,
-                max_qos,
-            }) => {
-                backoff.connected();
-                last_refusal = None;
-                connected_since = Some(Instant::now());
-                if let Some(granted) = max_qos.and_then(QoS::from_granted) {
-                    if granted < shared.qos() {
-                        downgrade(
-                            shared,
-                            granted,
-                            format!(
-                                "the broker accepts QoS {} at most (MQTT 5 CONNACK Maximum QoS)",
-                                granted.level()
-                            ),
-                        );
-                    }
-                }
-                let again = shared.update(|t| {
-                    t.stats.connected = true;
-                    t.stats.broker_max_packet = max_packet_size;
-                    if ever_connected {
-                        t.stats.reconnects += 1;
-                    }
-                    if session_present {
-                        0
-                    } else {
-                        shared.requeue(t.take_unacked())
-                    }
-                });
-                ever_connected = true;
-                let broker = shared.broker.lock().unwrap().clone();
-                gst::debug!(
-                    CAT, id = &shared.name,
-                    "Connected to {broker} (session present: {session_present}, broker packet limit: {max_packet_size:?}); {again} unacknowledged to publish again"
-                );
-                shared.notify(Notice::Connected { session_present });
-                if again > 0 {
-                    shared.notify(Notice::Republished { count: again });
-                }
-                shared.room.notify_one();
-            }
-            Ok(Event::Written { pkid }) => {
-                shared.update(|t| t.written(pkid));
-                shared.room.notify_one();
-            }
-            Ok(Event::Received { pkid }) => {
-                pubrec_seen = true;
-                shared.update(|t| t.received(pkid));
-            }
-            Ok(Event::Completed { pkid, puback }) => {
-                if puback && shared.qos() == QoS::ExactlyOnce {
-                    downgrade(
-                        shared,
-                        QoS::AtLeastOnce,
-                        "the broker acknowledged a QoS 2 message with PUBACK, as for QoS 1 \
-                         (RabbitMQ does)"
-                            .into(),
-                    );
-                }
-                shared.update(|t| t.completed(pkid));
-            }
-            Ok(Event::DisconnectSent | Event::Other) => {}
-            Err(failure) => {
-                let Failure {
-                    reason,
-                    refusal,
-                    stale,
-                    unsent,
-                    was_connected,
-                } = failure;
-                let (unwritten, unacked) = shared.update(|t| {
-                    t.stats.connected = false;
-                    for event in &stale {
-                        t.apply(event);
-                    }
-                    (shared.requeue(t.take_unwritten()), t.unacked.len())
-                });
-                gst::debug!(
-                    CAT, id = &shared.name,
-                    "Lost the connection with {unacked} unacknowledged; took back {unwritten} never written"
-                );
-                if unwritten != unsent as u64 {
-                    gst::warning!(
-                        CAT,
-                        id = &shared.name,
-                        "Took back {unsent} unsent publishes from rumqttc, {unwritten} expected"
-                    );
-                }
-
-                // A broker that closes the connection on QoS 2 publishes (NATS).
-                let qos2_closed = was_connected
-                    && shared.qos() == QoS::ExactlyOnce
-                    && !pubrec_seen
-                    && unacked > 0;
-                qos2_closes = if qos2_closed { qos2_closes + 1 } else { 0 };
-                pubrec_seen = false;
-                if qos2_closes >= QOS2_CLOSES {
-                    downgrade(
-                        shared,
-                        QoS::AtLeastOnce,
-                        "the broker closed the connection after each QoS 2 message instead of \
-                         acknowledging it (NATS does not take QoS 2)"
-                            .into(),
-                    );
-                    // What rumqttc would resend at QoS 2 goes again at QoS 1.
-                    session.take_resends();
-                    let count = shared.update(|t| shared.requeue(t.take_unacked()));
-                    if count > 0 {
-                        shared.notify(Notice::Republished { count });
-                    }
-                }
-
-                let mut reason = reason;
-                if let Some(refusal) = refusal {
-                    reason = refusal.describe(config);
-                    let concluded = refusal.definitive() || last_refusal == Some(refusal);
-                    if concluded && !reported.contains(&refusal) {
-                        reported.push(refusal);
-                        shared.notify(Notice::Refused {
-                            reason: reason.clone(),
-                        });
-                    }
-                }
-                last_refusal = refusal;
-
-                let held = connected_since.take().map(|since| since.elapsed());
-                if let Some(held) = held {
-                    if held >= CONNECTION_HELD {
-                        short_connections = 0;
-                    } else if !qos2_closed {
-                        short_connections += 1;
-                    }
-                }
-                if reason.contains("SessionTakenOver")
-                    || short_connections >= SHORT_CONNECTIONS_WARNING
-                {
-                    short_connections = 0;
-                    shared.notify(Notice::ClientIdConflict {
-                        reason: format!(
-                            "the broker keeps closing the connection soon after accepting it \
-                             ({reason}); another client may be using the client id {:?}",
-                            config.client_id
-                        ),
-                    });
-                }
-                let retry = match held {
-                    Some(held) => backoff.lost(held),
-                    None => backoff.failed(),
-                };
-                let next = (config.brokers.len() > 1).then(|| config.brokers[retry.broker].clone());
-                gst::debug!(
-                    CAT,
-                    id = &shared.name,
-                    "Connection to {} failed ({reason}), attempt {}, retrying in {:?}{}",
-                    shared.broker.lock().unwrap(),
-                    retry.attempt,
-                    retry.wait,
-                    next.as_ref()
-                        .map(|b| format!(" with {b}"))
-                        .unwrap_or_default()
-                );
-                shared.notify(Notice::Disconnected {
-                    reason,
-                    attempt: retry.attempt,
-                    retry_in: retry.wait,
-                    next: next.clone(),
-                });
-                if let Some(next) = next {
-                    session.set_broker(config, &next);
-                    *shared.broker.lock().unwrap() = next;
-                }
-                if !retry.wait.is_zero() {
-                    tokio::select! {
-                        _ = tokio::time::sleep(retry.wait) => {}
-                        _ = shared.stop.notified() => return,
-                    }
-                }
-            }
-        }
-    }
-
-    gst::debug!(
-        CAT,
-        id = &shared.name,
-        "Stopping; connected: {}",
-        connected_since.is_some()
-    );
-    // Stopping: say goodbye if connected, so the broker does not publish a will or keep
-    // a half-open connection.
-    if connected_since.is_some() && session.request_disconnect() {
-        let _ = tokio::time::timeout(DISCONNECT_TIMEOUT, async {
-            while let Ok(event) = session.poll().await {
-                if event == Event::DisconnectSent {
-                    break;
-                }
-            }
-        })
-        .await;
-    }
-}
-
-/// Publishes at `granted` from now on, and says so once.
-fn downgrade(shared: &Shared, granted: QoS, reason: String) {
-    let requested = shared.qos();
-    if granted >= requested {
-        return;
-    }
-    shared.qos.store(granted.level(), Ordering::Relaxed);
-    gst::debug!(
-        CAT,
-        id = &shared.name,
-        "QoS {} -> {}: {reason}",
-        requested.level(),
-        granted.level()
-    );
-    shared.notify(Notice::QosDowngraded {
-        requested,
-        granted,
-        reason,
-    });
 }
 
 #[cfg(test)]
@@ -1260,6 +844,7 @@ mod tests {
             "worker-test".into(),
             config,
             limits,
+            None,
             None,
             move |_, notice| notify(notice),
         )

@@ -362,6 +362,18 @@ impl ObjectImpl for MqttPublish {
                     "Milliseconds to wait at end of stream for queued messages to be delivered",
                 ),
                 string(
+                    "shared-connection",
+                    "Shared connection",
+                    "Name of an MQTT connection to share with the other sinks of the process \
+                     that give the same name: one client and one TCP connection for all of \
+                     them, which must then have the same host, port, client-id, clean-session, \
+                     protocol, keep-alive, max-reconnect-delay, credentials and TLS files (a \
+                     sink that differs fails to start, naming the setting). Topic, QoS, retain, \
+                     queue and leaky stay each sink's own; not with spool-location. Unset: a \
+                     connection of its own. Config file key: shared_connection",
+                )
+                .build(),
+                string(
                     "spool-location",
                     "Spool location",
                     "Folder for a disk spool: messages wait there until delivered, across \
@@ -472,6 +484,7 @@ impl ObjectImpl for MqttPublish {
             }
             "max-message-size" => settings.max_message_size = get(value),
             "flush-timeout" => settings.flush_timeout_ms = get(value),
+            "shared-connection" => settings.shared_connection = non_empty(),
             "spool-location" => settings.spool_location = non_empty(),
             "spool-max-bytes" => settings.spool_max_bytes = get(value),
             "spool-max-age" => settings.spool_max_age = get(value),
@@ -525,6 +538,7 @@ impl ObjectImpl for MqttPublish {
             "leaky" => settings.leaky.to_value(),
             "max-message-size" => settings.max_message_size.to_value(),
             "flush-timeout" => settings.flush_timeout_ms.to_value(),
+            "shared-connection" => settings.shared_connection.to_value(),
             "spool-location" => settings.spool_location.to_value(),
             "spool-max-bytes" => settings.spool_max_bytes.to_value(),
             "spool-max-age" => settings.spool_max_age.to_value(),
@@ -813,17 +827,21 @@ impl MqttPublish {
             connection,
             resolved.limits,
             spool,
+            resolved.sharing,
             move |broker, notice| {
                 if let Some(element) = element.upgrade() {
                     element.imp().post_notice(&broker.to_string(), notice);
                 }
             },
         )
-        .map_err(|e| {
-            gst::error_msg!(
+        .map_err(|e| match e {
+            mqtt::StartError::Differs(reason) => {
+                gst::error_msg!(gst::LibraryError::Settings, ("{}", reason))
+            }
+            mqtt::StartError::Runtime(e) => gst::error_msg!(
                 gst::ResourceError::Failed,
                 ("Cannot start the connection runtime: {}", e)
-            )
+            ),
         })?;
         *state = State::Started(Box::new(Started {
             worker: Arc::new(worker),

@@ -16,7 +16,7 @@ use super::{MessageFormat, MetadataSource};
 use crate::config::{parse_tcp_port, tcp_port, ConfigFile, PublisherConfig};
 use crate::error::SettingError;
 use crate::filter::Filter;
-use crate::mqtt::{Broker, ConnectionConfig, Limits, Protocol, QoS, Secret};
+use crate::mqtt::{Broker, ConnectionConfig, Limits, Protocol, QoS, Secret, Sharing};
 use crate::spool::SyncPolicy;
 use crate::tls::TlsFiles;
 
@@ -181,6 +181,7 @@ pub struct Settings {
     pub leaky: super::Leaky,
     pub max_message_size: u32,
     pub flush_timeout_ms: u32,
+    pub shared_connection: Option<String>,
     pub spool_location: Option<String>,
     pub spool_max_bytes: u64,
     pub spool_max_age: u32,
@@ -228,6 +229,7 @@ impl Default for Settings {
             leaky: super::Leaky::default(),
             max_message_size: MAX_MESSAGE_SIZE.default,
             flush_timeout_ms: FLUSH_TIMEOUT.default,
+            shared_connection: None,
             spool_location: None,
             spool_max_bytes: SPOOL_MAX_BYTES.default,
             spool_max_age: SPOOL_MAX_AGE.default,
@@ -249,6 +251,8 @@ pub struct Resolved {
     pub message: MessageOptions,
     pub flush_timeout: Duration,
     pub spool: Option<SpoolSettings>,
+    /// The shared connection to publish over; `None`: a connection of its own.
+    pub sharing: Option<Sharing>,
     /// Settings that work but probably not as the user meant, for the element to post.
     pub warnings: Vec<String>,
 }
@@ -426,6 +430,25 @@ pub fn resolve(
             replay_share: settings.spool_replay_share,
         });
 
+    let sharing = settings
+        .shared_connection
+        .clone()
+        .or_else(|| file.shared_connection.clone())
+        .filter(|name| !name.is_empty())
+        .map(|name| Sharing {
+            name,
+            tls: tls.clone(),
+            fixed_client_id: client_id.as_ref().is_some_and(|id| !id.is_empty()),
+        });
+    if let (Some(sharing), Some(_)) = (&sharing, &spool) {
+        return Err(format!(
+            "shared-connection={:?}: cannot be combined with spool-location, which needs a \
+             connection of its own; unset one of them",
+            sharing.name
+        )
+        .into());
+    }
+
     let max_message_size = settings.max_message_size as usize;
     let connection = ConnectionConfig {
         brokers: parse_brokers(&host, port)?,
@@ -482,6 +505,7 @@ pub fn resolve(
         message,
         flush_timeout: Duration::from_millis(u64::from(settings.flush_timeout_ms)),
         spool,
+        sharing,
         warnings,
     })
 }
@@ -597,6 +621,41 @@ mod tests {
 
     fn error(settings: &Settings, file: &PublisherConfig) -> String {
         resolve(settings, file, no_env).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn shared_connection_comes_from_the_property_or_the_file_and_refuses_a_spool() {
+        let none = resolved(&Settings::default(), &PublisherConfig::default());
+        assert!(none.sharing.is_none());
+        let from_file = resolved(
+            &Settings::default(),
+            &file(json!({"shared_connection": "farm", "client_id": "farm-1",
+                         "tls": {"ca_cert": "/ca.pem"}})),
+        );
+        let sharing = from_file.sharing.unwrap();
+        assert_eq!(sharing.name, "farm");
+        assert!(sharing.fixed_client_id);
+        assert_eq!(sharing.tls.unwrap().ca, "/ca.pem");
+        let property = Settings {
+            shared_connection: Some("cams".into()),
+            ..Settings::default()
+        };
+        let over_file = resolved(&property, &file(json!({"shared_connection": "farm"})));
+        let sharing = over_file.sharing.unwrap();
+        assert_eq!(sharing.name, "cams");
+        assert!(
+            !sharing.fixed_client_id,
+            "a generated client id is not fixed"
+        );
+        let with_spool = Settings {
+            spool_location: Some("/var/spool/x".into()),
+            ..property
+        };
+        let e = error(&with_spool, &PublisherConfig::default());
+        assert!(
+            e.contains("shared-connection=\"cams\"") && e.contains("spool-location"),
+            "{e}"
+        );
     }
 
     #[test]
