@@ -38,7 +38,10 @@
 #   w6   for each N of W6_BRANCHES, N live 64x48 30 fps sources, each with its own
 #        mqttpublish (QoS 1, add-sink-time), in one process against the local mosquitto
 #        for W6_SECONDS, vs the same into fakesink: what the shared connection runtime
-#        costs as sinks multiply: CPU, threads, peak RSS, delivered, p50/p99 latency
+#        costs as sinks multiply: CPU, threads, peak RSS, delivered, p50/p99 latency;
+#        then the same sinks once more through a relay in front of the broker
+#        (examples/bench_relay.rs), on a wall-clock pipeline clock, for the latency by
+#        stage: the live source's due time -> the sink -> the socket -> the subscriber
 #
 # Knobs (environment): W1_N=20000 W2_N=300 W3_SECONDS=60 W3_QOS=0 W4_SECONDS=60
 # W4_BRANCHES=16 OUTAGE_SECONDS=60 MEM_BEFORE=10 MEM_AFTER=30 MEM_QUEUE_BYTES=33554432
@@ -124,10 +127,11 @@ mkdir -p "$LOGS"
 
 sub_pid=
 pub_pid=
+relay_pid=
 nats_pids=()
 cleanup() {
     local pid
-    for pid in "$pub_pid" "$sub_pid" "$broker_pid" "${nats_pids[@]}"; do
+    for pid in "$pub_pid" "$sub_pid" "$relay_pid" "$broker_pid" "${nats_pids[@]}"; do
         stop_process "$pid"
     done
     rm -rf "$WORK"
@@ -496,7 +500,41 @@ w6() {
             measure "{\"w\":\"w6\",\"row\":\"$row\",\"branches\":$n}" 'bench/w6/#' --sub-opts --latency \
                 -- "$EXAMPLES/bench_pipeline" --duration="$W6_SECONDS" "${desc[@]}"
         done
+        w6_stages "$n"
     done
+}
+
+# w6_stages N: W6's mqttpublish row again, through bench_relay, for the latency by stage.
+# Every time is read from the wall clock: the pipeline's clock (--realtime-clock) gives
+# when each frame was due (base time + its timestamp), the payload's sink_time when the
+# sink took it, the relay when its PUBLISH reached the socket, the subscriber when it
+# arrived. The connection worker's trace (GST_DEBUG) counts how often the mover let a
+# batch gather (its linger) instead of handing a message over at once. The message times
+# stay in $LOGS (w6-stages-N.relayed.tsv, .received.tsv) for a closer look.
+w6_stages() {
+    local n=$1 relay_port key
+    relay_port=$(free_port)
+    rm -f "$WORK/relay.ready" "$WORK/relay.stop"
+    "$EXAMPLES/bench_relay" --port="$relay_port" --broker-port="$PORT" \
+        --ready-file="$WORK/relay.ready" --stop-file="$WORK/relay.stop" \
+        --dump="$LOGS/w6-stages-$n.relayed.tsv" >"$WORK/relay.json" 2>>"$LOGS/relay.log" &
+    relay_pid=$!
+    wait_ready "$WORK/relay.ready" "$relay_pid"
+    live_branches "$n" mqttpublish name=m@i@ host=127.0.0.1 port="$relay_port" qos=1 \
+        add-sink-time=true topic=bench/w6/@i@
+    key="{\"w\":\"w6\",\"row\":\"stages\",\"branches\":$n}"
+    GST_DEBUG=mqttpublish-connection:7 GST_DEBUG_NO_COLOR=1 \
+        measure "$key" 'bench/w6/#' --sub-opts "--latency --dump=$LOGS/w6-stages-$n.received.tsv" \
+        -- "$EXAMPLES/bench_pipeline" --realtime-clock --duration="$W6_SECONDS" "${desc[@]}"
+    touch "$WORK/relay.stop"
+    wait "$relay_pid" || {
+        log "the relay failed"
+        exit 1
+    }
+    relay_pid=
+    /usr/bin/python3 bench/report.py stages "$key" "$WORK/pub.json" "$WORK/relay.json" \
+        "$LOGS/w6-stages-$n".{relayed,received}.tsv "$LOGS/w6-stages-$n.log" >>"$RESULTS"
+    log "w6 stages, $n sinks: $(tail -1 "$RESULTS" | /usr/bin/python3 bench/report.py brief)"
 }
 
 for workload in $WORKLOADS; do
