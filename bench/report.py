@@ -91,6 +91,36 @@ STAGES = [
 ]
 
 
+def burst_profile(times):
+    """The sources' frames of one frame period, taken together: how far apart the sinks
+    took them (first to last sink_time), when the last reached the socket, and the sink to
+    socket time by the message's place in that burst (tenths, in the order the sinks took
+    them). A queue that builds while the burst comes in shows as a time that grows with
+    the place."""
+    by_topic = {}
+    for t in times:
+        by_topic.setdefault(t["topic"], []).append(t["timestamp"])
+    gaps = [b - a for stamps in by_topic.values() for a, b in zip(sorted(stamps), sorted(stamps)[1:])]
+    if not gaps:
+        return None
+    period = statistics.median(gaps)
+    frames = {}
+    for t in times:
+        frames.setdefault(t["timestamp"] // period, []).append(t)
+    full = [f for f in frames.values() if len(f) >= 0.9 * len(by_topic)]
+    spread, drain, tenths = [], [], [[] for _ in range(10)]
+    for frame in full:
+        frame.sort(key=lambda t: t["sink"])
+        first = frame[0]["sink"]
+        spread.append(frame[-1]["sink"] - first)
+        drain.append(max(t["socket"] for t in frame) - first)
+        for place, t in enumerate(frame):
+            tenths[place * 10 // len(frame)].append(t["socket"] - t["sink"])
+    return {"frames": len(full), "period_ms": period / 1e6, "spread": quantiles_ms(spread),
+            "drain": quantiles_ms(drain),
+            "sink_to_socket_p50_by_tenth": [quantiles_ms(v).get("p50") for v in tenths]}
+
+
 def cmd_stages(key, pub, relay, relayed, received, log):
     """Follows every message through its stages on one wall clock: `due` (the pipeline's
     base time + the frame's timestamp, with bench_pipeline --realtime-clock), `sink` (the
@@ -113,8 +143,10 @@ def cmd_stages(key, pub, relay, relayed, received, log):
                 unmatched += 1
                 continue
             due = base + int(timestamp) if base is not None else None
-            times.append({"due": due, "sink": sink, "socket": seen, "received": int(at)})
+            times.append({"topic": topic, "timestamp": int(timestamp), "due": due, "sink": sink,
+                          "socket": seen, "received": int(at)})
     stages = {}
+    bursts = burst_profile(times)
     for name, start, end in STAGES:
         stages[name] = quantiles_ms([t[end] - t[start] for t in times
                                      if t[start] is not None])
@@ -129,6 +161,7 @@ def cmd_stages(key, pub, relay, relayed, received, log):
         "matched": len(times),
         "unmatched": unmatched,
         "lingers": lingers,
+        "bursts": bursts,
         "relay_cpu": load(relay).get("cpu"),
         "wall": load(pub).get("wall"),
         "load": os.getloadavg()[0],
@@ -513,8 +546,10 @@ def report_spool(runs, params, targets):
 
 
 def report_w6(runs, params, targets):
+    phases = ("frames due at phases spread over the period" if str(params.get("W6_SPREAD", 0)) == "1"
+              else "sources started together")
     out = [f"## W6: many sinks on the shared connection runtime ({params['W6_SECONDS']} s, "
-           "64x48 at 30 fps each, QoS 1, local mosquitto)", ""]
+           f"64x48 at 30 fps each, {phases}, QoS 1, local mosquitto)", ""]
     header = ["sinks", "fakesinks CPU % of a core", "mqttpublish CPU % of a core",
               "publishing % of a core", "per sink", "threads fakesinks / mqttpublish",
               "peak RSS MiB fakesinks / mqttpublish", "made", "dropped", "received",
@@ -578,6 +613,17 @@ def report_w6_stages(runs):
                    f"{r['relayed']} relayed); the mover let a batch gather {r['lingers']} times; "
                    f"load average {' / '.join(f'{x:.1f}' for x in r['loadavg'])} (1 / 5 / 15 min) "
                    f"at the end{cpu_text}.")
+    for r in breakdowns:
+        b = r.get("bursts")
+        if not b:
+            continue
+        by_tenth = " ".join(fmt(v, ".1f") for v in b["sink_to_socket_p50_by_tenth"])
+        out.append(f"- {r['key']['branches']} sinks, each frame period ({b['period_ms']:.1f} ms) "
+                   f"taken together ({b['frames']} periods): the sinks took its frames within "
+                   f"{fmt(b['spread'].get('p50'))} ms (p50, p99 {fmt(b['spread'].get('p99'))}), the "
+                   f"last reached the socket {fmt(b['drain'].get('p50'))} ms after the first sink "
+                   f"took its frame (p99 {fmt(b['drain'].get('p99'))}); sink to socket p50 by "
+                   f"place in that burst, first tenth to last: {by_tenth} ms.")
     out.append("")
     out.append("The same sinks as the mqttpublish row, through `bench_relay` (a TCP relay in front of "
                "mosquitto noting when each PUBLISH reaches it), on a pipeline clock in wall-clock time. "

@@ -10,7 +10,7 @@
 # (scripts/deps.sh, plus the Debian packages `time`, `python3-gi` and
 # `gir1.2-gst-plugins-base-1.0`, and a virtualenv target/bench-venv with paho-mqtt and
 # opencv-python-headless), builds the plugin and the benchmark programs in release mode
-# (examples/bench_pipeline.rs, raw_publisher.rs, bench_subscriber.rs; into
+# (examples/bench_pipeline.rs, raw_publisher.rs, bench_subscriber.rs, bench_relay.rs; into
 # $CARGO_TARGET_DIR if set), starts its own mosquitto on a free loopback port
 # (persistence off; scripts/lib/broker.sh) and stops it at the end.
 #
@@ -46,7 +46,7 @@
 # Knobs (environment): W1_N=20000 W2_N=300 W3_SECONDS=60 W3_QOS=0 W4_SECONDS=60
 # W4_BRANCHES=16 OUTAGE_SECONDS=60 MEM_BEFORE=10 MEM_AFTER=30 MEM_QUEUE_BYTES=33554432
 # MEM_SLACK_MIB=16 REPEAT=5 (w1/w2 runs per row; the median is reported) W5_SECONDS=60
-# W5_BRANCHES=64 W6_SECONDS=30 W6_BRANCHES="64 256" SPOOL_CAMERAS=4 SPOOL_OUTAGE_SECONDS=60
+# W5_BRANCHES=64 W6_SECONDS=30 W6_BRANCHES="64 256" W6_SPREAD=0 SPOOL_CAMERAS=4 SPOOL_OUTAGE_SECONDS=60
 # SPOOL_LIVE_SECONDS=60
 # WORKLOADS="w1 w2 w3 w4 mem spool w5 w6" BENCH_DIR=target/bench (results.jsonl, RESULTS.md, logs).
 #
@@ -76,6 +76,7 @@ SPOOL_OUTAGE_SECONDS=${SPOOL_OUTAGE_SECONDS:-60}
 SPOOL_LIVE_SECONDS=${SPOOL_LIVE_SECONDS:-60}
 W6_SECONDS=${W6_SECONDS:-30}
 W6_BRANCHES=${W6_BRANCHES:-"64 256"}
+W6_SPREAD=${W6_SPREAD:-0}
 WORKLOADS=${WORKLOADS:-"w1 w2 w3 w4 mem spool w5 w6"}
 BENCH_DIR=${BENCH_DIR:-target/bench}
 VENV=target/bench-venv
@@ -224,8 +225,8 @@ MQTT="port=$PORT"
 start_broker
 log "mosquitto $(mosquitto -h 2>/dev/null | head -1 | awk '{print $3}') on 127.0.0.1:$PORT"
 /usr/bin/python3 bench/report.py meta \
-    "$(printf '{"W1_N":%s,"W2_N":%s,"W3_SECONDS":%s,"W3_QOS":%s,"W4_SECONDS":%s,"W4_BRANCHES":%s,"OUTAGE_SECONDS":%s,"MEM_QUEUE_BYTES":%s,"MEM_SLACK_MIB":%s,"REPEAT":%s,"W5_SECONDS":%s,"W5_BRANCHES":%s,"SPOOL_CAMERAS":%s,"SPOOL_OUTAGE_SECONDS":%s,"SPOOL_LIVE_SECONDS":%s,"W6_SECONDS":%s,"W6_BRANCHES":"%s"}' \
-        "$W1_N" "$W2_N" "$W3_SECONDS" "$W3_QOS" "$W4_SECONDS" "$W4_BRANCHES" "$OUTAGE_SECONDS" "$MEM_QUEUE_BYTES" "$MEM_SLACK_MIB" "$REPEAT" "$W5_SECONDS" "$W5_BRANCHES" "$SPOOL_CAMERAS" "$SPOOL_OUTAGE_SECONDS" "$SPOOL_LIVE_SECONDS" "$W6_SECONDS" "$W6_BRANCHES")" \
+    "$(printf '{"W1_N":%s,"W2_N":%s,"W3_SECONDS":%s,"W3_QOS":%s,"W4_SECONDS":%s,"W4_BRANCHES":%s,"OUTAGE_SECONDS":%s,"MEM_QUEUE_BYTES":%s,"MEM_SLACK_MIB":%s,"REPEAT":%s,"W5_SECONDS":%s,"W5_BRANCHES":%s,"SPOOL_CAMERAS":%s,"SPOOL_OUTAGE_SECONDS":%s,"SPOOL_LIVE_SECONDS":%s,"W6_SECONDS":%s,"W6_BRANCHES":"%s","W6_SPREAD":%s}' \
+        "$W1_N" "$W2_N" "$W3_SECONDS" "$W3_QOS" "$W4_SECONDS" "$W4_BRANCHES" "$OUTAGE_SECONDS" "$MEM_QUEUE_BYTES" "$MEM_SLACK_MIB" "$REPEAT" "$W5_SECONDS" "$W5_BRANCHES" "$SPOOL_CAMERAS" "$SPOOL_OUTAGE_SECONDS" "$SPOOL_LIVE_SECONDS" "$W6_SECONDS" "$W6_BRANCHES" "$W6_SPREAD")" \
     "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD -- src 2>/dev/null || echo '+dirty')" \
     >>"$RESULTS"
 
@@ -348,12 +349,19 @@ w3() {
 
 # live_branches N SINK...: N live 64x48 30 fps sources with the sample's objects, each into
 # SINK (its words, @i@ standing for the branch number), in the array desc.
+# live_branches N SINK...: N live 30 fps sources, each into SINK (@i@ is the branch's
+# number). With LIVE_SPREAD=1 their frames are due at phases spread evenly over the frame
+# period (videotestsrc timestamp-offset), as independent cameras' are; otherwise they
+# start together and their frames come within a few milliseconds of each other.
 live_branches() {
-    local n=$1 i
+    local n=$1 i offset=
     shift
     desc=()
     for i in $(seq 0 $((n - 1))); do
-        desc+=(videotestsrc is-live=true ! video/x-raw,format=I420,width=64,height=48,framerate=30/1
+        if [[ ${LIVE_SPREAD:-0} == 1 ]]; then
+            offset="timestamp-offset=$((i * 33333333 / n))"
+        fi
+        desc+=(videotestsrc is-live=true $offset ! video/x-raw,format=I420,width=64,height=48,framerate=30/1
             ! metareplay location="$SAMPLE" loop=true ! "${@//@i@/$i}")
     done
 }
@@ -490,6 +498,8 @@ w5() {
 
 w6() {
     local n row desc
+    # W6_SPREAD=1: the sources' frames due at spread phases (live_branches).
+    local LIVE_SPREAD=$W6_SPREAD
     for n in $W6_BRANCHES; do
         for row in baseline mqttpublish; do
             if [[ $row == baseline ]]; then
