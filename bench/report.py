@@ -4,6 +4,9 @@
 
     report.py meta PARAMS-JSON COMMIT           one line: machine and parameters
     report.py record KEY-JSON PUB TIME SUB      one line: a run (publisher, GNU time, subscriber)
+    report.py stages KEY-JSON PUB RELAY RELAYED RECEIVED LOG
+                                                one line: W6's latency by stage, each message
+                                                followed from its due time to the subscriber
     report.py brief < LINE                      a one-line summary of a run, for the log
     report.py report results.jsonl              the Markdown tables and the targets
 
@@ -13,6 +16,7 @@ several times (REPEAT) report the median of each figure.
 """
 
 import json
+import math
 import os
 import platform
 import statistics
@@ -64,12 +68,118 @@ def cmd_record(key, pub, tim, sub):
     }))
 
 
+def quantiles_ms(values_ns):
+    """p50, p99 and max of nanosecond values, in milliseconds (nearest rank)."""
+    if not values_ns:
+        return {"count": 0}
+    values = sorted(values_ns)
+
+    def rank(q):
+        return values[min(len(values), max(1, math.ceil(q * len(values)))) - 1]
+
+    return {"count": len(values), "p50": rank(0.50) / 1e6, "p99": rank(0.99) / 1e6,
+            "max": values[-1] / 1e6}
+
+
+# The stages of a message in W6's breakdown, in order: (name, from, to).
+STAGES = [
+    ("source to sink", "due", "sink"),
+    ("sink to socket", "sink", "socket"),
+    ("socket to subscriber", "socket", "received"),
+    ("sink to subscriber", "sink", "received"),
+    ("due to subscriber", "due", "received"),
+]
+
+
+def burst_profile(times):
+    """The sources' frames of one frame period, taken together: how far apart the sinks
+    took them (first to last sink_time), when the last reached the socket, and the sink to
+    socket time by the message's place in that burst (tenths, in the order the sinks took
+    them). A queue that builds while the burst comes in shows as a time that grows with
+    the place."""
+    by_topic = {}
+    for t in times:
+        by_topic.setdefault(t["topic"], []).append(t["timestamp"])
+    gaps = [b - a for stamps in by_topic.values() for a, b in zip(sorted(stamps), sorted(stamps)[1:])]
+    if not gaps:
+        return None
+    period = statistics.median(gaps)
+    frames = {}
+    for t in times:
+        frames.setdefault(t["timestamp"] // period, []).append(t)
+    full = [f for f in frames.values() if len(f) >= 0.9 * len(by_topic)]
+    spread, drain, tenths = [], [], [[] for _ in range(10)]
+    for frame in full:
+        frame.sort(key=lambda t: t["sink"])
+        first = frame[0]["sink"]
+        spread.append(frame[-1]["sink"] - first)
+        drain.append(max(t["socket"] for t in frame) - first)
+        for place, t in enumerate(frame):
+            tenths[place * 10 // len(frame)].append(t["socket"] - t["sink"])
+    return {"frames": len(full), "period_ms": period / 1e6, "spread": quantiles_ms(spread),
+            "drain": quantiles_ms(drain),
+            "sink_to_socket_p50_by_tenth": [quantiles_ms(v).get("p50") for v in tenths]}
+
+
+def cmd_stages(key, pub, relay, relayed, received, log):
+    """Follows every message through its stages on one wall clock: `due` (the pipeline's
+    base time + the frame's timestamp, with bench_pipeline --realtime-clock), `sink` (the
+    payload's sink_time), `socket` (bench_relay read its PUBLISH), `received` (the
+    subscriber). Messages are matched by topic and sink_time."""
+    base = load(pub).get("base_time_ns")
+    socket = {}
+    with open(relayed, encoding="utf-8") as f:
+        for line in f:
+            topic, sink, at = line.split("\t")
+            socket[(topic, int(sink))] = int(at)
+    times = []
+    unmatched = 0
+    with open(received, encoding="utf-8") as f:
+        for line in f:
+            topic, timestamp, sink, at = line.split("\t")
+            sink = int(sink)
+            seen = socket.get((topic, sink))
+            if seen is None or sink == 0:
+                unmatched += 1
+                continue
+            due = base + int(timestamp) if base is not None else None
+            times.append({"topic": topic, "timestamp": int(timestamp), "due": due, "sink": sink,
+                          "socket": seen, "received": int(at)})
+    stages = {}
+    bursts = burst_profile(times)
+    for name, start, end in STAGES:
+        stages[name] = quantiles_ms([t[end] - t[start] for t in times
+                                     if t[start] is not None])
+    with open(log, encoding="utf-8", errors="replace") as f:
+        lingers = sum("letting a batch gather" in line for line in f)
+    k = json.loads(key)
+    k["row"] = "breakdown"
+    print(json.dumps({
+        "key": k,
+        "stages": stages,
+        "relayed": len(socket),
+        "matched": len(times),
+        "unmatched": unmatched,
+        "lingers": lingers,
+        "bursts": bursts,
+        "relay_cpu": load(relay).get("cpu"),
+        "wall": load(pub).get("wall"),
+        "load": os.getloadavg()[0],
+        "loadavg": os.getloadavg(),
+    }))
+
+
 def cpu(rec):
     return rec["pub"]["cpu_user"] + rec["pub"]["cpu_sys"]
 
 
 def cmd_brief():
     rec = json.loads(sys.stdin.readline())
+    if "stages" in rec:
+        print(f"{rec['matched']} messages followed, {rec['lingers']} lingers; " + ", ".join(
+            f"{name} p50 {q.get('p50', float('nan')):.2f} p99 {q.get('p99', float('nan')):.2f} ms"
+            for name, q in rec["stages"].items()))
+        return
     parts = [f"cpu {cpu(rec):.3f} s", f"wall {rec['pub']['wall']:.2f} s",
              f"received {rec['sub'].get('total', 0)}",
              f"peak RSS {rec['time'].get('max_rss_kib', 0) / 1024:.0f} MiB"]
@@ -436,8 +546,10 @@ def report_spool(runs, params, targets):
 
 
 def report_w6(runs, params, targets):
+    phases = ("frames due at phases spread over the period" if str(params.get("W6_SPREAD", 0)) == "1"
+              else "sources started together")
     out = [f"## W6: many sinks on the shared connection runtime ({params['W6_SECONDS']} s, "
-           "64x48 at 30 fps each, QoS 1, local mosquitto)", ""]
+           f"64x48 at 30 fps each, {phases}, QoS 1, local mosquitto)", ""]
     header = ["sinks", "connections", "fakesinks CPU % of a core", "mqttpublish CPU % of a core",
               "publishing % of a core", "per sink", "threads fakesinks / mqttpublish",
               "peak RSS MiB fakesinks / mqttpublish", "made", "dropped", "received",
@@ -470,6 +582,59 @@ def report_w6(runs, params, targets):
     out.append("")
     out.append("Threads: the fakesink pipeline has one streaming thread per source; mqttpublish adds "
                "the connection runtime's threads (GST_MQTTPUBLISH_THREADS, 2 by default), not one per sink.")
+    out.append("")
+    out += report_w6_stages(runs)
+    return out
+
+
+def report_w6_stages(runs):
+    breakdowns = sorted(runs.select(w="w6", row="breakdown"), key=lambda r: r["key"]["branches"])
+    if not breakdowns:
+        return []
+    out = ["### W6: where the latency goes", ""]
+    header = ["stage"] + [f"{r['key']['branches']} sinks: p50 / p99 / max ms" for r in breakdowns]
+    rows = []
+    for name, _, _ in STAGES:
+        row = [name]
+        for r in breakdowns:
+            q = r["stages"].get(name, {})
+            row.append(f"{fmt(q.get('p50'))} / {fmt(q.get('p99'))} / {fmt(q.get('max'))}")
+        rows.append(row)
+    out.append(table(header, rows))
+    out.append("")
+    for r in breakdowns:
+        n = r["key"]["branches"]
+        through = runs.select(w="w6", row="stages", branches=n)
+        cpu_text = ""
+        if through:
+            t = through[0]
+            cpu_text = f", the sinks' process at {100 * cpu(t) / t['pub']['wall']:.1f}% of a core"
+        if r.get("relay_cpu") is not None and r.get("wall"):
+            cpu_text += f", the relay at {100 * r['relay_cpu'] / r['wall']:.1f}%"
+        out.append(f"- {n} sinks: {r['matched']} messages followed ({r['unmatched']} not matched, "
+                   f"{r['relayed']} relayed); the mover let a batch gather {r['lingers']} times; "
+                   f"load average {' / '.join(f'{x:.1f}' for x in r['loadavg'])} (1 / 5 / 15 min) "
+                   f"at the end{cpu_text}.")
+    for r in breakdowns:
+        b = r.get("bursts")
+        if not b:
+            continue
+        by_tenth = " ".join(fmt(v, ".1f") for v in b["sink_to_socket_p50_by_tenth"])
+        out.append(f"- {r['key']['branches']} sinks, each frame period ({b['period_ms']:.1f} ms) "
+                   f"taken together ({b['frames']} periods): the sinks took its frames within "
+                   f"{fmt(b['spread'].get('p50'))} ms (p50, p99 {fmt(b['spread'].get('p99'))}), the "
+                   f"last reached the socket {fmt(b['drain'].get('p50'))} ms after the first sink "
+                   f"took its frame (p99 {fmt(b['drain'].get('p99'))}); sink to socket p50 by "
+                   f"place in that burst, first tenth to last: {by_tenth} ms.")
+    out.append("")
+    out.append("The same sinks as the mqttpublish row, through `bench_relay` (a TCP relay in front of "
+               "mosquitto noting when each PUBLISH reaches it), on a pipeline clock in wall-clock time. "
+               "Every message is followed through its stages, and each stage's quantiles are over the "
+               "messages (the stages' p99 do not add up). *source to sink*: when the sink took the "
+               "buffer (`sink_time`) after the frame was due (base time + its timestamp): the "
+               "streaming threads' scheduling. *sink to socket*: the sink's queue, the connection "
+               "runtime's tasks and the write, up to the relay's read (its own wake-up included). "
+               "*socket to subscriber*: the relay's forwarding, mosquitto and the subscriber.")
     out.append("")
     return out
 
@@ -572,6 +737,8 @@ def main():
         cmd_meta(*args)
     elif command == "record" and len(args) == 4:
         cmd_record(*args)
+    elif command == "stages" and len(args) == 6:
+        cmd_stages(*args)
     elif command == "brief":
         cmd_brief()
     elif command == "report" and len(args) == 1:

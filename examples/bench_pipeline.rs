@@ -6,7 +6,7 @@
 //!
 //! ```sh
 //! GST_PLUGIN_PATH=target/release target/release/examples/bench_pipeline \
-//!     [--duration=SECONDS] [--timeline] [--sample-interval=SECONDS] \
+//!     [--duration=SECONDS] [--timeline] [--sample-interval=SECONDS] [--realtime-clock] \
 //!     videotestsrc num-buffers=1000 ! ... ! mqttpublish port=1883
 //! ```
 //!
@@ -19,6 +19,10 @@
 //!
 //! `--started-file` is created once the pipeline was set to PLAYING (the clocks' zero;
 //! `start_unix` in the output is the same moment as wall-clock seconds).
+//!
+//! `--realtime-clock` makes the pipeline's clock the system clock in wall-clock time (the
+//! clock `add-sink-time` reads) and adds `base_time_ns` to the output: a live source's
+//! buffer is due at `base_time_ns` + its running time, on the same clock as `sink_time`.
 //!
 //! `--timeline` adds samples taken every `--sample-interval` seconds: RSS and the summed
 //! queue depth, queue bytes, published and dropped counters, and whether every sink is
@@ -86,7 +90,7 @@ fn sample(sinks: &[gst::Element], t: f64) -> Value {
 }
 
 fn main() {
-    let args = Args::parse(&["timeline"]);
+    let args = Args::parse(&["timeline", "realtime-clock"]);
     let description = args.positional.join(" ");
     if description.is_empty() {
         fail("usage: bench_pipeline [--duration=S] [--timeline] PIPELINE-DESCRIPTION");
@@ -96,6 +100,7 @@ fn main() {
     let connect_timeout = Duration::from_secs_f64(args.number("connect-timeout", 10.0));
     let timeline_on = args.flag("timeline");
     let started_file = args.get("started-file").map(str::to_owned);
+    let realtime_clock = args.flag("realtime-clock");
 
     gst::init().unwrap_or_else(|e| fail(&format!("GStreamer: {e}")));
     let pipeline = gst::parse::launch(&description)
@@ -103,6 +108,11 @@ fn main() {
         .downcast::<gst::Pipeline>()
         .unwrap_or_else(|_| fail("the description is not a pipeline"));
     let bus = pipeline.bus().expect("a pipeline has a bus");
+    if realtime_clock {
+        let clock = gst::SystemClock::obtain();
+        clock.set_property("clock-type", gst::ClockType::Realtime);
+        pipeline.use_clock(Some(&clock));
+    }
     let sinks = mqtt_sinks(&pipeline);
 
     let check_bus = |timeout: gst::ClockTime| -> Option<gst::Message> {
@@ -181,6 +191,8 @@ fn main() {
         timeline.push(sample(&sinks, wall));
     }
 
+    // The running time's zero on the clock, set when the pipeline went to PLAYING.
+    let base_time = pipeline.base_time().map(gst::ClockTime::nseconds);
     let _ = pipeline.set_state(gst::State::Null);
     // After stopping, `stats` holds the final counters of the run.
     let sink_stats: Map<String, Value> = sinks
@@ -198,6 +210,9 @@ fn main() {
     });
     if timeline_on {
         out["timeline"] = Value::Array(timeline);
+    }
+    if realtime_clock {
+        out["base_time_ns"] = json!(base_time);
     }
     println!("{out}");
 }

@@ -5,7 +5,8 @@
 //!
 //! ```sh
 //! target/release/examples/bench_subscriber --port=1883 --topic='bench/#' \
-//!     --ready-file=ready --stop-file=stop [--latency] [--save-first=message.json]
+//!     --ready-file=ready --stop-file=stop [--latency] [--save-first=message.json] \
+//!     [--dump=received.tsv]
 //! ```
 //!
 //! - Subscribes (again after every reconnection, so it survives a broker restart) with
@@ -16,15 +17,20 @@
 //!   payload bytes, the count per topic and, with `--latency`, receive time minus the `"sink_time"` in each payload
 //!   (both wall clock, ns since the epoch) as p50/p99/max in milliseconds.
 //! - `--save-first` writes the first payload to a file (the raw publisher's payload).
+//! - `--dump` writes a line per message: topic, the payload's `"timestamp"` and
+//!   `"sink_time"` (0 when absent) and the receive time (wall clock, ns since the epoch),
+//!   tab-separated, for `bench/report.py stages` to follow each message through its stages.
 
 mod bench_util;
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufWriter, Write};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use bench_util::{fail, wall_ns, Args};
+use bench_util::{fail, json_u64, wall_ns, Args};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::json;
 
@@ -39,16 +45,7 @@ struct Counts {
     unstamped: u64,
     last: Option<Instant>,
     first_saved: bool,
-}
-
-/// The number after `"sink_time":`, looked for in the metadata at the payload's start.
-fn sink_time(payload: &[u8]) -> Option<u64> {
-    const KEY: &[u8] = b"\"sink_time\":";
-    let head = &payload[..payload.len().min(64 * 1024)];
-    let at = head.windows(KEY.len()).position(|w| w == KEY)? + KEY.len();
-    let digits: &[u8] = &head[at..];
-    let end = digits.iter().take_while(|b| b.is_ascii_digit()).count();
-    std::str::from_utf8(&digits[..end]).ok()?.parse().ok()
+    dump: Option<BufWriter<File>>,
 }
 
 /// The value at quantile `q` (0..1) of sorted values, nearest rank.
@@ -71,12 +68,18 @@ fn main() {
     let idle = Duration::from_secs_f64(args.number("idle", 1.0));
     let timeout = Duration::from_secs_f64(args.number("timeout", 3600.0));
     let latency = args.flag("latency");
+    let dump = args.get("dump").map(|path| {
+        BufWriter::new(File::create(path).unwrap_or_else(|e| fail(&format!("{path}: {e}"))))
+    });
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("tokio runtime");
-    let counts = RefCell::new(Counts::default());
+    let counts = RefCell::new(Counts {
+        dump,
+        ..Counts::default()
+    });
     runtime.block_on(async {
         let mut options = MqttOptions::new(
             format!("bench-subscriber-{}", std::process::id()),
@@ -112,10 +115,21 @@ fn main() {
                         *c.topics.entry(p.topic.clone()).or_default() += 1;
                         c.last = Some(Instant::now());
                         if latency {
-                            match sink_time(&p.payload) {
+                            match json_u64(&p.payload, "sink_time") {
                                 Some(sent) => c.latencies.push(received as i64 - sent as i64),
                                 None => c.unstamped += 1,
                             }
+                        }
+                        if let Some(dump) = &mut c.dump {
+                            let field = |key| json_u64(&p.payload, key).unwrap_or(0);
+                            writeln!(
+                                dump,
+                                "{}\t{}\t{}\t{received}",
+                                p.topic,
+                                field("timestamp"),
+                                field("sink_time")
+                            )
+                            .unwrap_or_else(|e| fail(&format!("--dump: {e}")));
                         }
                         if let (Some(path), false) = (&save_first, c.first_saved) {
                             std::fs::write(path, &p.payload)
@@ -157,6 +171,10 @@ fn main() {
     });
 
     let mut c = counts.into_inner();
+    if let Some(mut dump) = c.dump.take() {
+        dump.flush()
+            .unwrap_or_else(|e| fail(&format!("--dump: {e}")));
+    }
     let mut out = json!({ "total": c.total, "bytes": c.bytes, "topics": c.topics });
     if latency {
         c.latencies.sort_unstable();

@@ -10,7 +10,7 @@
 # (scripts/deps.sh, plus the Debian packages `time`, `python3-gi` and
 # `gir1.2-gst-plugins-base-1.0`, and a virtualenv target/bench-venv with paho-mqtt and
 # opencv-python-headless), builds the plugin and the benchmark programs in release mode
-# (examples/bench_pipeline.rs, raw_publisher.rs, bench_subscriber.rs; into
+# (examples/bench_pipeline.rs, raw_publisher.rs, bench_subscriber.rs, bench_relay.rs; into
 # $CARGO_TARGET_DIR if set), starts its own mosquitto on a free loopback port
 # (persistence off; scripts/lib/broker.sh) and stops it at the end.
 #
@@ -40,12 +40,15 @@
 #        for W6_SECONDS, vs the same into fakesink: what the shared connection runtime
 #        costs as sinks multiply: CPU, threads, peak RSS, delivered, p50/p99 latency;
 #        each N once with a connection per sink and once with all the sinks on one
-#        (shared-connection)
+#        (shared-connection);
+#        then the same sinks once more through a relay in front of the broker
+#        (examples/bench_relay.rs), on a wall-clock pipeline clock, for the latency by
+#        stage: the live source's due time -> the sink -> the socket -> the subscriber
 #
 # Knobs (environment): W1_N=20000 W2_N=300 W3_SECONDS=60 W3_QOS=0 W4_SECONDS=60
 # W4_BRANCHES=16 OUTAGE_SECONDS=60 MEM_BEFORE=10 MEM_AFTER=30 MEM_QUEUE_BYTES=33554432
 # MEM_SLACK_MIB=16 REPEAT=5 (w1/w2 runs per row; the median is reported) W5_SECONDS=60
-# W5_BRANCHES=64 W6_SECONDS=30 W6_BRANCHES="64 256" SPOOL_CAMERAS=4 SPOOL_OUTAGE_SECONDS=60
+# W5_BRANCHES=64 W6_SECONDS=30 W6_BRANCHES="64 256" W6_SPREAD=0 SPOOL_CAMERAS=4 SPOOL_OUTAGE_SECONDS=60
 # SPOOL_LIVE_SECONDS=60
 # WORKLOADS="w1 w2 w3 w4 mem spool w5 w6" BENCH_DIR=target/bench (results.jsonl, RESULTS.md, logs).
 #
@@ -75,6 +78,7 @@ SPOOL_OUTAGE_SECONDS=${SPOOL_OUTAGE_SECONDS:-60}
 SPOOL_LIVE_SECONDS=${SPOOL_LIVE_SECONDS:-60}
 W6_SECONDS=${W6_SECONDS:-30}
 W6_BRANCHES=${W6_BRANCHES:-"64 256"}
+W6_SPREAD=${W6_SPREAD:-0}
 WORKLOADS=${WORKLOADS:-"w1 w2 w3 w4 mem spool w5 w6"}
 BENCH_DIR=${BENCH_DIR:-target/bench}
 VENV=target/bench-venv
@@ -126,10 +130,11 @@ mkdir -p "$LOGS"
 
 sub_pid=
 pub_pid=
+relay_pid=
 nats_pids=()
 cleanup() {
     local pid
-    for pid in "$pub_pid" "$sub_pid" "$broker_pid" "${nats_pids[@]}"; do
+    for pid in "$pub_pid" "$sub_pid" "$relay_pid" "$broker_pid" "${nats_pids[@]}"; do
         stop_process "$pid"
     done
     rm -rf "$WORK"
@@ -222,8 +227,8 @@ MQTT="port=$PORT"
 start_broker
 log "mosquitto $(mosquitto -h 2>/dev/null | head -1 | awk '{print $3}') on 127.0.0.1:$PORT"
 /usr/bin/python3 bench/report.py meta \
-    "$(printf '{"W1_N":%s,"W2_N":%s,"W3_SECONDS":%s,"W3_QOS":%s,"W4_SECONDS":%s,"W4_BRANCHES":%s,"OUTAGE_SECONDS":%s,"MEM_QUEUE_BYTES":%s,"MEM_SLACK_MIB":%s,"REPEAT":%s,"W5_SECONDS":%s,"W5_BRANCHES":%s,"SPOOL_CAMERAS":%s,"SPOOL_OUTAGE_SECONDS":%s,"SPOOL_LIVE_SECONDS":%s,"W6_SECONDS":%s,"W6_BRANCHES":"%s"}' \
-        "$W1_N" "$W2_N" "$W3_SECONDS" "$W3_QOS" "$W4_SECONDS" "$W4_BRANCHES" "$OUTAGE_SECONDS" "$MEM_QUEUE_BYTES" "$MEM_SLACK_MIB" "$REPEAT" "$W5_SECONDS" "$W5_BRANCHES" "$SPOOL_CAMERAS" "$SPOOL_OUTAGE_SECONDS" "$SPOOL_LIVE_SECONDS" "$W6_SECONDS" "$W6_BRANCHES")" \
+    "$(printf '{"W1_N":%s,"W2_N":%s,"W3_SECONDS":%s,"W3_QOS":%s,"W4_SECONDS":%s,"W4_BRANCHES":%s,"OUTAGE_SECONDS":%s,"MEM_QUEUE_BYTES":%s,"MEM_SLACK_MIB":%s,"REPEAT":%s,"W5_SECONDS":%s,"W5_BRANCHES":%s,"SPOOL_CAMERAS":%s,"SPOOL_OUTAGE_SECONDS":%s,"SPOOL_LIVE_SECONDS":%s,"W6_SECONDS":%s,"W6_BRANCHES":"%s","W6_SPREAD":%s}' \
+        "$W1_N" "$W2_N" "$W3_SECONDS" "$W3_QOS" "$W4_SECONDS" "$W4_BRANCHES" "$OUTAGE_SECONDS" "$MEM_QUEUE_BYTES" "$MEM_SLACK_MIB" "$REPEAT" "$W5_SECONDS" "$W5_BRANCHES" "$SPOOL_CAMERAS" "$SPOOL_OUTAGE_SECONDS" "$SPOOL_LIVE_SECONDS" "$W6_SECONDS" "$W6_BRANCHES" "$W6_SPREAD")" \
     "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD -- src 2>/dev/null || echo '+dirty')" \
     >>"$RESULTS"
 
@@ -346,12 +351,19 @@ w3() {
 
 # live_branches N SINK...: N live 64x48 30 fps sources with the sample's objects, each into
 # SINK (its words, @i@ standing for the branch number), in the array desc.
+# live_branches N SINK...: N live 30 fps sources, each into SINK (@i@ is the branch's
+# number). With LIVE_SPREAD=1 their frames are due at phases spread evenly over the frame
+# period (videotestsrc timestamp-offset), as independent cameras' are; otherwise they
+# start together and their frames come within a few milliseconds of each other.
 live_branches() {
-    local n=$1 i
+    local n=$1 i offset=
     shift
     desc=()
     for i in $(seq 0 $((n - 1))); do
-        desc+=(videotestsrc is-live=true ! video/x-raw,format=I420,width=64,height=48,framerate=30/1
+        if [[ ${LIVE_SPREAD:-0} == 1 ]]; then
+            offset="timestamp-offset=$((i * 33333333 / n))"
+        fi
+        desc+=(videotestsrc is-live=true $offset ! video/x-raw,format=I420,width=64,height=48,framerate=30/1
             ! metareplay location="$SAMPLE" loop=true ! "${@//@i@/$i}")
     done
 }
@@ -488,6 +500,8 @@ w5() {
 
 w6() {
     local n row desc
+    # W6_SPREAD=1: the sources' frames due at spread phases (live_branches).
+    local LIVE_SPREAD=$W6_SPREAD
     for n in $W6_BRANCHES; do
         for row in baseline mqttpublish shared; do
             case $row in
@@ -503,7 +517,41 @@ w6() {
             measure "{\"w\":\"w6\",\"row\":\"$row\",\"branches\":$n}" 'bench/w6/#' --sub-opts --latency \
                 -- "$EXAMPLES/bench_pipeline" --duration="$W6_SECONDS" "${desc[@]}"
         done
+        w6_stages "$n"
     done
+}
+
+# w6_stages N: W6's mqttpublish row again, through bench_relay, for the latency by stage.
+# Every time is read from the wall clock: the pipeline's clock (--realtime-clock) gives
+# when each frame was due (base time + its timestamp), the payload's sink_time when the
+# sink took it, the relay when its PUBLISH reached the socket, the subscriber when it
+# arrived. The connection worker's trace (GST_DEBUG) counts how often the mover let a
+# batch gather (its linger) instead of handing a message over at once. The message times
+# stay in $LOGS (w6-stages-N.relayed.tsv, .received.tsv) for a closer look.
+w6_stages() {
+    local n=$1 relay_port key
+    relay_port=$(free_port)
+    rm -f "$WORK/relay.ready" "$WORK/relay.stop"
+    "$EXAMPLES/bench_relay" --port="$relay_port" --broker-port="$PORT" \
+        --ready-file="$WORK/relay.ready" --stop-file="$WORK/relay.stop" \
+        --dump="$LOGS/w6-stages-$n.relayed.tsv" >"$WORK/relay.json" 2>>"$LOGS/relay.log" &
+    relay_pid=$!
+    wait_ready "$WORK/relay.ready" "$relay_pid"
+    live_branches "$n" mqttpublish name=m@i@ host=127.0.0.1 port="$relay_port" qos=1 \
+        add-sink-time=true topic=bench/w6/@i@
+    key="{\"w\":\"w6\",\"row\":\"stages\",\"branches\":$n}"
+    GST_DEBUG=mqttpublish-connection:7 GST_DEBUG_NO_COLOR=1 \
+        measure "$key" 'bench/w6/#' --sub-opts "--latency --dump=$LOGS/w6-stages-$n.received.tsv" \
+        -- "$EXAMPLES/bench_pipeline" --realtime-clock --duration="$W6_SECONDS" "${desc[@]}"
+    touch "$WORK/relay.stop"
+    wait "$relay_pid" || {
+        log "the relay failed"
+        exit 1
+    }
+    relay_pid=
+    /usr/bin/python3 bench/report.py stages "$key" "$WORK/pub.json" "$WORK/relay.json" \
+        "$LOGS/w6-stages-$n".{relayed,received}.tsv "$LOGS/w6-stages-$n.log" >>"$RESULTS"
+    log "w6 stages, $n sinks: $(tail -1 "$RESULTS" | /usr/bin/python3 bench/report.py brief)"
 }
 
 for workload in $WORKLOADS; do

@@ -8,25 +8,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::{init_plugin, sample_recording, stat, Broker};
+use common::{fd_count, init_plugin, rss_kib, sample_recording, stat, thread_count, Broker};
 use gst::prelude::*;
-
-fn thread_count() -> usize {
-    std::fs::read_dir("/proc/self/task").unwrap().count()
-}
-
-fn fd_count() -> usize {
-    std::fs::read_dir("/proc/self/fd").unwrap().count()
-}
-
-fn rss_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
 
 /// 6. 100 PLAYING -> NULL -> PLAYING cycles, and 16 sinks in one pipeline: no leaks.
 #[test]

@@ -130,3 +130,15 @@ pub fn wall_ns() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64)
 }
+
+/// The unsigned number after `"KEY":` in a JSON payload, looked for in its first 64 KiB
+/// (where `mqttpublish` writes its metadata): `json_u64(payload, "sink_time")`.
+pub fn json_u64(payload: &[u8], key: &str) -> Option<u64> {
+    let pattern = format!("\"{key}\":");
+    let pattern = pattern.as_bytes();
+    let head = &payload[..payload.len().min(64 * 1024)];
+    let at = head.windows(pattern.len()).position(|w| w == pattern)? + pattern.len();
+    let digits: &[u8] = &head[at..];
+    let end = digits.iter().take_while(|b| b.is_ascii_digit()).count();
+    std::str::from_utf8(&digits[..end]).ok()?.parse().ok()
+}

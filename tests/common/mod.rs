@@ -173,6 +173,26 @@ pub fn printed(out: &std::process::Output) -> String {
     )
 }
 
+/// The threads of this process.
+pub fn thread_count() -> usize {
+    std::fs::read_dir("/proc/self/task").unwrap().count()
+}
+
+/// The open file descriptors of this process.
+pub fn fd_count() -> usize {
+    std::fs::read_dir("/proc/self/fd").unwrap().count()
+}
+
+/// The resident memory of this process (`VmRSS`), in KiB.
+pub fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
 /// The sample recording in `pipelines/`: 300 frames of five objects, 640x480.
 pub fn sample_recording() -> String {
     concat!(env!("CARGO_MANIFEST_DIR"), "/pipelines/sample.jsonl").to_string()
