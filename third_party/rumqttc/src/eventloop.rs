@@ -242,13 +242,21 @@ impl EventLoop {
                 self.mqtt_options.pending_throttle
             ), if !self.pending.is_empty() || (!inflight_full && !collision) => match o {
                 Ok(request) => {
-                    if let Some(outgoing) = self.state.handle_outgoing_packet(request)? {
-                        network.write(outgoing).await?;
-                    }
+                    // PATCH (batched writes): this request and those already waiting, in
+                    // one flush. What was written is flushed even when a later one fails.
+                    let batched = Self::write_batch(
+                        request,
+                        &mut self.state,
+                        &mut self.pending,
+                        &self.requests_rx,
+                        &self.mqtt_options,
+                        network,
+                    ).await;
                     match time::timeout(network_timeout, network.flush()).await {
                         Ok(inner) => inner?,
                         Err(_)=> return Err(ConnectionError::FlushTimeout),
                     };
+                    batched?;
                     Ok(self.state.events.pop_front().unwrap())
                 }
                 Err(_) => Err(ConnectionError::RequestsDone),
@@ -279,6 +287,48 @@ impl EventLoop {
     pub fn set_network_options(&mut self, network_options: NetworkOptions) -> &mut Self {
         self.network_options = network_options;
         self
+    }
+
+    /// PATCH (batched writes): writes `first`, then the requests that are already waiting,
+    /// without waiting for more, under the flow control of the request branch of `select`
+    /// (`pending` first; then the channel while the in-flight window has room and no
+    /// publish is parked on a collision), until the write buffer reaches the size at which
+    /// `Framed` would flush by itself, or a DISCONNECT is written. Nothing is flushed here:
+    /// the caller flushes once. A request is taken only after the one before it is
+    /// handled, so a failure leaves every request not taken where it was (`pending`, or the
+    /// channel, which `clean` moves to `pending`). Each request handled pushes its events
+    /// to `state.events` as before: they come out one by one, in order.
+    async fn write_batch(
+        first: Request,
+        state: &mut MqttState,
+        pending: &mut VecDeque<Request>,
+        rx: &Receiver<Request>,
+        options: &MqttOptions,
+        network: &mut Network,
+    ) -> Result<(), ConnectionError> {
+        let mut next = Some(first);
+        while let Some(request) = next {
+            let disconnect = matches!(request, Request::Disconnect(_));
+            if let Some(outgoing) = state.handle_outgoing_packet(request)? {
+                network.write(outgoing).await?;
+            }
+            if disconnect || !network.batch_has_room() {
+                break;
+            }
+            next = if !pending.is_empty() {
+                // A throttled replay of `pending` stays one request per poll.
+                if options.pending_throttle.is_zero() {
+                    pending.pop_front()
+                } else {
+                    None
+                }
+            } else if state.inflight < options.inflight && state.collision.is_none() {
+                rx.try_recv().ok()
+            } else {
+                None
+            };
+        }
+        Ok(())
     }
 
     async fn next_request(

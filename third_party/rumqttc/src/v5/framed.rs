@@ -91,4 +91,11 @@ impl Network {
             .await
             .map_err(StateError::Deserialization)
     }
+
+    /// PATCH (batched writes): whether another packet can join the batch being written
+    /// without `Framed` flushing on its own (at its backpressure boundary, 8 KiB by
+    /// default): the batch's only system call stays the event loop's one flush.
+    pub(crate) fn batch_has_room(&self) -> bool {
+        self.framed.write_buffer().len() < self.framed.backpressure_boundary()
+    }
 }
