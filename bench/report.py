@@ -238,7 +238,7 @@ def report_w1(runs, params, targets):
     names = {
         "mqttpublish": "mqttpublish leaky=no",
         "mqttpublish-default": "mqttpublish (default leaky=auto)",
-        "raw": "raw rumqttc (examples/raw_publisher.rs)",
+        "raw": "raw rumqttc (bench/raw-publisher)",
         "python": "Python: appsink + json.dumps + paho",
     }
     header = ["QoS", "publisher", "CPU s", "CPU µs/msg over baseline", "x raw", "wall s",

@@ -10,8 +10,9 @@
 # (scripts/deps.sh, plus the Debian packages `time`, `python3-gi` and
 # `gir1.2-gst-plugins-base-1.0`, and a virtualenv target/bench-venv with paho-mqtt and
 # opencv-python-headless), builds the plugin and the benchmark programs in release mode
-# (examples/bench_pipeline.rs, raw_publisher.rs, bench_subscriber.rs, bench_relay.rs; into
-# $CARGO_TARGET_DIR if set), starts its own mosquitto on a free loopback port
+# (examples/bench_pipeline.rs, bench_subscriber.rs, bench_relay.rs, and
+# bench/raw-publisher with rumqttc as released; into $CARGO_TARGET_DIR if set), starts its
+# own mosquitto on a free loopback port
 # (persistence off; scripts/lib/broker.sh) and stops it at the end.
 #
 # Workloads (bench/README.md explains the measurements):
@@ -99,8 +100,13 @@ deps_install_packages
 
 log "building the plugin and the benchmark programs (release)"
 cargo build --release --lib --examples
-RELEASE_DIR=${CARGO_TARGET_DIR:-$REPO_DIR/target}/release
+TARGET_DIR=${CARGO_TARGET_DIR:-$REPO_DIR/target}
+# The raw publisher is a cargo project of its own, so that it measures rumqttc as a plain
+# user gets it from crates.io, not the plugin's patched copy (third_party/rumqttc).
+cargo build --release --locked --manifest-path bench/raw-publisher/Cargo.toml --target-dir "$TARGET_DIR"
+RELEASE_DIR=$TARGET_DIR/release
 EXAMPLES=$RELEASE_DIR/examples
+RAW_PUBLISHER=$RELEASE_DIR/raw_publisher
 export GST_PLUGIN_PATH="$RELEASE_DIR${GST_PLUGIN_PATH:+:$GST_PLUGIN_PATH}"
 
 # The virtualenv sees Debian's PyGObject (python3-gi) through --system-site-packages,
@@ -252,7 +258,7 @@ w1() {
             measure "{\"w\":\"w1\",\"row\":\"mqttpublish-default\",\"qos\":$qos,\"rep\":$rep}" "bench/w1/d$qos" \
                 -- "$EXAMPLES/bench_pipeline" $src ! mqttpublish $MQTT qos=$qos topic=bench/w1/d$qos
             measure "{\"w\":\"w1\",\"row\":\"raw\",\"qos\":$qos,\"rep\":$rep}" "bench/w1/r$qos" \
-                -- "$EXAMPLES/raw_publisher" --port="$PORT" --qos="$qos" --topic="bench/w1/r$qos" \
+                -- "$RAW_PUBLISHER" --port="$PORT" --qos="$qos" --topic="bench/w1/r$qos" \
                 --count="$W1_N" --payload="$WORK/w1.json"
             measure "{\"w\":\"w1\",\"row\":\"python\",\"qos\":$qos,\"rep\":$rep}" "bench/w1/p$qos" \
                 -- "$PYTHON" bench/reference_publisher.py --port "$PORT" --qos "$qos" --topic "bench/w1/p$qos" \
@@ -337,13 +343,13 @@ w3() {
         -- "$EXAMPLES/bench_pipeline" --duration="$W3_SECONDS" $meta \
         ! mqttpublish $MQTT qos="$W3_QOS" add-sink-time=true topic=bench/w3/mm
     measure "{\"w\":\"w3\",\"row\":\"raw\",\"payload\":\"metadata\"}" bench/w3/rm --sub-opts --latency \
-        -- "$EXAMPLES/raw_publisher" --port="$PORT" --qos="$W3_QOS" --topic=bench/w3/rm \
+        -- "$RAW_PUBLISHER" --port="$PORT" --qos="$W3_QOS" --topic=bench/w3/rm \
         --count="$count" --rate=30 --stamp --payload="$WORK/w3-meta.json"
     measure "{\"w\":\"w3\",\"row\":\"mqttpublish\",\"payload\":\"720p frame\"}" bench/w3/mf --sub-opts --latency \
         -- "$EXAMPLES/bench_pipeline" --duration="$W3_SECONDS" $frames \
         ! mqttpublish $MQTT qos="$W3_QOS" add-sink-time=true publish-frame=true topic=bench/w3/mf
     measure "{\"w\":\"w3\",\"row\":\"raw\",\"payload\":\"720p frame\"}" bench/w3/rf --sub-opts --latency \
-        -- "$EXAMPLES/raw_publisher" --port="$PORT" --qos="$W3_QOS" --topic=bench/w3/rf \
+        -- "$RAW_PUBLISHER" --port="$PORT" --qos="$W3_QOS" --topic=bench/w3/rf \
         --count="$count" --rate=30 --stamp --payload="$WORK/w3-frames.json"
 }
 

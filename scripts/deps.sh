@@ -36,6 +36,8 @@ APT_PACKAGES=(
     openssl
     # the DLSPS-style application of the tests (paho, as DLSPS consumers use)
     python3-paho-mqtt
+    # counting the plugin's writes to the broker's socket (tests/process.rs)
+    strace
     # the viewer's browser test (headless) and the fonts its screenshots show
     chromium
     fonts-dejavu-core

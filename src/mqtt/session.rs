@@ -593,6 +593,8 @@ impl Publisher {
 mod tests {
     use super::*;
     use std::io;
+    use std::sync::mpsc;
+    use std::thread;
 
     #[test]
     fn a_handshake_cut_off_or_answered_in_plain_text_asks_whether_the_port_speaks_tls() {
@@ -627,6 +629,109 @@ mod tests {
         assert_eq!(with_tls_hint("words".into(), &error, 8883), "words");
         let error = rumqttc::TlsError::Io(io::Error::from(io::ErrorKind::ConnectionRefused));
         assert_eq!(with_tls_hint("words".into(), &error, 8883), "words");
+    }
+
+    /// An MQTT peer on a loopback port that accepts one connection, answers CONNACK without
+    /// reading the CONNECT, and when told resets the connection (closing with the CONNECT
+    /// unread makes the close a reset): every write after that fails.
+    fn resetting_peer(protocol: Protocol) -> (u16, mpsc::Sender<()>, thread::JoinHandle<()>) {
+        use std::io::Write;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (reset, told) = mpsc::channel();
+        let peer = thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            // Wait for the CONNECT, and leave it unread.
+            stream.peek(&mut [0u8; 1]).unwrap();
+            // Accepted, no session (MQTT 5: and no properties).
+            let connack: &[u8] = match protocol {
+                Protocol::V311 => &[0x20, 2, 0, 0],
+                Protocol::V5 => &[0x20, 3, 0, 0, 0],
+            };
+            stream.write_all(connack).unwrap();
+            told.recv().unwrap();
+        });
+        (port, reset, peer)
+    }
+
+    /// rumqttc (patched, third_party/rumqttc) writes the publishes waiting in its channel
+    /// together. When the connection fails, every publish handed over is either reported
+    /// written (in order, packet ids 1, 2, ...: how the worker matches writes to messages)
+    /// and kept to be sent again, or taken back unsent: none is lost between the two,
+    /// whether the failure meets a batch just written or is read first.
+    #[test]
+    fn a_connection_lost_under_a_batch_leaves_every_publish_written_or_taken_back() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        for protocol in [Protocol::V311, Protocol::V5] {
+            let mut batches_written = 0;
+            for _ in 0..20 {
+                let (port, reset, peer) = resetting_peer(protocol);
+                let broker = Broker {
+                    host: "127.0.0.1".into(),
+                    port,
+                };
+                let config = ConnectionConfig {
+                    brokers: vec![broker.clone()],
+                    max_reconnect_delay: std::time::Duration::from_secs(1),
+                    client_id: "batch-test".into(),
+                    clean_session: false,
+                    keep_alive: std::time::Duration::from_secs(60),
+                    credentials: None,
+                    tls: None,
+                    protocol,
+                    topic: "t".into(),
+                    qos: QoS::AtLeastOnce,
+                    retain: false,
+                    max_message_size: 4096,
+                };
+                let (written, unsent, resends) = runtime.block_on(async {
+                    let mut session = Session::new(&config, &broker);
+                    let connected = session.poll().await;
+                    assert!(
+                        matches!(connected, Ok(Event::Connected { .. })),
+                        "{connected:?}"
+                    );
+                    reset.send(()).unwrap();
+                    peer.join().unwrap();
+                    let publisher = session.publisher();
+                    for _ in 0..REQUEST_CHANNEL {
+                        let payload = Bytes::from(vec![b'x'; 1000]);
+                        publisher
+                            .publish("t", QoS::AtLeastOnce, false, payload, Vec::new())
+                            .await
+                            .unwrap();
+                    }
+                    let mut written = Vec::new();
+                    let failure = loop {
+                        match session.poll().await {
+                            Ok(Event::Written { pkid }) => written.push(pkid),
+                            Ok(event) => panic!("{protocol:?}: {event:?}"),
+                            Err(failure) => break failure,
+                        }
+                    };
+                    for event in &failure.stale {
+                        match event {
+                            Event::Written { pkid } => written.push(*pkid),
+                            other => panic!("{protocol:?}: {other:?}"),
+                        }
+                    }
+                    (written, failure.unsent, session.take_resends())
+                });
+                let expected: Vec<u16> = (1..=written.len() as u16).collect();
+                assert_eq!(written, expected, "{protocol:?}");
+                assert_eq!(written.len() + unsent, REQUEST_CHANNEL, "{protocol:?}");
+                assert_eq!(resends, written.len(), "{protocol:?}");
+                if written.len() > 1 {
+                    batches_written += 1;
+                }
+            }
+            // rumqttc reads the reset or writes a batch first at random: 20 tries make
+            // a run without a batch written as good as impossible.
+            assert!(batches_written > 0, "{protocol:?}");
+        }
     }
 
     /// Why [`Session::take_unsent`] exists, shown on rumqttc's own state machine: after a

@@ -1,13 +1,17 @@
 // SPDX-License-Identifier: MPL-2.0
 
-//! The benchmark's yardstick (`scripts/bench.sh`): rumqttc 0.25 used directly, publishing
-//! one pre-serialized payload `--count` times, with no GStreamer, no queue and no
-//! metadata work. It runs rumqttc the way `mqttpublish` does (AsyncClient on a
-//! current-thread tokio runtime, TCP_NODELAY, a 64-request channel), so the difference
-//! between the two is what the element adds.
+//! The benchmark's yardstick (`scripts/bench.sh`): rumqttc 0.25.1 as released, used
+//! directly, publishing one pre-serialized payload `--count` times, with no GStreamer, no
+//! queue and no metadata work. It runs rumqttc the way `mqttpublish` does (AsyncClient on
+//! a current-thread tokio runtime, TCP_NODELAY, a 64-request channel), so the difference
+//! between the two is what the element adds, against what a plain rumqttc user gets.
+//!
+//! A cargo project of its own (bench/raw-publisher, with its own Cargo.lock), so that it
+//! gets rumqttc from crates.io, not the plugin's patched copy (third_party/rumqttc).
 //!
 //! ```sh
-//! target/release/examples/raw_publisher --port=1883 --topic=t --qos=1 \
+//! cargo build --release --manifest-path bench/raw-publisher/Cargo.toml
+//! target/release/raw_publisher --port=1883 --topic=t --qos=1 \
 //!     --count=20000 --payload=message.json [--rate=30] [--stamp]
 //! ```
 //!
@@ -20,6 +24,8 @@
 //! message was written (QoS 0) or acknowledged (QoS 1); the program then prints one JSON
 //! object with the CPU time (getrusage, all threads), the wall time and the peak RSS.
 
+// The helpers of the plugin's benchmark programs (examples/), shared by path.
+#[path = "../../../examples/bench_util/mod.rs"]
 mod bench_util;
 
 use std::time::{Duration, Instant};
