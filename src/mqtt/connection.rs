@@ -823,8 +823,15 @@ async fn poll_connection(link: &Link, mut session: Session) {
                 link.room.notify_one();
             }
             Ok(Event::Written { pkid }) => {
-                link.flight.lock().unwrap().written(pkid);
-                link.room.notify_one();
+                let mut flight = link.flight.lock().unwrap();
+                // The mover waits for room only once rumqttc's channel is full: a wake-up
+                // per write would leave a permit behind and send it round for nothing.
+                let was_full = flight.unwritten.len() >= REQUEST_CHANNEL;
+                flight.written(pkid);
+                drop(flight);
+                if was_full {
+                    link.room.notify_one();
+                }
             }
             Ok(Event::Received { pkid }) => {
                 pubrec_seen = true;
