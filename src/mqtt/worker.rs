@@ -380,16 +380,12 @@ impl Worker {
         let side = spool.as_ref().map(|start| {
             let held = start.spool.watermark()..start.spool.next_sequence();
             restored = held.end - held.start;
-            SpoolSide {
-                backlog: Mutex::new(Backlog::new(
-                    held,
-                    limits.max_messages,
-                    limits.max_bytes,
-                    start.replay_share,
-                )),
-                wake: Condvar::new(),
-                drops: Mutex::default(),
-            }
+            SpoolSide::new(Backlog::new(
+                held,
+                limits.max_messages,
+                limits.max_bytes,
+                start.replay_share,
+            ))
         });
         let mut tracker = Tracker::default();
         tracker.stats.queued = restored;
@@ -491,11 +487,7 @@ impl Worker {
         drop(tracker);
         if wake {
             match &self.shared.spool {
-                Some(side) => {
-                    // Under the lock the spooler checks the queue with before it waits.
-                    let _backlog = side.backlog.lock().unwrap();
-                    side.wake();
-                }
+                Some(side) => side.queued(),
                 None => self.shared.queued.notify_one(),
             }
         }
