@@ -339,6 +339,11 @@ impl Queue {
         inner.flushing || self.holds_batch(&inner)
     }
 
+    /// After a panic in a thread that held the lock: the queue can be locked again.
+    pub fn clear_poison(&self) {
+        self.inner.clear_poison();
+    }
+
     /// Number of queued messages and their bytes.
     pub fn depth(&self) -> (usize, usize) {
         let inner = self.inner.lock().unwrap();

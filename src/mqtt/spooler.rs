@@ -17,6 +17,7 @@
 //! bounds and policy, and the spooler tries the disk again with each new message; the
 //! trouble is reported once, and its end too.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -136,7 +137,52 @@ impl Drops {
 }
 
 /// Runs the spooler until the worker stops; then spools what is left in the queue.
+///
+/// A panic ends the spooler with [`Notice::Failed`] naming the spool (the element posts an
+/// error), as a panic in the connection task does, instead of ending it silently: the
+/// streaming thread would fill the queue and wait for room that never comes. The locks it
+/// may have held are freed of their poison, so that the streaming thread, the connection
+/// and a stop go on; the spool is let go (its lock too), and what it holds stays there for
+/// the next run.
 pub fn run(shared: &Shared, spool: Spool, policies: Policies) {
+    let dir = spool.dir().to_owned();
+    let ran = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        spool_until_stopped(shared, spool, policies)
+    }));
+    let Err(panic) = ran else {
+        return;
+    };
+    let side = shared.spool.as_ref().expect("a spooling worker");
+    side.backlog.clear_poison();
+    side.drops.clear_poison();
+    shared.clear_poison();
+    let message = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into());
+    // What it had taken from the queue went with it (what it had written stays on disk).
+    let lost = shared.update(|t| {
+        let lost = std::mem::take(&mut t.spooling) as u64;
+        t.stats.dropped_stopped += lost;
+        lost
+    });
+    gst::error!(
+        super::worker::CAT,
+        id = &shared.name,
+        "The spooler panicked: {message}"
+    );
+    shared.notify(Notice::Failed {
+        reason: format!(
+            "the thread writing the spool {} panicked: {message}; no new message is spooled \
+             or published ({lost} being written went with it), what the spool holds stays \
+             there for the next run",
+            dir.display()
+        ),
+    });
+}
+
+fn spool_until_stopped(shared: &Shared, spool: Spool, policies: Policies) {
     let side = shared.spool.as_ref().expect("a spooling worker");
     let mut spooler = Spooler {
         shared,
@@ -217,6 +263,8 @@ impl Spooler<'_> {
             let handed = !pendings.is_empty();
             let was_empty = self.shared.update(|t| {
                 let mut backlog = self.side.backlog.lock().unwrap();
+                #[cfg(test)]
+                tests::injected_panic(&pendings);
                 let was_empty = backlog.depth().0 == 0;
                 for p in pendings {
                     backlog.push_ready(p);
@@ -495,5 +543,108 @@ fn pending(seq: Option<u64>, message: Message) -> Pending {
         seq,
         payload: Bytes::from(message.payload),
         queued_at: message.queued_at,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::super::{
+        Broker, ConnectionConfig, Limits, Protocol, Pushed, QoS, SpoolStart, Worker,
+    };
+    use super::*;
+    use crate::spool::SpoolOptions;
+
+    /// A payload the spooler panics on, with the backlog and the tracker locked: the worst
+    /// place, where both are poisoned.
+    const PANIC: &[u8] = b"the spooler panics on this";
+
+    pub(super) fn injected_panic(pendings: &[Pending]) {
+        if pendings.iter().any(|p| p.payload == PANIC) {
+            panic!("injected for the test");
+        }
+    }
+
+    fn open_spool(dir: &std::path::Path) -> (Spool, crate::spool::Opened) {
+        let options = SpoolOptions {
+            identity: "spooler test".into(),
+            ..SpoolOptions::default()
+        };
+        Spool::open(dir, options).unwrap()
+    }
+
+    #[test]
+    fn a_panic_in_the_spooler_is_reported_as_failed_naming_the_spool() {
+        let tmp = tempfile::TempDir::new().unwrap();
+        let (spool, _) = open_spool(tmp.path());
+        let config = ConnectionConfig {
+            // Nothing listens there: everything stays in the backlog.
+            brokers: vec![Broker {
+                host: "127.0.0.1".into(),
+                port: 9,
+            }],
+            max_reconnect_delay: Duration::from_secs(30),
+            client_id: "spooler-test".into(),
+            clean_session: true,
+            keep_alive: Duration::from_secs(60),
+            credentials: None,
+            tls: None,
+            protocol: Protocol::V311,
+            topic: "t".into(),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            max_message_size: 1024,
+        };
+        let limits = Limits {
+            max_messages: 8,
+            max_bytes: 1024,
+            leaky: Leaky::No,
+        };
+        let start = SpoolStart {
+            spool,
+            policies: Policies { max_age: None },
+            replay_share: 50,
+        };
+        let failures = Arc::new(Mutex::new(Vec::new()));
+        let seen = failures.clone();
+        let worker = Worker::start("spooler-test".into(), config, limits, Some(start), {
+            move |_, notice| {
+                if let Notice::Failed { reason } = notice {
+                    seen.lock().unwrap().push(reason);
+                }
+            }
+        })
+        .unwrap();
+
+        worker.push(b"before".to_vec());
+        worker.push(PANIC.to_vec());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while failures.lock().unwrap().is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let failures = failures.lock().unwrap().clone();
+        assert_eq!(failures.len(), 1, "{failures:?}");
+        let dir = tmp.path().display().to_string();
+        assert!(
+            failures[0].contains(&dir) && failures[0].contains("injected for the test"),
+            "{}",
+            failures[0]
+        );
+
+        // The locks it held work for the others: the streaming thread queues, stats and a
+        // stop return.
+        assert!(
+            matches!(worker.push(b"after".to_vec()), Pushed::Queued { .. }),
+            "the queue takes messages"
+        );
+        let stats = worker.stop();
+        assert_eq!(stats.queued, 3, "{stats:?}");
+        // "after", never taken, and what the spooler had taken when it panicked.
+        assert!(stats.dropped_stopped >= 2, "{stats:?}");
+
+        // The spool was let go, and keeps what was written before the panic.
+        let (_spool, opened) = open_spool(tmp.path());
+        assert!(opened.messages >= 1, "{opened:?}");
     }
 }

@@ -328,6 +328,13 @@ impl Shared {
         (messages, bytes)
     }
 
+    /// After a panic in a thread that may have held them (the spooler): the tracker and
+    /// the queue can be locked again.
+    pub(super) fn clear_poison(&self) {
+        self.tracker.clear_poison();
+        self.queue.clear_poison();
+    }
+
     pub(super) fn update<R>(&self, f: impl FnOnce(&mut Tracker) -> R) -> R {
         let mut tracker = self.tracker.lock().unwrap();
         let r = f(&mut tracker);
