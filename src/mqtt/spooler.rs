@@ -69,10 +69,12 @@ impl SpoolSide {
     /// them anyway, and a wake-up costs a system call even when nobody waits.
     pub fn queued(&self) {
         // Set before the spooler checks the queue: either it sees these messages then, or
-        // this sees it idle and waits for the lock, which its wait gives up.
+        // this sees it idle and waits for the lock, which its wait gives up. Notified once
+        // the lock is free again: woken under it, the spooler would wake only to wait for
+        // the lock (a second sleep and wake-up).
         if self.idle.load(Ordering::SeqCst) {
-            let _backlog = self.backlog.lock().unwrap();
-            self.wake();
+            drop(self.backlog.lock().unwrap());
+            self.wake.notify_one();
         }
     }
 }
