@@ -284,6 +284,25 @@ impl Queue {
         let mut inner = self.inner.lock().unwrap();
         let message = inner.messages.pop_front()?;
         inner.bytes -= message.payload.len();
+        Some((message, self.popped(inner)))
+    }
+
+    /// Takes up to `max` of the oldest messages at once, as [`Queue::pop`] takes one: a
+    /// producer waiting for room is woken once for them all.
+    pub fn pop_batch(&self, max: usize) -> (Vec<Message>, Option<DropEpisode>) {
+        let mut inner = self.inner.lock().unwrap();
+        let count = inner.messages.len().min(max);
+        if count == 0 {
+            return (Vec::new(), None);
+        }
+        let batch: Vec<Message> = inner.messages.drain(..count).collect();
+        inner.bytes -= batch.iter().map(|m| m.payload.len()).sum::<usize>();
+        (batch, self.popped(inner))
+    }
+
+    /// After messages were taken: the drop episode that ends, and a producer waiting for
+    /// room woken.
+    fn popped(&self, mut inner: std::sync::MutexGuard<'_, Inner>) -> Option<DropEpisode> {
         let ended = match inner.episode {
             Some(episode) if self.drained(&inner) && episode.last_drop.elapsed() >= self.quiet => {
                 inner.episode.take()
@@ -295,7 +314,7 @@ impl Queue {
         if waiting {
             self.room.notify_all();
         }
-        Some((message, ended))
+        ended
     }
 
     /// Puts `messages` back at the head of the queue, in their order, whatever the bounds:
@@ -318,6 +337,11 @@ impl Queue {
     pub fn has_batch(&self) -> bool {
         let inner = self.inner.lock().unwrap();
         inner.flushing || self.holds_batch(&inner)
+    }
+
+    /// After a panic in a thread that held the lock: the queue can be locked again.
+    pub fn clear_poison(&self) {
+        self.inner.clear_poison();
     }
 
     /// Number of queued messages and their bytes.
@@ -484,6 +508,28 @@ mod tests {
         // The queue stays full; only flushing can release the pusher.
         q.set_flushing(true);
         assert_eq!(pusher.join().unwrap(), Pushed::Flushing);
+    }
+
+    #[test]
+    fn pop_batch_takes_the_oldest_in_order_and_makes_room_for_a_waiting_push() {
+        let q = Arc::new(queue(3, 1000, Leaky::No));
+        for tag in 1..=3 {
+            q.push(msg(usize::from(tag), tag));
+        }
+        let pusher = push_from_thread(&q, 4);
+        let (batch, ended) = q.pop_batch(2);
+        let tags: Vec<Vec<u8>> = batch.into_iter().map(|m| m.payload).collect();
+        assert_eq!((tags, ended), (vec![vec![1], vec![2, 2]], None));
+        assert_eq!(
+            dropped(pusher.join().unwrap()),
+            0,
+            "the waiting push got room"
+        );
+        assert_eq!(q.depth(), (2, 3 + 1), "messages 3 and 4 and their bytes");
+        let (batch, _) = q.pop_batch(10);
+        assert_eq!(batch.len(), 2);
+        assert_eq!(q.pop_batch(10).0.len(), 0);
+        assert_eq!(q.depth(), (0, 0));
     }
 
     #[test]

@@ -4,7 +4,10 @@
 //! thread fills and the connection. It does all the disk work, so that neither the
 //! streaming thread nor the connection ever waits for the disk:
 //! - takes what the streaming thread queued, appends it to the [`Spool`] and hands it to
-//!   the [`Backlog`] the connection publishes from;
+//!   the [`Backlog`] the connection publishes from: everything waiting at once, in one
+//!   write, with one wake-up of the connection's mover; it never waits for more to come
+//!   (until written, a message would die with the process). The streaming thread wakes
+//!   the spooler only when it waits;
 //! - reads back what is only on disk (a previous run's messages, or what did not fit in
 //!   memory during an outage) ahead of the connection;
 //! - releases what was delivered (the watermark), applies the full and age policies, and
@@ -14,6 +17,8 @@
 //! bounds and policy, and the spooler tries the disk again with each new message; the
 //! trouble is reported once, and its end too.
 
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -39,11 +44,38 @@ pub struct SpoolSide {
     pub drops: Mutex<Drops>,
     /// Wakes the spooler: messages queued, room needed in `replay`, stopping.
     pub wake: Condvar,
+    /// Set by the spooler, under the `backlog` lock, before it checks the queue and waits;
+    /// cleared once it runs again.
+    idle: AtomicBool,
 }
 
 impl SpoolSide {
+    pub fn new(backlog: Backlog) -> Self {
+        SpoolSide {
+            backlog: Mutex::new(backlog),
+            drops: Mutex::default(),
+            wake: Condvar::new(),
+            idle: AtomicBool::new(false),
+        }
+    }
+
+    /// Wakes the spooler; call with `backlog` locked, under which the spooler checks
+    /// what it waits for before it waits.
     pub fn wake(&self) {
         self.wake.notify_one();
+    }
+
+    /// Messages were queued for the spooler: wakes it if it waits. While it runs it takes
+    /// them anyway, and a wake-up costs a system call even when nobody waits.
+    pub fn queued(&self) {
+        // Set before the spooler checks the queue: either it sees these messages then, or
+        // this sees it idle and waits for the lock, which its wait gives up. Notified once
+        // the lock is free again: woken under it, the spooler would wake only to wait for
+        // the lock (a second sleep and wake-up).
+        if self.idle.load(Ordering::SeqCst) {
+            drop(self.backlog.lock().unwrap());
+            self.wake.notify_one();
+        }
     }
 }
 
@@ -107,7 +139,52 @@ impl Drops {
 }
 
 /// Runs the spooler until the worker stops; then spools what is left in the queue.
+///
+/// A panic ends the spooler with [`Notice::Failed`] naming the spool (the element posts an
+/// error), as a panic in the connection task does, instead of ending it silently: the
+/// streaming thread would fill the queue and wait for room that never comes. The locks it
+/// may have held are freed of their poison, so that the streaming thread, the connection
+/// and a stop go on; the spool is let go (its lock too), and what it holds stays there for
+/// the next run.
 pub fn run(shared: &Shared, spool: Spool, policies: Policies) {
+    let dir = spool.dir().to_owned();
+    let ran = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        spool_until_stopped(shared, spool, policies)
+    }));
+    let Err(panic) = ran else {
+        return;
+    };
+    let side = shared.spool.as_ref().expect("a spooling worker");
+    side.backlog.clear_poison();
+    side.drops.clear_poison();
+    shared.clear_poison();
+    let message = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into());
+    // What it had taken from the queue went with it (what it had written stays on disk).
+    let lost = shared.update(|t| {
+        let lost = std::mem::take(&mut t.spooling) as u64;
+        t.stats.dropped_stopped += lost;
+        lost
+    });
+    gst::error!(
+        super::worker::CAT,
+        id = &shared.name,
+        "The spooler panicked: {message}"
+    );
+    shared.notify(Notice::Failed {
+        reason: format!(
+            "the thread writing the spool {} panicked: {message}; no new message is spooled \
+             or published ({lost} being written went with it), what the spool holds stays \
+             there for the next run",
+            dir.display()
+        ),
+    });
+}
+
+fn spool_until_stopped(shared: &Shared, spool: Spool, policies: Policies) {
     let side = shared.spool.as_ref().expect("a spooling worker");
     let mut spooler = Spooler {
         shared,
@@ -136,9 +213,11 @@ pub fn run(shared: &Shared, spool: Spool, policies: Policies) {
         spooler.publish_stats();
         spooler.announce_drops(false);
         let backlog = side.backlog.lock().unwrap();
+        side.idle.store(true, Ordering::SeqCst);
         if (blocked || shared.queue.depth().0 == 0) && !shared.is_stopping() {
             let _ = side.wake.wait_timeout(backlog, TICK).unwrap();
         }
+        side.idle.store(false, Ordering::SeqCst);
     }
     spooler.release();
     spooler.sync(true);
@@ -152,17 +231,11 @@ impl Spooler<'_> {
     fn take_queued(&mut self) -> bool {
         loop {
             // Taken and counted in one step under the tracker lock, as the mover does: a
-            // message is always queued, being spooled, or in the backlog.
+            // message is always queued, being spooled, or in the backlog. What waits is
+            // taken at once (never waiting for more: until it is written, a message would
+            // die with the process), and written with as few writes as the spool can.
             let (batch, ended) = self.shared.update(|t| {
-                let mut batch = Vec::new();
-                let mut ended = None;
-                while batch.len() < BATCH {
-                    let Some((message, episode)) = self.shared.queue.pop() else {
-                        break;
-                    };
-                    ended = ended.or(episode);
-                    batch.push(message);
-                }
+                let (batch, ended) = self.shared.queue.pop_batch(BATCH);
                 t.spooling += batch.len();
                 (batch, ended)
             });
@@ -175,34 +248,26 @@ impl Spooler<'_> {
             if batch.is_empty() {
                 return false;
             }
+            let fates = self.append(&batch);
             let mut pendings = Vec::with_capacity(batch.len());
             let mut waiting = Vec::new();
             let mut dropped_new = 0;
-            for message in batch {
-                if !waiting.is_empty() {
-                    waiting.push(message);
-                    continue;
-                }
-                match self.append(&message.payload) {
-                    Appended::Seq(seq) => pendings.push(pending(Some(seq), message)),
-                    Appended::MemoryOnly => {
-                        if self.side.backlog.lock().unwrap().has_room() {
-                            pendings.push(pending(None, message));
-                        } else {
-                            waiting.push(message);
-                        }
-                    }
-                    Appended::Wait => waiting.push(message),
-                    Appended::DropNew => {
-                        dropped_new += 1;
-                        self.side.drops.lock().unwrap().count("full", 1);
-                    }
+            for (message, fate) in batch.into_iter().zip(fates) {
+                match fate {
+                    Fate::Spooled(seq) => pendings.push(pending(Some(seq), message)),
+                    Fate::MemoryOnly => pendings.push(pending(None, message)),
+                    Fate::Wait => waiting.push(message),
+                    Fate::DropNew => dropped_new += 1,
                 }
             }
             let blocked = !waiting.is_empty();
             let count = pendings.len() + waiting.len() + dropped_new;
-            self.shared.update(|t| {
+            let handed = !pendings.is_empty();
+            let was_empty = self.shared.update(|t| {
                 let mut backlog = self.side.backlog.lock().unwrap();
+                #[cfg(test)]
+                tests::injected_panic(&pendings);
+                let was_empty = backlog.depth().0 == 0;
                 for p in pendings {
                     backlog.push_ready(p);
                 }
@@ -212,37 +277,62 @@ impl Spooler<'_> {
                 }
                 t.stats.dropped_spool_full += dropped_new as u64;
                 t.spooling -= count;
+                was_empty
             });
-            self.shared.queued.notify_one();
+            // The mover hands over until nothing is left in memory, then waits: it needs
+            // waking only when it has nothing (once for the batch), not for what it finds
+            // anyway.
+            if handed && was_empty {
+                self.shared.queued.notify_one();
+            }
             if blocked {
                 return true;
             }
         }
     }
 
-    /// Appends one payload, following the full policy when the spool is full.
-    fn append(&mut self, payload: &[u8]) -> Appended {
-        loop {
-            match self.spool.append(payload) {
-                Ok(seq) => {
-                    self.recovered();
-                    return Appended::Seq(seq);
-                }
-                Err(SpoolError::Full { .. }) => match self.shared.queue.current_policy() {
-                    Leaky::Upstream => return Appended::DropNew,
-                    Leaky::Downstream => {
-                        if !self.drop_oldest(payload.len()) {
-                            return Appended::Wait;
-                        }
+    /// Appends the messages' payloads, in their order and with as few writes as the
+    /// spool can, following the full policy when the spool is full; says what became of
+    /// each. Once one waits for room, those after it wait too (the order is kept).
+    fn append(&mut self, batch: &[Message]) -> Vec<Fate> {
+        let payloads: Vec<&[u8]> = batch.iter().map(|m| m.payload.as_slice()).collect();
+        let mut fates = Vec::with_capacity(batch.len());
+        while fates.len() < payloads.len() {
+            let first = self.spool.next_sequence();
+            let appended = self.spool.append_batch(&payloads[fates.len()..]);
+            if appended.count > 0 {
+                self.recovered();
+            }
+            fates.extend((first..).take(appended.count).map(Fate::Spooled));
+            let Some(error) = appended.error else {
+                break;
+            };
+            let next = fates.len();
+            let fate = match error {
+                SpoolError::Full { .. } => match self.shared.queue.current_policy() {
+                    Leaky::Upstream => {
+                        self.side.drops.lock().unwrap().count("full", 1);
+                        Fate::DropNew
                     }
-                    Leaky::No | Leaky::Auto => return Appended::Wait,
+                    Leaky::Downstream if self.drop_oldest(payloads[next].len()) => continue,
+                    Leaky::Downstream | Leaky::No | Leaky::Auto => Fate::Wait,
                 },
-                Err(e) => {
-                    self.failed(&e);
-                    return Appended::MemoryOnly;
+                error => {
+                    self.failed(&error);
+                    if self.side.backlog.lock().unwrap().has_room() {
+                        Fate::MemoryOnly
+                    } else {
+                        Fate::Wait
+                    }
                 }
+            };
+            if fate == Fate::Wait {
+                fates.resize(payloads.len(), Fate::Wait);
+            } else {
+                fates.push(fate);
             }
         }
+        fates
     }
 
     /// Makes room by dropping the oldest spooled messages; false when nothing could go.
@@ -437,11 +527,14 @@ impl Spooler<'_> {
     }
 }
 
-enum Appended {
-    Seq(u64),
+/// What became of a message taken from the queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fate {
+    Spooled(u64),
     /// The spool failed: in memory only.
     MemoryOnly,
-    /// The spool is full and the policy waits for room.
+    /// The spool is full and the policy waits for room (or, the spool failing, the
+    /// memory bounds are reached): back to the queue.
     Wait,
     /// The spool is full and the policy drops the new message.
     DropNew,
@@ -452,5 +545,108 @@ fn pending(seq: Option<u64>, message: Message) -> Pending {
         seq,
         payload: Bytes::from(message.payload),
         queued_at: message.queued_at,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::super::{
+        Broker, ConnectionConfig, Limits, Protocol, Pushed, QoS, SpoolStart, Worker,
+    };
+    use super::*;
+    use crate::spool::SpoolOptions;
+
+    /// A payload the spooler panics on, with the backlog and the tracker locked: the worst
+    /// place, where both are poisoned.
+    const PANIC: &[u8] = b"the spooler panics on this";
+
+    pub(super) fn injected_panic(pendings: &[Pending]) {
+        if pendings.iter().any(|p| p.payload == PANIC) {
+            panic!("injected for the test");
+        }
+    }
+
+    fn open_spool(dir: &std::path::Path) -> (Spool, crate::spool::Opened) {
+        let options = SpoolOptions {
+            identity: "spooler test".into(),
+            ..SpoolOptions::default()
+        };
+        Spool::open(dir, options).unwrap()
+    }
+
+    #[test]
+    fn a_panic_in_the_spooler_is_reported_as_failed_naming_the_spool() {
+        let tmp = tempfile::TempDir::new().unwrap();
+        let (spool, _) = open_spool(tmp.path());
+        let config = ConnectionConfig {
+            // Nothing listens there: everything stays in the backlog.
+            brokers: vec![Broker {
+                host: "127.0.0.1".into(),
+                port: 9,
+            }],
+            max_reconnect_delay: Duration::from_secs(30),
+            client_id: "spooler-test".into(),
+            clean_session: true,
+            keep_alive: Duration::from_secs(60),
+            credentials: None,
+            tls: None,
+            protocol: Protocol::V311,
+            topic: "t".into(),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            max_message_size: 1024,
+        };
+        let limits = Limits {
+            max_messages: 8,
+            max_bytes: 1024,
+            leaky: Leaky::No,
+        };
+        let start = SpoolStart {
+            spool,
+            policies: Policies { max_age: None },
+            replay_share: 50,
+        };
+        let failures = Arc::new(Mutex::new(Vec::new()));
+        let seen = failures.clone();
+        let worker = Worker::start("spooler-test".into(), config, limits, Some(start), None, {
+            move |_, notice| {
+                if let Notice::Failed { reason } = notice {
+                    seen.lock().unwrap().push(reason);
+                }
+            }
+        })
+        .unwrap();
+
+        worker.push(b"before".to_vec());
+        worker.push(PANIC.to_vec());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while failures.lock().unwrap().is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let failures = failures.lock().unwrap().clone();
+        assert_eq!(failures.len(), 1, "{failures:?}");
+        let dir = tmp.path().display().to_string();
+        assert!(
+            failures[0].contains(&dir) && failures[0].contains("injected for the test"),
+            "{}",
+            failures[0]
+        );
+
+        // The locks it held work for the others: the streaming thread queues, stats and a
+        // stop return.
+        assert!(
+            matches!(worker.push(b"after".to_vec()), Pushed::Queued { .. }),
+            "the queue takes messages"
+        );
+        let stats = worker.stop();
+        assert_eq!(stats.queued, 3, "{stats:?}");
+        // "after", never taken, and what the spooler had taken when it panicked.
+        assert!(stats.dropped_stopped >= 2, "{stats:?}");
+
+        // The spool was let go, and keeps what was written before the panic.
+        let (_spool, opened) = open_spool(tmp.path());
+        assert!(opened.messages >= 1, "{opened:?}");
     }
 }

@@ -385,6 +385,13 @@ impl Shared {
         }
     }
 
+    /// After a panic in a thread that may have held them (the spooler): the tracker and
+    /// the queue can be locked again.
+    pub(super) fn clear_poison(&self) {
+        self.tracker.clear_poison();
+        self.queue.clear_poison();
+    }
+
     pub(super) fn update<R>(&self, f: impl FnOnce(&mut Tracker) -> R) -> R {
         let mut tracker = self.tracker.lock().unwrap();
         let r = f(&mut tracker);
@@ -453,16 +460,12 @@ impl Worker {
         let side = spool.as_ref().map(|start| {
             let held = start.spool.watermark()..start.spool.next_sequence();
             restored = held.end - held.start;
-            SpoolSide {
-                backlog: Mutex::new(Backlog::new(
-                    held,
-                    limits.max_messages,
-                    limits.max_bytes,
-                    start.replay_share,
-                )),
-                wake: Condvar::new(),
-                drops: Mutex::default(),
-            }
+            SpoolSide::new(Backlog::new(
+                held,
+                limits.max_messages,
+                limits.max_bytes,
+                start.replay_share,
+            ))
         });
         let mut tracker = Tracker::default();
         tracker.stats.queued = restored;
@@ -573,11 +576,7 @@ impl Worker {
         drop(tracker);
         if wake {
             match &self.shared.spool {
-                Some(side) => {
-                    // Under the lock the spooler checks the queue with before it waits.
-                    let _backlog = side.backlog.lock().unwrap();
-                    side.wake();
-                }
+                Some(side) => side.queued(),
                 None => self.shared.queued.notify_one(),
             }
         }

@@ -126,7 +126,7 @@ pub fn describe(broker: &str, notice: &Notice) -> Posting {
         Notice::Failed { reason } => {
             alert = Some(Alert::Error(
                 gst::ResourceError::Failed,
-                format!("The MQTT connection task stopped: {reason}"),
+                format!("MQTT publishing stopped: {reason}"),
             ));
             gst::Structure::builder("mqttpublish-failed")
                 .field("broker", broker)
@@ -399,7 +399,7 @@ mod tests {
             posting.alert,
             Some(Alert::Error(
                 gst::ResourceError::Failed,
-                "The MQTT connection task stopped: panic".into()
+                "MQTT publishing stopped: panic".into()
             ))
         );
         assert_eq!(posting.message.name(), "mqttpublish-failed");

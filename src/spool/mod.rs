@@ -37,13 +37,14 @@
 //! # What survives what
 //!
 //! `append` makes one `write` of header and payload, straight to the file (no user-space
-//! buffer): when it returns, the record is in the kernel's page cache. So under every
-//! [`SyncPolicy`] the death of the process (`kill -9`, a crash, the OOM killer) loses
-//! nothing that `append` returned for; a death in the middle of an `append` leaves that
-//! one record torn, and the next `open` cuts it. What a power loss or a kernel crash keeps
-//! depends on the policy:
+//! buffer), and `append_batch` one `write` for the records of several payloads: when they
+//! return, the records are in the kernel's page cache. So under every [`SyncPolicy`] the
+//! death of the process (`kill -9`, a crash, the OOM killer) loses nothing that an append
+//! returned for; a death in the middle of an append leaves its last record torn (the ones
+//! before it whole, or not there), and the next `open` cuts it. What a power loss or a
+//! kernel crash keeps depends on the policy:
 //!
-//! - [`SyncPolicy::Always`]: `fdatasync` after every append (and after every ledger update
+//! - [`SyncPolicy::Always`]: `fdatasync` after every append (one for a batch; and after every ledger update
 //!   and new segment): everything `append` returned for survives. One disk flush per
 //!   message.
 //! - [`SyncPolicy::Interval`]: the caller calls [`Spool::sync_if_due`] regularly; it
@@ -123,6 +124,19 @@ impl Default for SpoolOptions {
             identity: String::new(),
         }
     }
+}
+
+/// The most records one `writev` takes: two slices each, under the kernel's `IOV_MAX`
+/// (1024).
+const MAX_RUN: usize = 256;
+
+/// What [`Spool::append_batch`] did.
+#[derive(Debug)]
+pub struct Appended {
+    /// The payloads appended, from the first on.
+    pub count: usize,
+    /// Why it stopped short (see [`Spool::append_batch`]).
+    pub error: Option<SpoolError>,
 }
 
 /// Records passed over by a drop policy.
@@ -230,6 +244,8 @@ pub struct SpoolStats {
     pub lost: u64,
     /// Bytes appended since open, headers included.
     pub bytes_written: u64,
+    /// `write` calls that appended them (a batch takes one per segment it goes to).
+    pub writes: u64,
     /// Segment files.
     pub files: usize,
     /// Their total size: held bytes plus released records waiting for the rest of their
@@ -331,11 +347,16 @@ fn handle<'a>(
     Ok(slot.as_mut().expect("set above"))
 }
 
-/// One write of header and payload (a vectored write: no copy of the payload).
-fn write_record(file: &mut File, header: &[u8], payload: &[u8]) -> io::Result<()> {
-    let mut slices = [IoSlice::new(header), IoSlice::new(payload)];
-    let mut slices = &mut slices[..];
+/// Writes all of `slices` (records' headers and payloads: no copy of the payloads), with as
+/// few `writev` calls as the kernel allows.
+/// `writes` counts the calls.
+fn write_all_vectored(
+    file: &mut File,
+    mut slices: &mut [IoSlice<'_>],
+    writes: &mut u64,
+) -> io::Result<()> {
     while !slices.is_empty() {
+        *writes += 1;
         match file.write_vectored(slices) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => IoSlice::advance_slices(&mut slices, n),
@@ -611,34 +632,119 @@ impl Spool {
     /// page cache (and on disk under `SyncPolicy::Always`). An error from writing leaves
     /// the spool as it was (no partial record), and later appends work once the cause is
     /// gone; an error from syncing comes after the record was written, and it stays.
+    /// (The element appends in batches; the tests one at a time.)
+    #[cfg(test)]
     pub fn append(&mut self, payload: &[u8]) -> Result<u64, SpoolError> {
         self.append_at(payload, SystemTime::now())
     }
 
+    #[cfg(test)]
     fn append_at(&mut self, payload: &[u8], now: SystemTime) -> Result<u64, SpoolError> {
-        let needed = RECORD_HEADER_LEN + payload.len() as u64;
-        if payload.len() as u64 > MAX_PAYLOAD || needed > self.options.max_bytes {
-            return Err(SpoolError::TooLarge {
-                dir: self.dir.clone(),
-                needed,
-                max_bytes: self.options.max_bytes,
-            });
+        let sequence = self.next_sequence;
+        let appended = self.append_batch_at(&[payload], now);
+        match appended.error {
+            Some(e) => Err(e),
+            None => Ok(sequence),
+        }
+    }
+
+    /// Appends the payloads in their order, as [`Spool::append`] does each, but with one
+    /// `write` for as many records as go to the same segment (and, under
+    /// `SyncPolicy::Always`, one `fdatasync` for them): the records of the first
+    /// [`Appended::count`] payloads, with consecutive sequences from the
+    /// [`Spool::next_sequence`] of before the call. It stops at the first error, which
+    /// concerns the payload at `count` (not appended), or after a failed `fdatasync` the
+    /// records written before it (appended, not known to be durable).
+    pub fn append_batch<P: AsRef<[u8]>>(&mut self, payloads: &[P]) -> Appended {
+        self.append_batch_at(payloads, SystemTime::now())
+    }
+
+    fn append_batch_at<P: AsRef<[u8]>>(&mut self, payloads: &[P], now: SystemTime) -> Appended {
+        let mut count = 0;
+        let mut checked = false;
+        while count < payloads.len() {
+            match self.append_run(&payloads[count..], now, &mut checked) {
+                Ok(n) => count += n,
+                Err((n, error)) => {
+                    return Appended {
+                        count: count + n,
+                        error: Some(error),
+                    }
+                }
+            }
+        }
+        Appended { count, error: None }
+    }
+
+    /// Appends the longest run of `payloads` that starts with the first one and fits
+    /// under `max_bytes` and in one segment, in one write; returns how many (at least
+    /// one), or the error and how many were appended before it (only a failed sync comes
+    /// after records were appended). `checked`: whether the file was checked in this
+    /// batch already (a file removed meanwhile is found by the next batch).
+    fn append_run<P: AsRef<[u8]>>(
+        &mut self,
+        payloads: &[P],
+        now: SystemTime,
+        checked: &mut bool,
+    ) -> Result<usize, (usize, SpoolError)> {
+        let record_len = |payload: &[u8]| RECORD_HEADER_LEN + payload.len() as u64;
+        let first = payloads[0].as_ref();
+        let needed = record_len(first);
+        if first.len() as u64 > MAX_PAYLOAD || needed > self.options.max_bytes {
+            return Err((
+                0,
+                SpoolError::TooLarge {
+                    dir: self.dir.clone(),
+                    needed,
+                    max_bytes: self.options.max_bytes,
+                },
+            ));
         }
         let held = self.held_bytes();
         if held + needed > self.options.max_bytes {
-            return Err(SpoolError::Full {
-                dir: self.dir.clone(),
-                held,
-                needed,
-                max_bytes: self.options.max_bytes,
-            });
+            return Err((
+                0,
+                SpoolError::Full {
+                    dir: self.dir.clone(),
+                    held,
+                    needed,
+                    max_bytes: self.options.max_bytes,
+                },
+            ));
         }
-        self.check_still_linked()?;
-        self.make_room_in_segment(needed)?;
+        if !std::mem::replace(checked, true) {
+            self.check_still_linked().map_err(|e| (0, e))?;
+        }
+        self.make_room_in_segment(needed).map_err(|e| (0, e))?;
 
-        let sequence = self.next_sequence;
+        // The run: what fits after the first record, in the segment and under max_bytes.
+        let segment_len = self.segments.back().expect("a segment to append to").len;
+        let mut total = needed;
+        let mut count = 1;
+        for payload in &payloads[1..payloads.len().min(MAX_RUN)] {
+            let needed = record_len(payload.as_ref());
+            if payload.as_ref().len() as u64 > MAX_PAYLOAD
+                || held + total + needed > self.options.max_bytes
+                || segment_len + total + needed > self.options.segment_bytes
+            {
+                break;
+            }
+            total += needed;
+            count += 1;
+        }
+        let first_sequence = self.next_sequence;
         let written_at = unix_nanos(now);
-        let header = RecordHeader::encode(sequence, written_at, payload);
+        let headers: Vec<_> = payloads[..count]
+            .iter()
+            .zip(first_sequence..)
+            .map(|(payload, sequence)| RecordHeader::encode(sequence, written_at, payload.as_ref()))
+            .collect();
+        let mut slices: Vec<IoSlice> = headers
+            .iter()
+            .zip(&payloads[..count])
+            .flat_map(|(header, payload)| [IoSlice::new(header), IoSlice::new(payload.as_ref())])
+            .collect();
+
         let segment = self.segments.back_mut().expect("a segment to append to");
         let writer = self.writer.as_mut().expect("a writer on the last segment");
         if writer.cut_before_write {
@@ -646,29 +752,34 @@ impl Spool {
                 .file
                 .set_len(segment.len)
                 .and_then(|()| writer.file.seek(SeekFrom::Start(segment.len)))
-                .map_err(SpoolError::at(&segment.path, "cutting a failed write from"))?;
+                .map_err(|e| {
+                    (
+                        0,
+                        SpoolError::io(&segment.path, "cutting a failed write from", e),
+                    )
+                })?;
             writer.cut_before_write = false;
         }
-        if let Err(e) = write_record(&mut writer.file, &header, payload) {
+        if let Err(e) = write_all_vectored(&mut writer.file, &mut slices, &mut self.stats.writes) {
             // No partial record stays behind (ENOSPC mid-record is the usual case).
             let cut = writer
                 .file
                 .set_len(segment.len)
                 .and_then(|()| writer.file.seek(SeekFrom::Start(segment.len)));
             writer.cut_before_write = cut.is_err();
-            return Err(SpoolError::io(&segment.path, "appending to", e));
+            return Err((0, SpoolError::io(&segment.path, "appending to", e)));
         }
-        segment.len += needed;
-        self.next_sequence += 1;
-        self.stats.bytes_written += needed;
+        segment.len += total;
+        self.next_sequence += count as u64;
+        self.stats.bytes_written += total;
         self.dirty.data = true;
-        if self.watermark == sequence {
+        if self.watermark == first_sequence {
             self.oldest_written_at = Some(written_at);
         }
         if self.options.sync == SyncPolicy::Always {
-            self.sync()?;
+            self.sync().map_err(|e| (count, e))?;
         }
-        Ok(sequence)
+        Ok(count)
     }
 
     /// A file removed under our feet (the directory deleted, or a segment by hand) must not

@@ -196,6 +196,64 @@ fn round_trip_across_segments_and_reopenings() {
 }
 
 #[test]
+fn a_batch_takes_one_write_per_segment_and_stops_at_what_cannot_go() {
+    let tmp = TempDir::new().unwrap();
+    let dir = tmp.path().join("spool");
+    let record = REC + 100;
+    let (mut spool, _) = open(
+        &dir,
+        SpoolOptions {
+            max_bytes: 12 * record,
+            ..options(fits(4, 100))
+        },
+    );
+    let payloads: Vec<Vec<u8>> = (0..10).map(|s| payload(s, 100)).collect();
+    let appended = spool.append_batch(&payloads);
+    assert_eq!(appended.count, 10);
+    assert!(appended.error.is_none(), "{:?}", appended.error);
+    assert_eq!(segment_files(&dir).len(), 3, "4 + 4 + 2 records");
+    assert_eq!(spool.stats().writes, 3, "one write per segment");
+    assert_eq!(spool.stats().bytes_written, 10 * record);
+    let (records, damage) = read_all(&mut spool);
+    assert!(damage.is_empty());
+    assert_records(&records, &(0..10).collect::<Vec<_>>(), |_| 100);
+
+    // Two more fit under max_bytes: the batch stops at the third, which takes no sequence.
+    let more: Vec<Vec<u8>> = (10..14).map(|s| payload(s, 100)).collect();
+    let appended = spool.append_batch(&more);
+    assert_eq!(appended.count, 2);
+    assert!(
+        matches!(appended.error, Some(SpoolError::Full { .. })),
+        "{:?}",
+        appended.error
+    );
+    assert_eq!(spool.next_sequence(), 12);
+    assert_eq!(
+        spool.stats().writes,
+        4,
+        "the two in the last segment's room"
+    );
+
+    // A payload too large for the spool stops the batch where it is.
+    spool.release(12).unwrap();
+    let mixed = [payload(12, 100), vec![0u8; 13 * 124], payload(13, 100)];
+    let appended = spool.append_batch(&mixed);
+    assert_eq!(appended.count, 1);
+    assert!(
+        matches!(appended.error, Some(SpoolError::TooLarge { .. })),
+        "{:?}",
+        appended.error
+    );
+    drop(spool);
+
+    let (mut spool, opened) = open(&dir, options(fits(4, 100)));
+    assert!(opened.torn.is_empty());
+    let (records, damage) = read_all(&mut spool);
+    assert!(damage.is_empty());
+    assert_records(&records, &[12], |_| 100);
+}
+
+#[test]
 fn a_record_larger_than_a_segment_goes_in_whole() {
     let tmp = TempDir::new().unwrap();
     let (mut spool, _) = open(tmp.path(), options(1000));
