@@ -631,7 +631,7 @@ async fn gather_batch(link: &Link) {
     let deadline = tokio::time::Instant::now() + LINGER;
     let has_batch = || {
         let flight = link.flight.lock().unwrap();
-        flight.members.values().any(|m| m.queue.has_batch())
+        flight.members.values().any(|m| m.has_batch())
     };
     while !has_batch() {
         tokio::select! {

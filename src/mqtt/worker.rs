@@ -392,6 +392,15 @@ impl Shared {
         self.queue.clear_poison();
     }
 
+    /// Whether a batch waits to be handed over (or the queue is flushing). With a spool,
+    /// the spooler empties the queue as it writes: the batch gathers in the backlog.
+    pub(super) fn has_batch(&self) -> bool {
+        self.queue.has_batch()
+            || self.spool.as_ref().is_some_and(|side| {
+                side.backlog.lock().unwrap().depth().0 >= super::queue::MAX_BATCH
+            })
+    }
+
     pub(super) fn update<R>(&self, f: impl FnOnce(&mut Tracker) -> R) -> R {
         let mut tracker = self.tracker.lock().unwrap();
         let r = f(&mut tracker);
