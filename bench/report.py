@@ -545,6 +545,14 @@ def report_spool(runs, params, targets):
     return out
 
 
+def fairness(latency):
+    """Each stream's p99: the median stream's and the worst's, '-' when not measured."""
+    per = latency.get("topic_p99")
+    if not per:
+        return "-"
+    return f"{fmt(per.get('median'))} / {fmt(per.get('worst'))}"
+
+
 def report_w6(runs, params, targets):
     phases = ("frames due at phases spread over the period" if str(params.get("W6_SPREAD", 0)) == "1"
               else "sources started together")
@@ -553,7 +561,7 @@ def report_w6(runs, params, targets):
     header = ["sinks", "connections", "fakesinks CPU % of a core", "mqttpublish CPU % of a core",
               "publishing % of a core", "per sink", "threads fakesinks / mqttpublish",
               "peak RSS MiB fakesinks / mqttpublish", "made", "dropped", "received",
-              "p50 ms", "p99 ms"]
+              "p50 ms", "p99 ms", "p99 of the median / worst stream ms"]
     rows = []
     rows_of = (("mqttpublish", "one per sink", ""), ("shared", "one shared", ", shared-connection"))
     for n, (row, connections, which) in ((n, r) for n in sorted({r["key"]["branches"] for r in runs.select(w="w6")})
@@ -574,7 +582,7 @@ def report_w6(runs, params, targets):
                      f"{b['pub'].get('threads_max', '-')} / {m['pub'].get('threads_max', '-')}",
                      f"{b['time']['max_rss_kib'] / 1024:.0f} / {m['time']['max_rss_kib'] / 1024:.0f}",
                      str(queued), str(dropped), str(received),
-                     fmt(lat.get("p50")), fmt(lat.get("p99"))])
+                     fmt(lat.get("p50")), fmt(lat.get("p99")), fairness(lat)])
         lost = queued - received
         targets.append((f"W6: nothing lost at QoS 1 ({n} sinks{which})",
                         f"{lost} lost of {queued}, {dropped} dropped", lost <= 0 and dropped == 0))

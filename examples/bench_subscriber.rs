@@ -14,8 +14,9 @@
 //!   once the broker confirmed the subscription.
 //! - Ends once `--stop-file` exists and no message came for `--idle` seconds (default 1),
 //!   or after `--timeout` seconds, and prints one JSON object: the total count and
-//!   payload bytes, the count per topic and, with `--latency`, receive time minus the `"sink_time"` in each payload
-//!   (both wall clock, ns since the epoch) as p50/p99/max in milliseconds.
+//!   payload bytes, the count per topic and, with `--latency`, receive time minus the
+//!   `"sink_time"` in each payload (both wall clock, ns since the epoch) as p50/p99/max in
+//!   milliseconds, and each topic's p99: the median topic's and the worst (`topic_p99`).
 //! - `--save-first` writes the first payload to a file (the raw publisher's payload).
 //! - `--dump` writes a line per message: topic, the payload's `"timestamp"` and
 //!   `"sink_time"` (0 when absent) and the receive time (wall clock, ns since the epoch),
@@ -39,8 +40,8 @@ struct Counts {
     total: u64,
     bytes: u64,
     topics: BTreeMap<String, u64>,
-    /// Receive time minus sink time, in nanoseconds.
-    latencies: Vec<i64>,
+    /// Receive time minus sink time, in nanoseconds, per topic.
+    latencies: BTreeMap<String, Vec<i64>>,
     /// Messages whose payload had no parsable sink_time (with --latency).
     unstamped: u64,
     last: Option<Instant>,
@@ -116,7 +117,11 @@ fn main() {
                         c.last = Some(Instant::now());
                         if latency {
                             match json_u64(&p.payload, "sink_time") {
-                                Some(sent) => c.latencies.push(received as i64 - sent as i64),
+                                Some(sent) => c
+                                    .latencies
+                                    .entry(p.topic.clone())
+                                    .or_default()
+                                    .push(received as i64 - sent as i64),
                                 None => c.unstamped += 1,
                             }
                         }
@@ -177,16 +182,35 @@ fn main() {
     }
     let mut out = json!({ "total": c.total, "bytes": c.bytes, "topics": c.topics });
     if latency {
-        c.latencies.sort_unstable();
         let ms = |ns: f64| ns / 1e6;
+        // Fairness: each topic's p99, then the median topic's and the worst.
+        let mut p99s: Vec<(f64, String)> = c
+            .latencies
+            .iter_mut()
+            .map(|(topic, l)| {
+                l.sort_unstable();
+                (quantile(l, 0.99), topic.clone())
+            })
+            .collect();
+        p99s.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let mut all: Vec<i64> = c.latencies.values().flatten().copied().collect();
+        all.sort_unstable();
         out["latency_ms"] = json!({
-            "count": c.latencies.len(),
+            "count": all.len(),
             "unstamped": c.unstamped,
-            "p50": ms(quantile(&c.latencies, 0.50)),
-            "p99": ms(quantile(&c.latencies, 0.99)),
-            "max": ms(c.latencies.last().copied().unwrap_or(0) as f64),
-            "mean": ms(c.latencies.iter().sum::<i64>() as f64 / c.latencies.len().max(1) as f64),
+            "p50": ms(quantile(&all, 0.50)),
+            "p99": ms(quantile(&all, 0.99)),
+            "max": ms(all.last().copied().unwrap_or(0) as f64),
+            "mean": ms(all.iter().sum::<i64>() as f64 / all.len().max(1) as f64),
         });
+        if let Some((worst, topic)) = p99s.last() {
+            out["latency_ms"]["topic_p99"] = json!({
+                "topics": p99s.len(),
+                "median": ms(p99s[(p99s.len() - 1) / 2].0),
+                "worst": ms(*worst),
+                "worst_topic": topic,
+            });
+        }
     }
     println!("{out}");
 }
