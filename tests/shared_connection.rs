@@ -7,7 +7,6 @@ mod common;
 
 use std::collections::{BTreeSet, HashMap};
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::time::Duration;
 
 use common::{
@@ -188,38 +187,20 @@ fn sixty_four_sinks_share_one_connection_through_a_broker_restart() {
 /// `bytes_per_second` at most (the broker's answers pass at once): an uplink narrower
 /// than what the publishers would send.
 fn narrow_uplink(upstream: u16, bytes_per_second: usize) -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for client in listener.incoming().flatten() {
-            let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
-                continue;
-            };
-            let (mut from_client, mut to_server) =
-                (client.try_clone().unwrap(), server.try_clone().unwrap());
-            let (mut from_server, mut to_client) = (server, client);
-            std::thread::spawn(move || {
-                let mut buf = vec![0u8; 1024];
-                loop {
-                    match from_client.read(&mut buf) {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => {
-                            if to_server.write_all(&buf[..n]).is_err() {
-                                return;
-                            }
-                            std::thread::sleep(Duration::from_secs_f64(
-                                n as f64 / bytes_per_second as f64,
-                            ));
-                        }
+    common::tcp_proxy(upstream, move |mut from_client, mut to_server| {
+        let mut buf = vec![0u8; 1024];
+        loop {
+            match from_client.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    if to_server.write_all(&buf[..n]).is_err() {
+                        return;
                     }
+                    std::thread::sleep(Duration::from_secs_f64(n as f64 / bytes_per_second as f64));
                 }
-            });
-            std::thread::spawn(move || {
-                let _ = std::io::copy(&mut from_server, &mut to_client);
-            });
+            }
         }
-    });
-    port
+    })
 }
 
 /// A sink whose upstream floods it (not live, waiting for room) beside 8 live sinks on the

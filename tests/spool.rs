@@ -10,7 +10,6 @@ mod common;
 use std::collections::BTreeSet;
 use std::fs;
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -209,43 +208,27 @@ fn count(frames: &BTreeSet<(String, u64)>, run: &str) -> usize {
 /// sends, then nothing more (the broker's answers still pass): a broker that stops reading
 /// mid-stream, with the connection open. The flag says when the limit was reached.
 fn stalling_proxy(upstream: u16, limit: usize) -> (u16, Arc<AtomicBool>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
     let stalled = Arc::new(AtomicBool::new(false));
     let flag = stalled.clone();
-    std::thread::spawn(move || {
-        for client in listener.incoming().flatten() {
-            let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
-                continue;
-            };
-            let (mut from_client, mut to_server) =
-                (client.try_clone().unwrap(), server.try_clone().unwrap());
-            let (mut from_server, mut to_client) = (server, client);
-            let flag = flag.clone();
-            std::thread::spawn(move || {
-                let mut passed = 0;
-                let mut buf = vec![0u8; 16 * 1024];
-                while passed < limit {
-                    let want = buf.len().min(limit - passed);
-                    match from_client.read(&mut buf[..want]) {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => {
-                            if to_server.write_all(&buf[..n]).is_err() {
-                                return;
-                            }
-                            passed += n;
-                        }
+    let port = common::tcp_proxy(upstream, move |mut from_client, mut to_server| {
+        let mut passed = 0;
+        let mut buf = vec![0u8; 16 * 1024];
+        while passed < limit {
+            let want = buf.len().min(limit - passed);
+            match from_client.read(&mut buf[..want]) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    if to_server.write_all(&buf[..n]).is_err() {
+                        return;
                     }
+                    passed += n;
                 }
-                flag.store(true, Ordering::SeqCst);
-                // Holds both sockets open, reading nothing more, until the test ends.
-                std::thread::sleep(Duration::from_secs(3600));
-                drop((from_client, to_server));
-            });
-            std::thread::spawn(move || {
-                let _ = std::io::copy(&mut from_server, &mut to_client);
-            });
+            }
         }
+        flag.store(true, Ordering::SeqCst);
+        // Holds both sockets open, reading nothing more, until the test ends.
+        std::thread::sleep(Duration::from_secs(3600));
+        drop((from_client, to_server));
     });
     (port, stalled)
 }

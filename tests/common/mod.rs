@@ -205,6 +205,34 @@ pub fn stat(stats: &gst::Structure, name: &str) -> u64 {
         .unwrap_or_else(|_| panic!("stats has no {name}: {stats}"))
 }
 
+/// A TCP proxy on a free loopback port to the broker at `upstream`, for each client:
+/// `pump` carries what the client sends to the broker (given the client's side to read and
+/// the broker's side to write, on a thread of its own); the broker's answers pass as they
+/// come. Returns the proxy's port.
+pub fn tcp_proxy(
+    upstream: u16,
+    pump: impl Fn(std::net::TcpStream, std::net::TcpStream) + Clone + Send + 'static,
+) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    thread::spawn(move || {
+        for client in listener.incoming().flatten() {
+            let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", upstream)) else {
+                continue;
+            };
+            let (from_client, to_server) =
+                (client.try_clone().unwrap(), server.try_clone().unwrap());
+            let (mut from_server, mut to_client) = (server, client);
+            let pump = pump.clone();
+            thread::spawn(move || pump(from_client, to_server));
+            thread::spawn(move || {
+                let _ = std::io::copy(&mut from_server, &mut to_client);
+            });
+        }
+    });
+    port
+}
+
 /// The `host` and `port` properties of an `mqttpublish` publishing to `broker`.
 pub fn to(broker: &Broker) -> String {
     format!("host={} port={}", broker.host(), broker.port())
