@@ -21,6 +21,15 @@ use std::time::Duration;
 use rumqttc::tokio_rustls::rustls;
 
 pub use connection::{Sharing, StartError};
+/// Locks `mutex` even when a thread panicked holding it. The sink's shared state (the
+/// tracker, the spool's backlog) is updated in steps that each leave it whole, and a panic
+/// in one thread (the spooler's, which reports it) must not take the others down with it.
+pub(crate) fn relock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 pub use queue::{Bound, DropEpisode, Leaky, Limits, Message, Overflow, Pushed, Queue};
 pub use spooler::Policies as SpoolPolicies;
 pub use tracker::Stats;

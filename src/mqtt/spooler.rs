@@ -27,7 +27,7 @@ use bytes::Bytes;
 use super::backlog::{Backlog, Pending};
 use super::queue::Message;
 use super::worker::Shared;
-use super::{Leaky, Notice};
+use super::{relock, Leaky, Notice};
 use crate::spool::{ReadEvent, Record, Spool, SpoolError};
 
 /// How often the spooler looks when nothing wakes it: releases, age limit, sync.
@@ -73,7 +73,7 @@ impl SpoolSide {
         // the lock is free again: woken under it, the spooler would wake only to wait for
         // the lock (a second sleep and wake-up).
         if self.idle.load(Ordering::SeqCst) {
-            drop(self.backlog.lock().unwrap());
+            drop(relock(&self.backlog));
             self.wake.notify_one();
         }
     }
@@ -155,7 +155,6 @@ pub fn run(shared: &Shared, spool: Spool, policies: Policies) {
         return;
     };
     let side = shared.spool.as_ref().expect("a spooling worker");
-    side.backlog.clear_poison();
     side.drops.clear_poison();
     shared.clear_poison();
     let message = panic
@@ -212,10 +211,10 @@ fn spool_until_stopped(shared: &Shared, spool: Spool, policies: Policies) {
         spooler.sync(false);
         spooler.publish_stats();
         spooler.announce_drops(false);
-        let backlog = side.backlog.lock().unwrap();
+        let backlog = relock(&side.backlog);
         side.idle.store(true, Ordering::SeqCst);
         if (blocked || shared.queue.depth().0 == 0) && !shared.is_stopping() {
-            let _ = side.wake.wait_timeout(backlog, TICK).unwrap();
+            let _ = side.wake.wait_timeout(backlog, TICK);
         }
         side.idle.store(false, Ordering::SeqCst);
     }
@@ -264,7 +263,7 @@ impl Spooler<'_> {
             let count = pendings.len() + waiting.len() + dropped_new;
             let handed = !pendings.is_empty();
             let was_empty = self.shared.update(|t| {
-                let mut backlog = self.side.backlog.lock().unwrap();
+                let mut backlog = relock(&self.side.backlog);
                 #[cfg(test)]
                 tests::injected_panic(&pendings);
                 let was_empty = backlog.depth().0 == 0;
@@ -319,7 +318,7 @@ impl Spooler<'_> {
                 },
                 error => {
                     self.failed(&error);
-                    if self.side.backlog.lock().unwrap().has_room() {
+                    if relock(&self.side.backlog).has_room() {
                         Fate::MemoryOnly
                     } else {
                         Fate::Wait
@@ -358,7 +357,7 @@ impl Spooler<'_> {
     fn spool_dropped(&mut self, reason: &'static str) {
         let next = self.spool.watermark();
         self.shared.update(|t| {
-            let dropped = self.side.backlog.lock().unwrap().drop_below(next);
+            let dropped = relock(&self.side.backlog).drop_below(next);
             match reason {
                 "age" => t.stats.dropped_spool_age += dropped,
                 _ => t.stats.dropped_spool_full += dropped,
@@ -382,7 +381,7 @@ impl Spooler<'_> {
     /// [`Spooler::read_back`]'s loop; counts in `read` the messages it put in `replay`.
     fn read_back_into(&mut self, read: &mut usize) {
         loop {
-            let wanted = self.side.backlog.lock().unwrap().wants_replay();
+            let wanted = relock(&self.side.backlog).wants_replay();
             let Some(wanted) = wanted else {
                 return;
             };
@@ -404,7 +403,7 @@ impl Spooler<'_> {
                     Ok(None) => {
                         // Everything written was read, and disk-only messages are left:
                         // their records are gone (damaged at the end, or removed).
-                        let mut backlog = self.side.backlog.lock().unwrap();
+                        let mut backlog = relock(&self.side.backlog);
                         if backlog.wants_replay() == Some(wanted) {
                             let lost = backlog.skip_disk();
                             drop(backlog);
@@ -422,7 +421,7 @@ impl Spooler<'_> {
                 // Released or dropped meanwhile.
                 continue;
             }
-            let mut backlog = self.side.backlog.lock().unwrap();
+            let mut backlog = relock(&self.side.backlog);
             if !backlog.disk_holds(record.sequence) {
                 if backlog.ready_holds(record.sequence) {
                     // Still in memory: read again once it is disk-only.
@@ -461,7 +460,7 @@ impl Spooler<'_> {
     fn release(&mut self) {
         self.last_release = Instant::now();
         let watermark = self.shared.update(|t| {
-            let backlog = self.side.backlog.lock().unwrap();
+            let backlog = relock(&self.side.backlog);
             backlog.watermark(t.lowest_in_flight()).unwrap_or(u64::MAX)
         });
         let up_to = watermark.min(self.spool.next_sequence());

@@ -38,7 +38,7 @@
 //! message keeps its place in the spool until it is delivered.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -50,8 +50,8 @@ use super::connection::{Connection, Link, Sharing, StartError, Wake};
 use super::spooler::{self, Policies, SpoolSide};
 use super::tracker::{Stats, Tracker};
 use super::{
-    Broker, ConnectionConfig, DropEpisode, Leaky, Limits, Message, Overflow, Protocol, Pushed, QoS,
-    Queue,
+    relock, Broker, ConnectionConfig, DropEpisode, Leaky, Limits, Message, Overflow, Protocol,
+    Pushed, QoS, Queue,
 };
 use crate::spool::Spool;
 
@@ -279,7 +279,7 @@ impl Shared {
         }
         let now = Instant::now();
         match &self.spool {
-            Some(side) => side.backlog.lock().unwrap().requeue_front(
+            Some(side) => relock(&side.backlog).requeue_front(
                 payloads
                     .into_iter()
                     .map(|(seq, payload)| Pending {
@@ -311,7 +311,7 @@ impl Shared {
         let (mut messages, mut bytes) = (messages as u64, bytes as u64);
         messages += tracker.spooling as u64;
         if let Some(side) = &self.spool {
-            let backlog = side.backlog.lock().unwrap();
+            let backlog = relock(&side.backlog);
             let (memory, disk) = backlog.depth();
             messages += memory as u64 + disk;
             bytes += backlog.memory_bytes() as u64;
@@ -335,7 +335,7 @@ impl Shared {
         self.update(|t| {
             let (seq, payload, ended) = match &self.spool {
                 Some(side) => {
-                    let mut backlog = side.backlog.lock().unwrap();
+                    let mut backlog = relock(&side.backlog);
                     let (pending, origin) = backlog.pop()?;
                     if origin == Origin::Replay {
                         t.stats.replayed += 1;
@@ -385,10 +385,9 @@ impl Shared {
         }
     }
 
-    /// After a panic in a thread that may have held them (the spooler): the tracker and
-    /// the queue can be locked again.
+    /// After a panic in a thread that may have held it (the spooler): the queue can be
+    /// locked again. (The tracker and the backlog are locked with [`relock`].)
     pub(super) fn clear_poison(&self) {
-        self.tracker.clear_poison();
         self.queue.clear_poison();
     }
 
@@ -396,13 +395,14 @@ impl Shared {
     /// the spooler empties the queue as it writes: the batch gathers in the backlog.
     pub(super) fn has_batch(&self) -> bool {
         self.queue.has_batch()
-            || self.spool.as_ref().is_some_and(|side| {
-                side.backlog.lock().unwrap().depth().0 >= super::queue::MAX_BATCH
-            })
+            || self
+                .spool
+                .as_ref()
+                .is_some_and(|side| relock(&side.backlog).depth().0 >= super::queue::MAX_BATCH)
     }
 
     pub(super) fn update<R>(&self, f: impl FnOnce(&mut Tracker) -> R) -> R {
-        let mut tracker = self.tracker.lock().unwrap();
+        let mut tracker = relock(&self.tracker);
         let r = f(&mut tracker);
         let waiting = tracker.waiters > 0;
         drop(tracker);
@@ -533,7 +533,7 @@ impl Worker {
     pub fn push(&self, payload: Vec<u8>) -> Pushed {
         let size = payload.len();
         if size > self.shared.max_message_size {
-            let first = self.shared.tracker.lock().unwrap().drop_oversize_new();
+            let first = relock(&self.shared.tracker).drop_oversize_new();
             gst::debug!(
                 CAT,
                 id = &self.shared.name,
@@ -551,7 +551,7 @@ impl Worker {
             payload,
             queued_at: Instant::now(),
         });
-        let mut tracker = self.shared.tracker.lock().unwrap();
+        let mut tracker = relock(&self.shared.tracker);
         let (overflow, wake) = match pushed {
             Pushed::Queued {
                 dropped_oldest,
@@ -609,7 +609,7 @@ impl Worker {
     /// The largest payload that can be published now: `max_message_size`, or less when
     /// the broker announced a smaller maximum packet size (MQTT 5).
     pub fn max_payload(&self) -> usize {
-        let broker_max = self.shared.tracker.lock().unwrap().stats.broker_max_packet;
+        let broker_max = relock(&self.shared.tracker).stats.broker_max_packet;
         let configured = self.shared.max_message_size;
         broker_max.map_or(configured, |max| {
             configured.min((max as usize).saturating_sub(packet_size(&self.shared.topic, 0)))
@@ -647,13 +647,13 @@ impl Worker {
     pub fn stats(&self) -> Stats {
         // The depth read under the tracker lock, as in `flush`: a message being handed
         // over counts once.
-        let tracker = self.shared.tracker.lock().unwrap();
+        let tracker = relock(&self.shared.tracker);
         let (depth, bytes) = self.shared.depth(&tracker);
         let mut stats = tracker.stats;
         stats.queue_depth = depth;
         stats.queue_bytes = bytes;
         if let Some(side) = &self.shared.spool {
-            let memory_only = side.backlog.lock().unwrap().memory_only()
+            let memory_only = relock(&side.backlog).memory_only()
                 + tracker
                     .unwritten
                     .iter()
@@ -678,7 +678,7 @@ impl Worker {
             // A gathering batch is handed over now.
             self.shared.queued.notify_one();
         }
-        let _guard = self.shared.tracker.lock().unwrap();
+        let _guard = relock(&self.shared.tracker);
         self.shared.progress.notify_all();
     }
 
@@ -688,7 +688,7 @@ impl Worker {
     pub fn flush(&self, timeout: Duration, stall: Option<Duration>) -> Flushed {
         let deadline = Instant::now() + timeout;
         let mut last_progress = Instant::now();
-        let mut tracker = self.shared.tracker.lock().unwrap();
+        let mut tracker = relock(&self.shared.tracker);
         let mut done = tracker.stats.published;
         loop {
             let (depth, _) = self.shared.depth(&tracker);
@@ -709,7 +709,12 @@ impl Worker {
             }
             let wait = (deadline - now).min(Duration::from_millis(50));
             tracker.waiters += 1;
-            tracker = self.shared.progress.wait_timeout(tracker, wait).unwrap().0;
+            tracker = self
+                .shared
+                .progress
+                .wait_timeout(tracker, wait)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
             tracker.waiters -= 1;
         }
     }
@@ -741,7 +746,7 @@ impl Worker {
                 self.shared.requeue(in_flight);
             });
             {
-                let _backlog = side.backlog.lock().unwrap();
+                let _backlog = relock(&side.backlog);
                 side.wake();
             }
             if let Some(spooler) = self.spooler.lock().unwrap().take() {
@@ -750,9 +755,11 @@ impl Worker {
         }
         let left = self.shared.queue.clear() as u64;
         self.shared.update(|t| {
-            let memory_only = self.shared.spool.as_ref().map_or(0, |side| {
-                side.backlog.lock().unwrap().take_memory_only() as u64
-            });
+            let memory_only = self
+                .shared
+                .spool
+                .as_ref()
+                .map_or(0, |side| relock(&side.backlog).take_memory_only() as u64);
             t.stats.dropped_stopped += left + t.stats.in_flight + memory_only;
             t.stats.in_flight = 0;
             t.stats.connected = false;
