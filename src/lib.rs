@@ -50,6 +50,10 @@ pub mod internals {
         connection_tasks, CONNECTION_THREADS_ENV, CONNECTION_THREAD_NAME,
         DEFAULT_CONNECTION_THREADS,
     };
+    /// Building a message as `mqttpublish` does, for `examples/message_build_bench.rs`.
+    pub use crate::mqttpublish::{
+        Assembler, Input as MessageInput, MessageFormat, MessageOptions, MetadataSource,
+    };
 }
 
 fn plugin_init(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {

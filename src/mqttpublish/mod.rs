@@ -37,6 +37,9 @@ mod report;
 mod settings;
 mod spooling;
 
+#[doc(hidden)]
+pub use message::{Assembler, Input, MessageOptions};
+
 /// The shape of the messages. With a frame that has no image (`frame-interval`, GPU memory,
 /// over the size limit) the image is `""`, so every message on a topic has one shape.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, glib::Enum)]
