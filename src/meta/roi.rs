@@ -15,7 +15,8 @@ use std::ops::ControlFlow;
 
 use gst::buffer::BufferMetaForeachAction;
 use gst::glib;
-use gst::glib::translate::ToGlibPtr;
+use gst::glib::translate::{IntoGlib, ToGlibPtr};
+use gst::glib::value::FromValue;
 use gst_video::VideoRegionOfInterestMeta;
 use once_cell::sync::Lazy;
 
@@ -29,7 +30,11 @@ const OBJECT_ID: &str = "object_id";
 
 /// Reads every object on `buffer`, in the order the producer attached them.
 pub fn read_objects(buffer: &gst::BufferRef) -> Objects {
-    let mut out = Objects::default();
+    // Counted first: a walk of the meta list costs less than growing the vector.
+    let mut out = Objects {
+        objects: Vec::with_capacity(object_count(buffer)),
+        ..Objects::default()
+    };
     for meta in buffer.iter_meta::<VideoRegionOfInterestMeta>() {
         let object = read_object(&meta, &mut out.invalid_confidences);
         out.objects.push(object);
@@ -207,7 +212,7 @@ fn roi_type(roi: &VideoRegionOfInterestMeta) -> String {
         if text.is_null() {
             return String::new();
         }
-        CStr::from_ptr(text).to_string_lossy().into_owned()
+        owned_lossy(CStr::from_ptr(text))
     }
 }
 
@@ -240,10 +245,14 @@ static FIELDS: Lazy<Fields> = Lazy::new(|| Fields {
 });
 
 fn field(s: &gst::StructureRef, name: glib::Quark) -> Option<&glib::SendValue> {
-    // Deprecated for the GStreamer 1.26 `IdStr` API; on 1.22 it is the lookup without the
-    // name hashing.
-    #[allow(deprecated)]
-    s.value_by_quark(name).ok()
+    // Not `value_by_quark`: for a field that is absent (an optional one, looked up on every
+    // object) it builds an error holding a copy of the name, which nobody reads here.
+    // SAFETY: the value lives as long as the structure borrowed, and a structure's values
+    // are `Send` (GStreamer requires it of every field).
+    unsafe {
+        let value = gst::ffi::gst_structure_id_get_value(s.as_ptr(), name.into_glib());
+        (!value.is_null()).then(|| &*(value as *const glib::SendValue))
+    }
 }
 
 /// A string field, with invalid UTF-8 replaced (a C producer may set any bytes).
@@ -255,7 +264,16 @@ pub(super) fn string(s: &gst::StructureRef, name: glib::Quark) -> Option<String>
     // SAFETY: the value holds a string (checked above); the pointer is borrowed for the copy.
     unsafe {
         let text = glib::gobject_ffi::g_value_get_string(value.to_glib_none().0);
-        (!text.is_null()).then(|| CStr::from_ptr(text).to_string_lossy().into_owned())
+        (!text.is_null()).then(|| owned_lossy(CStr::from_ptr(text)))
+    }
+}
+
+/// A C string as a `String`, invalid UTF-8 replaced. Valid text (nearly always) is checked
+/// by the fast UTF-8 validation and copied once.
+fn owned_lossy(text: &CStr) -> String {
+    match text.to_str() {
+        Ok(text) => text.to_owned(),
+        Err(_) => text.to_string_lossy().into_owned(),
     }
 }
 
@@ -281,9 +299,11 @@ pub(super) fn confidence(
 /// A numeric field as `f64`, whatever numeric type the producer used.
 pub(super) fn number(s: &gst::StructureRef, name: glib::Quark) -> Option<f64> {
     let value = field(s, name)?;
+    // SAFETY (the `from_value` calls here and in `integer_value`): the value holds exactly
+    // the type matched, so reading it as that type needs no second check.
     match value.type_() {
-        glib::Type::F64 => value.get::<f64>().ok(),
-        glib::Type::F32 => value.get::<f32>().ok().map(f64::from),
+        glib::Type::F64 => Some(unsafe { f64::from_value(value) }),
+        glib::Type::F32 => Some(f64::from(unsafe { f32::from_value(value) })),
         _ => integer_value(value).map(|v| v as f64),
     }
 }
@@ -295,10 +315,10 @@ pub(super) fn integer(s: &gst::StructureRef, name: glib::Quark) -> Option<i64> {
 
 fn integer_value(value: &glib::SendValue) -> Option<i64> {
     match value.type_() {
-        glib::Type::I32 => value.get::<i32>().ok().map(i64::from),
-        glib::Type::I64 => value.get::<i64>().ok(),
-        glib::Type::U32 => value.get::<u32>().ok().map(i64::from),
-        glib::Type::U64 => value.get::<u64>().ok().and_then(|v| i64::try_from(v).ok()),
+        glib::Type::I32 => Some(i64::from(unsafe { i32::from_value(value) })),
+        glib::Type::I64 => Some(unsafe { i64::from_value(value) }),
+        glib::Type::U32 => Some(i64::from(unsafe { u32::from_value(value) })),
+        glib::Type::U64 => i64::try_from(unsafe { u64::from_value(value) }).ok(),
         _ => None,
     }
 }
@@ -335,4 +355,119 @@ pub(super) fn retain_params(
 /// How many objects `buffer` carries.
 pub fn object_count(buffer: &gst::BufferRef) -> usize {
     buffer.iter_meta::<VideoRegionOfInterestMeta>().count()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A buffer with one ROI of type `roi_type` (any bytes) carrying `params`, as a C
+    /// producer other than DL Streamer may write them.
+    fn buffer_with(roi_type: &[u8], params: Vec<gst::Structure>) -> gst::Buffer {
+        let mut buffer = gst::Buffer::new();
+        {
+            let buffer = buffer.get_mut().unwrap();
+            let mut roi = VideoRegionOfInterestMeta::add(buffer, "placeholder", (1, 2, 3, 4));
+            let quark = std::ffi::CString::new(roi_type).unwrap();
+            // SAFETY: the meta is borrowed mutably; a quark lives as long as the process.
+            unsafe {
+                let meta = &mut *(&mut *roi as *mut VideoRegionOfInterestMeta
+                    as *mut gst_video::ffi::GstVideoRegionOfInterestMeta);
+                meta.roi_type = glib::ffi::g_quark_from_string(quark.as_ptr());
+            }
+            for param in params {
+                roi.add_param(param);
+            }
+        }
+        buffer
+    }
+
+    #[test]
+    fn numbers_are_read_whatever_numeric_type_the_producer_used() {
+        gst::init().unwrap();
+        let buffer = buffer_with(
+            b"car",
+            vec![
+                gst::Structure::builder(DETECTION)
+                    .field("x_min", 0.25f32)
+                    .field("y_min", 1i32)
+                    .field("x_max", 1u64)
+                    .field("y_max", 1i64)
+                    .field("confidence", 0.5f32)
+                    .field("label_id", 7u32)
+                    .field("rotation", 0.5f64)
+                    .build(),
+                gst::Structure::builder(OBJECT_ID)
+                    .field("id", 42u64)
+                    .build(),
+            ],
+        );
+        let objects = read_objects(&buffer);
+        let object = &objects.objects[0];
+        assert_eq!(object.label, "car");
+        assert_eq!(object.tracking_id, Some(42));
+        let detection = object.detection.as_ref().unwrap();
+        assert_eq!(
+            detection.bounding_box,
+            Some(BoundingBox {
+                x_min: 0.25,
+                y_min: 1.0,
+                x_max: 1.0,
+                y_max: 1.0
+            })
+        );
+        assert_eq!(detection.confidence, Some(0.5));
+        assert_eq!(detection.label_id, Some(7));
+        assert_eq!(detection.rotation, Some(0.5));
+    }
+
+    #[test]
+    fn absent_fields_and_fields_of_another_type_read_as_none() {
+        gst::init().unwrap();
+        let buffer = buffer_with(
+            b"car",
+            vec![
+                gst::Structure::builder(DETECTION)
+                    .field("x_min", 0.1)
+                    .field("y_min", 0.1)
+                    .field("x_max", "wide")
+                    .field("y_max", 0.9)
+                    .field("confidence", "high")
+                    .field("label_id", u64::MAX)
+                    .build(),
+                gst::Structure::builder("color")
+                    .field("label", "red")
+                    .field("model_name", 3i32)
+                    .build(),
+                gst::Structure::builder("unlabelled")
+                    .field("label", 1i32)
+                    .build(),
+            ],
+        );
+        let objects = read_objects(&buffer);
+        let object = &objects.objects[0];
+        let detection = object.detection.as_ref().unwrap();
+        assert_eq!(detection.bounding_box, None, "x_max is not a number");
+        assert_eq!(detection.confidence, None);
+        assert_eq!(detection.label_id, None, "u64::MAX is no i32");
+        assert_eq!(detection.rotation, None);
+        assert_eq!(
+            object.classifications,
+            [Classification {
+                name: "color".into(),
+                label: "red".into(),
+                ..Classification::default()
+            }]
+        );
+        assert_eq!(objects.invalid_confidences, 0);
+    }
+
+    #[test]
+    fn invalid_utf8_in_the_roi_type_becomes_the_replacement_character() {
+        gst::init().unwrap();
+        // GStreamer refuses invalid UTF-8 in a structure's string fields, but nothing checks
+        // the quark of an ROI's type.
+        let buffer = buffer_with(b"c\xc3(r", vec![]);
+        assert_eq!(read_objects(&buffer).objects[0].label, "c\u{fffd}(r");
+    }
 }
