@@ -17,6 +17,11 @@
 //! flushed. Without `--duration` the pipeline runs until its sources end; with it, an
 //! end-of-stream is sent after that many seconds (for live sources).
 //!
+//! `threads_cpu` splits the CPU time by kind of thread (its name without digits), e.g. the
+//! streaming threads (`videotestsrc:src`) against the connection runtime's
+//! (`mqttpublish-rt`); `threads_sleeps` counts the times each kind went to sleep
+//! (voluntary context switches), so its wake-ups.
+//!
 //! `--started-file` is created once the pipeline was set to PLAYING (the clocks' zero;
 //! `start_unix` in the output is the same moment as wall-clock seconds).
 //!
@@ -32,7 +37,7 @@ mod bench_util;
 
 use std::time::{Duration, Instant};
 
-use bench_util::{fail, proc_status_kib, wall_ns, Args, CpuTime};
+use bench_util::{fail, proc_status_kib, thread_use, thread_use_since, wall_ns, Args, CpuTime};
 use gst::prelude::*;
 use serde_json::{json, Map, Value};
 
@@ -147,6 +152,7 @@ fn main() {
     }
 
     let cpu_start = CpuTime::now();
+    let threads_start = thread_use();
     let start = Instant::now();
     let start_unix = wall_ns() as f64 / 1e9;
     if pipeline.set_state(gst::State::Playing).is_err() {
@@ -186,6 +192,15 @@ fn main() {
         }
     }
     let cpu = CpuTime::now().since(cpu_start);
+    let threads_use = thread_use_since(&threads_start);
+    let threads_cpu: Map<String, Value> = threads_use
+        .iter()
+        .map(|(kind, (cpu, _))| (kind.clone(), json!(cpu)))
+        .collect();
+    let threads_sleeps: Map<String, Value> = threads_use
+        .iter()
+        .map(|(kind, (_, sleeps))| (kind.clone(), json!(sleeps)))
+        .collect();
     let wall = start.elapsed().as_secs_f64();
     if timeline_on {
         timeline.push(sample(&sinks, wall));
@@ -206,6 +221,8 @@ fn main() {
         "start_unix": start_unix,
         "peak_rss_kib": proc_status_kib("VmHWM"),
         "threads_max": threads_max,
+        "threads_cpu": threads_cpu,
+        "threads_sleeps": threads_sleeps,
         "sinks": sink_stats,
     });
     if timeline_on {

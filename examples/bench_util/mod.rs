@@ -5,7 +5,7 @@
 
 #![allow(dead_code)] // each program uses a different subset
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Options as `--name=value` or `--name value`, a bare `--flag`, and positional words.
@@ -112,6 +112,62 @@ impl CpuTime {
             sys: self.sys - earlier.sys,
         }
     }
+}
+
+/// What one thread of the process has used so far.
+#[derive(Debug, Clone, Default)]
+pub struct ThreadUse {
+    pub name: String,
+    /// Nanoseconds it ran (`schedstat`, exact where getrusage's ticks are not).
+    pub ran_ns: u64,
+    /// Times it went to sleep: voluntary context switches (`status`).
+    pub sleeps: u64,
+}
+
+/// What each thread of the process has used so far, by thread id
+/// (`/proc/self/task/*`).
+pub fn thread_use() -> HashMap<u32, ThreadUse> {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return HashMap::new();
+    };
+    tasks
+        .filter_map(Result::ok)
+        .filter_map(|task| {
+            let tid = task.file_name().to_str()?.parse().ok()?;
+            let read = |file| std::fs::read_to_string(task.path().join(file)).ok();
+            let name = read("comm")?.trim().to_owned();
+            let ran_ns = read("schedstat")?.split_whitespace().next()?.parse().ok()?;
+            let sleeps = read("status")?
+                .lines()
+                .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))?
+                .trim()
+                .parse()
+                .ok()?;
+            Some((
+                tid,
+                ThreadUse {
+                    name,
+                    ran_ns,
+                    sleeps,
+                },
+            ))
+        })
+        .collect()
+}
+
+/// CPU seconds and sleeps of each kind of thread since `earlier` (a [`thread_use`]), by
+/// name with the digits left out, so that `videotestsrc0:src` and `videotestsrc1:src` add
+/// up. Threads that ended meanwhile are not counted.
+pub fn thread_use_since(earlier: &HashMap<u32, ThreadUse>) -> BTreeMap<String, (f64, u64)> {
+    let mut by_kind = BTreeMap::new();
+    for (tid, now) in thread_use() {
+        let before = earlier.get(&tid).cloned().unwrap_or_default();
+        let kind: String = now.name.chars().filter(|c| !c.is_ascii_digit()).collect();
+        let entry = by_kind.entry(kind).or_insert((0.0, 0));
+        entry.0 += now.ran_ns.saturating_sub(before.ran_ns) as f64 / 1e9;
+        entry.1 += now.sleeps.saturating_sub(before.sleeps);
+    }
+    by_kind
 }
 
 /// A field of /proc/self/status in KiB (`VmRSS`, `VmHWM`), 0 when unreadable.
