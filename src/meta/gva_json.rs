@@ -30,7 +30,8 @@ struct GvaJsonMeta {
 
 /// The API type, when a library (DL Streamer, or [`attach`]) registered it.
 fn api_type() -> Option<glib::Type> {
-    gva_meta::api_type(API_NAME)
+    static API: gva_meta::ApiType = gva_meta::ApiType::new(API_NAME);
+    API.get()
 }
 
 /// The JSON texts attached to `buffer`, in the order they were attached (one per

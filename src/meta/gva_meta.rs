@@ -30,6 +30,31 @@ pub(super) fn api_type(api: &CStr) -> Option<glib::Type> {
     glib::Type::from_name(api.to_str().ok()?)
 }
 
+/// An API type looked up by its name on every buffer, kept once found: a registered type
+/// stays registered, while a lookup by name takes GLib's type lock and hashes the name.
+pub(super) struct ApiType {
+    name: &'static CStr,
+    found: once_cell::sync::OnceCell<glib::Type>,
+}
+
+impl ApiType {
+    pub const fn new(name: &'static CStr) -> Self {
+        ApiType {
+            name,
+            found: once_cell::sync::OnceCell::new(),
+        }
+    }
+
+    /// The type, when a library registered it (looked up again until one has).
+    pub fn get(&self) -> Option<glib::Type> {
+        if let Some(found) = self.found.get() {
+            return Some(*found);
+        }
+        let found = api_type(self.name)?;
+        Some(*self.found.get_or_init(|| found))
+    }
+}
+
 /// The meta's info: DL Streamer's registration when it exists, else one made from `r`.
 ///
 /// # Safety

@@ -41,7 +41,8 @@ struct GvaTensorMeta {
 
 /// The API type, when a library (DL Streamer, or [`attach`]) registered it.
 fn api_type() -> Option<glib::Type> {
-    gva_meta::api_type(API_NAME)
+    static API: gva_meta::ApiType = gva_meta::ApiType::new(API_NAME);
+    API.get()
 }
 
 /// The fields read from every tensor, as quarks.
