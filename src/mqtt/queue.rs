@@ -22,7 +22,7 @@ use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 /// The most messages that make a batch.
-pub const MAX_BATCH: usize = 32;
+pub const MAX_BATCH: usize = 64;
 
 /// A drop episode ends only when nothing was dropped for this long.
 pub const EPISODE_QUIET: Duration = Duration::from_secs(1);
