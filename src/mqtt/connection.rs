@@ -34,18 +34,13 @@ use std::time::{Duration, Instant};
 use once_cell::sync::Lazy;
 use tokio::sync::Notify;
 
+use super::queue::{BACK_TO_BACK, LINGER};
 use super::session::{Event, Failure, Publisher, Refusal, Session, REQUEST_CHANNEL};
 use super::tracker::Tracker;
 use super::worker::{runtime, Notice, Shared, SizeLimit, Taken, CAT, ON_RUNTIME};
 use super::{Broker, ConnectionConfig, QoS};
 use crate::tls::TlsFiles;
 
-/// Messages queued within this time of the mover emptying the queues count as arriving
-/// back to back.
-const BACK_TO_BACK: Duration = Duration::from_millis(1);
-/// How long the mover lets a batch gather when messages arrive back to back. tokio's timer
-/// ticks in milliseconds, so the wait is 1 to 2 ms; a full batch ends it sooner.
-const LINGER: Duration = Duration::from_millis(1);
 /// This many short-lived connections in a row suggest another client uses our client id.
 const SHORT_CONNECTIONS_WARNING: u32 = 3;
 /// How long a stop waits for DISCONNECT to go out.
@@ -626,7 +621,8 @@ async fn move_messages(link: &Link, publisher: Publisher) {
     }
 }
 
-/// Waits until a batch has gathered in a queue, for at most [`LINGER`].
+/// Waits until a batch has gathered in a queue, for at most [`LINGER`] (tokio's timer ticks
+/// in milliseconds, so 1 to 2 ms).
 async fn gather_batch(link: &Link) {
     let deadline = tokio::time::Instant::now() + LINGER;
     let has_batch = || {

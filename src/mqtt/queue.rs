@@ -24,6 +24,13 @@ use std::time::{Duration, Instant};
 /// The most messages that make a batch.
 pub const MAX_BATCH: usize = 64;
 
+/// Messages queued within this time of the consumer emptying the queue count as arriving
+/// back to back: the consumer then lets a batch gather.
+pub const BACK_TO_BACK: Duration = Duration::from_millis(1);
+/// How long a consumer lets a batch gather when messages arrive back to back; a full
+/// batch ends the wait sooner.
+pub const LINGER: Duration = Duration::from_millis(1);
+
 /// A drop episode ends only when nothing was dropped for this long.
 pub const EPISODE_QUIET: Duration = Duration::from_secs(1);
 

@@ -5,9 +5,11 @@
 //! streaming thread nor the connection ever waits for the disk:
 //! - takes what the streaming thread queued, appends it to the [`Spool`] and hands it to
 //!   the [`Backlog`] the connection publishes from: everything waiting at once, in one
-//!   write, with one wake-up of the connection's mover; it never waits for more to come
-//!   (until written, a message would die with the process). The streaming thread wakes
-//!   the spooler only when it waits;
+//!   write, with one wake-up of the connection's mover. Messages that come one by one (a
+//!   camera) are written as they come; while they arrive back to back (a file job) it
+//!   lets a batch gather first, for at most [`LINGER`] (until written, a message would die
+//!   with the process), as the mover does. The streaming thread wakes the spooler only
+//!   when it waits, for the first message and for a completed batch;
 //! - reads back what is only on disk (a previous run's messages, or what did not fit in
 //!   memory during an outage) ahead of the connection;
 //! - releases what was delivered (the watermark), applies the full and age policies, and
@@ -19,13 +21,13 @@
 
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Condvar, Mutex};
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
 use super::backlog::{Backlog, Pending};
-use super::queue::Message;
+use super::queue::{Message, BACK_TO_BACK, LINGER};
 use super::worker::Shared;
 use super::{relock, Leaky, Notice};
 use crate::spool::{ReadEvent, Record, Spool, SpoolError};
@@ -211,17 +213,53 @@ fn spool_until_stopped(shared: &Shared, spool: Spool, policies: Policies) {
         spooler.sync(false);
         spooler.publish_stats();
         spooler.announce_drops(false);
-        let backlog = relock(&side.backlog);
+        let mut backlog = relock(&side.backlog);
         side.idle.store(true, Ordering::SeqCst);
         if (blocked || shared.queue.depth().0 == 0) && !shared.is_stopping() {
-            let _ = side.wake.wait_timeout(backlog, TICK);
+            let drained_at = Instant::now();
+            backlog = side
+                .wake
+                .wait_timeout(backlog, TICK)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+            // Woken for a message right after the queue was emptied: messages arrive back
+            // to back (a file job). Written as they come, they would cost a write, and a
+            // wake-up of this thread, every message or two.
+            if !blocked && drained_at.elapsed() < BACK_TO_BACK && shared.queue.depth().0 > 0 {
+                backlog = gather_batch(shared, side, backlog);
+            }
         }
         side.idle.store(false, Ordering::SeqCst);
+        drop(backlog);
     }
     spooler.release();
     spooler.sync(true);
     spooler.publish_stats();
     spooler.announce_drops(true);
+}
+
+/// Lets a batch gather in the queue, for at most [`LINGER`]: the streaming thread wakes
+/// the spooler when it completes one (see [`SpoolSide::queued`]). Called, and returns,
+/// with the backlog locked and the spooler marked idle.
+fn gather_batch<'a>(
+    shared: &Shared,
+    side: &'a SpoolSide,
+    mut backlog: MutexGuard<'a, Backlog>,
+) -> MutexGuard<'a, Backlog> {
+    let deadline = Instant::now() + LINGER;
+    // A flushing queue (stopping, unlocking) has a batch: nothing more comes.
+    while !shared.queue.has_batch() {
+        let now = Instant::now();
+        if now >= deadline {
+            break;
+        }
+        backlog = side
+            .wake
+            .wait_timeout(backlog, deadline - now)
+            .unwrap_or_else(PoisonError::into_inner)
+            .0;
+    }
+    backlog
 }
 
 impl Spooler<'_> {
