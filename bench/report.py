@@ -173,12 +173,24 @@ def cpu(rec):
     return rec["pub"]["cpu_user"] + rec["pub"]["cpu_sys"]
 
 
+def runtime_cpu(rec):
+    """CPU seconds of the connection runtime's threads (bench_pipeline's threads_cpu)."""
+    threads = rec["pub"].get("threads_cpu")
+    if threads is None:
+        return None
+    return sum(v for k, v in threads.items() if k.startswith("mqttpublish-rt"))
+
+
 def cmd_brief():
     rec = json.loads(sys.stdin.readline())
     if "stages" in rec:
         print(f"{rec['matched']} messages followed, {rec['lingers']} lingers; " + ", ".join(
             f"{name} p50 {q.get('p50', float('nan')):.2f} p99 {q.get('p99', float('nan')):.2f} ms"
             for name, q in rec["stages"].items()))
+        return
+    if "build_ns" in rec["pub"]:
+        print(f"reading the objects {rec['pub']['read_ns']} ns, building the message "
+              f"{rec['pub']['build_ns']} ns")
         return
     parts = [f"cpu {cpu(rec):.3f} s", f"wall {rec['pub']['wall']:.2f} s",
              f"received {rec['sub'].get('total', 0)}",
@@ -201,7 +213,7 @@ class Runs:
                 if all(r["key"].get(k) == v for k, v in key.items())]
 
     def median(self, fn, **key):
-        values = [fn(r) for r in self.select(**key)]
+        values = [v for v in map(fn, self.select(**key)) if v is not None]
         return statistics.median(values) if values else None
 
 
@@ -241,10 +253,12 @@ def report_w1(runs, params, targets):
         "raw": "raw rumqttc (bench/raw-publisher)",
         "python": "Python: appsink + json.dumps + paho",
     }
-    header = ["QoS", "publisher", "CPU s", "CPU µs/msg over baseline", "x raw", "wall s",
-              "delivered", "delivered msg/s", "peak RSS MiB", "process CPU s"]
+    header = ["QoS", "publisher", "CPU s", "CPU µs/msg over baseline", "x raw",
+              "runtime threads µs/msg", "wall s", "delivered", "delivered msg/s",
+              "peak RSS MiB", "process CPU s"]
     rows = []
     per_msg = {}
+    runtime = {}
     rate = {}
     for qos in (0, 1):
         for row in ("mqttpublish", "mqttpublish-default", "raw", "python"):
@@ -257,7 +271,11 @@ def report_w1(runs, params, targets):
             per_msg[qos, row] = over / n * 1e6 if over is not None else None
             rate[qos, row] = runs.median(lambda r: r["sub"].get("total", 0) / r["pub"]["wall"],
                                          w="w1", row=row, qos=qos)
+            runtime[qos, row] = runs.median(
+                lambda r: None if runtime_cpu(r) is None else runtime_cpu(r) / n * 1e6,
+                w="w1", row=row, qos=qos)
             rows.append([qos, names[row], fmt(c, ".3f"), fmt(per_msg[qos, row], ".1f"), None,
+                         fmt(runtime[qos, row], ".1f"),
                          fmt(runs.median(lambda r: r["pub"]["wall"], w="w1", row=row, qos=qos)),
                          f"{min(r['sub'].get('total', 0) for r in recs)}-"
                          f"{max(r['sub'].get('total', 0) for r in recs)} of {n}",
@@ -271,8 +289,30 @@ def report_w1(runs, params, targets):
     out.append(table(header, rows))
     out.append("")
     out.append("`delivered` is the range over the repetitions; the others are medians. "
-               "`x raw` is CPU per message over the baseline divided by the raw publisher's CPU per message.")
+               "`x raw` is CPU per message over the baseline divided by the raw publisher's CPU per message. "
+               "`runtime threads` is the CPU of the connection runtime's threads alone (`mqttpublish-rt`, "
+               "from /proc schedstat), per message: publishing apart from building.")
     out.append("")
+    build = runs.median(lambda r: r["pub"]["build_ns"] / 1e3, w="w1", row="build")
+    read = runs.median(lambda r: r["pub"]["read_ns"] / 1e3, w="w1", row="build")
+    if build is not None:
+        out.append(f"Where mqttpublish's cost per message goes. Building one message alone "
+                   f"(`examples/message_build_bench.rs`: the element's assembler on W1's buffer, "
+                   f"best of 5, no publishing) costs {build:.2f} µs, of which {read:.2f} µs is "
+                   f"reading the five ROI metas; the rest is writing the gvametaconvert JSON. "
+                   f"The raw publisher sends a ready-made payload and builds nothing.")
+        for qos in (0, 1):
+            m, raw, rt = (per_msg.get((qos, "mqttpublish")), per_msg.get((qos, "raw")),
+                          runtime.get((qos, "mqttpublish")))
+            if m is None or not raw or rt is None:
+                continue
+            out.append(f"- QoS {qos}: {m:.1f} µs over the baseline = building {build:.2f} µs "
+                       f"({build / raw:.2f}x raw's whole cost) + the runtime threads "
+                       f"{rt:.1f} µs ({rt / raw:.2f}x raw) + the rest, {m - build - rt:.1f} µs: "
+                       f"the streaming thread's queueing and waking of the runtime, its running "
+                       f"slower beside a busy second core, and the baseline's variation between "
+                       f"runs.")
+        out.append("")
     for qos in (0, 1):
         m, raw, py = per_msg.get((qos, "mqttpublish")), per_msg.get((qos, "raw")), per_msg.get((qos, "python"))
         if m is not None and raw:

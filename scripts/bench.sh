@@ -17,7 +17,8 @@
 #
 # Workloads (bench/README.md explains the measurements):
 #   w1   metadata only, W1_N buffers of 64x48 video with 5 objects, QoS 0 and 1:
-#        fakesink baseline, mqttpublish (leaky=no and default), raw rumqttc, Python
+#        fakesink baseline, mqttpublish (leaky=no and default), raw rumqttc, Python; and
+#        what building one message costs alone (examples/message_build_bench.rs)
 #   w2   W2_N 1280x720 frames, I420 and BGRx, publish-frame: baseline, jpegenc !
 #        mqttpublish, mqttpublish encoding itself, Python with OpenCV
 #   w3   latency at 30 fps for W3_SECONDS: metadata only and with 720p frames,
@@ -252,6 +253,9 @@ w1() {
     for rep in $(seq "$REPEAT"); do
         measure "{\"w\":\"w1\",\"row\":\"baseline\",\"qos\":\"-\",\"rep\":$rep}" bench/w1/none \
             -- "$EXAMPLES/bench_pipeline" $src ! fakesink
+        # Building the message alone (reading the metas, writing the JSON), no publishing.
+        measure "{\"w\":\"w1\",\"row\":\"build\",\"qos\":\"-\",\"rep\":$rep}" bench/w1/none \
+            -- "$EXAMPLES/message_build_bench"
         for qos in 0 1; do
             measure "{\"w\":\"w1\",\"row\":\"mqttpublish\",\"qos\":$qos,\"rep\":$rep}" "bench/w1/m$qos" \
                 -- "$EXAMPLES/bench_pipeline" $src ! mqttpublish $MQTT qos=$qos topic=bench/w1/m$qos leaky=no
