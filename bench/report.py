@@ -316,8 +316,11 @@ def report_w1(runs, params, targets):
     for qos in (0, 1):
         m, raw, py = per_msg.get((qos, "mqttpublish")), per_msg.get((qos, "raw")), per_msg.get((qos, "python"))
         if m is not None and raw:
-            targets.append((f"W1 QoS {qos}: mqttpublish CPU/msg over baseline <= 2x raw rumqttc",
-                            f"{m / raw:.2f}x", m / raw <= 2))
+            # Within twice the raw client's cost at QoS 0; at QoS 1, where the
+            # acknowledgements cost both alike, within 1.5 times.
+            limit = 2 if qos == 0 else 1.5
+            targets.append((f"W1 QoS {qos}: mqttpublish CPU/msg over baseline <= {limit}x raw rumqttc",
+                            f"{m / raw:.2f}x", m / raw <= limit))
         if m and py is not None:
             targets.append((f"W1 QoS {qos}: >= 10x less CPU/msg than Python",
                             f"{py / m:.1f}x less", py / m >= 10))
