@@ -16,7 +16,9 @@
 #                 (cargo build --manifest-path fuzz/Cargo.toml, sharing target/
 #                 so the dependencies are not built twice). That checks they
 #                 compile and link; fuzzing itself: see fuzz/README.md
-#   test          cargo test (unit, integration incl. tests/meson_install.rs, doc tests)
+#   test          cargo test --no-fail-fast (unit, integration incl. tests/meson_install.rs,
+#                 doc tests); its output is also kept in target/test-logs/cargo-test.log
+#                 and, when a test fails, the summary names it and quotes its panic
 #   gst126        scripts/gst126.sh: the `analytics` feature built, linted and tested
 #                 against GStreamer 1.26 in a Debian 13 root under the target directory
 #                 (made on the first run, a few minutes; needs root and the Debian
@@ -41,6 +43,8 @@ fi
 
 summary=()
 failed=0
+# Lines quoted after the summary: what failed, so that the end of the output says it.
+failures=()
 
 step() {
     local name=$1 start=$SECONDS rc=0
@@ -81,6 +85,24 @@ fuzz_build() {
     done
 }
 
+# cargo test over every test binary (not stopping at the first that fails), its output
+# kept in a log; the failing tests and their panic messages go to `failures`.
+cargo_tests() {
+    local log_dir=${CARGO_TARGET_DIR:-$REPO_DIR/target}/test-logs rc=0
+    mkdir -p "$log_dir"
+    cargo test --no-fail-fast 2>&1 | tee "$log_dir/cargo-test.log" || rc=$?
+    if ((rc != 0)); then
+        local line
+        while IFS= read -r line; do
+            failures+=("cargo test: $line")
+        done < <(awk '/^test .* \.\.\. FAILED$/ || /^error: / { print; next }
+                      /panicked at/ { print; if ((getline next_line) > 0) print "  " next_line }' \
+            "$log_dir/cargo-test.log" | head -n 60)
+        failures+=("cargo test: the whole output is in $log_dir/cargo-test.log")
+    fi
+    return "$rc"
+}
+
 viewer_tests() {
     local target_dir=${CARGO_TARGET_DIR:-$REPO_DIR/target}
     cargo fmt --check --manifest-path viewer/Cargo.toml &&
@@ -100,12 +122,16 @@ if [[ -d fuzz ]]; then
 else
     summary+=("SKIP  fuzz-build (no fuzz/ directory)")
 fi
-step test cargo test
+step test cargo_tests
 step gst126 scripts/gst126.sh
 step viewer viewer_tests
 
 printf '\n==> summary\n'
 printf '%s\n' "${summary[@]}"
+if ((${#failures[@]} > 0)); then
+    printf '\n==> what failed\n'
+    printf '%s\n' "${failures[@]}"
+fi
 if ((failed > 0)); then
     echo "test.sh: $failed step(s) failed"
     exit 1
