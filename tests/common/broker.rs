@@ -264,6 +264,32 @@ fn is_port_clash(failure: &str) -> bool {
     failure.contains("address already in use") || failure.contains("eaddrinuse")
 }
 
+/// What a broker printed, shared with the clients of a test so that a client that cannot
+/// connect can say what the broker said meanwhile (see [`Broker::output`]).
+#[derive(Debug, Clone)]
+pub struct BrokerOutput {
+    broker: String,
+    lines: Arc<Mutex<Vec<LogLine>>>,
+}
+
+impl BrokerOutput {
+    /// The broker and the last lines it printed.
+    pub fn describe(&self) -> String {
+        const LAST: usize = 40;
+        let lines = self.lines.lock().unwrap();
+        let skipped = lines.len().saturating_sub(LAST);
+        let mut text = format!(
+            "{}, its last {} lines of output:\n",
+            self.broker,
+            lines.len() - skipped
+        );
+        for line in &lines[skipped..] {
+            let _ = writeln!(text, "  {}", line.text);
+        }
+        text
+    }
+}
+
 /// One line mosquitto logged (captured from its standard error).
 #[derive(Debug, Clone)]
 pub struct LogLine {
@@ -606,6 +632,14 @@ impl Broker {
                 "broker did not log {needle:?} within {timeout:?}; log:\n{}",
                 self.log_text()
             ),
+        }
+    }
+
+    /// A handle on the broker's output, for clients that quote it when they fail.
+    pub fn output(&self) -> BrokerOutput {
+        BrokerOutput {
+            broker: format!("{} on port {}", self.kind().name(), self.port),
+            lines: Arc::clone(&self.lines),
         }
     }
 

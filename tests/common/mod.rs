@@ -56,7 +56,7 @@ use std::time::{Duration, Instant};
 
 // Re-exports for the test files; each uses only some of them.
 #[allow(unused_imports)]
-pub use broker::{Broker, BrokerBuilder, Kind, LogLine};
+pub use broker::{Broker, BrokerBuilder, BrokerOutput, Kind, LogLine};
 #[allow(unused_imports)]
 pub use pipeline::{Flow, Run};
 #[allow(unused_imports)]

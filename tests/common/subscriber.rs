@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use rumqttc::v5;
 use rumqttc::{ConnectionError, Event, Incoming, Outgoing, QoS, Transport};
 
-use super::{Broker, TlsFiles};
+use super::{Broker, BrokerOutput, TlsFiles};
 
 /// Default time to connect and get the SUBACK (generous: loaded CI).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
@@ -125,6 +125,8 @@ pub struct SubscriberBuilder {
     tls: Option<ClientTls>,
     keep_alive: Duration,
     connect_timeout: Duration,
+    /// The broker's output, quoted when connecting fails.
+    broker_output: BrokerOutput,
 }
 
 impl SubscriberBuilder {
@@ -225,9 +227,13 @@ impl SubscriberBuilder {
     #[track_caller]
     pub fn connect(self) -> Subscriber {
         let topic = self.topic.clone();
+        let broker_output = self.broker_output.clone();
         match self.try_connect() {
             Ok(subscriber) => subscriber,
-            Err(error) => panic!("subscriber for {topic:?}: {error}"),
+            Err(error) => panic!(
+                "subscriber for {topic:?}: {error}\n{}",
+                broker_output.describe()
+            ),
         }
     }
 
@@ -409,6 +415,7 @@ impl Subscriber {
             tls: None,
             keep_alive: Duration::from_secs(60),
             connect_timeout: CONNECT_TIMEOUT,
+            broker_output: broker.output(),
         }
     }
 
