@@ -115,21 +115,43 @@ pub fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
 }
 
 /// Returns a TCP port that is currently free on 127.0.0.1 (and on ::1 too
-/// when `ipv6` is set).
+/// when `ipv6` is set), for a listener a test starts (a broker, a proxy).
 ///
-/// The port is found by binding port 0 and dropping the listener again, so
-/// another process may take it before it is used; [`Broker`] retries with a
-/// new port when mosquitto cannot bind.
+/// Ports come from below the kernel's ephemeral range
+/// (`net.ipv4.ip_local_port_range`, from 32768 by default), each at most once per
+/// process, starting at an offset taken from the process id. The ephemeral range is
+/// where the kernel picks the local port of every outgoing connection and of every
+/// `bind` to port 0: a port picked there may be taken by another test's connection or
+/// listener between the check and the broker's `bind`, which a slow start (RabbitMQ,
+/// seconds on a loaded machine) leaves time for. Below it, only another process that
+/// asks for the port by number can take it; [`Broker`] retries with a new port when
+/// its broker cannot bind.
 pub fn free_port(ipv6: bool) -> u16 {
-    for _ in 0..50 {
-        let listener = TcpListener::bind((LOCALHOST_V4, 0)).expect("bind 127.0.0.1:0");
-        let port = listener.local_addr().expect("local address").port();
-        if ipv6 && TcpListener::bind((LOCALHOST_V6, port)).is_err() {
-            continue;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    /// The lowest port handed out.
+    const FIRST: u32 = 10_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let end = ephemeral_range_start().max(FIRST + 1_000);
+    let span = end - FIRST;
+    let offset = std::process::id().wrapping_mul(2_654_435_761) % span;
+    for _ in 0..200 {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (FIRST + (offset + n) % span) as u16;
+        let free = TcpListener::bind((LOCALHOST_V4, port)).is_ok()
+            && (!ipv6 || TcpListener::bind((LOCALHOST_V6, port)).is_ok());
+        if free {
+            return port;
         }
-        return port;
     }
-    panic!("could not find a free loopback port");
+    panic!("could not find a free loopback port from {FIRST} to {end}");
+}
+
+/// The first port of the kernel's ephemeral range (32768 when it cannot be read).
+fn ephemeral_range_start() -> u32 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32_768)
 }
 
 /// Initializes GStreamer and registers this crate's plugin, once per test binary.
