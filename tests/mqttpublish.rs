@@ -621,7 +621,7 @@ fn eos_waits_until_every_qos1_message_is_acknowledged() {
 /// every message arrives, in order, with nothing dropped or warned about.
 #[test]
 fn a_file_job_waits_for_room_by_default_and_loses_nothing() {
-    let broker = Broker::new();
+    let mut broker = Broker::new();
     let sub = Subscriber::builder(&broker, TOPIC)
         .qos(QoS::AtLeastOnce)
         .connect();
@@ -642,13 +642,22 @@ fn a_file_job_waits_for_room_by_default_and_loses_nothing() {
     let messages = sub.wait_for(frames as usize, LONG);
     assert_eq!(frame_ids(&messages), (0..frames).collect::<Vec<_>>());
 
-    // The same job dropping the oldest loses messages: the queue was too small to hold
-    // the backlog, so the run above delivered everything by waiting.
+    // The same job dropping the oldest loses messages when a backlog builds: the queue
+    // is too small to hold one, so the run above delivered everything by waiting. The
+    // broker is frozen for the backlog to build whatever the machine's speed: past
+    // rumqttc's in-flight window (100) and request channel (64), the queue overflows.
     let mut run = Run::publish(&source, &format!("{props} leaky=downstream"));
+    assert!(run.wait_element_message("mqttpublish-connected", LONG));
+    broker.pause();
+    run.wait_stats("every frame handed to the element", LONG, |s| {
+        stat(s, "messages-queued") == frames
+    });
+    broker.resume();
     run.wait_eos(LONG);
     let episodes = run.element_messages("mqttpublish-dropping").len();
     let stats = run.stop();
     assert!(stat(&stats, "dropped-queue-full") > 0, "{stats}");
+    assert_accounted(&stats);
     // Overflowing again and again, milliseconds apart, is one episode: one warning at the
     // first drop, not one per overflow.
     assert_eq!(episodes, 1, "{stats}");
