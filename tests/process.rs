@@ -263,9 +263,11 @@ fn socket_writes(trace: &str, port: u16) -> usize {
 /// A file job outruns the connection: the messages waiting when the socket can take them
 /// go out in one write (rumqttc's event loop, patched in third_party/rumqttc), not one
 /// system call each. Counted by strace on gst-launch-1.0 at QoS 0 and 1, MQTT 3.1.1 and
-/// 5: the writes to the broker's socket are a fraction of the messages, and every message
-/// arrives. With one write per message (rumqttc as released) there are more writes than
-/// messages.
+/// 5: the writes to the broker's socket are at most half the messages (two or more per
+/// write on average; 160-260 writes per 1,000 here, idle or with a core busy), and every
+/// message arrives. With one write per message (rumqttc as released) there are more writes
+/// than messages. How many messages wait for each write depends on how fast the machine
+/// publishes against how fast the source runs, hence the margin.
 #[test]
 fn a_file_job_writes_waiting_messages_together() {
     const MESSAGES: usize = 1000;
@@ -299,7 +301,7 @@ fn a_file_job_writes_waiting_messages_together() {
         let writes = socket_writes(&std::fs::read_to_string(&trace).unwrap(), broker.port());
         // CONNECT, DISCONNECT and the messages: with no batching at all, over MESSAGES.
         assert!(
-            writes > 0 && writes <= MESSAGES / 3,
+            writes > 0 && writes <= MESSAGES / 2,
             "QoS {qos}, MQTT {protocol}: {writes} writes to the broker's socket for \
              {MESSAGES} messages"
         );
