@@ -892,9 +892,11 @@ fn a_minute_of_outage_with_a_live_camera_loses_no_frame_and_keeps_memory_bounded
 }
 
 /// A broker, a test's folder, and a subscriber to [`TOPIC`] that counts what a file job
-/// publishes.
+/// publishes. The broker queues without limit for the subscriber (mosquitto's default
+/// drops past 1,000 waiting for a client), so that a subscriber late on a busy machine
+/// misses nothing of a file job's thousands of messages.
 fn file_job_site() -> (Broker, Site, Subscriber) {
-    let broker = Broker::new();
+    let broker = Broker::builder().max_queued(0).start();
     let sub = Subscriber::builder(&broker, TOPIC)
         .qos(QoS::AtLeastOnce)
         .connect();
@@ -918,14 +920,17 @@ fn a_file_job_through_the_spool_delivers_each_message_once() {
         ),
     );
     assert!(out.status.success(), "{}", printed(&out));
-    sub.assert_count_after(3000, Duration::from_secs(1));
+    sub.wait_for(3000, LONG);
+    sub.assert_count_after(3000, Duration::from_millis(500));
     assert_eq!(count(&frames(&sub), "once"), 3000);
 }
 
 /// A file job's messages arrive back to back: the spool's thread lets them gather and
 /// writes them together, instead of one `write` (and one wake-up of the thread) for every
 /// message or two. Counted by strace on gst-launch-1.0: the writes to the spool's segment
-/// files are a fraction of the messages, and every message arrives once.
+/// files are at most half the messages (100-180 per 1,000 here, idle or with a core busy;
+/// how many gather depends on the machine's speed, hence the margin), and every message
+/// arrives once.
 #[test]
 fn a_file_job_writes_the_spool_in_batches() {
     const MESSAGES: usize = 1000;
@@ -962,7 +967,7 @@ fn a_file_job_writes_the_spool_in_batches() {
         .filter(|call| call.contains(&segment) && call.contains(".seg>"))
         .count();
     assert!(
-        writes > 0 && writes <= MESSAGES / 3,
+        writes > 0 && writes <= MESSAGES / 2,
         "{writes} writes to the spool's segments for {MESSAGES} messages"
     );
     assert_eq!(sub.wait_for(MESSAGES, LONG).len(), MESSAGES);
