@@ -171,7 +171,7 @@ fn formats_the_encoder_does_not_take_publish_their_metadata() {
 /// `msg["metadata"]` and `msg["blob"]` and the keys DLSPS documents, and prints what it found
 /// as one JSON line per message.
 const DLSPS_APP: &str = r#"
-import base64, json, sys, time
+import base64, json, sys, threading, time
 import paho.mqtt.client as mqtt
 
 host, port, topic, count = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
@@ -200,11 +200,20 @@ def on_message(client, userdata, msg):
         "tags": metadata.get("tags"),
     })
 
+subscribed = threading.Event()
+
+def on_subscribe(client, userdata, mid, *rest):
+    subscribed.set()
+
 client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2) if hasattr(mqtt, "CallbackAPIVersion") else mqtt.Client()
 client.on_message = on_message
+client.on_subscribe = on_subscribe
 client.connect(host, port)
 client.subscribe(topic)
 client.loop_start()
+# Ready once the broker has acknowledged the subscription (SUBACK).
+if not subscribed.wait(30):
+    sys.exit("no SUBACK within 30 s")
 print("subscribed", flush=True)
 deadline = time.monotonic() + 30
 while len(seen) < count and time.monotonic() < deadline:
@@ -229,9 +238,7 @@ fn a_dlsps_application_reads_the_dlsps_format_unchanged() {
     let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();
     std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
-    assert_eq!(line.trim(), "subscribed", "the application is ready");
-    // The SUBSCRIBE may still be on its way.
-    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(line.trim(), "subscribed", "the application is ready (SUBACK received)");
 
     let before = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
