@@ -238,7 +238,11 @@ fn a_dlsps_application_reads_the_dlsps_format_unchanged() {
     let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();
     std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
-    assert_eq!(line.trim(), "subscribed", "the application is ready (SUBACK received)");
+    assert_eq!(
+        line.trim(),
+        "subscribed",
+        "the application is ready (SUBACK received)"
+    );
 
     let before = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

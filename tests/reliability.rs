@@ -108,8 +108,11 @@ fn broker_kill_with_qos0_accounts_for_everything() {
     let sub_after = Subscriber::builder(&broker, TOPIC)
         .qos(QoS::AtMostOnce)
         .connect();
-    // The first retries come 1 s then 2 s after the loss: publishing resumes within 4 s.
-    sub_after.wait_for(1, Duration::from_secs(4));
+    // The retries come 1, 3 and 7 s after the loss (waits of 1, 2 and 4 s): the broker
+    // back about 2 s after the loss is found by the attempt at 3 s, or, when its start
+    // took over a second on a busy machine, by the one at 7 s. Either way publishing
+    // resumes within the wait in force (at most 4 s) plus a connection's round trips.
+    sub_after.wait_for(1, LONG);
     let resumed = restarted.elapsed();
     run.wait_eos(LONG);
     let stats = run.stats();
@@ -117,8 +120,8 @@ fn broker_kill_with_qos0_accounts_for_everything() {
     run.stop();
 
     assert!(
-        resumed < Duration::from_secs(4),
-        "resumed after {resumed:?}"
+        resumed < Duration::from_secs(5),
+        "resumed {resumed:?} after the broker was back"
     );
     assert!(
         gap < Duration::from_millis(500),
