@@ -743,7 +743,7 @@ fn failover_round(
 
 /// Failover with a spool, when the cluster needs longer than the end of stream waits: a
 /// live run (QoS 1, `host` listing JetStream's leader first and another node second,
-/// flush-timeout=1000) loses the leader (SIGKILL) half a second before its last frame,
+/// flush-timeout=1000) loses the leader (SIGKILL) half a second before the test ends it,
 /// while the other node is frozen (SIGSTOP) until the run has stopped: what
 /// was not acknowledged stays in the spool, the element says so, and counts it as kept,
 /// not lost. The next run on the same spool and client id publishes it
@@ -760,7 +760,8 @@ fn nats_cluster_failover_with_a_spool_keeps_what_the_end_of_stream_left() {
     }
 }
 
-/// Frames of a spool failover round: the first run's (live), the second's.
+/// Frames of a spool failover round: the first run's (live, about as many: the test ends
+/// its stream half a second after the kill), the second's.
 const SPOOL_ROUND_FRAMES: (u64, u64) = (150, 30);
 
 /// The frames of `run` (the element's `source`) the subscriber received, by frame id.
@@ -794,7 +795,7 @@ fn spool_failover_round(nodes: &mut [Broker], round: u32, restarted: Option<usiz
         )
     };
 
-    let mut run = Run::publish(&replay(first as u32, true), &sink("run1", 1000));
+    let mut run = Run::publish(&replay(100_000, true), &sink("run1", 1000));
     assert!(run.wait_element_message("mqttpublish-connected", LONG));
     sub.wait_for(60, LONG);
     assert_eq!(
@@ -807,15 +808,23 @@ fn spool_failover_round(nodes: &mut [Broker], round: u32, restarted: Option<usiz
         address(&nodes[leader]),
         "round {round}: the element publishes to JetStream's leader"
     );
-    let near_the_end = common::wait_until(LONG, Duration::from_millis(5), || {
+    let under_way = common::wait_until(LONG, Duration::from_millis(5), || {
         run.flow.count() as u64 >= first - 15
     });
-    assert!(near_the_end, "round {round}: the stream stalled");
+    assert!(under_way, "round {round}: the stream stalled");
     // The spare node frozen (SIGSTOP) while the leader dies: the cluster needs longer than
-    // the end of stream waits, for certain.
+    // the end of stream waits, for certain. Half a second of frames after the kill, which
+    // no node can take, then the end of the stream.
     nodes[other].pause();
     nodes[leader].kill();
+    let at_kill = run.flow.count() as u64;
+    let flowing = common::wait_until(LONG, Duration::from_millis(5), || {
+        run.flow.count() as u64 >= at_kill + 15
+    });
+    assert!(flowing, "round {round}: the stream stalled after the kill");
+    run.pipeline.send_event(gst::event::Eos::new());
     run.wait_eos(Duration::from_secs(30));
+    let first = run.flow.count() as u64;
     let undelivered = posted(&run, "mqttpublish-undelivered");
     let ended = finished(run);
     nodes[other].resume();
