@@ -70,8 +70,12 @@ fn ipv4_and_ipv6_clients_are_served_and_logged() {
         log.contains("Received PUBLISH from") && log.contains("'harness/v4'"),
         "{log}"
     );
+    // The subscriber and the two mosquitto_pub runs; no readiness probes. The lines come
+    // through the harness's reader of mosquitto's output, which may lag behind.
+    wait_until(TIMEOUT, Duration::from_millis(20), || {
+        broker.connection_attempts().len() >= 3
+    });
     let attempts = broker.connection_attempts();
-    // The subscriber and the two mosquitto_pub runs; no readiness probes.
     assert_eq!(attempts.len(), 3, "{attempts:#?}");
     assert!(attempts.iter().all(|line| line.broker_time.is_some()));
     assert!(
