@@ -454,6 +454,20 @@ struct Ended {
     stats: gst::Structure,
 }
 
+/// Ends a live run with an end of stream once `frames` frames have reached the sink, and
+/// waits up to `timeout` for it to come out (the element's flush-timeout and more); returns
+/// the frames that reached the sink.
+#[track_caller]
+fn end_after(run: &mut Run, frames: usize, timeout: Duration, round: u32) -> u64 {
+    let flowing = common::wait_until(LONG, Duration::from_millis(5), || {
+        run.flow.count() >= frames
+    });
+    assert!(flowing, "round {round}: the video stalled after the kill");
+    run.pipeline.send_event(gst::event::Eos::new());
+    run.wait_eos(timeout);
+    run.flow.count() as u64
+}
+
 /// Ends a live run with an end of stream and returns what it said and counted.
 fn end_of_stream(mut run: Run) -> Ended {
     run.pipeline.send_event(gst::event::Eos::new());
@@ -664,16 +678,15 @@ fn failover_round(
     let spare = if used == leader { other } else { leader };
     let before = posted(&run, "mqttpublish-connected").len();
     let killed = Instant::now();
-    let flowed_before = run.flow.count();
+    let at_kill = run.flow.count();
     nodes[used].kill();
-    let flowing = common::wait_until(LONG, Duration::from_millis(20), || {
-        run.flow.count() >= flowed_before + FRAMES_AFTER_THE_KILL
-    });
-    assert!(flowing, "round {round}: the video stalled after the kill");
     // The end of stream waits for delivery (flush-timeout).
-    run.pipeline.send_event(gst::event::Eos::new());
-    run.wait_eos(Duration::from_secs(90));
-    let frames = run.flow.count() as u64;
+    let frames = end_after(
+        &mut run,
+        at_kill + FRAMES_AFTER_THE_KILL,
+        Duration::from_secs(90),
+        round,
+    );
     // The failures from the death to the reconnection.
     let connected_at = run.element_messages("mqttpublish-connected");
     assert!(
@@ -760,9 +773,9 @@ fn nats_cluster_failover_with_a_spool_keeps_what_the_end_of_stream_left() {
     }
 }
 
-/// Frames of a spool failover round: the first run's (live, about as many: the test ends
-/// its stream half a second after the kill), the second's.
-const SPOOL_ROUND_FRAMES: (u64, u64) = (150, 30);
+/// Frames of a spool failover round: the first run's (live) before the leader is killed,
+/// and after it, before the test ends the stream (half a second); the second run's.
+const SPOOL_ROUND_FRAMES: (usize, usize, u64) = (135, 15, 30);
 
 /// The frames of `run` (the element's `source`) the subscriber received, by frame id.
 fn frames_of(sub: &Subscriber, run: &str) -> BTreeSet<u64> {
@@ -783,7 +796,7 @@ fn spool_failover_round(nodes: &mut [Broker], round: u32, restarted: Option<usiz
     let topic = format!("spool-failover/{round}");
     let (leader, other, _, sub) = round_nodes(nodes, restarted, &topic);
     let spool = tempfile::tempdir().unwrap();
-    let (first, second) = SPOOL_ROUND_FRAMES;
+    let (before_the_kill, after_the_kill, second) = SPOOL_ROUND_FRAMES;
     let hosts = format!("{},{}", address(&nodes[leader]), address(&nodes[other]));
     let sink = |run: &str, flush_timeout: u32| {
         format!(
@@ -809,7 +822,7 @@ fn spool_failover_round(nodes: &mut [Broker], round: u32, restarted: Option<usiz
         "round {round}: the element publishes to JetStream's leader"
     );
     let under_way = common::wait_until(LONG, Duration::from_millis(5), || {
-        run.flow.count() as u64 >= first - 15
+        run.flow.count() >= before_the_kill
     });
     assert!(under_way, "round {round}: the stream stalled");
     // The spare node frozen (SIGSTOP) while the leader dies: the cluster needs longer than
@@ -817,14 +830,13 @@ fn spool_failover_round(nodes: &mut [Broker], round: u32, restarted: Option<usiz
     // no node can take, then the end of the stream.
     nodes[other].pause();
     nodes[leader].kill();
-    let at_kill = run.flow.count() as u64;
-    let flowing = common::wait_until(LONG, Duration::from_millis(5), || {
-        run.flow.count() as u64 >= at_kill + 15
-    });
-    assert!(flowing, "round {round}: the stream stalled after the kill");
-    run.pipeline.send_event(gst::event::Eos::new());
-    run.wait_eos(Duration::from_secs(30));
-    let first = run.flow.count() as u64;
+    let at_kill = run.flow.count();
+    let first = end_after(
+        &mut run,
+        at_kill + after_the_kill,
+        Duration::from_secs(30),
+        round,
+    );
     let undelivered = posted(&run, "mqttpublish-undelivered");
     let ended = finished(run);
     nodes[other].resume();
